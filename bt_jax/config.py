@@ -1,0 +1,155 @@
+"""The one config schema: every key, its default, and validation.
+
+    from bt_jax import config as cfg
+    c = cfg.base_config()          # every key with its default
+    c.data.dir = "../shared/data/brain_mri"
+    cfg.validate(c)                # raises ConfigError naming the bad key
+
+Files in `configs/` start from `base_config()`, change what they need and lock the
+result. Library code reads `config.group.key` directly; there are no hidden defaults.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+PIPELINES = ("prepare", "search", "staged", "predict", "evaluate")
+EQUALIZE = ("none", "hist", "clahe")
+BALANCE = ("none", "augment2a", "multipliers")
+BACKBONES = (
+    "resnet50v2", "resnet50", "vgg16", "vgg19", "mobilenet", "densenet121",
+    "efficientnetb0", "efficientnet_lite0", "xception", "inceptionv3",
+)
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, out of range or inconsistent; the message names the key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.pipeline = "prepare"
+    c.seed = 0
+    c.name = "bt_jax"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = ""                       # empty: use synthetic phantoms
+    c.data.classes = ("no", "yes")        # sub-folder names; order gives label 0, 1, ...
+    c.data.positive = "yes"               # the tumour class (label 1 in binary tasks)
+    c.data.extensions = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+    c.data.min_size = 16                  # images smaller than this (either side) are skipped
+    c.data.near_duplicate_bits = 6        # pHash Hamming distance that flags near-duplicates
+    c.data.phantoms = ml_collections.ConfigDict()
+    c.data.phantoms.n_per_class = 40
+    c.data.phantoms.size = 256
+
+    c.preprocess = ml_collections.ConfigDict()
+    c.preprocess.crop = True              # crop to the brain's extreme points (method A)
+    c.preprocess.crop_threshold = 45      # on the blurred 8-bit grayscale image
+    c.preprocess.crop_margin = 0.02       # fraction of the crop size added on each side
+    c.preprocess.equalize = "hist"        # "none" | "hist" | "clahe" on luminance
+    c.preprocess.clahe_clip = 2.0
+    c.preprocess.clahe_tiles = 8
+    c.preprocess.size = 224               # square output side (method B: 240)
+
+    c.split = ml_collections.ConfigDict()
+    c.split.test_fraction = 0.1           # held out once, never seen by search or training
+    c.split.val_fraction = 0.0            # method B: a fixed validation split (0 -> k folds only)
+    c.split.k = 5
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.rotation = 10.0             # degrees, uniform in [-r, r]
+    c.augment.shift = 0.1                 # fraction of the side, width and height
+    c.augment.zoom = 0.1                  # scale in [1 - z, 1 + z]
+    c.augment.shear = 0.1                 # shear factor in [-s, s]
+    c.augment.hflip = True
+    c.augment.vflip = True
+    c.augment.brightness = 0.1            # additive delta in [-b, b]
+    c.augment.balance = "augment2a"       # "none" | "augment2a" | "multipliers"
+    c.augment.multipliers = ml_collections.ConfigDict({"yes": 6, "no": 13})  # copies per image
+    c.augment.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "efficientnet_lite0"   # one of BACKBONES
+    c.model.dtype = "float32"             # compute dtype: "float32" | "bfloat16"
+
+    c.weights = ml_collections.ConfigDict()
+    c.weights.path = ""                   # explicit weight file; empty: cache -> package -> download
+    c.weights.cache_dir = ""              # empty: $XDG_CACHE_HOME/bt_jax or ~/.cache/bt_jax
+    c.weights.allow_download = False
+
+    c.train = ml_collections.ConfigDict()
+    c.train.units = 1024                  # head Dense width
+    c.train.dropout = 0.5
+    c.train.lr = 1e-4
+    c.train.batch_size = 32
+    c.train.optimizer = "adam"            # "adam" | "sgd" (momentum below)
+    c.train.momentum = 0.9
+    c.train.epochs = 10
+    c.train.patience = 3                  # early stopping on validation loss
+    c.train.finetune_epochs = 5
+    c.train.finetune_lr_factor = 0.1     # method A: fine-tune at lr / 10
+    c.train.finetune_bn_train = False     # BatchNorm stays in inference mode while fine-tuning
+
+    c.search = ml_collections.ConfigDict()
+    c.search.trials = 150
+    c.search.storage = ""                 # empty: sqlite in the workdir; else any SQLAlchemy URL
+    c.search.study_name = ""              # empty: derived from config name
+    c.search.backbones = ("resnet50v2",)
+    c.search.units = (32, 64, 128, 256, 1024)
+    c.search.lr_min = 1e-5
+    c.search.lr_max = 1e-2
+    c.search.batch_sizes = (16, 32, 64)
+    c.search.optimizers = ("adam", "sgd")
+    c.search.dropout_min = 0.0
+    c.search.dropout_max = 0.8
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.threshold = 0.5
+    c.eval.bootstrap = 1000               # resamples for 95% confidence intervals
+    c.eval.ci = 0.95
+    return c
+
+
+def _fail(key: str, msg: str) -> None:
+    raise ConfigError(f"config.{key}: {msg}")
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every value the library reads; returns the config unchanged."""
+    if c.pipeline not in PIPELINES:
+        _fail("pipeline", f"expected one of {PIPELINES}, got {c.pipeline!r}")
+    classes = tuple(c.data.classes)
+    if len(classes) < 2:
+        _fail("data.classes", f"need at least two classes, got {classes}")
+    if len(set(classes)) != len(classes):
+        _fail("data.classes", f"class names repeat: {classes}")
+    if c.data.positive not in classes:
+        _fail("data.positive", f"{c.data.positive!r} is not one of data.classes {classes}")
+    if c.preprocess.equalize not in EQUALIZE:
+        _fail("preprocess.equalize", f"expected one of {EQUALIZE}, got {c.preprocess.equalize!r}")
+    if not 32 <= c.preprocess.size <= 1024:
+        _fail("preprocess.size", f"expected 32..1024, got {c.preprocess.size}")
+    if not 0 <= c.preprocess.crop_margin < 0.5:
+        _fail("preprocess.crop_margin", f"expected [0, 0.5), got {c.preprocess.crop_margin}")
+    if not 0 < c.split.test_fraction < 0.5:
+        _fail("split.test_fraction", f"expected (0, 0.5), got {c.split.test_fraction}")
+    if not 0 <= c.split.val_fraction < 0.5:
+        _fail("split.val_fraction", f"expected [0, 0.5), got {c.split.val_fraction}")
+    if c.split.k < 2:
+        _fail("split.k", f"need at least 2 folds, got {c.split.k}")
+    if c.augment.balance not in BALANCE:
+        _fail("augment.balance", f"expected one of {BALANCE}, got {c.augment.balance!r}")
+    for key in ("rotation", "shift", "zoom", "shear", "brightness"):
+        if getattr(c.augment, key) < 0:
+            _fail(f"augment.{key}", f"ranges are non-negative, got {getattr(c.augment, key)}")
+    if c.augment.balance == "multipliers":
+        missing = [k for k in classes if k not in c.augment.multipliers]
+        if missing:
+            _fail("augment.multipliers", f"no multiplier for classes {missing}")
+        for k, v in c.augment.multipliers.items():
+            if k not in classes:
+                _fail("augment.multipliers", f"{k!r} is not one of data.classes {classes}")
+            if int(v) < 1:
+                _fail(f"augment.multipliers.{k}", f"expected >= 1 copies, got {v}")
+    return c
