@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.extensions = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
     c.data.min_size = 16                  # images smaller than this (either side) are skipped
     c.data.near_duplicate_bits = 6        # pHash Hamming distance that flags near-duplicates
+    c.data.group_near_duplicates = True   # keep near-duplicates on one side of every split
     c.data.phantoms = ml_collections.ConfigDict()
     c.data.phantoms.n_per_class = 40
     c.data.phantoms.size = 256

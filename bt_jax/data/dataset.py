@@ -1,0 +1,138 @@
+"""The prepared data set: discover -> decode -> preprocess (cached) -> de-duplicate -> split.
+
+    ds = prepare_dataset(config, workdir)      # writes workdir/manifest.{json,csv}
+    ds.images[ds.splits.test]                  # (n_test, S, S, 3) float32 in [0, 1]
+    ds.labels                                  # 1 = config.data.positive, 0 = other
+
+Only one copy of each exact-duplicate group is used (the others are listed in the
+manifest with the split of their kept copy), so a duplicate can never straddle a split.
+Per-file results are cached under workdir/cache/preprocessed/<params key>/<file sha256>,
+so a rerun, or a run on a folder with a few new files, decodes only what is new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bt_jax.data import decode, discover, manifest, phantoms, preprocess, split
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Dataset:
+    images: np.ndarray          # (N, S, S, 3) float32, used (unique) images only
+    labels: np.ndarray          # (N,) int32 binary: 1 = positive class
+    class_index: np.ndarray     # (N,) int32 index into classes
+    names: list[str]            # relative paths of used images
+    sha256: list[str]
+    classes: tuple[str, ...]
+    positive: str
+    splits: split.Splits
+    synthetic: bool
+    root: Path
+    records: list[dict]         # one manifest row per file seen (used or not)
+    cache_hits: int = 0
+
+    @property
+    def content_key(self) -> str:
+        """Identifies the used images, in order (for feature caches downstream)."""
+        import hashlib
+        return hashlib.sha256("|".join(self.sha256).encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cache: Path,
+             min_size: int) -> tuple[dict, np.ndarray | None, bool]:
+    """Returns (meta, image or None, cache_hit). Decoding errors become a skip reason."""
+    meta_p, img_p = cache / f"{rec.sha256}.json", cache / f"{rec.sha256}.npy"
+    if meta_p.exists() and (img_p.exists() or not json.loads(meta_p.read_text())["ok"]):
+        meta = json.loads(meta_p.read_text())
+        img = np.load(img_p).astype(np.float32) / 65535.0 if meta["ok"] else None
+        return meta, img, True
+    if not rec.is_image_ext:
+        meta = {"ok": False, "reason": f"not an image extension ({rec.path.suffix or 'none'})"}
+        return meta, None, False  # not cached: depends on the name, not the content
+    try:
+        raw, info = decode.decode_file(rec.path, min_size=min_size)
+        out, pinfo = preprocess.preprocess_image(raw, params)
+        meta = {"ok": True, "reason": "", **info, **pinfo,
+                "pixel_hash": decode.pixel_hash(raw), "phash": str(decode.perceptual_hash(raw))}
+        q = np.round(out * 65535).astype(np.uint16)  # 16-bit keeps 16-bit scans' depth
+        _atomic_write(img_p, lambda p: np.save(open(p, "wb"), q))
+        img = q.astype(np.float32) / 65535.0
+    except (decode.DecodeError, OSError) as e:
+        meta, img = {"ok": False, "reason": str(e)}, None
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
+        meta, img = {"ok": False, "reason": f"{type(e).__name__}: {e}"}, None
+    _atomic_write(meta_p, lambda p: p.write_text(json.dumps(meta)))
+    return meta, img, False
+
+
+def resolve_data_dir(config, workdir: Path) -> tuple[Path, bool]:
+    """The configured folder, or freshly written phantoms when config.data.dir is empty."""
+    if config.data.dir:
+        root = Path(config.data.dir).expanduser()
+        return root, phantoms.is_synthetic(root)
+    ph = config.data.phantoms
+    root = phantoms.write_phantoms(Path(workdir) / "synthetic_phantoms", n_per_class=ph.n_per_class,
+                                   size=ph.size, seed=config.seed,
+                                   classes=tuple(config.data.classes)[:2])
+    return root, True
+
+
+def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
+    workdir = Path(workdir)
+    root, synthetic = resolve_data_dir(config, workdir)
+    classes = tuple(config.data.classes)
+    files = discover.discover(root, classes, tuple(config.data.extensions))
+    params = preprocess.PreprocessParams.from_config(config.preprocess)
+    cache = workdir / "cache" / "preprocessed" / params.key()
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def work(rec):
+        return _process(rec, params, cache, config.data.min_size)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        it = pool.map(work, files)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, total=len(files), desc="preprocess", unit="img", leave=False)
+        results = list(it)
+    hits = sum(hit for _, _, hit in results)
+    log.info("preprocessed %d files (%d reused from cache %s)", len(files), hits, cache)
+
+    rows = manifest.dedupe(files, [m for m, _, _ in results], config.data.near_duplicate_bits)
+    used = [i for i, r in enumerate(rows) if r["status"] == "used"]
+    if not used:
+        raise ValueError(f"no usable images in {root}; see the skip reasons in the manifest")
+    pos = classes.index(config.data.positive)
+    cls_idx = np.array([files[i].label for i in used], np.int32)
+    labels = (cls_idx == pos).astype(np.int32)
+    present = sorted(set(cls_idx.tolist()))
+    if len(present) < 2:
+        raise ValueError(f"only class {[classes[c] for c in present]} has usable images in {root}")
+    groups = manifest.split_groups(rows, used, config.data.group_near_duplicates)
+    splits = split.make_splits(labels, groups, test_fraction=config.split.test_fraction,
+                               val_fraction=config.split.val_fraction, k=config.split.k,
+                               seed=config.seed)
+    manifest.assign_splits(rows, used, splits)
+    images = np.stack([results[i][1] for i in used])
+    ds = Dataset(images=images, labels=labels, class_index=cls_idx,
+                 names=[files[i].rel for i in used], sha256=[files[i].sha256 for i in used],
+                 classes=classes, positive=config.data.positive, splits=splits,
+                 synthetic=synthetic, root=root, records=rows, cache_hits=hits)
+    manifest.write(workdir, ds, params)
+    return ds

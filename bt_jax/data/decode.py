@@ -1,0 +1,126 @@
+"""Decode image files with OpenCV into float32 RGB arrays in [0, 1].
+
+    img, info = decode_file(path)   # (H, W, 3) float32, {"format": "png", "bits": 16, ...}
+    # raises DecodeError("zero-byte file") etc. for anything that is not a usable image
+
+Handles 8/16-bit, grayscale (replicated to 3 channels), RGB, RGBA (alpha composited on
+black, the MRI background), palette images and files whose extension lies about their
+format (the reference set has PNGs named .jpg): the format comes from the magic bytes.
+A truncated JPEG/PNG is refused rather than half-decoded, because OpenCV silently fills
+the missing rows with grey.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class DecodeError(ValueError):
+    """A file is not a usable image; str(e) is the reason recorded in the manifest."""
+
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def _check_complete(data: bytes, fmt: str) -> None:
+    tail = data[-4096:]
+    if fmt == "jpeg" and b"\xff\xd9" not in tail:
+        raise DecodeError("truncated JPEG (no end-of-image marker)")
+    if fmt == "png" and b"IEND" not in tail:
+        raise DecodeError("truncated PNG (no IEND chunk)")
+
+
+def _to_unit_float(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    if arr.dtype in (np.float32, np.float64):
+        arr = arr.astype(np.float32)
+        hi = float(np.nanmax(arr)) if arr.size else 0.0
+        return np.clip(arr / hi if hi > 1.0 else arr, 0.0, 1.0)
+    raise DecodeError(f"unsupported pixel type {arr.dtype}")
+
+
+def decode_bytes(data: bytes) -> tuple[np.ndarray, dict]:
+    """Bytes of an image file -> ((H, W, 3) float32 RGB in [0, 1], info)."""
+    if len(data) == 0:
+        raise DecodeError("zero-byte file")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise DecodeError("not an image (unknown file signature)")
+    _check_complete(data, fmt)
+    buf = np.frombuffer(data, np.uint8)
+    raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.size == 0:
+        raise DecodeError(f"corrupt {fmt} (OpenCV could not decode it)")
+    channels = 1 if raw.ndim == 2 else raw.shape[2]
+    info = {"format": fmt, "bits": int(raw.dtype.itemsize * 8), "channels": int(channels),
+            "height": int(raw.shape[0]), "width": int(raw.shape[1])}
+    if fmt == "jpeg" and channels == 4:
+        # A 4-channel JPEG is CMYK; IMREAD_COLOR makes OpenCV convert it to BGR.
+        raw = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        channels = 3
+    img = _to_unit_float(raw)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif channels == 4:
+        alpha = img[:, :, 3:4]
+        img = cv2.cvtColor(img[:, :, :3] * alpha, cv2.COLOR_BGR2RGB)
+    elif channels == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif channels == 2:  # gray + alpha
+        img = np.repeat(img[:, :, :1] * img[:, :, 1:2], 3, axis=2)
+    else:
+        raise DecodeError(f"unsupported channel count {channels}")
+    return np.ascontiguousarray(img, dtype=np.float32), info
+
+
+def decode_file(path: str | Path, *, min_size: int = 16) -> tuple[np.ndarray, dict]:
+    """Decodes and checks that the image is usable (big enough, not blank)."""
+    data = Path(path).read_bytes()
+    img, info = decode_bytes(data)
+    h, w = img.shape[:2]
+    if min(h, w) < min_size:
+        raise DecodeError(f"image too small ({w}x{h}, need at least {min_size} px a side)")
+    if float(img.max()) - float(img.min()) < 1e-3:
+        raise DecodeError(f"blank image (every pixel is {float(img.max()):.3f})")
+    return img, info
+
+
+def pixel_hash(img: np.ndarray) -> str:
+    """Hash of decoded pixels: equal for byte-identical files and re-encoded lossless copies."""
+    q = np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16)
+    h = hashlib.sha256(np.asarray(q.shape, np.int64).tobytes())
+    h.update(q.tobytes())
+    return h.hexdigest()[:32]
+
+
+def perceptual_hash(img: np.ndarray) -> int:
+    """64-bit DCT pHash of the luminance: near-duplicates differ in a few bits."""
+    gray = cv2.cvtColor(np.ascontiguousarray(img, np.float32), cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA)
+    low = cv2.dct(small)[:8, :8].flatten()
+    bits = low[1:] > np.median(low[1:])  # skip DC: it only encodes mean brightness
+    return int(sum(1 << i for i, b in enumerate(bits) if b))
+
+
+def hamming(a: int, b: int) -> int:
+    return bin(a ^ b).count("1")

@@ -1,0 +1,156 @@
+"""The manifest: one row per file seen, with its hash, duplicate group, split and fate.
+
+    rows = dedupe(files, metas, near_bits=6)   # status "used" | "duplicate" | "skipped"
+    assign_splits(rows, used, splits)
+    write(workdir, dataset, params)            # workdir/manifest.json + manifest.csv
+
+Exact duplicates (same decoded pixels) form a group; its first file (sorted path) is
+used, the rest are marked "duplicate" and inherit its split. A group whose copies sit in
+different class folders has contradictory labels: every copy is skipped. Near-duplicates
+(pHash within a few bits: in the reference set, the same scan saved at another size) are
+listed, and by default also kept on one side of every split.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+CSV_FIELDS = ("file", "class", "sha256", "status", "reason", "duplicate_group", "duplicate_of",
+              "near_duplicates", "split", "crop", "width", "height", "bits", "channels")
+
+
+def _near_pairs(phashes: np.ndarray, max_bits: int) -> list[tuple[int, int, int]]:
+    """(i, j, distance) for i < j with Hamming distance <= max_bits, vectorised per row block."""
+    if len(phashes) < 2 or max_bits <= 0:
+        return []
+    bits = np.unpackbits(phashes.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).astype(bool)
+    out = []
+    for s in range(0, len(bits), 256):
+        d = (bits[s:s + 256, None, :] != bits[None, :, :]).sum(-1)
+        for a, b in zip(*np.nonzero(d <= max_bits)):
+            i = s + a
+            if i < b:
+                out.append((int(i), int(b), int(d[a, b])))
+    return out
+
+
+def dedupe(files, metas, near_bits: int) -> list[dict]:
+    rows = []
+    for f, m in zip(files, metas):
+        rows.append({"file": f.rel, "class": f.cls, "sha256": f.sha256,
+                     "status": "used" if m["ok"] else "skipped", "reason": m.get("reason", ""),
+                     "duplicate_group": "", "duplicate_of": "", "near_duplicates": [],
+                     "split": "", "crop": m.get("crop", ""), "width": m.get("width", ""),
+                     "height": m.get("height", ""), "bits": m.get("bits", ""),
+                     "channels": m.get("channels", ""), "_phash": m.get("phash"),
+                     "_pixel": m.get("pixel_hash")})
+    groups = collections.defaultdict(list)
+    for i, r in enumerate(rows):
+        if r["status"] == "used":
+            groups[r["_pixel"]].append(i)
+    gid = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        name = f"dup{gid:03d}"
+        gid += 1
+        classes = sorted({rows[i]["class"] for i in members})
+        for i in members:
+            rows[i]["duplicate_group"] = name
+        if len(classes) > 1:
+            for i in members:
+                rows[i].update(status="skipped", reason=f"identical pixels in classes {classes} "
+                               f"({', '.join(rows[j]['file'] for j in members)})")
+            continue
+        for i in members[1:]:
+            rows[i].update(status="duplicate", duplicate_of=rows[members[0]]["file"],
+                           reason=f"exact duplicate of {rows[members[0]]['file']}")
+    used = [i for i, r in enumerate(rows) if r["status"] == "used"]
+    ph = np.array([int(rows[i]["_phash"]) for i in used], dtype=np.uint64)
+    parent = list(range(len(used)))  # union-find over near-duplicate pairs
+
+    def root(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b, d in _near_pairs(ph, near_bits):
+        i, j = used[a], used[b]
+        rows[i]["near_duplicates"].append(f"{rows[j]['file']} ({d} bits)")
+        rows[j]["near_duplicates"].append(f"{rows[i]['file']} ({d} bits)")
+        parent[root(a)] = root(b)
+    for a, i in enumerate(used):
+        rows[i]["_near_group"] = root(a)
+    return rows
+
+
+def split_groups(rows: list[dict], used: list[int], group_near: bool) -> np.ndarray:
+    """Group id per used image for splitting: near-duplicates share one when group_near."""
+    if not group_near:
+        return np.arange(len(used))
+    return np.array([rows[i]["_near_group"] for i in used])
+
+
+def assign_splits(rows: list[dict], used: list[int], splits) -> None:
+    names = splits.assignment()
+    by_file = {}
+    for pos, i in enumerate(used):
+        rows[i]["split"] = str(names[pos])
+        by_file[rows[i]["file"]] = rows[i]["split"]
+    for r in rows:
+        if r["status"] == "duplicate":
+            r["split"] = by_file[r["duplicate_of"]]
+
+
+def summary(rows: list[dict]) -> dict:
+    st = collections.Counter(r["status"] for r in rows)
+    groups = {r["duplicate_group"] for r in rows if r["duplicate_group"]}
+    return {"files_seen": len(rows), "used": st["used"], "duplicates_dropped": st["duplicate"],
+            "skipped": st["skipped"], "duplicate_groups": len(groups),
+            "files_in_duplicate_groups": sum(1 for r in rows if r["duplicate_group"]),
+            "near_duplicate_pairs": sum(len(r["near_duplicates"]) for r in rows) // 2,
+            "skip_reasons": dict(collections.Counter(r["reason"].split(" (")[0]
+                                                     for r in rows if r["status"] == "skipped"))}
+
+
+def write(workdir: Path, ds, params) -> Path:
+    workdir = Path(workdir)
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in ds.records]
+    split_counts = collections.defaultdict(lambda: collections.Counter())
+    for r in public:
+        if r["status"] == "used":
+            split_counts[r["split"]][r["class"]] += 1
+    doc = {
+        "synthetic": ds.synthetic,
+        "data_dir": str(ds.root),
+        "classes": list(ds.classes),
+        "positive": ds.positive,
+        "preprocess": dataclasses.asdict(params),
+        "preprocess_key": params.key(),
+        "summary": summary(ds.records),
+        "split_counts": {k: dict(v) for k, v in sorted(split_counts.items())},
+        "files": public,
+    }
+    tmp = workdir / f"manifest.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, workdir / "manifest.json")
+    tmp = workdir / f"manifest.csv.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in public:
+            w.writerow({**r, "near_duplicates": "; ".join(r["near_duplicates"])})
+    os.replace(tmp, workdir / "manifest.csv")
+    return workdir / "manifest.json"
+
+
+def read(workdir: Path) -> dict:
+    return json.loads((Path(workdir) / "manifest.json").read_text())

@@ -1,0 +1,76 @@
+"""Layers and conventions shared by the Keras-ported backbones.
+
+    x = preprocess(images01, "caffe")           # each backbone applies its own input convention
+    y = conv(64, 7, 2, name="conv1_conv", dtype=dt)(pad(x, 3))
+    y = batch_norm("conv1_bn", train, eps=1.001e-5, dtype=dt)(y)
+
+Backbones create their layers through these factories inside their `@nn.compact`
+`__call__`, named exactly like the Keras layers, so the weight port is a name look-up.
+Keras 'same' padding with stride 2 is asymmetric (more at the bottom/right); the
+backbones copy Keras' explicit ZeroPadding2D + 'valid' pairs rather than rely on it.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Keras `imagenet_utils.preprocess_input` modes, applied to x in [0, 1].
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+PREPROCESS_MODES = ("caffe", "tf", "torch")
+
+
+def preprocess(x, mode: str):
+    """Map RGB images in [0, 1] to a backbone's input convention (float32).
+
+    caffe: RGB->BGR on 0..255 minus the ImageNet BGR mean (VGG, ResNet50 v1);
+    tf: [-1, 1] (ResNet50V2, MobileNet); torch: ImageNet mean/std on [0, 1] (DenseNet).
+    """
+    x = jnp.asarray(x, jnp.float32)
+    if mode == "caffe":
+        return x[..., ::-1] * 255.0 - jnp.asarray(_CAFFE_BGR_MEAN, jnp.float32)
+    if mode == "tf":
+        return x * 2.0 - 1.0
+    if mode == "torch":
+        return (x - jnp.asarray(_TORCH_MEAN, jnp.float32)) / jnp.asarray(_TORCH_STD, jnp.float32)
+    raise ValueError(f"unknown preprocess mode {mode!r}; expected one of {PREPROCESS_MODES}")
+
+
+def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype, use_bias: bool = True,
+         padding="VALID", groups: int = 1) -> nn.Conv:
+    """A Keras-like Conv2D (HWIO kernel, bias on by default as in Keras)."""
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+                   use_bias=use_bias, feature_group_count=groups, dtype=dtype, name=name)
+
+
+def batch_norm(name: str, train: bool, *, eps: float, dtype) -> nn.BatchNorm:
+    """Keras BatchNormalization: momentum 0.99 means the same update rule in Flax."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=eps,
+                        dtype=dtype, name=name)
+
+
+def pad(x, top: int, bottom: int | None = None, left: int | None = None, right: int | None = None):
+    """Keras ZeroPadding2D: zeros (not -inf) even before a max pool, as Keras does."""
+    bottom = top if bottom is None else bottom
+    left = top if left is None else left
+    right = left if right is None else right
+    return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def max_pool(x, window: int, stride: int):
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+
+
+def avg_pool(x, window: int, stride: int):
+    return nn.avg_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+
+
+def global_avg_pool(x):
+    """(B, H, W, C) -> (B, C), accumulated in float32 whatever the compute dtype."""
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def relu6(x):
+    return jnp.clip(x, 0.0, 6.0)

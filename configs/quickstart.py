@@ -1,0 +1,25 @@
+"""Quickstart: EfficientNet-Lite0 (weights shipped in a pip package), synthetic phantoms
+unless --config.data.dir is given, a small trial budget.
+
+    python launch.py --config=configs/quickstart.py --workdir=runs/quick
+    python launch.py --config=configs/quickstart.py:quick ...   # tiny, for tests
+"""
+
+from bt_jax.config import base_config
+
+
+def get_config(arg: str = ""):
+    c = base_config()
+    c.name = "quickstart"
+    c.pipeline = "prepare"
+    c.model.name = "efficientnet_lite0"
+    c.search.backbones = ("efficientnet_lite0",)
+    c.search.trials = 20
+    c.data.phantoms.n_per_class = 40
+    if arg == "quick":
+        c.data.phantoms.n_per_class = 16
+        c.data.phantoms.size = 128
+        c.preprocess.size = 64
+        c.split.k = 3
+        c.search.trials = 3
+    return c
