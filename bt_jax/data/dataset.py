@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class Dataset:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
     write(tmp)
     os.replace(tmp, path)
 
@@ -105,14 +106,20 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     def work(rec):
         return _process(rec, params, cache, config.data.min_size)
 
+    # Byte-identical files are processed once (the name matters only for the extension).
+    first = {}
+    for i, f in enumerate(files):
+        first.setdefault((f.sha256, f.is_image_ext), i)
+    todo = sorted(first.values())
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        it = pool.map(work, files)
+        it = pool.map(work, [files[i] for i in todo])
         if progress:
             from tqdm import tqdm
-            it = tqdm(it, total=len(files), desc="preprocess", unit="img", leave=False)
-        results = list(it)
-    hits = sum(hit for _, _, hit in results)
-    log.info("preprocessed %d files (%d reused from cache %s)", len(files), hits, cache)
+            it = tqdm(it, total=len(todo), desc="preprocess", unit="img", leave=False)
+        done = dict(zip(todo, it))
+    results = [done[first[(f.sha256, f.is_image_ext)]] for f in files]
+    hits = sum(hit for _, _, hit in done.values())
+    log.info("preprocessed %d distinct files (%d reused from cache %s)", len(todo), hits, cache)
 
     rows = manifest.dedupe(files, [m for m, _, _ in results], config.data.near_duplicate_bits)
     used = [i for i, r in enumerate(rows) if r["status"] == "used"]

@@ -86,7 +86,8 @@ def dedupe(files, metas, near_bits: int) -> list[dict]:
         i, j = used[a], used[b]
         rows[i]["near_duplicates"].append(f"{rows[j]['file']} ({d} bits)")
         rows[j]["near_duplicates"].append(f"{rows[i]['file']} ({d} bits)")
-        parent[root(a)] = root(b)
+        if rows[i]["class"] == rows[j]["class"]:  # across classes: flagged, not grouped
+            parent[root(a)] = root(b)
     for a, i in enumerate(used):
         rows[i]["_near_group"] = root(a)
     return rows

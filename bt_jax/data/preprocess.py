@@ -4,7 +4,8 @@
     info["crop"]  # "ok" | "no_contour" | "tiny_contour" | "off"
 
 Each step is switchable in the config. Equalisation works on the luminance (YCrCb Y)
-quantised to 16 bits, so 16-bit scans keep their depth and colour balance is untouched.
+quantised to 16 bits for histogram equalisation (16-bit scans keep their depth; CLAHE
+works at 8 bits), and leaves the colour balance untouched.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ def equalize(img: np.ndarray, method: str, clip: float = 2.0, tiles: int = 8) ->
         lut = (cdf - lo) / max(cdf[-1] - lo, 1.0)
         y = np.clip(lut[y16], 0, 1).astype(np.float32)
     elif method == "clahe":
+        # 8-bit on purpose: OpenCV's 16-bit CLAHE spreads the clip limit over 65536
+        # bins, which leaves the image almost unchanged.
         clahe = cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles))
-        y = clahe.apply(y16).astype(np.float32) / 65535.0
+        y = clahe.apply((y16 >> 8).astype(np.uint8)).astype(np.float32) / 255.0
     else:
         raise ValueError(f"equalize: expected 'none', 'hist' or 'clahe', got {method!r}")
     ycc = ycc.copy()

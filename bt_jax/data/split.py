@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,45 +69,59 @@ class Splits:
         return out
 
 
-def _group_table(labels: np.ndarray, groups: np.ndarray):
-    uniq, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    glabels = labels[first]
-    for g in range(len(uniq)):
-        if len(set(labels[inverse == g].tolist())) > 1:
-            raise ValueError(f"duplicate group {uniq[g]!r} holds images of different classes; "
-                             "resolve the conflicting labels in the data folder")
-    return uniq, glabels, inverse
+def _allocate(glabels: np.ndarray, gsizes: np.ndarray, fractions: np.ndarray,
+              rng: np.random.Generator) -> np.ndarray:
+    """Bin per group so that each bin's image count per class tracks its target fraction.
 
-
-def _expand(group_ids: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-    return np.sort(np.flatnonzero(np.isin(inverse, group_ids)))
+    Groups go largest first (ties in random order), each to the bin furthest below its
+    target for that class; the many singletons at the end even out the counts, so bins
+    differ by at most one image per class whenever singletons suffice.
+    """
+    out = np.empty(len(glabels), int)
+    for c in np.unique(glabels):
+        idx = np.flatnonzero(glabels == c)
+        idx = idx[rng.permutation(len(idx))]
+        idx = idx[np.argsort(-gsizes[idx], kind="stable")]
+        target = fractions * gsizes[idx].sum()
+        have = np.zeros(len(fractions))
+        for g in idx:
+            deficit = target - have
+            best = np.flatnonzero(np.isclose(deficit, deficit.max()))
+            b = best[rng.integers(len(best))] if len(best) > 1 else best[0]
+            out[g] = b
+            have[b] += gsizes[g]
+    return out
 
 
 def make_splits(labels, groups, *, test_fraction: float = 0.1, val_fraction: float = 0.0,
                 k: int = 5, seed: int = 0) -> Splits:
     """Stratified, group-aware, deterministic for a seed.
 
-    labels: (n,) int class per image; groups: (n,) duplicate-group id per image
-    (unique images have their own id). Fractions are of unique images.
+    labels: (n,) int class per image; groups: (n,) group id per image (images sharing an
+    id, e.g. near-duplicates, stay on one side of every split). Fractions are of images.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups)
     if labels.shape != groups.shape or labels.ndim != 1:
         raise ValueError(f"labels and groups must be equal 1-D arrays, got {labels.shape} "
                          f"and {groups.shape}")
-    uniq, glabels, inverse = _group_table(labels, groups)
+    uniq, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    glabels = labels[first]
+    bad = [uniq[g] for g in range(len(uniq)) if np.unique(labels[inverse == g]).size > 1]
+    if bad:
+        raise ValueError(f"groups {bad[:5]} hold images of different classes; resolve the "
+                         "conflicting labels in the data folder")
     counts = np.bincount(glabels)
-    if (counts[counts > 0] < k + 2).any() or len(counts[counts > 0]) < 2:
+    if len(counts[counts > 0]) < 2 or (counts[counts > 0] < k + 2).any():
         raise ValueError(f"too few unique images per class for a test split and {k} folds: "
                          f"{counts.tolist()} (need at least {k + 2} of each class)")
-    gidx = np.arange(len(uniq))
-    rest, test = train_test_split(gidx, test_size=test_fraction, stratify=glabels,
-                                  random_state=seed)
-    val = np.array([], dtype=int)
-    if val_fraction > 0:
-        rest, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
-                                     stratify=glabels[rest], random_state=seed + 1)
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    folds = tuple(_expand(rest[v], inverse) for _, v in skf.split(rest, glabels[rest]))
-    return Splits(test=_expand(test, inverse), val=_expand(val, inverse), folds=folds,
-                  n=len(labels))
+    gsizes = np.bincount(inverse)
+    rng = np.random.default_rng(seed)
+    head = np.array([test_fraction, val_fraction, 1 - test_fraction - val_fraction])
+    side = _allocate(glabels, gsizes, head, rng)
+    rest = np.flatnonzero(side == 2)
+    fold_of = np.full(len(uniq), -1)
+    fold_of[rest] = _allocate(glabels[rest], gsizes[rest], np.full(k, 1 / k), rng)
+    img_side, img_fold = side[inverse], fold_of[inverse]
+    return Splits(test=np.flatnonzero(img_side == 0), val=np.flatnonzero(img_side == 1),
+                  folds=tuple(np.flatnonzero(img_fold == f) for f in range(k)), n=len(labels))

@@ -144,17 +144,24 @@ def _metric_arrays(w, y, prob, threshold) -> dict[str, np.ndarray]:
 
 
 def _undefined_reasons(values: dict, n_per_class, pred_per_class, names) -> dict[str, str]:
+    """Why each NaN point estimate is 0/0, in words: a class absent from y_true (recalls,
+    AUC, AUPRC) or a class never predicted at this threshold (precisions)."""
+    absent = {c: f"y_true holds no cases of class {names[c]!r}"
+              for c in (0, 1) if n_per_class[c] == 0}
+    never = {c: f"no case was predicted as class {names[c]!r} at this threshold"
+             for c in (0, 1) if pred_per_class[c] == 0}
     reasons = {}
     for key, v in values.items():
         if key.startswith("_") or not math.isnan(v):
             continue
-        missing = [names[c] for c in (0, 1) if n_per_class[c] == 0]
-        if missing:
-            why = f"y_true holds no cases of class {missing[0]!r}"
+        classes = (int(key[5]),) if key.startswith("class") else (0, 1)
+        if key.endswith("precision"):
+            why = [never[c] for c in classes if c in never]
+        elif key.endswith("f1"):
+            why = [d[c] for c in classes for d in (absent, never) if c in d]
         else:
-            never = [names[c] for c in (0, 1) if pred_per_class[c] == 0]
-            why = f"no case was predicted as class {never[0]!r} at this threshold" if never else "0/0"
-        reasons[key] = why
+            why = list(absent.values())
+        reasons[key] = "; ".join(why) or "0/0"
     return reasons
 
 

@@ -74,3 +74,15 @@ def global_avg_pool(x):
 
 def relu6(x):
     return jnp.clip(x, 0.0, 6.0)
+
+
+_COLLECTIONS = ("params", "batch_stats")
+
+
+def layer_of(path) -> str:
+    """The top-level module (= Keras layer) of a parameter path, with or without its
+    collection: ('params', 'block5_conv3', 'kernel') and ('block5_conv3', 'kernel') alike."""
+    path = tuple(str(p) for p in path)
+    if len(path) > 1 and path[0] in _COLLECTIONS:
+        path = path[1:]
+    return path[0]

@@ -168,14 +168,14 @@ def port_keras(path, template, *, arch: str, top_layers: Iterable[str],
     """
     origin = f"{os.fspath(path)} (ported as {arch})"
     top_layers = tuple(top_layers)
-    layers = {keras_layer_name(k) if rename is keras_layer_name else rename(k): v
-              for k, v in read_keras_h5(path).items()}
-    file_top = [name for name in top_layers if layers.get(name)]
+    raw = read_keras_h5(path)
+    renamed = {k: rename(k) for k, v in raw.items() if v}
+    file_top = [name for name in top_layers if name in renamed.values()]
     model_top = [name for name in top_layers if name in template.get("params", {})]
     excuse = None
     if model_top and not file_top:
         excuse = r"^params/(" + "|".join(map(re.escape, model_top)) + r")/"
     elif file_top and not model_top:
-        layers = {k: v for k, v in layers.items() if k not in top_layers}
-    source = keras_to_flax(layers, origin=origin, rename=lambda n: n, depthwise=depthwise)
+        raw = {k: v for k, v in raw.items() if renamed.get(k) not in top_layers}
+    source = keras_to_flax(raw, origin=origin, rename=rename, depthwise=depthwise)
     return strict_merge(template, source, origin=origin, excuse=excuse)

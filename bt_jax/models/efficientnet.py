@@ -1,0 +1,222 @@
+"""EfficientNetB0 (Keras) and EfficientNet-Lite0 (efficientnet_pytorch-style .pth) in Flax.
+
+    model = EfficientNetB0()                  # or EfficientNetLite0(include_top=True)
+    variables = port_efficientnetb0_keras("efficientnetb0_notop.h5",
+                                          model.init(rng, jnp.zeros((1, 224, 224, 3))))
+    logits, out = model.apply(variables, images01)   # out["stage1".."stage7"], out["pre_logits"]
+
+One module serves both: they share the MBConv layout and differ in activation (swish /
+ReLU6), squeeze-excitation (B0 only), the input convention and the weight source. Layer
+names are Keras' (`stem_conv`, `block2a_expand_conv`, `top_bn`), so Lite0's PyTorch keys
+are renamed once in `port_efficientnet_lite0_torch`. Padding is TF "SAME": Keras'
+explicit `correct_pad` + 'valid' and efficientnet_pytorch's static same padding both
+reduce to it for every input size with a known shape, which JAX shapes always are.
+Training mode with drop_connect_rate > 0 needs a 'dropout' rng (stochastic depth).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import string
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from bt_jax.models.common import batch_norm, global_avg_pool, layer_of
+from bt_jax.weights.keras_h5 import keras_to_flax, read_keras_h5, short_name
+from bt_jax.weights.merge import PortError, strict_merge
+from bt_jax.weights.torch_pth import read_pth
+
+# (kernel, repeats, filters_in, filters_out, expand_ratio, stride) of the seven stages.
+_STAGES = ((3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2), (3, 3, 40, 80, 6, 2),
+           (5, 3, 80, 112, 6, 1), (5, 4, 112, 192, 6, 2), (3, 1, 192, 320, 6, 1))
+_EPS = 1e-3          # TF EfficientNet and efficientnet_pytorch (batch_norm_epsilon) alike
+KERAS_IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE_MEAN = (127.0 / 255.0,) * 3       # TF efficientnet_lite_builder: (x - 127) / 128 on 0..255
+LITE_STD = (128.0 / 255.0,) * 3
+
+
+def block_names() -> list[tuple[int, str]]:
+    """(stage index 1..7, Keras block name) in network order: (1, 'block1a'), (2, 'block2a'), ..."""
+    return [(i + 1, f"block{i + 1}{string.ascii_lowercase[j]}")
+            for i, (_, reps, *_r) in enumerate(_STAGES) for j in range(reps)]
+
+
+def _conv(features, kernel, stride=1, *, name, dtype, use_bias=False, groups=1):
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                   use_bias=use_bias, feature_group_count=groups, dtype=dtype, name=name)
+
+
+def _mbconv(x, name, kernel, f_in, f_out, expand, stride, se_ratio, act, drop_rate, train, dtype):
+    """Keras `block`: expand 1x1 -> depthwise -> squeeze-excitation -> project 1x1 (+ skip)."""
+    bn = functools.partial(batch_norm, train=train, eps=_EPS, dtype=dtype)
+    filters = f_in * expand
+    inputs = x
+    if expand != 1:
+        x = act(bn(f"{name}_expand_bn")(_conv(filters, 1, name=f"{name}_expand_conv", dtype=dtype)(x)))
+    x = _conv(filters, kernel, stride, groups=filters, name=f"{name}_dwconv", dtype=dtype)(x)
+    x = act(bn(f"{name}_bn")(x))
+    if se_ratio > 0:
+        se = jnp.mean(x, axis=(1, 2), keepdims=True)
+        se = act(_conv(max(1, int(f_in * se_ratio)), 1, use_bias=True, name=f"{name}_se_reduce",
+                       dtype=dtype)(se))
+        x = x * nn.sigmoid(_conv(filters, 1, use_bias=True, name=f"{name}_se_expand", dtype=dtype)(se))
+    x = bn(f"{name}_project_bn")(_conv(f_out, 1, name=f"{name}_project_conv", dtype=dtype)(x))
+    if stride == 1 and f_in == f_out:
+        # Keras drops whole samples of the residual branch: noise_shape (None, 1, 1, 1).
+        x = nn.Dropout(drop_rate, broadcast_dims=(1, 2, 3),
+                       deterministic=not train or drop_rate == 0)(x) + inputs
+    return x
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet at width/depth 1.0; `lite` picks EfficientNet-Lite. Returns (logits | None, out)."""
+    include_top: bool = False
+    num_classes: int = 1000
+    dtype: Any = jnp.float32
+    lite: bool = False                   # ReLU6, no squeeze-excitation (EfficientNet-Lite)
+    keras_imagenet_rescale: bool = True  # B0: Keras' extra 1/sqrt(std) for imagenet weights
+    drop_connect_rate: float = 0.2       # stochastic depth of the residual blocks (training only)
+    dropout_rate: float = 0.2            # before the classifier (training only)
+
+    def _inputs(self, x):
+        x = jnp.asarray(x, jnp.float32)
+        if self.lite:
+            return (x - jnp.asarray(LITE_MEAN)) / jnp.asarray(LITE_STD)
+        # Keras B0 multiplies 0..255 input by 1/255 (our input is already [0, 1]), then
+        # normalises with the mean/variance stored in the weight file; for imagenet weights
+        # it divides once more by sqrt(std) (keras issue tensorflow#49930), giving (x-mean)/std.
+        mean = self.variable("batch_stats", "normalization_mean", jnp.zeros, (3,)).value
+        var = self.variable("batch_stats", "normalization_variance", jnp.ones, (3,)).value
+        x = (x - mean) / jnp.sqrt(jnp.maximum(var, 1e-7))   # Keras' Normalization epsilon
+        if self.keras_imagenet_rescale:
+            x = x / jnp.sqrt(jnp.asarray(KERAS_IMAGENET_STD))
+        return x
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        dt = self.dtype
+        act = nn.relu6 if self.lite else nn.swish
+        out = {}
+        x = _conv(32, 3, 2, name="stem_conv", dtype=dt)(self._inputs(x).astype(dt))
+        x = act(batch_norm("stem_bn", train, eps=_EPS, dtype=dt)(x))
+        out["stem"] = x
+        names = block_names()
+        k = 0
+        for i, (kernel, reps, f_in, f_out, expand, stride) in enumerate(_STAGES):
+            for j in range(reps):
+                x = _mbconv(x, names[k][1], kernel, f_in if j == 0 else f_out, f_out, expand,
+                            stride if j == 0 else 1, 0.0 if self.lite else 0.25, act,
+                            self.drop_connect_rate * k / len(names), train, dt)
+                k += 1
+            out[f"stage{i + 1}"] = x
+        x = _conv(1280, 1, name="top_conv", dtype=dt)(x)
+        x = act(batch_norm("top_bn", train, eps=_EPS, dtype=dt)(x))
+        out["features"] = x
+        out["pre_logits"] = global_avg_pool(x)
+        logits = None
+        if self.include_top:
+            h = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)(
+                out["pre_logits"])
+            logits = nn.Dense(self.num_classes, dtype=dt, name="predictions")(h)
+        return logits, out
+
+
+EfficientNetB0 = functools.partial(EfficientNet, lite=False)
+EfficientNetLite0 = functools.partial(EfficientNet, lite=True)
+
+GROUPS = ("stem", *(f"block{i}" for i in range(1, 8)), "top")
+
+
+def layer_group(path) -> str:
+    """Finest group of a parameter, '_'-joined from coarse to fine: 'stem_conv',
+    'stem_normalization_mean', 'block2_a_expand_conv', 'top_bn', 'top_predictions'.
+    Coarse groups (`GROUPS`) are its first '_' field: stem, block1 .. block7, top."""
+    layer = layer_of(path)
+    m = re.fullmatch(r"block(\d)([a-z])_(\w+)", layer)
+    if m:
+        return f"block{m[1]}_{m[2]}_{m[3]}"
+    if layer.startswith("normalization"):
+        return f"stem_{layer}"
+    return f"top_{layer}" if layer in KERAS_TOP else layer
+
+
+# ---------------------------------------------------------------- weight ports
+
+KERAS_TOP = ("predictions",)
+
+
+def _top_split(template, source, origin):
+    """Drop the file's classifier for a model without one; excuse the model's classifier
+    when the file has none. Nothing else may be missing."""
+    model_top = "predictions" in template.get("params", {})
+    file_top = any(k[1] == "predictions" for k in source)
+    if file_top and not model_top:
+        source = {k: v for k, v in source.items() if k[1] != "predictions"}
+    excuse = r"^params/predictions/" if model_top and not file_top else None
+    return strict_merge(template, source, origin=origin, excuse=excuse)
+
+
+def port_efficientnetb0_keras(h5_path, variables_template):
+    """EfficientNetB0 from efficientnetb0[_notop].h5 (keras-applications or Keras 3 legacy h5)."""
+    origin = f"{os.fspath(h5_path)} (ported as efficientnetb0)"
+    layers = read_keras_h5(h5_path)
+    source = {}
+    norm = [k for k, v in layers.items() if v and re.fullmatch(r"normalization(_\d+)?", k)]
+    if len(norm) != 1:
+        raise PortError(f"{origin}: expected one Normalization layer with mean/variance, "
+                        f"found {norm}")
+    by = {short_name(n): v for n, v in layers.pop(norm[0])}
+    if not {"mean", "variance"} <= set(by):
+        raise PortError(f"{origin}: layer {norm[0]!r} holds {sorted(by)}, expected mean/variance")
+    # 'count' is Normalization.adapt() bookkeeping, not a model quantity.
+    source[("batch_stats", "normalization_mean")] = np.reshape(by["mean"], (-1,))
+    source[("batch_stats", "normalization_variance")] = np.reshape(by["variance"], (-1,))
+    source.update(keras_to_flax(layers, origin=origin, depthwise=r"block\d[a-z]_dwconv"))
+    return _top_split(variables_template, source, origin)
+
+
+def port_efficientnet_lite0_torch(pth_path, variables_template):
+    """EfficientNet-Lite0 from an efficientnet_pytorch-style state dict (efficientnet-lite0-*.pth)."""
+    origin = f"{os.fspath(pth_path)} (ported as efficientnet_lite0)"
+    state = read_pth(pth_path)
+    names = [n for _, n in block_names()]
+    sub = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dwconv",
+           "_bn1": "bn", "_project_conv": "project_conv", "_bn2": "project_bn"}
+    top = {"_conv_stem": "stem_conv", "_bn0": "stem_bn", "_conv_head": "top_conv",
+           "_bn1": "top_bn", "_fc": "predictions"}
+    leaves = {"running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+    source, unknown = {}, []
+    for key, value in state.items():
+        if key.endswith(".num_batches_tracked"):
+            continue          # PyTorch's BatchNorm step counter, not a model quantity
+        m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if m and int(m[1]) < len(names) and m[2] in sub:
+            layer, leaf = f"{names[int(m[1])]}_{sub[m[2]]}", m[3]
+        elif not m and key.rpartition(".")[0] in top:
+            layer, leaf = top[key.rpartition(".")[0]], key.rpartition(".")[2]
+        else:
+            unknown.append(key)
+            continue
+        if leaf in leaves:
+            coll, name = leaves[leaf]
+        elif leaf == "weight" and layer.endswith("bn"):
+            coll, name = "params", "scale"
+        elif leaf == "weight":
+            coll, name = "params", "kernel"
+            # PyTorch OIHW (depthwise: C,1,kh,kw) -> Flax HWIO (kh,kw,1,C); Linear (out,in) -> (in,out).
+            value = value.T if value.ndim == 2 else np.transpose(value, (2, 3, 1, 0))
+        elif leaf == "bias":
+            coll, name = "params", "bias"
+        else:
+            unknown.append(key)
+            continue
+        source[(coll, layer, name)] = value
+    if unknown:
+        raise PortError(f"{origin}: {len(unknown)} tensors that an EfficientNet-Lite0 checkpoint "
+                        f"does not have (another architecture?): {unknown[:8]}")
+    return _top_split(variables_template, source, origin)

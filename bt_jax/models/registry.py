@@ -1,0 +1,166 @@
+"""Backbone registry: name -> constructor, input size, feature width, layer groups, weight port.
+
+    spec = registry.get("vgg19")
+    model = spec.make(include_top=False, dtype=jnp.bfloat16)
+    variables = spec.port_keras(h5_path, model.init(rng, jnp.zeros((1, spec.default_size, spec.default_size, 3))))
+    mask = registry.select_groups(variables["params"], spec, ["block5"])   # bool pytree
+
+Layer groups. `spec.layer_group(path)` gives a parameter's *finest* group name, built so
+that every coarser group is a '_'-prefix of it: 'block5_conv3' is in 'block5';
+'conv5_block3_2_bn' is in 'conv5_block3' and 'conv5'; classifier layers are 'top_<layer>'.
+`spec.groups` lists the coarse groups from input to output. A selector `s` covers group
+`g` when g == s or g starts with s + '_' (`group_matches`); so configs may name coarse
+groups ("block5", "top") or Keras layers ("block5_conv3").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from bt_jax.models import densenet, efficientnet, inception, mobilenet, resnet, vgg, xception
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """How to build, size, group and fill one backbone.
+
+    make(include_top=False, num_classes=1000, dtype=jnp.float32) -> flax module whose
+    __call__(x01, train=False) returns (logits | None, out dict). layer_group(path) takes a
+    parameter path tuple (with or without the leading 'params'/'batch_stats') and returns the
+    finest group name. port_keras(h5_path, variables_template) -> variables, or None when no
+    Keras file exists. keras_files: {"notop": filename, "top": filename} of the official files.
+    """
+    name: str
+    make: Callable[..., Any]
+    default_size: int
+    feature_dim: int
+    groups: tuple[str, ...]
+    layer_group: Callable[[tuple], str]
+    port_keras: Callable | None
+    keras_files: Mapping[str, str]
+    # PyTorch-sourced weights (efficientnet_lite0): port_torch(pth_path, variables_template).
+    port_torch: Callable | None = None
+    torch_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _keras_names(stem: str) -> dict[str, str]:
+    return {"notop": f"{stem}_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "top": f"{stem}_weights_tf_dim_ordering_tf_kernels.h5"}
+
+
+_RESNET_GROUPS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+_VGG_GROUPS = ("block1", "block2", "block3", "block4", "block5", "top")
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50v2": BackboneSpec(
+        name="resnet50v2", make=resnet.ResNet50V2, default_size=224, feature_dim=2048,
+        groups=_RESNET_GROUPS + ("post", "top"), layer_group=resnet.layer_group,
+        port_keras=resnet.port_resnet50v2_keras, keras_files=_keras_names("resnet50v2")),
+    "resnet50": BackboneSpec(
+        name="resnet50", make=resnet.ResNet50, default_size=224, feature_dim=2048,
+        groups=_RESNET_GROUPS + ("top",), layer_group=resnet.layer_group,
+        port_keras=resnet.port_resnet50_keras, keras_files=_keras_names("resnet50")),
+    "vgg16": BackboneSpec(
+        name="vgg16", make=vgg.VGG16, default_size=224, feature_dim=512,
+        groups=_VGG_GROUPS, layer_group=vgg.layer_group,
+        port_keras=vgg.port_vgg16_keras, keras_files=_keras_names("vgg16")),
+    "vgg19": BackboneSpec(
+        name="vgg19", make=vgg.VGG19, default_size=224, feature_dim=512,
+        groups=_VGG_GROUPS, layer_group=vgg.layer_group,
+        port_keras=vgg.port_vgg19_keras, keras_files=_keras_names("vgg19")),
+    "mobilenet": BackboneSpec(
+        name="mobilenet", make=mobilenet.MobileNet, default_size=224, feature_dim=1024,
+        groups=("conv1",) + tuple(f"block{i}" for i in range(1, 14)) + ("top",),
+        layer_group=mobilenet.layer_group, port_keras=mobilenet.port_mobilenet_keras,
+        keras_files={"notop": "mobilenet_1_0_224_tf_no_top.h5", "top": "mobilenet_1_0_224_tf.h5"}),
+    "densenet121": BackboneSpec(
+        name="densenet121", make=densenet.DenseNet121, default_size=224, feature_dim=1024,
+        groups=("conv1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4", "conv5", "bn", "top"),
+        layer_group=densenet.layer_group, port_keras=densenet.port_densenet121_keras,
+        keras_files=_keras_names("densenet121")),
+    "efficientnetb0": BackboneSpec(
+        name="efficientnetb0", make=efficientnet.EfficientNetB0, default_size=224, feature_dim=1280,
+        groups=efficientnet.GROUPS, layer_group=efficientnet.layer_group,
+        port_keras=efficientnet.port_efficientnetb0_keras,
+        keras_files={"notop": "efficientnetb0_notop.h5", "top": "efficientnetb0.h5"}),
+    "efficientnet_lite0": BackboneSpec(
+        name="efficientnet_lite0", make=efficientnet.EfficientNetLite0, default_size=224,
+        feature_dim=1280, groups=efficientnet.GROUPS, layer_group=efficientnet.layer_group,
+        port_keras=None, keras_files={},
+        port_torch=efficientnet.port_efficientnet_lite0_torch,
+        torch_files={"top": "efficientnet-lite0-57934424.pth"}),
+    "xception": BackboneSpec(
+        name="xception", make=xception.Xception, default_size=299, feature_dim=2048,
+        groups=xception.GROUPS, layer_group=xception.layer_group,
+        port_keras=xception.port_xception_keras, keras_files=_keras_names("xception")),
+    "inceptionv3": BackboneSpec(
+        name="inceptionv3", make=inception.InceptionV3, default_size=299, feature_dim=2048,
+        groups=inception.GROUPS, layer_group=inception.layer_group,
+        port_keras=inception.port_inceptionv3_keras, keras_files=_keras_names("inception_v3")),
+}
+
+
+def get(name: str) -> BackboneSpec:
+    """The spec of backbone `name`; a KeyError lists the known names."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}") from None
+
+
+def group_matches(group: str, selector: str) -> bool:
+    """Whether finest group `group` belongs to `selector` (itself, or a '_'-prefix of it)."""
+    return group == selector or group.startswith(selector + "_")
+
+
+def coarse_group(spec: BackboneSpec, group: str) -> str:
+    """The entry of `spec.groups` containing finest group `group`; ValueError if none."""
+    for coarse in spec.groups:
+        if group_matches(group, coarse):
+            return coarse
+    raise ValueError(f"{spec.name}: layer group {group!r} is in none of {spec.groups}")
+
+
+def layer_groups(params, spec: BackboneSpec):
+    """A pytree shaped like `params` (or a whole variables dict) holding each leaf's finest group."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict(
+        {k: spec.layer_group(tuple(str(p) for p in k)) for k in flat})
+
+
+def select_groups(params, spec: BackboneSpec, selectors: Iterable[str]):
+    """Bool pytree shaped like `params`: True where a leaf's group matches any selector.
+
+    Raises ValueError naming each selector that matches no parameter (a typo in a staged
+    config must not silently freeze everything).
+    """
+    selectors = list(selectors)
+    flat = traverse_util.flatten_dict(layer_groups(params, spec))
+    used = {s: False for s in selectors}
+    mask = {}
+    for k, group in flat.items():
+        hits = [s for s in selectors if group_matches(group, s)]
+        for s in hits:
+            used[s] = True
+        mask[k] = bool(hits)
+    unknown = [s for s, u in used.items() if not u]
+    if unknown:
+        raise ValueError(f"{spec.name}: layer group selector(s) {unknown} match no parameter; "
+                         f"coarse groups are {list(spec.groups)}, fine ones are Keras layer names")
+    return traverse_util.unflatten_dict(mask)
+
+
+def make_template(spec: BackboneSpec, rng, *, include_top: bool = False, size: int | None = None,
+                  dtype=jnp.float32):
+    """(model, variables) with init values; the template that `spec.port_keras` fills."""
+    model = spec.make(include_top=include_top, dtype=dtype)
+    size = size or spec.default_size
+    init = jax.jit(functools.partial(model.init, train=False))
+    return model, init(rng, jnp.zeros((1, size, size, 3), jnp.float32))

