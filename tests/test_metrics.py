@@ -232,6 +232,29 @@ def test_curve_band_brackets_the_curve(kind):
         M.curve_band(np.ones(5, int), np.full(5, 0.5), kind=kind)
 
 
+def test_paired_difference():
+    y, pa = _data(n=150, seed=4)
+    rng = np.random.default_rng(0)
+    pb = np.clip(pa + rng.normal(0.03 * (2 * y - 1), 0.05), 0, 1)  # B: A nudged the right way
+    d = M.paired_difference(y, pa, pb, n_boot=500)
+    ra = M.classification_report(y, pa, n_boot=500)
+    rb = M.classification_report(y, pb, n_boot=500)
+    for key in ("accuracy", "roc_auc", "auprc", "sensitivity"):
+        e = d["metrics"][key]
+        assert e["a"] == ra[key]["value"] and e["b"] == rb[key]["value"]
+        assert e["diff"] == pytest.approx(e["b"] - e["a"])
+        assert e["ci"][0] <= e["diff"] <= e["ci"][1]
+    # Pairing cancels shared case difficulty: narrower than the two separate CIs combined.
+    wa, wb = (np.diff(r["roc_auc"]["ci"])[0] for r in (ra, rb))
+    assert np.diff(d["metrics"]["roc_auc"]["ci"])[0] < 0.5 * math.hypot(wa, wb)
+    assert d["metrics"]["roc_auc"]["frac_diff_le_0"] < 0.05
+    same = M.paired_difference(y, pa, pa, n_boot=100)["metrics"]["accuracy"]
+    assert same["diff"] == 0 and same["ci"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="prob_b"):
+        M.paired_difference(y, pa, pb[:-1])
+    json.dumps(d, allow_nan=False)
+
+
 def test_format_cell():
     assert M.format_cell({"value": 0.93333, "ci": [0.8, 1.0]}) == "0.933 [0.80, 1.00]"
     assert M.format_cell({"value": float("nan"), "ci": [float("nan")] * 2}) == "n/a"

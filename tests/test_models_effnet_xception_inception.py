@@ -43,6 +43,7 @@ def _keras_reference(arch, include_top, size, tmp):
             layer.set_weights([rng.uniform(0.3, 0.6, w.shape).astype("float32") if i == 0 else
                                rng.uniform(0.04, 0.08, w.shape).astype("float32") if i == 1 else
                                np.asarray(w) for i, w in enumerate(layer.get_weights())])
+            layer.finalize_state()   # Normalization caches mean/variance; refresh them
     path = os.path.join(tmp, f"{arch}_{include_top}_{size}.h5")
     KR.save_legacy_h5(model, path)
     x01 = np.random.default_rng(1).uniform(0, 1, (2, size, size, 3)).astype(np.float32)

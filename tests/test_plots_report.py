@@ -150,9 +150,13 @@ def test_markdown_report_with_fig5_evaluation(tmp_path):
                  "0.875 [", "0.929 [", "0.952 [0.86, 1.00]", "| yes | 1 (FN) | 13 (TP) |",
                  "| no | 7 (TN) | 0 (FP) |", "(13/14; Wilson 0.69–0.99)", "(7/7; Wilson 0.65–1.00)"):
         assert cell in md, cell
-    assert "n=21 (no 7, yes 14): the 95% CI of accuracy spans 0.86–1.00" in md
+    assert "n=21 (no 7, yes 14): the 95% bootstrap CI of accuracy spans 0.86–1.00 (Wilson 0.77–0.99)" in md
     assert "Zero-width CIs" in md and "roc_auc" in md
     assert md.count("![cm](fig/cm.png)") == 2  # the absolute path became relative
+    spaced = tmp_path / "my figs" / "roc curve.png"
+    P.plot_roc(y, p, spaced, "t")
+    md2 = R.write_markdown_report(tmp_path / "r2.md", title="t", sections=[("h", "", [spaced])])
+    assert "![roc curve](<my figs/roc curve.png>)" in md2.read_text()
 
 
 def test_report_errors(tmp_path):
@@ -170,4 +174,5 @@ def test_evaluation_section_large_and_undefined():
     assert "| ROC AUC | | | | n/a |" in one[1]
     assert "roc_auc: y_true holds no cases of class 'no'" in one[1]
     none = R.evaluation_section(M.classification_report(*_fig5(), n_boot=0))
-    assert "No bootstrap" in none[1] and "Small test set" not in none[1]
+    assert "No bootstrap" in none[1]
+    assert "the 95% Wilson interval of accuracy spans 0.77–0.99" in none[1]

@@ -4,6 +4,7 @@
     r["accuracy"]            # {"value": 0.952, "ci": [0.857, 1.0], "n_valid": 1000}
     print(table_markdown(r))  # method A's Fig. 5 layout, every cell "0.933 [0.80, 1.00]"
     op = threshold_for_sensitivity(y_true, prob, 0.95)   # {"threshold", "sensitivity", ...}
+    d = paired_difference(y_true, prob_a, prob_b)         # B - A, paired bootstrap CI
 
 Host-side numpy only. `prob` is P(label 1) and a case is predicted positive when
 `prob >= threshold` (the same rule as sklearn's roc_curve, so a threshold from
@@ -37,19 +38,23 @@ CLASS_METRICS = ("precision", "recall", "f1")
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity",
                   "roc_auc", "auprc")
 CI_METHOD = "percentile bootstrap, cases resampled within each true class"
+_CHUNK_ELEMENTS = 4_000_000  # resamples x cases per vectorised chunk (~32 MB of float64)
 
 
-def check_inputs(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
-    """Validates and converts to (int64 labels in {0, 1}, float64 probabilities in [0, 1])."""
+def check_inputs(y_true, prob, prob_name: str = "prob") -> tuple[np.ndarray, np.ndarray]:
+    """Validates and converts to (int64 labels in {0, 1}, float64 probabilities in [0, 1]);
+    errors name the argument (`prob_name` for the probabilities)."""
     y = np.asarray(y_true)
     p = np.asarray(prob)
     if y.ndim != 1:
         raise ValueError(f"y_true: expected a 1-D array of labels, got shape {y.shape}")
     if p.ndim != 1:
-        hint = " (for softmax outputs pass prob[:, 1])" if p.ndim == 2 and p.shape[-1] == 2 else ""
-        raise ValueError(f"prob: expected a 1-D array of P(label 1), got shape {p.shape}{hint}")
+        hint = (f" (for softmax outputs pass {prob_name}[:, 1])"
+                if p.ndim == 2 and p.shape[-1] == 2 else "")
+        raise ValueError(f"{prob_name}: expected a 1-D array of P(label 1), "
+                         f"got shape {p.shape}{hint}")
     if len(y) != len(p):
-        raise ValueError(f"y_true and prob: lengths differ ({len(y)} vs {len(p)})")
+        raise ValueError(f"y_true and {prob_name}: lengths differ ({len(y)} vs {len(p)})")
     if len(y) == 0:
         raise ValueError("y_true: empty, nothing to evaluate")
     if y.dtype.kind not in "biuf":
@@ -58,13 +63,14 @@ def check_inputs(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
     if bad.any():
         raise ValueError(f"y_true: labels must be 0 or 1, got {np.unique(y[bad])[:5].tolist()}")
     if p.dtype.kind not in "biuf":
-        raise ValueError(f"prob: expected floats in [0, 1], got dtype {p.dtype}")
+        raise ValueError(f"{prob_name}: expected floats in [0, 1], got dtype {p.dtype}")
     p = p.astype(np.float64)
     if not np.isfinite(p).all():
-        raise ValueError(f"prob: {int((~np.isfinite(p)).sum())} value(s) are NaN or infinite")
+        bad = int((~np.isfinite(p)).sum())
+        raise ValueError(f"{prob_name}: {bad} value(s) are NaN or infinite")
     if p.min() < 0.0 or p.max() > 1.0:
-        raise ValueError(f"prob: values must lie in [0, 1], got range [{p.min():g}, {p.max():g}]"
-                         " (pass probabilities, not logits)")
+        raise ValueError(f"{prob_name}: values must lie in [0, 1], got range "
+                         f"[{p.min():g}, {p.max():g}] (pass probabilities, not logits)")
     return y.astype(np.int64), p
 
 
@@ -120,9 +126,11 @@ def _metric_arrays(w, y, prob, threshold) -> dict[str, np.ndarray]:
     fn = w @ (y * (1 - pred))
     tn = w @ ((1 - y) * (1 - pred))
     n0, n1 = tn + fp, tp + fn
-    per = {
-        0: {"precision": _div(tn, tn + fn), "recall": _div(tn, n0), "f1": _div(2 * tn, 2 * tn + fn + fp)},
-        1: {"precision": _div(tp, tp + fp), "recall": _div(tp, n1), "f1": _div(2 * tp, 2 * tp + fp + fn)},
+    per = {  # class 0 is "positive" for its own precision/recall: swap tp<->tn, fp<->fn
+        0: {"precision": _div(tn, tn + fn), "recall": _div(tn, n0),
+            "f1": _div(2 * tn, 2 * tn + fn + fp)},
+        1: {"precision": _div(tp, tp + fp), "recall": _div(tp, n1),
+            "f1": _div(2 * tp, 2 * tp + fp + fn)},
     }
     out = {}
     for c in (0, 1):
@@ -132,8 +140,8 @@ def _metric_arrays(w, y, prob, threshold) -> dict[str, np.ndarray]:
         a0, a1 = per[0][m], per[1][m]
         out[f"macro/{m}"] = (a0 + a1) / 2.0
         # A class with no cases carries zero weight and must not turn the average into NaN.
-        out[f"weighted/{m}"] = _div(np.where(n0 > 0, n0 * a0, 0.0) + np.where(n1 > 0, n1 * a1, 0.0),
-                                    n0 + n1)
+        total = np.where(n0 > 0, n0 * a0, 0.0) + np.where(n1 > 0, n1 * a1, 0.0)
+        out[f"weighted/{m}"] = _div(total, n0 + n1)
     out["accuracy"] = _div(tp + tn, n0 + n1)
     out["sensitivity"] = per[1]["recall"]
     out["specificity"] = per[0]["recall"]
@@ -141,6 +149,14 @@ def _metric_arrays(w, y, prob, threshold) -> dict[str, np.ndarray]:
     out["roc_auc"], out["auprc"] = _ranking_metrics(w, y, prob)
     out["_cm"] = np.stack([tn, fp, fn, tp], axis=-1)
     return out
+
+
+def _boot_arrays(w, y, p, threshold) -> dict[str, np.ndarray]:
+    """`_metric_arrays` over all resamples, in row chunks so that a large external test set
+    (say 10k cases) does not build several (n_boot, n) float temporaries at once."""
+    step = max(1, _CHUNK_ELEMENTS // len(y))
+    parts = [_metric_arrays(w[i:i + step], y, p, threshold) for i in range(0, len(w), step)]
+    return {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
 
 
 def _undefined_reasons(values: dict, n_per_class, pred_per_class, names) -> dict[str, str]:
@@ -226,8 +242,7 @@ def classification_report(y_true, prob, *, threshold: float = 0.5,
 
     point = {k: (v[0] if k == "_cm" else float(v[0]))
              for k, v in _metric_arrays(np.ones((1, len(y))), y, p, threshold).items()}
-    boot = (_metric_arrays(bootstrap_weights(y, n_boot, seed), y, p, threshold)
-            if n_boot else None)
+    boot = _boot_arrays(bootstrap_weights(y, n_boot, seed), y, p, threshold) if n_boot else None
     tn, fp, fn, tp = (int(round(x)) for x in point["_cm"])
     n_per_class = (tn + fp, fn + tp)
     pred_per_class = (tn + fn, fp + tp)
@@ -257,6 +272,43 @@ def classification_report(y_true, prob, *, threshold: float = 0.5,
         "undefined": {k.replace("class0/", f"{names[0]}/").replace("class1/", f"{names[1]}/"): v
                       for k, v in undefined.items()},
     }
+
+
+def paired_difference(y_true, prob_a, prob_b, *, threshold: float = 0.5, n_boot: int = 1000,
+                      ci: float = 0.95, seed: int = 0) -> dict:
+    """Model B minus model A on the same test cases, with a *paired* bootstrap CI.
+
+    Both models are scored on the same resamples, so the case-to-case difficulty they share
+    cancels: the CI of the difference is much narrower than comparing two separate CIs.
+    Returns {"n", "threshold", "n_boot", "ci_level", "seed", "metrics": {name: {"a", "b",
+    "diff", "ci", "n_valid", "frac_diff_le_0"}}} for the scalar metrics and macro F1;
+    `frac_diff_le_0` is the share of valid resamples where B does not beat A.
+    """
+    y, pa = check_inputs(y_true, prob_a, "prob_a")
+    _, pb = check_inputs(y_true, prob_b, "prob_b")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold: expected a value in [0, 1], got {threshold}")
+    if int(n_boot) != n_boot or n_boot < 2:
+        raise ValueError(f"n_boot: expected an integer >= 2, got {n_boot}")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci: expected a level in (0, 1), e.g. 0.95, got {ci}")
+    ones = np.ones((1, len(y)))
+    w = bootstrap_weights(y, int(n_boot), seed)
+    point = [_metric_arrays(ones, y, p, threshold) for p in (pa, pb)]
+    boot = [_boot_arrays(w, y, p, threshold) for p in (pa, pb)]
+    out = {}
+    for key in (*SCALAR_METRICS, "macro/f1"):
+        a, b = float(point[0][key][0]), float(point[1][key][0])
+        d = boot[1][key] - boot[0][key]
+        d = d[np.isfinite(d)]
+        lo, hi = (np.percentile(d, [50 * (1 - ci), 50 * (1 + ci)]) if len(d) >= 2
+                  else (float("nan"), float("nan")))
+        out[key] = {"a": a, "b": b, "diff": b - a, "ci": [float(lo), float(hi)],
+                    "n_valid": int(len(d)),
+                    "frac_diff_le_0": float(np.mean(d <= 0)) if len(d) else float("nan")}
+    return {"n": int(len(y)), "threshold": float(threshold), "n_boot": int(n_boot),
+            "ci_level": float(ci), "ci_method": "paired " + CI_METHOD, "seed": int(seed),
+            "metrics": out}
 
 
 def threshold_for_sensitivity(y_true, prob, target: float) -> dict:

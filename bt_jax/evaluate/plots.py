@@ -128,10 +128,10 @@ def plot_curves(history: dict[str, list[float]], path, title: str, *, best_epoch
                     label=label if k == 1 else f"{label} (mean of {k} folds, ±1 s.d.)")
             if sd is not None:
                 ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.2, lw=0)
+        best_label = "best epoch" if len(best) == 1 else "best epoch per fold"
         for i, b in enumerate(best):
-            ax.axvline(b + 1, color="grey", ls="--", lw=1,
-                       alpha=1.0 if len(best) == 1 else 0.5,
-                       label=("best epoch" if len(best) == 1 else "best epoch per fold") if i == 0 else None)
+            ax.axvline(b + 1, color="grey", ls="--", lw=1, alpha=1.0 if len(best) == 1 else 0.5,
+                       label=best_label if i == 0 else None)
         ax.set_xlabel("epoch")
         ax.set_ylabel(panel)
         ax.grid(alpha=0.3)

@@ -68,11 +68,12 @@ def _image_links(report_dir: Path, images) -> list[str]:
     links = []
     for img in images:
         p = Path(img)
-        rel = Path(os.path.relpath(p, report_dir)) if p.is_absolute() else p
+        rel = Path(os.path.relpath(p.resolve(), report_dir)) if p.is_absolute() else p
         if not (report_dir / rel).is_file():
             raise FileNotFoundError(f"sections: image {str(img)!r} not found at "
                                     f"{str(report_dir / rel)!r} (paths are relative to the report)")
-        links.append(f"![{rel.stem}]({rel.as_posix()})")
+        target = rel.as_posix()
+        links.append(f"![{rel.stem}](<{target}>)" if " " in target else f"![{rel.stem}]({target})")
     return links
 
 
@@ -129,22 +130,25 @@ def _honesty_notes(r: dict, small: int) -> list[str]:
     notes = []
     level = f"{100 * r['ci_level']:.0f}%"
     acc = r["accuracy"]
-    if r["n"] < small and acc.get("ci"):
-        lo, hi = acc["ci"]
+    if r["n"] < small:
         counts = ", ".join(f"{k} {v['support']}" for k, v in r["per_class"].items())
+        wl, wh = acc["wilson"]
+        spread = (f"the {level} bootstrap CI of accuracy spans {acc['ci'][0]:.2f}–{acc['ci'][1]:.2f}"
+                  f" (Wilson {wl:.2f}–{wh:.2f})" if acc.get("ci")
+                  else f"the {level} Wilson interval of accuracy spans {wl:.2f}–{wh:.2f}")
         notes.append(
-            f"**Small test set.** n={r['n']} ({counts}): the {level} CI of accuracy spans "
-            f"{lo:.2f}–{hi:.2f} (width {hi - lo:.2f}; Wilson {acc['wilson'][0]:.2f}–"
-            f"{acc['wilson'][1]:.2f}). Differences between models smaller than this are not "
-            "evidence that one is better; one more or one fewer error moves accuracy by "
-            f"{1 / r['n']:.3f}.")
-    collapsed = [k for k, e in _entries(r)
-                 if e.get("ci") and e["ci"][0] == e["ci"][1] == e["value"] and e["value"] in (0.0, 1.0)]
+            f"**Small test set.** n={r['n']} ({counts}): {spread}; one error more or less moves "
+            f"accuracy by {1 / r['n']:.3f}. Two models whose intervals overlap this much are "
+            "not shown to differ by these numbers; compare them on the same cases with a paired "
+            "bootstrap (`metrics.paired_difference`).")
+    collapsed = [k for k, e in _entries(r) if e.get("ci") and e["value"] in (0.0, 1.0)
+                 and e["ci"][0] == e["ci"][1] == e["value"]]
     if collapsed:
         notes.append(
             f"**Zero-width CIs** ({', '.join(collapsed)}): every resample scored the same "
-            "because the test set holds no counter-example, not because the value is certain; "
-            "for proportions the Wilson interval (in brackets after the counts) stays honest.")
+            "because the test set holds no counter-example, not because the value is certain. "
+            "Proportions also carry a Wilson interval, which does not collapse (sensitivity and "
+            "specificity above; `wilson` in metrics.json).")
     low = {k: e for k, e in _entries(r) if r["n_boot"] and 0 < e["n_valid"] < 0.9 * r["n_boot"]}
     if low:
         notes.append("**Partly undefined resamples**: " + ", ".join(
@@ -174,6 +178,6 @@ def evaluation_section(report_dict: dict, images=(), *, heading: str = "Test-set
         "Confusion matrix (rows true, columns predicted):", "", _cm_table(r),
     ]
     notes = _honesty_notes(r, small_n)
-    if notes:
-        body += [""] + [f"> {n}" + ("\n>" if i < len(notes) - 1 else "") for i, n in enumerate(notes)]
+    if notes:  # one blockquote, paragraphs separated by a bare ">"
+        body += ["", "\n>\n".join(f"> {n}" for n in notes)]
     return (heading, "\n".join(body), list(images))

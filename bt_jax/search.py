@@ -1,0 +1,472 @@
+"""Method A's hyper-parameter search: Optuna TPE over one study shared by any number of workers.
+
+    study = search.run_search(config, workdir, objective, available_backbones=("resnet50v2",))
+    search.best_trial_params(study)   # {"backbone", "units", "lr", "batch_size", "optimizer", "dropout"}
+    search.top_trials(study, 5)       # completed trials, best first (top-k ensemble)
+    search.params_to_config(config, params)   # model.name + train.* set from a trial
+
+`objective(params) -> (value, user_attrs)` returns the mean k-fold validation accuracy (maximised)
+and JSON-serialisable extras (val AUC, per-fold accuracies, best epochs, ...) stored on the trial.
+
+Storage: `config.search.storage` (any SQLAlchemy URL; PostgreSQL lets launch.py processes on many
+machines share one study) or `sqlite:///{workdir}/search.db`; study `config.search.study_name` or
+"{config.name}-search", created with load_if_exists, so relaunching with the same workdir resumes.
+
+Exact count. `config.search.trials` is the number of COMPLETE trials the study ends with. A worker
+takes a cross-process lock (SQLite: fcntl on `search.lock` beside the db file; PostgreSQL:
+`pg_advisory_xact_lock` on the same URL; other databases are refused), then counts COMPLETE +
+RUNNING and only if that is below the plan asks for a new trial and samples its params, all before
+releasing the lock. A trial only becomes COMPLETE from RUNNING, so COMPLETE can never pass the plan,
+and trial numbers (assigned by the storage in creation order) are unique. A worker whose free slots
+are all taken by other workers' RUNNING trials waits (polling) until they finish, since one may
+fail and free a slot; it returns once COMPLETE == plan.
+
+Failures. An exception in the objective (or a bad return value) ends the trial as FAIL with user
+attrs "error" and "traceback"; FAIL trials are kept but do not count toward the plan. A call of
+`run_search` raises SearchError after `max_failures` (default: the plan) failures of its own, so a
+broken objective cannot loop forever; relaunching after a fix resumes with every result kept.
+
+Resume. Every trial carries user attr "worker" = "host:pid:process-start". Under the lock, a worker
+fails RUNNING trials whose worker ran on this host and is gone (user attr "interrupted"), at once,
+without touching live workers on the same database. Trials of dead workers on other hosts are found
+by Optuna heartbeats (a thread beats every `heartbeat_interval` s; `fail_stale_trials` after
+`grace_period` s); those are FAIL without attrs (the storage refuses attrs on finished trials).
+
+Determinism. The TPE sampler of trial n is seeded from (config.seed, n): one worker with a fixed
+seed proposes the same params every run, a resumed run continues as an uninterrupted one would (for
+a deterministic objective), and parallel workers never repeat each other's random start-up trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import sqlalchemy
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from bt_jax.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "sgd")
+RESERVED_ATTRS = ("worker", "error", "traceback", "interrupted")
+
+
+class SearchError(RuntimeError):
+    """The search cannot go on: no usable backbone, a changed search space, too many failures."""
+
+
+# ---------------------------------------------------------------- space
+
+def search_space(config, available_backbones: Sequence[str]) -> dict[str, Any]:
+    """Method A's space from `config.search`, as Optuna distributions keyed by param name."""
+    s = config.search
+    _check_search_config(s)
+    available = set(available_backbones)
+    backbones = tuple(b for b in s.backbones if b in available)
+    if not backbones:
+        raise SearchError(f"config.search.backbones {tuple(s.backbones)}: none of them has weights "
+                          f"that resolve (available: {sorted(available)})")
+    return {
+        "backbone": CategoricalDistribution(backbones),
+        "units": CategoricalDistribution(tuple(int(u) for u in s.units)),
+        "lr": FloatDistribution(float(s.lr_min), float(s.lr_max), log=True),
+        "batch_size": CategoricalDistribution(tuple(int(b) for b in s.batch_sizes)),
+        "optimizer": CategoricalDistribution(tuple(s.optimizers)),
+        "dropout": FloatDistribution(float(s.dropout_min), float(s.dropout_max)),
+    }
+
+
+def _check_search_config(s) -> None:
+    def fail(key, msg):
+        raise ConfigError(f"config.search.{key}: {msg}")
+    if int(s.trials) < 1:
+        fail("trials", f"expected >= 1, got {s.trials}")
+    if not len(s.backbones):
+        fail("backbones", "empty")
+    for key in ("units", "batch_sizes"):
+        values = tuple(getattr(s, key))
+        if not values or any(int(v) != v or v < 1 for v in values):
+            fail(key, f"expected positive integers, got {values}")
+    if not 0 < s.lr_min <= s.lr_max:
+        fail("lr_min", f"expected 0 < lr_min <= lr_max, got {s.lr_min}, {s.lr_max}")
+    if not 0 <= s.dropout_min <= s.dropout_max < 1:
+        fail("dropout_min", f"expected 0 <= dropout_min <= dropout_max < 1, "
+                            f"got {s.dropout_min}, {s.dropout_max}")
+    bad = [o for o in s.optimizers if o not in OPTIMIZERS]
+    if not len(s.optimizers) or bad:
+        fail("optimizers", f"expected a non-empty subset of {OPTIMIZERS}, got {tuple(s.optimizers)}")
+
+
+def suggest(trial: optuna.Trial, config, available_backbones: Sequence[str]) -> dict:
+    """Samples one point of the space through `trial`; returns {name: value}."""
+    params = {}
+    for name, dist in search_space(config, available_backbones).items():
+        if isinstance(dist, CategoricalDistribution):
+            params[name] = trial.suggest_categorical(name, dist.choices)
+        else:
+            params[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    return params
+
+
+def params_to_config(config, params: dict):
+    """A copy of `config` with the trial's backbone (model.name) and head settings (train.*)."""
+    c = config.copy_and_resolve_references()
+    c.model.name = params["backbone"]
+    c.train.units = int(params["units"])
+    c.train.lr = float(params["lr"])
+    c.train.batch_size = int(params["batch_size"])
+    c.train.optimizer = params["optimizer"]
+    c.train.dropout = float(params["dropout"])
+    return c
+
+
+# ---------------------------------------------------------------- storage and locks
+
+def storage_url(config, workdir: str | Path) -> str:
+    return config.search.storage or f"sqlite:///{Path(workdir).resolve() / 'search.db'}"
+
+
+def study_name(config) -> str:
+    return config.search.study_name or f"{config.name}-search"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    import fcntl  # POSIX only, like SQLite's own multi-process locking
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _make_lock(url: str, name: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A cross-process mutex for one study on the database behind `url`."""
+    u = sqlalchemy.engine.make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        if not u.database or u.database == ":memory:":
+            lock = threading.Lock()   # an in-memory database lives in this process only
+            return lambda: lock
+        path = Path(u.database).with_suffix(".lock")
+        return lambda: _file_lock(path)
+    if backend == "postgresql":
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        digest = hashlib.sha256(f"bt_jax.search:{name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+
+        @contextlib.contextmanager
+        def pg_lock():
+            # Transaction-scoped: released at commit, or by the server if this process dies.
+            with engine.begin() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                yield
+        return pg_lock
+    raise SearchError(f"config.search.storage: no cross-process trial lock for {backend!r} "
+                      f"databases; use sqlite:///... (one machine) or postgresql://...")
+
+
+# ---------------------------------------------------------------- workers
+
+def _process_start(pid: int) -> str | None:
+    """Start time of `pid` in clock ticks since boot (Linux), so a reused pid is not mistaken."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _worker_id() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid) or ''}"
+
+
+def _dead_local_worker(worker: str) -> bool:
+    host, pid, start = worker.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False
+    if start and Path("/proc/self/stat").exists():
+        return _process_start(int(pid)) != start
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def _reap(study: optuna.Study, storage, study_id: int) -> None:
+    """Fails RUNNING trials whose worker is gone; call under the lock."""
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        worker = t.user_attrs.get("worker")
+        if worker and _dead_local_worker(worker):
+            tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                storage.set_trial_user_attr(
+                    tid, "interrupted", f"worker {worker} died while the trial ran")
+                storage.set_trial_state_values(tid, TrialState.FAIL)
+                log.warning("trial %d: worker %s is gone; marked FAIL (interrupted)",
+                            t.number, worker)
+    before = {t.number for t in running}
+    with _quiet():
+        optuna.storages.fail_stale_trials(study)
+    after = {t.number for t in storage.get_all_trials(
+        study_id, deepcopy=False, states=(TrialState.RUNNING,))}
+    for number in sorted(before - after):
+        log.warning("trial %d is no longer RUNNING (finished, or failed for a stale heartbeat)",
+                    number)
+
+
+@contextlib.contextmanager
+def _heartbeat(storage, trial_id: int, interval: float) -> Iterator[None]:
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval):
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as e:  # a missed beat only risks a late stale verdict
+                log.warning("heartbeat of trial id %d failed: %s", trial_id, e)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences Optuna's notes on features used here on purpose (heartbeats with ask/tell)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        yield
+
+
+def _sampler(seed: int, number: int) -> optuna.samplers.TPESampler:
+    trial_seed = int(np.random.SeedSequence([int(seed) % 2**32, number]).generate_state(1)[0])
+    with _quiet():
+        # constant_liar: parallel workers see each other's RUNNING trials and spread out.
+        return optuna.samplers.TPESampler(seed=trial_seed, constant_liar=True)
+
+
+def _jsonable(value: Any) -> Any:
+    def default(o):
+        if hasattr(o, "tolist"):  # numpy / jax scalars and arrays
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+    return json.loads(json.dumps(value, default=default))
+
+
+def _check_result(result) -> tuple[float, dict]:
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
+        raise TypeError(f"objective must return (value, user_attrs dict), got {result!r:.200}")
+    value = float(result[0])
+    if not math.isfinite(value):
+        raise ValueError(f"objective returned a non-finite value {value}")
+    reserved = sorted(set(result[1]) & set(RESERVED_ATTRS))
+    if reserved:
+        raise ValueError(f"objective user_attrs use reserved names {reserved}")
+    return value, {str(k): _jsonable(v) for k, v in result[1].items()}
+
+
+def _check_space(study: optuna.Study, space: dict) -> None:
+    """Refuses to continue a study with another search space (TPE would mix the two)."""
+    new = {k: optuna.distributions.distribution_to_json(d) for k, d in space.items()}
+    old = study.user_attrs.get("search_space")
+    if old is None:
+        study.set_user_attr("search_space", new)
+    elif old != new:
+        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)}
+        raise SearchError(f"study {study.study_name!r} was made with another search space; "
+                          f"changed (stored, now): {diff}. Every worker must use the same "
+                          f"config.search and available backbones, or a new study_name")
+
+
+# ---------------------------------------------------------------- the search
+
+def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[float, dict]], *,
+               available_backbones: Sequence[str], progress: bool = True,
+               max_failures: int | None = None, poll_s: float = 1.0,
+               heartbeat_interval: int = 10, grace_period: int = 60) -> optuna.Study:
+    """Runs trials until the study holds `config.search.trials` COMPLETE ones; returns the study."""
+    space = search_space(config, available_backbones)
+    planned = int(config.search.trials)
+    max_failures = planned if max_failures is None else int(max_failures)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    url, name = storage_url(config, workdir), study_name(config)
+    lock = _make_lock(url, name)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with lock(), _quiet():  # two first workers must not both create the tables and the study
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                             heartbeat_interval=heartbeat_interval,
+                                             grace_period=grace_period)
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                    load_if_exists=True, sampler=_sampler(config.seed, 0))
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise SearchError(f"study {name!r} in {url} minimises; method A maximises accuracy")
+        _check_space(study, space)
+    study_id = storage.get_study_id_from_name(name)
+    worker = _worker_id()
+    csv_path = workdir / "trials.csv"
+    log.info("search %r in %s: %d trials planned, worker %s", name, url, planned, worker)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=planned, desc="trial", unit="trial", dynamic_ncols=True)
+    failures, last_error = 0, ""
+    try:
+        while True:
+            trial = None
+            with lock():
+                _reap(study, storage, study_id)
+                trials = storage.get_all_trials(study_id, deepcopy=False)
+                done = sum(t.state == TrialState.COMPLETE for t in trials)
+                running = sum(t.state == TrialState.RUNNING for t in trials)
+                if done >= planned:
+                    break
+                if done + running < planned:
+                    study.sampler = _sampler(config.seed, len(trials))
+                    with _quiet():
+                        trial = study.ask()
+                    if trial.number != len(trials):  # someone writes to the study without the lock
+                        study.sampler = _sampler(config.seed, trial.number)
+                    trial.set_user_attr("worker", worker)
+                    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id,
+                                                                               trial.number)
+                    storage.record_heartbeat(trial_id)  # only trials with a beat can go stale
+                    params = suggest(trial, config, available_backbones)
+            if trial is None:  # the last slots are RUNNING elsewhere; one of them may still fail
+                _show(bar, trials)
+                time.sleep(poll_s)
+                continue
+            error = _run_trial(study, storage, trial, trial_id, params, objective,
+                               heartbeat_interval)
+            if error:
+                failures, last_error = failures + 1, error
+            trials = storage.get_all_trials(study_id, deepcopy=False)
+            _show(bar, trials)
+            trials_dataframe_csv(study, csv_path)
+            if failures >= max_failures:
+                raise SearchError(
+                    f"{failures} trials failed in this run (max_failures={max_failures}); last "
+                    f"error: {last_error}. Completed trials are kept: fix the objective and "
+                    f"relaunch with the same workdir/storage to resume")
+    finally:
+        if bar is not None:
+            bar.close()
+        trials_dataframe_csv(study, csv_path)
+    best = top_trials(study, 1)[0]
+    log.info("search %r done: %d complete; best trial %d value %.4f params %s",
+             name, planned, best.number, best.value, best.params)
+    return study
+
+
+def _run_trial(study, storage, trial, trial_id, params, objective, heartbeat_interval) -> str:
+    """Runs and records one trial; returns the error message, "" when it completed."""
+    t0 = time.perf_counter()
+    try:
+        with _heartbeat(storage, trial_id, heartbeat_interval):
+            value, attrs = _check_result(objective(dict(params)))
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, value)
+        log.info("trial %d %s -> %.4f (%.1f s)", trial.number, params, value,
+                 time.perf_counter() - t0)
+        return ""
+    except optuna.exceptions.UpdateFinishedTrialError:
+        log.warning("trial %d was failed by another worker (stale heartbeat); result dropped",
+                    trial.number)
+        return ""
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            trial.set_user_attr("error", error)
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            study.tell(trial, state=TrialState.FAIL)
+        log.warning("trial %d %s failed: %s", trial.number, params, error)
+        return error
+    except BaseException as e:  # KeyboardInterrupt, SystemExit: record, then stop
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("interrupted", f"{type(e).__name__} in worker "
+                                               f"{trial.user_attrs.get('worker')}")
+            study.tell(trial, state=TrialState.FAIL)
+        raise
+
+
+def _show(bar, trials: list[FrozenTrial]) -> None:
+    if bar is None:
+        return
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+    bar.n = len(values)
+    if values:
+        bar.set_postfix_str(f"best {max(values):.4f}", refresh=False)
+    bar.refresh()
+
+
+# ---------------------------------------------------------------- results
+
+def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The `k` best COMPLETE trials, highest value first (ties: lower number first)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        raise SearchError(f"study {study.study_name!r} has no completed trial")
+    return sorted(done, key=lambda t: (-t.value, t.number))[:k]
+
+
+def best_trial_params(study: optuna.Study) -> dict:
+    return dict(top_trials(study, 1)[0].params)
+
+
+def trials_dataframe_csv(study: optuna.Study, path: str | Path) -> Path:
+    """Writes every trial (all states) as one CSV row; atomic, so readers never see half a file."""
+    path = Path(path)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    params = sorted({p for t in trials for p in t.params})
+    attrs = sorted({a for t in trials for a in t.user_attrs if a != "traceback"})
+    header = (["number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
+              + [f"params_{p}" for p in params] + [f"user_attrs_{a}" for a in attrs])
+
+    def cell(v):
+        return json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for t in trials:
+            duration = t.duration.total_seconds() if t.duration is not None else None
+            w.writerow([t.number, t.state.name, cell(t.value), cell(t.datetime_start),
+                        cell(t.datetime_complete), cell(duration)]
+                       + [cell(t.params.get(p)) for p in params]
+                       + [cell(t.user_attrs.get(a)) for a in attrs])
+    os.replace(tmp, path)
+    return path

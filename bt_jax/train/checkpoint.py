@@ -1,0 +1,91 @@
+"""Orbax checkpoints as plain pytrees: a 'best' slot (by validation loss) and a 'last' slot.
+
+    ck = Checkpoints(W / "checkpoints" / "finetune")
+    ck.save_last(epoch, state_tree, meta)            # every epoch: what a killed run resumes
+    ck.save_best(epoch, params_tree, val_loss)       # only when val_loss improved
+    tree, meta = ck.restore_last(template)           # None if nothing saved yet
+    best = ck.restore_best(template)
+    ck.mark_done(summary); ck.is_done()
+
+`meta` (epoch, history, config, ...) is JSON stored beside the arrays, so a checkpoint
+says what made it. Saves are synchronous: a checkpoint on disk is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+FORMAT_VERSION = 1
+
+
+def _manager(path: Path, best: bool) -> ocp.CheckpointManager:
+    opts = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, enable_async_checkpointing=False,
+        best_fn=(lambda m: m["val_loss"]) if best else None, best_mode="min")
+    return ocp.CheckpointManager(path.absolute(), options=opts)
+
+
+def _to_host(tree):
+    return jax.tree.map(lambda x: np.asarray(x), tree)
+
+
+class Checkpoints:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._best = _manager(self.root / "best", best=True)
+        self._last = _manager(self.root / "last", best=False)
+
+    def _write_meta(self, name: str, meta: dict) -> None:
+        tmp = self.root / f"{name}.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps({"format": FORMAT_VERSION, **meta}, indent=1, default=float))
+        os.replace(tmp, self.root / f"{name}.json")
+
+    def _read_meta(self, name: str) -> dict | None:
+        p = self.root / f"{name}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def save_last(self, epoch: int, tree, meta: dict) -> None:
+        self._last.save(epoch, args=ocp.args.StandardSave(_to_host(tree)), force=True)
+        self._last.wait_until_finished()
+        self._write_meta("last", {"epoch": epoch, **meta})
+
+    def save_best(self, epoch: int, tree, val_loss: float, meta: dict | None = None) -> None:
+        self._best.save(epoch, args=ocp.args.StandardSave(_to_host(tree)),
+                        metrics={"val_loss": float(val_loss)}, force=True)
+        self._best.wait_until_finished()
+        self._write_meta("best", {"epoch": epoch, "val_loss": float(val_loss), **(meta or {})})
+
+    def restore_last(self, template):
+        step = self._last.latest_step()
+        meta = self._read_meta("last")
+        if step is None or meta is None or meta.get("epoch") != step:
+            return None, None
+        tree = self._last.restore(step, args=ocp.args.StandardRestore(_to_host(template)))
+        return tree, meta
+
+    def restore_best(self, template):
+        if isinstance(template, dict) and "params" in template:
+            template = {"batch_stats": {}, **template}  # BatchNorm-free models have none
+        step = self._best.best_step()
+        if step is None:
+            raise FileNotFoundError(f"no best checkpoint in {self.root / 'best'}")
+        return self._best.restore(step, args=ocp.args.StandardRestore(_to_host(template)))
+
+    def best_meta(self) -> dict | None:
+        return self._read_meta("best")
+
+    def mark_done(self, summary: dict) -> None:
+        self._write_meta("done", summary)
+
+    def is_done(self) -> bool:
+        return (self.root / "done.json").exists()
+
+    def done_meta(self) -> dict | None:
+        return self._read_meta("done")

@@ -1,0 +1,278 @@
+"""End-to-end fine-tuning: frozen layer groups as optax masked partitions, jitted steps,
+early stopping / plateau callbacks, a best and a last checkpoint, resume after a kill.
+
+    labels = trainable_labels(variables["params"], spec, ["block5"])   # 'train'/'frozen' tree
+    tx = make_tx(labels, lr=1e-4, optimizer="adam")
+    state = init_state(variables, tx)
+    state, m = train_step(model, tx, False, aug, state, batch, rng)     # pure; jit at call site
+    result = fit(model, variables, spec, data, FitSpec(...), rng, ckpt=Checkpoints(dir))
+
+Freezing is `optax.multi_transform` with `optax.set_to_zero()` for frozen groups: no
+parameter copying, no Python-side gradient surgery. Because the zeroed gradients are
+never read, XLA drops their computation; with no backbone group trainable the classifier
+also stops the gradient at the backbone output so no backward pass runs through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from bt_jax.data import augment
+from bt_jax.models import registry
+from bt_jax.train import callbacks
+from bt_jax.train.checkpoint import Checkpoints
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- partitions
+
+def trainable_labels(params, spec: registry.BackboneSpec, trainable) -> Any:
+    """'train'/'frozen' per leaf of {'backbone': ..., 'head': ...} params.
+
+    trainable: "all", "none" (head only) or a list of layer-group selectors
+    (registry.group_matches: "block5" covers "block5_conv3"). The head always trains.
+    """
+    bb = params["backbone"]
+    if trainable == "all":
+        mask = jax.tree.map(lambda _: True, bb)
+    elif trainable in ("none", (), []):
+        mask = jax.tree.map(lambda _: False, bb)
+    else:
+        mask = registry.select_groups(bb, spec, list(trainable))
+    labels = {"backbone": jax.tree.map(lambda m: "train" if m else "frozen", mask),
+              "head": jax.tree.map(lambda _: "train", params["head"])}
+    flat = traverse_util.flatten_dict(labels)
+    assert all(v in ("train", "frozen") for v in flat.values())  # every leaf covered
+    return labels
+
+
+def count_trainable(params, labels) -> tuple[int, int]:
+    sizes = jax.tree.map(lambda p, l: (int(np.size(p)), l == "train"), params, labels)
+    flat = jax.tree.leaves(sizes, is_leaf=lambda x: isinstance(x, tuple))
+    return sum(n for n, t in flat if t), sum(n for n, _ in flat)
+
+
+def make_tx(labels, *, lr: float, optimizer: str = "adam", momentum: float = 0.9):
+    """Trainable leaves get the optimiser (learning rate injectable for plateau
+    schedules); frozen leaves get exact zeros."""
+    if optimizer == "adam":
+        inner = optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=1e-7)
+    elif optimizer == "sgd":
+        inner = optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
+    else:
+        raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {optimizer!r}")
+    return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def init_state(variables, tx) -> TrainState:
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+# ----------------------------------------------------------------------------- steps
+
+def per_example_loss(logits, y):
+    """Sigmoid BCE for one logit (method A), softmax CE for several (method B)."""
+    if logits.shape[-1] == 1:
+        return optax.sigmoid_binary_cross_entropy(logits[:, 0], y.astype(jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def positive_prob(logits):
+    if logits.shape[-1] == 1:
+        return jax.nn.sigmoid(logits[:, 0])
+    return jax.nn.softmax(logits, axis=-1)[:, 1]
+
+
+def _sums(logits, y, w):
+    loss = per_example_loss(logits, y)
+    pred = (positive_prob(logits) >= 0.5).astype(y.dtype)
+    return {"loss": jnp.sum(loss * w), "correct": jnp.sum((pred == y) * w), "count": jnp.sum(w)}
+
+
+def train_step(model, tx, bn_train: bool, aug: augment.AugmentParams, state: TrainState,
+               batch: dict, rng):
+    """batch: x (B,H,W,3) in [0,1], keys (B,2) uint32, aug (B,) bool, y (B,), w (B,) weights
+    (0 for padding). Rows flagged `aug` are augmented inside the step with their own key."""
+    x = jnp.where(batch["aug"][:, None, None, None],
+                  augment.augment_batch_fn(batch["x"], batch["keys"], aug), batch["x"])
+    w = batch["w"].astype(jnp.float32)
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        if bn_train:
+            (logits, _), upd = model.apply(variables, x, train=True, bn_train=True,
+                                           rngs={"dropout": rng}, mutable=["batch_stats"])
+            stats = upd["batch_stats"]
+        else:
+            logits, _ = model.apply(variables, x, train=True, bn_train=False, rngs={"dropout": rng})
+            stats = state.batch_stats
+        loss = jnp.sum(per_example_loss(logits, batch["y"]) * w) / jnp.maximum(jnp.sum(w), 1.0)
+        return loss, (logits, stats)
+
+    grads, (logits, stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = TrainState(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
+    return new, _sums(logits, batch["y"], w)
+
+
+def eval_step(model, params, batch_stats, x, y, w):
+    logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+    return _sums(logits, y, w.astype(jnp.float32)), positive_prob(logits)
+
+
+# ----------------------------------------------------------------------------- loop
+
+@dataclasses.dataclass(frozen=True)
+class FitSpec:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-5
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    patience: int = 4                 # early stopping on val loss, restore best
+    plateau_factor: float = 0.0       # 0: no ReduceLROnPlateau
+    plateau_patience: int = 3
+    plateau_min_lr: float = 0.0
+    plateau_monitor: str = "val_acc"  # "val_acc" (max) or "val_loss" (min)
+    bn_train: bool = False
+    trainable: Any = "all"            # "all" | "none" | tuple of group selectors
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class FitData:
+    """Images on the host; training rows index into them, optionally augmented."""
+    images: np.ndarray                # (N, S, S, 3) float32 in [0, 1]
+    labels: np.ndarray                # (N,) int
+    train_src: np.ndarray             # (T,) int rows of images
+    train_keys: np.ndarray            # (T, 2) uint32
+    train_aug: np.ndarray             # (T,) bool
+    val_idx: np.ndarray               # (V,) int
+    aug_params: augment.AugmentParams = augment.AugmentParams()  # ranges for rows flagged aug
+
+
+@dataclasses.dataclass
+class FitResult:
+    variables: dict                   # best by validation loss
+    history: dict                     # per epoch: train_loss, train_acc, val_loss, val_acc, lr
+    best_epoch: int
+    stopped_epoch: int
+    resumed_from: int = -1
+
+
+def evaluate(model, variables, images, labels, idx, *, batch_size: int = 32, fn=None):
+    """(loss, acc, probs) over images[idx] in padded batches (one compiled shape)."""
+    fn = fn or jax.jit(functools.partial(eval_step, model))
+    sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    probs = []
+    for s in range(0, len(idx), batch_size):
+        rows = idx[s:s + batch_size]
+        n = len(rows)
+        pad = np.concatenate([rows, np.full(batch_size - n, rows[0])])
+        w = (np.arange(batch_size) < n).astype(np.float32)
+        m, p = fn(variables["params"], variables.get("batch_stats", {}), images[pad],
+                  labels[pad], w)
+        for k in sums:
+            sums[k] += float(m[k])
+        probs.append(np.asarray(p)[:n])
+    c = max(sums["count"], 1.0)
+    return sums["loss"] / c, sums["correct"] / c, (np.concatenate(probs) if probs else np.zeros(0))
+
+
+def _batches(data: FitData, bs: int, rng: np.random.Generator):
+    order = rng.permutation(len(data.train_src))
+    for s in range(0, len(order), bs):
+        rows = order[s:s + bs]
+        n = len(rows)
+        rows = np.concatenate([rows, np.full(bs - n, rows[0])])
+        yield {"x": data.images[data.train_src[rows]], "keys": data.train_keys[rows],
+               "aug": data.train_aug[rows], "y": data.labels[data.train_src[rows]],
+               "w": (np.arange(bs) < n).astype(np.float32)}
+
+
+def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpec, *,
+        ckpt: Checkpoints | None = None, progress: bool = True, desc: str = "fine-tune") -> FitResult:
+    labels = trainable_labels(variables["params"], spec, fs.trainable)
+    tx = make_tx(labels, lr=fs.lr, optimizer=fs.optimizer, momentum=fs.momentum)
+    aug = data.aug_params
+    state = init_state(variables, tx)
+    es = callbacks.early_stopping_init({"params": state.params, "batch_stats": state.batch_stats})
+    mode = "max" if fs.plateau_monitor == "val_acc" else "min"
+    pl = callbacks.plateau_init(fs.lr, mode=mode)
+    history = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
+    start = 0
+    if ckpt is not None:
+        tree, meta = ckpt.restore_last({"state": state, "es": es, "pl": pl})
+        if tree is not None:
+            state, es, pl = tree["state"], tree["es"], tree["pl"]
+            history, start = meta["history"], meta["epoch"] + 1
+            log.info("%s: resuming after epoch %d from %s", desc, meta["epoch"], ckpt.root)
+    resumed_from = start - 1
+    step = jax.jit(functools.partial(train_step, model, tx, fs.bn_train, aug), donate_argnums=0)
+    ev = jax.jit(functools.partial(eval_step, model))
+    key = jax.random.PRNGKey(fs.seed)
+    n_train, total = count_trainable(state.params, labels)
+    log.info("%s: %d of %d parameters trainable (%s)", desc, n_train, total, fs.trainable)
+    epochs = range(start, fs.epochs)
+    if progress:
+        from tqdm import tqdm
+        epochs = tqdm(epochs, desc=desc, unit="epoch", initial=start, total=fs.epochs, leave=False)
+    for epoch in epochs:
+        if bool(es.stopped):
+            break
+        sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+        np_rng = np.random.default_rng([fs.seed, epoch])
+        for b, batch in enumerate(_batches(data, fs.batch_size, np_rng)):
+            state, m = step(state, batch, jax.random.fold_in(jax.random.fold_in(key, epoch), b))
+            for k in sums:
+                sums[k] += float(m[k])
+        cur = {"params": state.params, "batch_stats": state.batch_stats}
+        vl, va, _ = evaluate(model, cur, data.images, data.labels, data.val_idx,
+                             batch_size=fs.batch_size, fn=ev)
+        c = max(sums["count"], 1.0)
+        for k, v in (("train_loss", sums["loss"] / c), ("train_acc", sums["correct"] / c),
+                     ("val_loss", vl), ("val_acc", va), ("lr", float(pl.lr))):
+            history[k].append(float(v))
+        improved = vl < float(es.best)
+        es = callbacks.early_stopping_update(es, vl, epoch, cur, patience=fs.patience)
+        if fs.plateau_factor > 0:
+            pl = callbacks.plateau_update(pl, va if mode == "max" else vl, factor=fs.plateau_factor,
+                                          patience=fs.plateau_patience, min_lr=fs.plateau_min_lr,
+                                          mode=mode)
+            state = state.replace(opt_state=callbacks.set_learning_rate(state.opt_state, pl.lr))
+        if ckpt is not None:
+            if improved:
+                ckpt.save_best(epoch, cur, vl)
+            ckpt.save_last(epoch, {"state": state, "es": es, "pl": pl}, {"history": history})
+        log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | lr %.2e",
+                 desc, epoch, history["train_loss"][-1], history["train_acc"][-1], vl, va,
+                 history["lr"][-1])
+    best = jax.tree.map(np.asarray, es.best_params)
+    result = FitResult(variables=best, history=history, best_epoch=int(es.best_epoch),
+                       stopped_epoch=int(es.stopped_epoch), resumed_from=resumed_from)
+    if ckpt is not None:
+        ckpt.mark_done({"best_epoch": result.best_epoch, "stopped_epoch": result.stopped_epoch,
+                        "history": history})
+    return result
