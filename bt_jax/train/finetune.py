@@ -218,7 +218,9 @@ def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpe
     tx = make_tx(labels, lr=fs.lr, optimizer=fs.optimizer, momentum=fs.momentum)
     aug = data.aug_params
     state = init_state(variables, tx)
-    es = callbacks.early_stopping_init({"params": state.params, "batch_stats": state.batch_stats})
+    # Copies: the train step donates the state's buffers, callbacks must not alias them.
+    es = callbacks.early_stopping_init(jax.tree.map(jnp.copy, {"params": state.params,
+                                                               "batch_stats": state.batch_stats}))
     mode = "max" if fs.plateau_monitor == "val_acc" else "min"
     pl = callbacks.plateau_init(fs.lr, mode=mode)
     history = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
@@ -261,7 +263,8 @@ def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpe
             pl = callbacks.plateau_update(pl, va if mode == "max" else vl, factor=fs.plateau_factor,
                                           patience=fs.plateau_patience, min_lr=fs.plateau_min_lr,
                                           mode=mode)
-            state = state.replace(opt_state=callbacks.set_learning_rate(state.opt_state, pl.lr))
+            state = state.replace(opt_state=callbacks.set_learning_rate(state.opt_state,
+                                                                        jnp.array(pl.lr, copy=True)))
         if ckpt is not None:
             if improved:
                 ckpt.save_best(epoch, cur, vl)

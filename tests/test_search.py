@@ -1,0 +1,339 @@
+"""Tests of bt_jax.search: counts, failures, determinism, kill-and-resume, shared studies."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bt_jax import search
+from bt_jax.config import ConfigError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_worker import BACKBONES, attrs, make_config, score  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("search_worker.py")
+
+
+def _objective(fail_on_calls=()):
+    calls = []
+
+    def objective(params):
+        calls.append(params)
+        if len(calls) in fail_on_calls:
+            raise ValueError(f"bad fold at call {len(calls)}")
+        value = score(params)
+        return value, attrs(params, value)
+    return objective, calls
+
+
+def _load(config, workdir):
+    return optuna.load_study(study_name=search.study_name(config),
+                             storage=search.storage_url(config, workdir))
+
+
+def _by_state(study):
+    out = {}
+    for t in study.get_trials(deepcopy=False):
+        out.setdefault(t.state, []).append(t)
+    return out
+
+
+def test_basic_run_counts_failures_results_and_csv(tmp_path):
+    c = make_config(trials=12, seed=3)
+    objective, calls = _objective(fail_on_calls=(3, 7))
+    # densenet121 has no weights here, xception is not in the config's list: neither is searched.
+    study = search.run_search(c, tmp_path, objective, progress=False,
+                              available_backbones=("resnet50v2", "vgg16", "xception"))
+    states = _by_state(study)
+    assert len(states[TrialState.COMPLETE]) == 12 and len(states[TrialState.FAIL]) == 2
+    assert set(states) == {TrialState.COMPLETE, TrialState.FAIL} and len(calls) == 14
+    assert sorted(t.number for t in study.trials) == list(range(14))
+    assert [t.user_attrs["error"] for t in states[TrialState.FAIL]] == [
+        "ValueError: bad fold at call 3", "ValueError: bad fold at call 7"]
+    assert "bad fold at call 3" in states[TrialState.FAIL][0].user_attrs["traceback"]
+
+    for t in study.trials:
+        p = t.params
+        assert p["backbone"] in ("resnet50v2", "vgg16")
+        assert p["units"] in (32, 64, 128, 256, 1024) and isinstance(p["units"], int)
+        assert p["batch_size"] in (16, 32, 64) and p["optimizer"] in ("adam", "sgd")
+        assert 1e-5 <= p["lr"] <= 1e-2 and 0.0 <= p["dropout"] <= 0.8
+    for t in states[TrialState.COMPLETE]:
+        assert t.value == pytest.approx(score(t.params))
+        assert t.user_attrs["fold_accuracy"] == pytest.approx([t.value - 0.01, t.value + 0.01])
+        assert t.user_attrs["worker"].split(":")[1] == str(os.getpid())
+
+    values = [t.value for t in states[TrialState.COMPLETE]]
+    top = search.top_trials(study, 5)
+    assert [t.value for t in top] == sorted(values, reverse=True)[:5]
+    assert search.best_trial_params(study) == top[0].params
+    assert top[0].value == max(values) > sum(values) / len(values)
+
+    rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
+    assert [int(r["number"]) for r in rows] == list(range(14))
+    assert sum(r["state"] == "FAIL" for r in rows) == 2
+    fail_row = next(r for r in rows if r["state"] == "FAIL")
+    assert fail_row["user_attrs_error"].startswith("ValueError: bad fold")
+    best_row = rows[top[0].number]
+    assert float(best_row["value"]) == pytest.approx(top[0].value)
+    assert int(best_row["params_units"]) == top[0].params["units"]
+
+    # Relaunching a finished study runs nothing.
+    again, more = _objective()
+    study2 = search.run_search(c, tmp_path, again, progress=False,
+                               available_backbones=("resnet50v2", "vgg16", "xception"))
+    assert more == [] and len(study2.trials) == 14
+
+
+def test_same_seed_same_params_and_resume_continues_the_same_sequence(tmp_path):
+    def params(workdir, trials, seed=0):
+        objective, _ = _objective()
+        study = search.run_search(make_config(trials, seed), workdir, objective,
+                                  available_backbones=BACKBONES, progress=False)
+        return [t.params for t in sorted(study.trials, key=lambda t: t.number)]
+
+    fresh = params(tmp_path / "a", 8)
+    assert params(tmp_path / "b", 4) == fresh[:4]
+    # Extending the study (like a relaunch after a stop) proposes what one run would have.
+    assert params(tmp_path / "b", 8) == fresh
+    other = params(tmp_path / "c", 2, seed=1)
+    assert other[0] != fresh[0] and other[1] != fresh[1]
+
+
+def test_failure_cap_stops_a_broken_objective_and_a_fixed_one_resumes(tmp_path):
+    c = make_config(trials=4)
+
+    def broken(params):
+        return float("nan"), {}
+
+    with pytest.raises(search.SearchError, match=r"3 trials failed.*non-finite"):
+        search.run_search(c, tmp_path, broken, available_backbones=BACKBONES,
+                          progress=False, max_failures=3)
+    study = _load(c, tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
+    assert all("non-finite value nan" in t.user_attrs["error"] for t in study.trials)
+
+    def reserved(params):
+        return 0.5, {"worker": "me"}
+    with pytest.raises(search.SearchError, match="reserved names"):
+        search.run_search(c, tmp_path, reserved, available_backbones=BACKBONES,
+                          progress=False, max_failures=1)
+
+    fixed, _ = _objective()
+    study = search.run_search(c, tmp_path, fixed, available_backbones=BACKBONES, progress=False)
+    states = _by_state(study)
+    assert len(states[TrialState.COMPLETE]) == 4 and len(states[TrialState.FAIL]) == 4
+
+
+def test_space_checks(tmp_path):
+    c = make_config(trials=2)
+    with pytest.raises(search.SearchError, match=r"none of them has weights.*xception"):
+        search.search_space(c, ("xception",))
+    bad = make_config(trials=2)
+    bad.search.lr_min = 0.1
+    with pytest.raises(ConfigError, match="config.search.lr_min"):
+        search.search_space(bad, BACKBONES)
+    bad = make_config(trials=2)
+    bad.search.optimizers = ("adam", "rmsprop")
+    with pytest.raises(ConfigError, match="config.search.optimizers"):
+        search.search_space(bad, BACKBONES)
+
+    objective, _ = _objective()
+    search.run_search(c, tmp_path, objective, available_backbones=BACKBONES, progress=False)
+    c.search.trials = 3
+    with pytest.raises(search.SearchError, match="another search space.*backbone"):
+        search.run_search(c, tmp_path, objective, available_backbones=BACKBONES[:2],
+                          progress=False)
+    with pytest.raises(search.SearchError, match="no cross-process trial lock for 'mysql'"):
+        c.search.storage = "mysql://u@127.0.0.1/db"
+        search.run_search(c, tmp_path, objective, available_backbones=BACKBONES, progress=False)
+
+
+def test_params_to_config():
+    c = make_config(trials=2)
+    p = {"backbone": "vgg16", "units": 64, "lr": 3e-4, "batch_size": 16, "optimizer": "sgd",
+         "dropout": 0.25}
+    t = search.params_to_config(c, p)
+    assert (t.model.name, t.train.units, t.train.lr, t.train.batch_size, t.train.optimizer,
+            t.train.dropout) == ("vgg16", 64, 3e-4, 16, "sgd", 0.25)
+    assert c.model.name == "efficientnet_lite0" and c.train.units == 1024  # original untouched
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
+def test_stale_remote_trial_is_failed_and_a_live_workers_trial_is_waited_for(tmp_path):
+    c = make_config(trials=3)
+    storage = optuna.storages.RDBStorage(search.storage_url(c, tmp_path), heartbeat_interval=1,
+                                         grace_period=1)
+    study = optuna.create_study(storage=storage, study_name=search.study_name(c),
+                                direction="maximize")
+    remote = study.ask()  # a worker on another machine that stopped beating
+    remote.set_user_attr("worker", "elsewhere:123:456")
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(search.study_name(c)), remote.number))
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        live = study.ask()  # a live worker on this host, still training
+        live.set_user_attr("worker", f"{socket.gethostname()}:{sleeper.pid}:"
+                                     f"{search._process_start(sleeper.pid)}")
+        time.sleep(1.5)
+        objective, calls = _objective()
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (search.run_search(
+            c, tmp_path, objective, available_backbones=BACKBONES, progress=False, poll_s=0.05,
+            heartbeat_interval=1, grace_period=1), done.set()))
+        thread.start()
+        end = time.monotonic() + 30
+        while len(calls) < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert len(calls) == 2 and not done.is_set(), "must wait for the live worker's trial"
+        study.tell(live, 0.5)
+        thread.join(30)
+        assert done.is_set()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    trials = sorted(_load(c, tmp_path).trials, key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    assert trials[1].value == 0.5 and len(calls) == 2
+
+
+# ---------------------------------------------------------------- worker processes
+
+def _launch(tmp_path, tag, *args):
+    out = open(tmp_path / f"{tag}.log", "w")
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], cwd=REPO, env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait(condition, timeout, procs, tmp_path):
+    end = time.monotonic() + timeout
+    while not condition():
+        dead = [p for p in procs if p.poll() not in (None, 0)]
+        if dead or time.monotonic() > end:
+            logs = "\n".join(f.read_text()[-3000:] for f in tmp_path.glob("*.log"))
+            raise AssertionError(f"workers failed or timed out; logs:\n{logs}")
+        time.sleep(0.05)
+
+
+def test_kill_and_resume(tmp_path):
+    c, w, marker = make_config(trials=7), tmp_path / "w", tmp_path / "hang"
+    p = _launch(tmp_path, "first", "--workdir", w, "--trials", 7, "--sleep", 0.05,
+                "--hang-on-call", 4, "--marker", marker)
+    _wait(marker.exists, 90, [p], tmp_path)  # trials 0-2 complete, trial 3 running
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    before = _by_state(_load(c, w))
+    assert len(before[TrialState.COMPLETE]) == 3 and [t.number for t in
+                                                      before[TrialState.RUNNING]] == [3]
+
+    p = _launch(tmp_path, "second", "--workdir", w, "--trials", 7)
+    _wait(lambda: p.poll() == 0, 90, [p], tmp_path)
+    study = _load(c, w)
+    after = _by_state(study)
+    assert len(after[TrialState.COMPLETE]) == 7 and set(after) == {TrialState.COMPLETE,
+                                                                   TrialState.FAIL}
+    assert sorted(t.number for t in study.trials) == list(range(8))
+    [interrupted] = after[TrialState.FAIL]
+    assert interrupted.number == 3 and "died" in interrupted.user_attrs["interrupted"]
+    kept = {t.number: (t.params, t.value) for t in after[TrialState.COMPLETE]}
+    assert all(kept[t.number] == (t.params, t.value) for t in before[TrialState.COMPLETE])
+    rows = list(csv.DictReader(open(w / "trials.csv")))
+    assert [r["state"] for r in rows].count("COMPLETE") == 7 and len(rows) == 8
+
+
+def _two_workers(tmp_path, trials, storage, workdirs):
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    procs = [_launch(tmp_path, f"worker{i}", "--workdir", workdirs[i], "--storage", storage,
+                     "--trials", trials, "--sleep", 0.15, "--ready", ready[i], "--go", go)
+             for i in range(2)]
+    _wait(lambda: all(r.exists() for r in ready), 90, procs, tmp_path)
+    go.touch()
+    _wait(lambda: all(p.poll() == 0 for p in procs), 120, procs, tmp_path)
+    c = make_config(trials, storage=storage)
+    study = _load(c, workdirs[0])
+    states = _by_state(study)
+    assert len(states[TrialState.COMPLETE]) == trials and set(states) == {TrialState.COMPLETE}
+    assert sorted(t.number for t in study.trials) == list(range(trials))
+    pids = [t.user_attrs["worker"].split(":")[1] for t in study.trials]
+    assert set(pids) == {str(p.pid) for p in procs}, "both workers should have run trials"
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == trials
+    for wd in set(workdirs):
+        assert len(list(csv.DictReader(open(Path(wd) / "trials.csv")))) == trials
+
+
+def test_two_workers_share_an_sqlite_study(tmp_path):
+    _two_workers(tmp_path, 12, "", [tmp_path / "w", tmp_path / "w"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on 127.0.0.1 (Debian's `postgresql` package)."""
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    if not initdb[-1]:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: "
+                    "apt-get install postgresql to run this test")
+    pytest.importorskip("psycopg2", reason="psycopg2 (psycopg2-binary) not installed")
+    bindir = Path(initdb[-1]).parent
+    user = None
+    root = Path(tempfile.mkdtemp(prefix="bt_jax_pg_"))
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the package's user
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server")
+        user = "postgres"
+        os.chmod(root, 0o755)
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+    port = _free_port()
+
+    def run(*cmd):
+        r = subprocess.run([str(bindir / cmd[0]), *map(str, cmd[1:])], user=user, cwd=root,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode:
+            log = root / "server.log"
+            raise RuntimeError(f"{cmd[0]} failed: {r.stderr}\n"
+                               f"{log.read_text() if log.exists() else ''}")
+
+    try:
+        run("initdb", "-D", root / "data", "-A", "trust", "-U", "postgres", "-E", "UTF8",
+            "--no-sync")
+        run("pg_ctl", "-D", root / "data", "-l", root / "server.log", "-w", "-t", "30", "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off", "start")
+        try:
+            run("createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "bt_jax_search")
+            yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/bt_jax_search"
+        finally:
+            run("pg_ctl", "-D", root / "data", "-m", "immediate", "-w", "stop")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_share_a_postgresql_study(tmp_path, postgres_url):
+    # Separate workdirs, as on two machines: the study lives only in the database.
+    _two_workers(tmp_path, 12, postgres_url, [tmp_path / "m1", tmp_path / "m2"])
