@@ -11,15 +11,21 @@ from bt_jax.config import base_config
 def get_config(arg: str = ""):
     c = base_config()
     c.name = "quickstart"
-    c.pipeline = "prepare"
+    c.pipeline = "search"
     c.model.name = "efficientnet_lite0"
     c.search.backbones = ("efficientnet_lite0",)
     c.search.trials = 20
+    c.search.units = (32, 64, 128)
+    c.search.batch_sizes = (16, 32)
     c.data.phantoms.n_per_class = 40
+    c.train.finetune_epochs = 3
     if arg == "quick":
         c.data.phantoms.n_per_class = 16
         c.data.phantoms.size = 128
         c.preprocess.size = 64
         c.split.k = 3
         c.search.trials = 3
+        c.train.epochs = 3
+        c.train.finetune_epochs = 1
+        c.eval.bootstrap = 200
     return c

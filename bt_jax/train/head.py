@@ -45,13 +45,15 @@ class Head(nn.Module):
     dropout: Any = 0.0
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, keep_mask=None):
+        """keep_mask: optional precomputed (B, units) bool dropout mask (train=True)."""
         init = dict(kernel_init=nn.initializers.glorot_uniform(),
                     bias_init=nn.initializers.zeros)
         x = nn.relu(nn.Dense(self.units, name="hidden", **init)(x))
         if train:
             keep = 1.0 - jnp.asarray(self.dropout, x.dtype)
-            kept = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+            kept = keep_mask if keep_mask is not None else jax.random.bernoulli(
+                self.make_rng("dropout"), keep, x.shape)
             x = jnp.where(kept, x / keep, 0.0)
         return nn.Dense(1, name="out", **init)(x)
 
@@ -228,14 +230,20 @@ class FoldResults:
         return float(np.mean(self.val_acc_best))
 
 
-def train_step(model: Head, tx, params, opt_state, x, y, mask, rng):
+def train_step(model: Head, tx, params, opt_state, x, y, mask, dropout):
     """One masked mini-batch update -> (params, opt_state, (loss_sum, correct, count)).
+
+    dropout: a PRNG key, or a precomputed (B, units) bool keep-mask.
 
     An all-padding batch leaves params and optimiser state untouched (Adam would still
     move on zero gradients and its step count would advance).
     """
     def loss_fn(p):
-        logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})[:, 0]
+        if jnp.issubdtype(dropout.dtype, jnp.bool_):
+            out = model.apply({"params": p}, x, train=True, keep_mask=dropout)
+        else:
+            out = model.apply({"params": p}, x, train=True, rngs={"dropout": dropout})
+        logits = out[:, 0]
         per = optax.sigmoid_binary_cross_entropy(logits, y) * mask
         return per.sum() / jnp.maximum(mask.sum(), 1), (per.sum(), logits)
 
@@ -268,13 +276,19 @@ def masked_auc(scores, y, mask):
     return jnp.where(n > 0, wins / jnp.maximum(n, 1), jnp.nan)
 
 
-def _epoch_order(rng, mask):
-    # A uniform shuffle of the real entries, padding last. Each slot's sort key comes from
-    # fold_in(rng, slot), so the order of the real entries does not depend on how much
-    # padding follows them: a padded fold trains exactly like its unpadded run.
-    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(rng, i)))(
-        jnp.arange(mask.shape[0]))
-    return jnp.argsort(jnp.where(mask, u, 2.0), stable=True)
+def _epoch_randomness(rng, mask, n_batches, bsz, units, keep):
+    """One epoch's shuffle (real entries in random order, padding last) and dropout masks.
+
+    Drawn in two calls per epoch rather than per batch: every threefry call site costs
+    compile time. With jax_threefry_partitionable (default since jax 0.5) element i of a
+    draw depends only on (key, i), so the real entries' order and the masks of the real
+    batches do not depend on how much padding follows: a padded fold trains exactly like
+    its unpadded run.
+    """
+    k_order, k_drop = jax.random.split(rng)
+    u = jax.random.uniform(k_order, mask.shape)
+    order = jnp.argsort(jnp.where(mask, u, 2.0), stable=True)
+    return order, jax.random.bernoulli(k_drop, keep, (n_batches, bsz, units))
 
 
 def _div(a, b):
@@ -301,21 +315,22 @@ def fit_fold_fn(shape: HeadShape, features, labels, train_idx, train_mask, val_i
                   epoch=jnp.asarray(0, jnp.int32))
 
     def epoch_body(c):
-        shuffle_rng, drop_rng = jax.random.split(jax.random.fold_in(loop_rng, c["epoch"]))
+        order, keep_masks = _epoch_randomness(jax.random.fold_in(loop_rng, c["epoch"]),
+                                              train_mask, n_batches, bsz, units,
+                                              1.0 - hp["dropout"])
 
         def batch_body(bc, xs):
             params, opt, sums = bc
-            b, idx, m = xs
+            idx, m, keep_mask = xs
             params, opt, s = train_step(model, tx, params, opt, features[idx], labels[idx], m,
-                                        jax.random.fold_in(drop_rng, b))
+                                        keep_mask)
             return (params, opt, jax.tree.map(jnp.add, sums, s)), None
 
-        order = _epoch_order(shuffle_rng, train_mask)
         idx = train_idx[order].reshape(n_batches, bsz)
         m = train_mask[order].reshape(n_batches, bsz)
         zero = (jnp.float32(0), jnp.int32(0), jnp.int32(0))
         (params, opt, (tl, tc, tn)), _ = jax.lax.scan(
-            batch_body, (c["params"], c["opt"], zero), (jnp.arange(n_batches), idx, m))
+            batch_body, (c["params"], c["opt"], zero), (idx, m, keep_masks))
         vl, vc, vn, _ = eval_fn(model, params, xv, yv, val_mask)
         val_loss = _div(vl, vn)
         es = callbacks.early_stopping_update(c["es"], val_loss, c["epoch"], params,
