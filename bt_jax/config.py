@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.weights.path = ""                   # explicit weight file; empty: cache -> package -> download
     c.weights.cache_dir = ""              # empty: $XDG_CACHE_HOME/bt_jax or ~/.cache/bt_jax
     c.weights.allow_download = False
+    c.weights.random_init = False         # no pretrained weights (tests/benchmarks; reports say so)
 
     c.train = ml_collections.ConfigDict()
     c.train.units = 1024                  # head Dense width
@@ -105,11 +106,47 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.dropout_min = 0.0
     c.search.dropout_max = 0.8
 
+    c.staged = ml_collections.ConfigDict()  # method B
+    # "name:groups:epochs:lr"; groups '+'-joined layer-group selectors, "none" = head only,
+    # "all" = everything. Each stage starts from the previous stage's best weights.
+    c.staged.stages = (
+        "baseline:none:10:3e-4",
+        "stage1:block5_conv3+block5_conv4:15:1e-4",
+        "stage2:block5:15:5e-5",
+        "stage3:block4+block5:15:2e-5",
+        "final:all:20:1e-5",
+    )
+    c.staged.head_hidden = (1024, 256)
+    c.staged.head_dropout = 0.3
+    c.staged.batch_size = 32
+    c.staged.optimizer = "adam"
+    c.staged.patience = 4                 # early stopping on val loss, restore best
+    c.staged.plateau_factor = 0.5         # ReduceLROnPlateau on val accuracy
+    c.staged.plateau_patience = 3
+    c.staged.plateau_min_lr = 1e-7
+
     c.eval = ml_collections.ConfigDict()
     c.eval.threshold = 0.5
     c.eval.bootstrap = 1000               # resamples for 95% confidence intervals
     c.eval.ci = 0.95
     return c
+
+
+def parse_stage(text: str) -> dict:
+    """'stage1:block5_conv3+block5_conv4:15:1e-4' -> {name, trainable, epochs, lr}."""
+    parts = str(text).split(":")
+    if len(parts) != 4:
+        raise ConfigError(f"config.staged.stages: {text!r} is not 'name:groups:epochs:lr'")
+    name, groups, epochs, lr = parts
+    try:
+        epochs, lr = int(epochs), float(lr)
+    except ValueError:
+        raise ConfigError(f"config.staged.stages: {text!r}: epochs must be an int and lr a "
+                          "float") from None
+    if epochs < 1 or lr <= 0:
+        raise ConfigError(f"config.staged.stages: {text!r}: need epochs >= 1 and lr > 0")
+    trainable = groups if groups in ("none", "all") else tuple(g for g in groups.split("+") if g)
+    return {"name": name, "trainable": trainable, "epochs": epochs, "lr": lr}
 
 
 def _fail(key: str, msg: str) -> None:
@@ -144,6 +181,24 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key in ("rotation", "shift", "zoom", "shear", "brightness"):
         if getattr(c.augment, key) < 0:
             _fail(f"augment.{key}", f"ranges are non-negative, got {getattr(c.augment, key)}")
+    if c.model.name not in BACKBONES:
+        _fail("model.name", f"expected one of {BACKBONES}, got {c.model.name!r}")
+    unknown = [b for b in c.search.backbones if b not in BACKBONES]
+    if unknown or not c.search.backbones:
+        _fail("search.backbones", f"unknown {unknown} or empty; known: {BACKBONES}")
+    if c.search.trials < 1:
+        _fail("search.trials", f"expected >= 1, got {c.search.trials}")
+    if not 0 < c.search.lr_min < c.search.lr_max:
+        _fail("search.lr_min", f"need 0 < lr_min < lr_max, got {c.search.lr_min}, {c.search.lr_max}")
+    if c.train.optimizer not in ("adam", "sgd") or any(o not in ("adam", "sgd") for o in c.search.optimizers):
+        _fail("train.optimizer", "optimizers are 'adam' or 'sgd'")
+    if c.model.dtype not in ("float32", "bfloat16"):
+        _fail("model.dtype", f"expected 'float32' or 'bfloat16', got {c.model.dtype!r}")
+    names = [parse_stage(s)["name"] for s in c.staged.stages]
+    if len(set(names)) != len(names):
+        _fail("staged.stages", f"stage names repeat: {names}")
+    if not 0 < c.eval.ci < 1:
+        _fail("eval.ci", f"expected (0, 1), got {c.eval.ci}")
     if c.augment.balance == "multipliers":
         missing = [k for k in classes if k not in c.augment.multipliers]
         if missing:

@@ -1,7 +1,7 @@
 """Method A's hyper-parameter search: Optuna TPE over one study shared by any number of workers.
 
     study = search.run_search(config, workdir, objective, available_backbones=("resnet50v2",))
-    search.best_trial_params(study)   # {"backbone", "units", "lr", "batch_size", "optimizer", "dropout"}
+    search.best_trial_params(study)   # {backbone, units, lr, batch_size, optimizer, dropout}
     search.top_trials(study, 5)       # completed trials, best first (top-k ensemble)
     search.params_to_config(config, params)   # model.name + train.* set from a trial
 
@@ -27,10 +27,12 @@ attrs "error" and "traceback"; FAIL trials are kept but do not count toward the 
 broken objective cannot loop forever; relaunching after a fix resumes with every result kept.
 
 Resume. Every trial carries user attr "worker" = "host:pid:process-start". Under the lock, a worker
-fails RUNNING trials whose worker ran on this host and is gone (user attr "interrupted"), at once,
-without touching live workers on the same database. Trials of dead workers on other hosts are found
-by Optuna heartbeats (a thread beats every `heartbeat_interval` s; `fail_stale_trials` after
-`grace_period` s); those are FAIL without attrs (the storage refuses attrs on finished trials).
+fails RUNNING trials whose worker ran on this host (same hostname and pid namespace) and is gone
+(user attr "interrupted"), at once, without touching live workers on the same database. Trials
+of dead workers on other hosts are found by Optuna heartbeats (a thread beats every
+`heartbeat_interval` s; `fail_stale_trials` after `grace_period` s); those end FAIL without attrs
+(the storage refuses attrs on finished trials). A live worker whose trial was failed that way
+drops its result on tell (logged), so the count stays exact.
 
 Determinism. The TPE sampler of trial n is seeded from (config.seed, n): one worker with a fixed
 seed proposes the same params every run, a resumed run continues as an uninterrupted one would (for
@@ -112,7 +114,8 @@ def _check_search_config(s) -> None:
                             f"got {s.dropout_min}, {s.dropout_max}")
     bad = [o for o in s.optimizers if o not in OPTIMIZERS]
     if not len(s.optimizers) or bad:
-        fail("optimizers", f"expected a non-empty subset of {OPTIMIZERS}, got {tuple(s.optimizers)}")
+        fail("optimizers",
+             f"expected a non-empty subset of {OPTIMIZERS}, got {tuple(s.optimizers)}")
 
 
 def suggest(trial: optuna.Trial, config, available_backbones: Sequence[str]) -> dict:
@@ -196,14 +199,24 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _host() -> str:
+    """This host, and its pid namespace: containers sharing a hostname must not judge each
+    other's pids."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}@{ns}"
+
+
 def _worker_id() -> str:
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_process_start(pid) or ''}"
+    return f"{_host()}:{pid}:{_process_start(pid) or ''}"
 
 
 def _dead_local_worker(worker: str) -> bool:
     host, pid, start = worker.rsplit(":", 2)
-    if host != socket.gethostname():
+    if host != _host():
         return False
     if start and Path("/proc/self/stat").exists():
         return _process_start(int(pid)) != start

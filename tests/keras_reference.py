@@ -95,3 +95,15 @@ def reference(arch: str, include_top: bool = False, size: int = 64, seed: int = 
     del model
     keras.backend.clear_session()
     return Reference(arch, include_top, size, path, x01, output)
+
+
+@functools.lru_cache(maxsize=None)
+def template(arch: str, include_top: bool = False, size: int = 64):
+    """(model, init variables) of our backbone, shared by the test modules: a ResNet init
+    compiles for ~15 s on two cores (~6 s with the rbg PRNG), so each is made once."""
+    import jax
+
+    from bt_jax.models import registry
+
+    return registry.make_template(registry.get(arch), jax.random.key(0, impl="unsafe_rbg"),
+                                  include_top=include_top, size=size)

@@ -27,6 +27,11 @@ def _close(ours, ref):
     assert diff <= tol, f"max abs diff {diff:.3g} > tol {tol:.3g}"
 
 
+def _zeros_template(model, size):
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
 @functools.lru_cache(maxsize=None)
 def _keras_reference(arch, include_top, size, tmp):
     """Keras model with random weights and BN statistics, saved as legacy h5, and its output."""
@@ -48,7 +53,7 @@ def _keras_reference(arch, include_top, size, tmp):
     KR.save_legacy_h5(model, path)
     x01 = np.random.default_rng(1).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
     xin = x01 * 255.0 if arch == "efficientnetb0" else x01 * 2.0 - 1.0
-    output = np.asarray(model.predict(xin, verbose=0))
+    output = np.asarray(model(xin, training=False))   # eager: cheaper than compiling predict
     keras.backend.clear_session()
     return path, x01, output
 
@@ -58,10 +63,8 @@ def _port(arch, include_top, size, tmp):
     spec = R.get(arch)
     kw = {"keras_imagenet_rescale": False} if arch == "efficientnetb0" else {}  # weights=None graph
     model = spec.make(include_top=include_top, **kw)
-    template = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
-    variables = spec.port_keras(path, template)
-    logits, out = jax.jit(functools.partial(model.apply, train=False))(variables, x01)
+    variables = spec.port_keras(path, _zeros_template(model, size))
+    logits, out = model.apply(variables, x01)   # eager: at these sizes cheaper than a compile
     return output, logits, out
 
 
@@ -120,11 +123,14 @@ def test_contract_groups_and_bfloat16(arch, size):
 
 
 def test_efficientnet_training_mode_uses_batch_stats_and_dropout():
-    model = efficientnet.EfficientNetB0()
-    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    model = efficientnet.EfficientNetB0(include_top=True, num_classes=3, drop_connect_rate=0.5)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3))
     variables = model.init(jax.random.PRNGKey(0), x)
-    (_, out), upd = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                rngs={"dropout": jax.random.PRNGKey(2)})
+    step = jax.jit(lambda v, key: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                              rngs={"dropout": key}))
+    (l1, _), upd = step(variables, jax.random.PRNGKey(2))
+    (l2, _), _ = step(variables, jax.random.PRNGKey(3))
+    assert not np.allclose(l1, l2)      # stochastic depth + dropout draw from the rng
     assert not np.allclose(upd["batch_stats"]["stem_bn"]["mean"], variables["batch_stats"]["stem_bn"]["mean"])
     # The input normalization constants are not running statistics: unchanged by training.
     np.testing.assert_array_equal(upd["batch_stats"]["normalization_mean"],
@@ -164,12 +170,8 @@ def test_lite0_real_weights_classify_skimage_images(lite0):
 def test_lite0_notop_drops_classifier_and_wrong_arch_is_refused(tmp_path):
     path = _lite0_file()
     model = efficientnet.EfficientNetLite0()
-    template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-    variables = efficientnet.port_efficientnet_lite0_torch(path, template)
+    variables = efficientnet.port_efficientnet_lite0_torch(path, _zeros_template(model, 64))
     assert "predictions" not in variables["params"]
     b0 = efficientnet.EfficientNetB0()   # B0 has squeeze-excitation convs the Lite file lacks
-    t_b0 = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                        jax.eval_shape(b0.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
     with pytest.raises(PortError, match="se_reduce"):
-        efficientnet.port_efficientnet_lite0_torch(path, t_b0)
+        efficientnet.port_efficientnet_lite0_torch(path, _zeros_template(b0, 64))

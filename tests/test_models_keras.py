@@ -25,12 +25,11 @@ def _close(ours, ref):
 
 @functools.lru_cache(maxsize=None)
 def _ported(arch, include_top, size):
-    from keras_reference import reference
+    from keras_reference import reference, template
 
     ref = reference(arch, include_top, size)
-    spec = R.get(arch)
-    model, template = R.make_template(spec, jax.random.PRNGKey(0), include_top=include_top, size=size)
-    variables = spec.port_keras(ref.h5_path, template)
+    model, variables = template(arch, include_top, size)
+    variables = R.get(arch).port_keras(ref.h5_path, variables)
     logits, out = jax.jit(functools.partial(model.apply, train=False))(variables, ref.x01)
     return ref, model, variables, logits, out
 
@@ -92,6 +91,12 @@ def test_contract_shapes_and_groups(arch):
     coarse = {R.coarse_group(spec, g) for g in groups}
     assert [g for g in spec.groups if g in coarse] == list(spec.groups), "every group is used"
     assert spec.keras_files["notop"].endswith(".h5") and spec.keras_files["top"].endswith(".h5")
+    # train mode traces and updates exactly the batch statistics it was given
+    model = spec.make(include_top=True)
+    _, updates = jax.eval_shape(functools.partial(model.apply, train=True, mutable=["batch_stats"]),
+                                variables, jnp.zeros((2, 224, 224, 3)))
+    assert jax.tree_util.tree_structure(updates.get("batch_stats", {})) == \
+        jax.tree_util.tree_structure(variables.get("batch_stats", {}))
 
 
 def test_vgg19_layer_groups():

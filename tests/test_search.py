@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import math
 import os
 import pwd
 import shutil
@@ -78,7 +77,7 @@ def test_basic_run_counts_failures_results_and_csv(tmp_path):
     for t in states[TrialState.COMPLETE]:
         assert t.value == pytest.approx(score(t.params))
         assert t.user_attrs["fold_accuracy"] == pytest.approx([t.value - 0.01, t.value + 0.01])
-        assert t.user_attrs["worker"].split(":")[1] == str(os.getpid())
+        assert t.user_attrs["worker"].rsplit(":", 2)[1] == str(os.getpid())
 
     values = [t.value for t in states[TrialState.COMPLETE]]
     top = search.top_trials(study, 5)
@@ -117,7 +116,7 @@ def test_same_seed_same_params_and_resume_continues_the_same_sequence(tmp_path):
     assert other[0] != fresh[0] and other[1] != fresh[1]
 
 
-def test_failure_cap_stops_a_broken_objective_and_a_fixed_one_resumes(tmp_path):
+def test_failure_cap_stops_a_broken_objective_and_a_fixed_one_resumes(tmp_path, capsys):
     c = make_config(trials=4)
 
     def broken(params):
@@ -137,9 +136,13 @@ def test_failure_cap_stops_a_broken_objective_and_a_fixed_one_resumes(tmp_path):
                           progress=False, max_failures=1)
 
     fixed, _ = _objective()
-    study = search.run_search(c, tmp_path, fixed, available_backbones=BACKBONES, progress=False)
+    capsys.readouterr()
+    study = search.run_search(c, tmp_path, fixed, available_backbones=BACKBONES, progress=True)
     states = _by_state(study)
     assert len(states[TrialState.COMPLETE]) == 4 and len(states[TrialState.FAIL]) == 4
+    bar = capsys.readouterr().err
+    best = max(t.value for t in states[TrialState.COMPLETE])
+    assert "trial" in bar and "4/4" in bar and f"best {best:.4f}" in bar
 
 
 def test_space_checks(tmp_path):
@@ -176,7 +179,8 @@ def test_params_to_config():
     assert c.model.name == "efficientnet_lite0" and c.train.units == 1024  # original untouched
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage",
+                            "ignore::optuna.exceptions.ExperimentalWarning")
 def test_stale_remote_trial_is_failed_and_a_live_workers_trial_is_waited_for(tmp_path):
     c = make_config(trials=3)
     storage = optuna.storages.RDBStorage(search.storage_url(c, tmp_path), heartbeat_interval=1,
@@ -190,7 +194,7 @@ def test_stale_remote_trial_is_failed_and_a_live_workers_trial_is_waited_for(tmp
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         live = study.ask()  # a live worker on this host, still training
-        live.set_user_attr("worker", f"{socket.gethostname()}:{sleeper.pid}:"
+        live.set_user_attr("worker", f"{search._host()}:{sleeper.pid}:"
                                      f"{search._process_start(sleeper.pid)}")
         time.sleep(1.5)
         objective, calls = _objective()
@@ -274,7 +278,7 @@ def _two_workers(tmp_path, trials, storage, workdirs):
     states = _by_state(study)
     assert len(states[TrialState.COMPLETE]) == trials and set(states) == {TrialState.COMPLETE}
     assert sorted(t.number for t in study.trials) == list(range(trials))
-    pids = [t.user_attrs["worker"].split(":")[1] for t in study.trials]
+    pids = [t.user_attrs["worker"].rsplit(":", 2)[1] for t in study.trials]
     assert set(pids) == {str(p.pid) for p in procs}, "both workers should have run trials"
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == trials
     for wd in set(workdirs):
@@ -294,7 +298,9 @@ def _free_port() -> int:
 @pytest.fixture
 def postgres_url():
     """A throw-away PostgreSQL server on 127.0.0.1 (Debian's `postgresql` package)."""
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),  # newest version last
+                    key=lambda b: [int(x) for x in Path(b).parts[-3].split(".") if x.isdigit()])
+    initdb = initdb or [shutil.which("initdb")]
     if not initdb[-1]:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: "
                     "apt-get install postgresql to run this test")

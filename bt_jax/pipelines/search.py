@@ -27,6 +27,7 @@ from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier
 from bt_jax.train import finetune, head
 from bt_jax.train.checkpoint import Checkpoints
+from bt_jax.weights import load
 from bt_jax.weights import registry as wreg
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,7 @@ class CopySet:
 
 def resolve_backbones(config) -> dict[str, str]:
     """{name: weight file} for every searchable backbone whose weights resolve."""
-    found, errors = {}, {}
-    for name in config.search.backbones:
-        try:
-            found[name] = str(wreg.resolve_weights(
-                name, path=config.weights.path if name == config.model.name else "",
-                cache_dir=config.weights.cache_dir, allow_download=config.weights.allow_download))
-        except wreg.WeightsNotFoundError as e:
-            errors[name] = str(e)
+    found, errors = load.available(config.search.backbones, config.weights, config.model.name)
     for name, msg in errors.items():
         log.warning("backbone %s left out of the search: %s", name, msg)
     if not found:
@@ -82,9 +76,9 @@ def fold_arrays(ds: dataset.Dataset, copies: CopySet) -> head.FoldArrays:
 
 
 def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, weights_file: str):
-    module, variables, digest = wreg.load_variables(
-        name, path=weights_file, cache_dir=config.weights.cache_dir,
-        allow_download=config.weights.allow_download)
+    module, variables, digest = load.load_backbone(
+        name, config.weights, size=config.preprocess.size, dtype=config.model.dtype,
+        path=weights_file if weights_file != load.RANDOM_DIGEST else "")
     parts = {"backbone": name, "weights": digest, "preprocess": config.preprocess.to_dict(),
              "images": ds.content_key, "augment": config.augment.to_dict(),
              "copy_sources": copies.union.source.tolist(), "copy_numbers": copies.union.copy.tolist()}

@@ -1,0 +1,156 @@
+"""Pipeline `staged` (method B): split first, then augment; unfreeze stage by stage.
+
+    python launch.py --config=configs/vgg19_staged.py --workdir=W
+
+Split 80/10/10 over unique images; augment only the training split with per-class
+multipliers; VGG19 (or any registry backbone) + Flatten head; stages from
+config.staged.stages, each starting from the previous stage's best weights, each with
+its own checkpoint directory W/checkpoints/<k>_<name> (a killed run resumes inside the
+stage it was in; finished stages are reloaded, not retrained). After each stage:
+validation and test metrics, confusion matrix, curves; then a stage comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bt_jax.config import parse_stage
+from bt_jax.data import augment, dataset
+from bt_jax.evaluate import evaluation, plots, report
+from bt_jax.models import registry as mreg
+from bt_jax.models.heads import Classifier, FlattenHead
+from bt_jax.train import finetune
+from bt_jax.train.checkpoint import Checkpoints
+from bt_jax.weights import load
+
+log = logging.getLogger(__name__)
+
+
+def training_rows(config, ds) -> finetune.FitData:
+    """Training originals + their multiplier copies (augmented in the step); val = ds.splits.val."""
+    train = ds.splits.train_all()
+    plan = augment.plan_from_config(train, ds.labels, config)
+    n_orig = len(train.indices)
+    src = np.concatenate([train.indices, plan.source])
+    keys = np.concatenate([np.zeros((n_orig, 2), np.uint32), plan.rng.astype(np.uint32)])
+    is_aug = np.arange(len(src)) >= n_orig
+    return finetune.FitData(images=ds.images, labels=ds.labels, train_src=src, train_keys=keys,
+                            train_aug=is_aug, val_idx=ds.splits.val,
+                            aug_params=augment.make_augment_params(config.augment))
+
+
+def build_model(config, ds):
+    name = config.model.name
+    module, bb, digest = load.load_backbone(name, config.weights, size=config.preprocess.size,
+                                            dtype=config.model.dtype)
+    head = FlattenHead(hidden=tuple(config.staged.head_hidden), dropout=config.staged.head_dropout,
+                       num_classes=2)
+    model = Classifier(backbone=module, head=head, head_input="features")
+    x = jnp.zeros((1, config.preprocess.size, config.preprocess.size, 3))
+    init = jax.jit(lambda r: model.init(r, x))(jax.random.PRNGKey(config.seed))
+    variables = {"params": {"backbone": bb["params"], "head": jax.device_get(init["params"]["head"])},
+                 "batch_stats": {"backbone": bb.get("batch_stats", {})}}
+    return model, variables, digest
+
+
+def check_stage_groups(spec, stages, size: int) -> None:
+    """A typo in a stage's group names fails here, before any work (shapes only, no compute)."""
+    shapes = jax.eval_shape(lambda: spec.make().init(jax.random.PRNGKey(0),
+                                                     jnp.zeros((1, size, size, 3))))
+    for st in stages:
+        if st["trainable"] not in ("none", "all"):
+            try:
+                mreg.select_groups(shapes["params"], spec, st["trainable"])
+            except ValueError as e:
+                raise ValueError(f"config.staged.stages: stage {st['name']!r}: {e}") from None
+
+
+def run(config, workdir: Path):
+    workdir = Path(workdir)
+    stages = [parse_stage(s) for s in config.staged.stages]
+    spec = mreg.get(config.model.name)
+    check_stage_groups(spec, stages, config.preprocess.size)
+    model, variables, digest = build_model(config, ds := dataset.prepare_dataset(config, workdir))
+    if len(ds.splits.val) == 0:
+        raise ValueError("config.split.val_fraction: method B needs a validation split (e.g. 0.1)")
+    data = training_rows(config, ds)
+    note = evaluation.note_for(ds.synthetic) or (
+        "RANDOM-INIT BACKBONE (no pretrained weights)" if digest == load.RANDOM_DIGEST else None)
+    cls = tuple(c for c in ds.classes if c != ds.positive)[:1] + (ds.positive,)
+    log.info("training rows: %d (%d originals + %d augmented copies); val %d, test %d",
+             len(data.train_src), int((~data.train_aug).sum()), int(data.train_aug.sum()),
+             len(ds.splits.val), len(ds.splits.test))
+    rows, sections, stage_reports = [], [], {}
+    for k, st in enumerate(stages):
+        fs = finetune.FitSpec(epochs=st["epochs"], batch_size=config.staged.batch_size, lr=st["lr"],
+                              optimizer=config.staged.optimizer, patience=config.staged.patience,
+                              plateau_factor=config.staged.plateau_factor,
+                              plateau_patience=config.staged.plateau_patience,
+                              plateau_min_lr=config.staged.plateau_min_lr, plateau_monitor="val_acc",
+                              bn_train=config.train.finetune_bn_train, trainable=st["trainable"],
+                              seed=config.seed + k)
+        ck = Checkpoints(workdir / "checkpoints" / f"stage_{k}_{st['name']}")
+        res = finetune.fit(model, variables, spec, data, fs, ckpt=ck, desc=st["name"])
+        variables = res.variables
+        row, section, rep = evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note)
+        rows.append(row)
+        sections.append(section)
+        stage_reports[st["name"]] = rep
+    return write_outputs(config, workdir, ds, rows, sections, stage_reports, note, digest)
+
+
+def evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note):
+    out = workdir / "stages" / f"{k}_{st['name']}"
+    bs = config.staged.batch_size
+    vl, va, _ = finetune.evaluate(model, variables, ds.images, ds.labels, ds.splits.val, batch_size=bs)
+    tl, ta, tprob = finetune.evaluate(model, variables, ds.images, ds.labels, ds.splits.test, batch_size=bs)
+    y = ds.labels[ds.splits.test]
+    section, rep = evaluation.evaluate_split(y, tprob, out_dir=out, title=f"{st['name']}: test split",
+                                             class_names=cls, config=config, synthetic=ds.synthetic)
+    curves = plots.plot_curves({"train/loss": res.history["train_loss"], "val/loss": res.history["val_loss"],
+                                "train/accuracy": res.history["train_acc"],
+                                "val/accuracy": res.history["val_acc"]},
+                               out / "curves.png", f"{st['name']}: training vs validation",
+                               best_epoch=res.best_epoch, note=note)
+    per_class = {c: rep["per_class"][c]["recall"]["value"] for c in cls}
+    row = {"stage": st["name"], "trainable": st["trainable"] if isinstance(st["trainable"], str)
+           else "+".join(st["trainable"]), "epochs_run": len(res.history["val_loss"]),
+           "best_epoch": res.best_epoch, "val_loss": vl, "val_acc": va, "test_loss": tl,
+           "test_acc": ta, "test_acc_ci": rep["accuracy"]["ci"], "test_auc": rep["roc_auc"]["value"],
+           "per_class_test_acc": per_class}
+    heading, body, imgs = section
+    return row, (heading, body, [curves, *imgs]), rep
+
+
+def write_outputs(config, workdir, ds, rows, sections, stage_reports, note, digest):
+    names = [r["stage"] for r in rows]
+    cmp_png = plots.plot_stage_comparison(
+        names, {"val/loss": [r["val_loss"] for r in rows], "test/loss": [r["test_loss"] for r in rows],
+                "val/accuracy": [r["val_acc"] for r in rows], "test/accuracy": [r["test_acc"] for r in rows]},
+        workdir / "plots" / "stages.png", "Validation vs test across stages", note=note)
+    header = "| stage | trainable | epochs | val loss | val acc | test loss | test acc [95% CI] | test AUC |\n"
+    header += "|---|---|---|---|---|---|---|---|\n"
+    for r in rows:
+        lo, hi = r["test_acc_ci"] or (float("nan"), float("nan"))
+        header += (f"| {r['stage']} | {r['trainable']} | {r['epochs_run']} | {r['val_loss']:.3f} | "
+                   f"{r['val_acc']:.3f} | {r['test_loss']:.3f} | {r['test_acc']:.3f} [{lo:.2f}, {hi:.2f}] | "
+                   f"{r['test_auc']:.3f} |\n")
+    intro = (f"{len(ds.labels)} unique images; split first (train {len(ds.splits.train_all())}, "
+             f"val {len(ds.splits.val)}, test {len(ds.splits.test)}), then only the training split "
+             f"augmented ({dict(config.augment.multipliers)}). Backbone {config.model.name}, weights "
+             f"{digest}.")
+    report.write_metrics_json(workdir / "metrics.json", {"stages": rows, "reports": stage_reports,
+                                                         "synthetic": ds.synthetic, "weights": digest})
+    (workdir / "stages.json").write_text(json.dumps(rows, indent=1, default=float))
+    title = f"bt_jax method B: staged fine-tuning of {config.model.name}" + (f" [{note}]" if note else "")
+    report.write_markdown_report(workdir / "report.md", title=title,
+                                 sections=[("Stages", intro + "\n\n" + header, [cmp_png]), *sections])
+    print(header)
+    print(f"report: {workdir / 'report.md'}")
+    return rows

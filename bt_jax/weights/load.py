@@ -1,0 +1,51 @@
+"""The one place pipelines get a backbone: ported ImageNet weights, or a random init.
+
+    module, variables, digest = load_backbone(config.model.name, config.weights, size=224)
+
+`weights.random_init=True` skips the weight files entirely (tests and benchmarks that
+only need the architecture); its digest says so and reports carry it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bt_jax.models import registry as mreg
+
+RANDOM_DIGEST = "random-init"
+
+
+def _dtype(name: str):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def load_backbone(name: str, weights, *, size: int, dtype: str = "float32", path: str | None = None):
+    spec = mreg.get(name)
+    if weights.random_init:
+        module = spec.make(dtype=_dtype(dtype))
+        variables = jax.jit(lambda r: module.init(r, jnp.zeros((1, size, size, 3)), train=False))(
+            jax.random.PRNGKey(0))
+        return module, jax.device_get(variables), RANDOM_DIGEST
+    from bt_jax.weights import registry as wreg
+    module, variables, digest = wreg.load_variables(
+        name, path=weights.path if path is None else path, cache_dir=weights.cache_dir,
+        allow_download=weights.allow_download, dtype=_dtype(dtype))
+    return module, variables, digest
+
+
+def available(names, weights, preferred_path_for: str = "") -> tuple[dict, dict]:
+    """({name: weight file or RANDOM_DIGEST}, {name: why not}) for the given backbones."""
+    from bt_jax.weights import registry as wreg
+    found, errors = {}, {}
+    for name in names:
+        if weights.random_init:
+            found[name] = RANDOM_DIGEST
+            continue
+        try:
+            found[name] = str(wreg.resolve_weights(
+                name, path=weights.path if name == preferred_path_for else "",
+                cache_dir=weights.cache_dir, allow_download=weights.allow_download))
+        except wreg.WeightsNotFoundError as e:
+            errors[name] = str(e)
+    return found, errors
