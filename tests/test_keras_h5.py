@@ -114,7 +114,8 @@ def test_wrong_architecture_names_the_tensors():
     # VGG16 lacks VGG19's fourth conv of blocks 3-5
     with pytest.raises(PortError, match=r"(?s)vgg19.*no tensor in the file.*block3_conv4/kernel"):
         R.get("vgg19").port_keras(_h5("vgg16"), _template("vgg19"))
-    with pytest.raises(PortError, match=r"(?s)270 file tensors have no model parameter.*conv2_block1_1_bn/mean"):
+    with pytest.raises(PortError,
+                       match=r"(?s)270 file tensors have no model parameter.*conv2_block1_1_bn/mean"):
         R.get("vgg19").port_keras(_h5("resnet50v2", True), _template("vgg19"))
 
 

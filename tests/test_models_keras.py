@@ -123,7 +123,8 @@ def test_resnet_and_mobilenet_groups_are_hierarchical():
     assert R.coarse_group(spec, spec.layer_group(("post_bn", "scale"))) == "post"
     spec = R.get("mobilenet")
     g = spec.layer_group(("params", "conv_pw_1_bn", "scale"))
-    assert g == "block1_conv_pw_1_bn" and not R.group_matches(spec.layer_group(("conv_pw_13", "kernel")), "block1")
+    assert g == "block1_conv_pw_1_bn"
+    assert not R.group_matches(spec.layer_group(("conv_pw_13", "kernel")), "block1")
 
 
 def test_registry_get_names_known_backbones():

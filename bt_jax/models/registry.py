@@ -1,8 +1,8 @@
 """Backbone registry: name -> constructor, input size, feature width, layer groups, weight port.
 
     spec = registry.get("vgg19")
-    model = spec.make(include_top=False, dtype=jnp.bfloat16)
-    variables = spec.port_keras(h5_path, model.init(rng, jnp.zeros((1, spec.default_size, spec.default_size, 3))))
+    model, template = registry.make_template(spec, rng)        # init at spec.default_size
+    variables = spec.port_keras(h5_path, template)
     mask = registry.select_groups(variables["params"], spec, ["block5"])   # bool pytree
 
 Layer groups. `spec.layer_group(path)` gives a parameter's *finest* group name, built so

@@ -1,0 +1,63 @@
+"""Method B: staged unfreezing end to end, and the same stages idea on ResNet50V2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from bt_jax.config import parse_stage
+from bt_jax.models import registry
+from bt_jax.pipelines import staged
+from bt_jax.train import finetune
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import vgg19_staged  # noqa: E402
+
+
+def test_staged_pipeline_quick(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "launch.py"),
+                        f"--config={ROOT}/configs/vgg19_staged.py:quick", f"--workdir={tmp_path}"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "stages.json").read_text())
+    assert [x["stage"] for x in rows] == ["baseline", "stage1", "final"]
+    for i, x in enumerate(rows):
+        assert 0 <= x["val_acc"] <= 1 and 0 <= x["test_acc"] <= 1
+        ck = tmp_path / "checkpoints" / f"stage_{i}_{x['stage']}"
+        assert (ck / "done.json").exists() and any((ck / "best").iterdir())
+        assert (tmp_path / "stages" / f"{i}_{x['stage']}" / "confusion.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "stages.png").exists()
+    rep = (tmp_path / "report.md").read_text()
+    assert "| stage1 | block5_conv3+block5_conv4 |" in rep and "SYNTHETIC" in rep
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    # split before augmenting: val/test images exist only once, as originals
+    assert m["split_counts"]["val"] and m["split_counts"]["test"]
+    # a relaunch reloads every finished stage instead of retraining
+    r2 = subprocess.run([sys.executable, str(ROOT / "launch.py"),
+                         f"--config={ROOT}/configs/vgg19_staged.py:quick", f"--workdir={tmp_path}"],
+                        capture_output=True, text=True, timeout=900)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert json.loads((tmp_path / "stages.json").read_text()) == rows
+
+
+def test_resnet50v2_stage_groups_resolve():
+    c = vgg19_staged.get_config("resnet50v2")
+    spec = registry.get("resnet50v2")
+    stages = [parse_stage(s) for s in c.staged.stages]
+    staged.check_stage_groups(spec, stages, 64)
+    shapes = jax.eval_shape(lambda: spec.make().init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+    params = {"backbone": shapes["params"], "head": {"out": {"kernel": jnp.zeros((2, 2))}}}
+    counts = [finetune.count_trainable(params, finetune.trainable_labels(params, spec, s["trainable"]))[0]
+              for s in stages]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)  # each stage unfreezes more
+
+
+def test_stage_typo_is_an_error_before_work():
+    spec = registry.get("vgg19")
+    with pytest.raises(ValueError, match="block6"):
+        staged.check_stage_groups(spec, [parse_stage("s:block6:1:1e-4")], 32)
