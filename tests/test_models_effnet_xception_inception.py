@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from bt_jax.models import efficientnet, inception, xception
+from bt_jax.models import efficientnet, inception
 from bt_jax.models import registry as R
 from bt_jax.weights.merge import PortError
 
@@ -126,7 +126,9 @@ def test_efficientnet_training_mode_uses_batch_stats_and_dropout():
     model = efficientnet.EfficientNetB0(include_top=True, num_classes=3, drop_connect_rate=0.5)
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3))
     variables = _zeros_template(model, 32)
-    variables["params"] = jax.tree.map(lambda a: np.full(a.shape, 0.05, a.dtype), variables["params"])
+    rng = np.random.default_rng(0)
+    variables["params"] = jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(a.dtype),
+                                       variables["params"])
     variables["batch_stats"] = jax.tree.map(np.ones_like, variables["batch_stats"])
 
     def step(v, key):     # eager: a compile of the training graph costs more than it saves here

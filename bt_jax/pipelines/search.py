@@ -196,11 +196,14 @@ def finish(config, workdir, ds, copies, folds, labels_all, feats, models, best, 
 
 def save_model_card(workdir, config, ds, name, digest, hp, ck):
     """What predict/evaluate need to rebuild the model and its exact preprocessing."""
-    card = {"format": 1, "backbone": name, "weights_digest": digest,
+    from importlib.metadata import version
+    card = {"format": 1, "bt_jax": version("bt_jax"), "backbone": name, "weights_digest": digest,
+            "dtype": config.model.dtype,
             "head": {"type": "gap_dense", "units": hp.units, "dropout": hp.dropout},
             "preprocess": config.preprocess.to_dict(), "classes": list(ds.classes),
             "positive": ds.positive, "threshold": float(config.eval.threshold),
-            "checkpoint": str((ck.root / "best").resolve()), "synthetic": ds.synthetic}
+            # relative to this file, so a workdir can be moved or shared
+            "checkpoint": str(ck.root.relative_to(workdir) / "best"), "synthetic": ds.synthetic}
     (workdir / "model.json").write_text(json.dumps(card, indent=1))
 
 

