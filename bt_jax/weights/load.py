@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from bt_jax.models import registry as mreg
+from bt_jax.weights import registry as wreg
 
 RANDOM_DIGEST = "random-init"
 
@@ -27,7 +28,6 @@ def load_backbone(name: str, weights, *, size: int, dtype: str = "float32", path
         variables = jax.jit(lambda r: module.init(r, jnp.zeros((1, size, size, 3)), train=False))(
             jax.random.PRNGKey(0))
         return module, jax.device_get(variables), RANDOM_DIGEST
-    from bt_jax.weights import registry as wreg
     module, variables, digest = wreg.load_variables(
         name, path=weights.path if path is None else path, cache_dir=weights.cache_dir,
         allow_download=weights.allow_download, dtype=_dtype(dtype))
@@ -36,7 +36,6 @@ def load_backbone(name: str, weights, *, size: int, dtype: str = "float32", path
 
 def available(names, weights, preferred_path_for: str = "") -> tuple[dict, dict]:
     """({name: weight file or RANDOM_DIGEST}, {name: why not}) for the given backbones."""
-    from bt_jax.weights import registry as wreg
     found, errors = {}, {}
     for name in names:
         if weights.random_init:

@@ -46,6 +46,7 @@ def strict_merge(template, source: dict, *, origin: str = "weights", excuse: str
         if shapes:
             parts.append(f"  {len(shapes)} shape mismatches: " + "; ".join(shapes[:12]))
         raise PortError("\n".join(parts))
-    out = {k: (np.asarray(src[k], dtype=np.asarray(v).dtype) if k in src else v)
+    out = {k: (np.asarray(src[k], dtype=getattr(v, "dtype", None) or np.asarray(v).dtype)
+               if k in src else v)
            for k, v in flat.items()}
     return traverse_util.unflatten_dict(out)

@@ -1,0 +1,152 @@
+"""Grad-CAM for any backbone+head `Classifier`, jitted, with PNG overlays.
+
+    fn = make_gradcam_fn(model.module)                 # jitted (variables, x01) -> (cam, prob)
+    cam, prob = fn(model.variables, images)            # cam (B, S, S) in [0, 1]
+    cam, prob = make_gradcam_fn(module, target="module:backbone/stage6")(variables, images)
+    save_overlay(images[0], cam[0], "scan.png", title="P(yes) = 0.93")
+
+target "features" (default) is the backbone's last convolutional map, out["features"], for
+every registry backbone. Its path to the logit is known (pre_logits = global average pool of
+it, then the head), so the backbone runs once to the map and the gradient of the logit with
+respect to the map is one `jax.grad` of pool -> head. Any other layer is reached with
+"module:<flax path>" (e.g. "module:backbone/stage6"): its output gets a zero perturbation
+added through `nn.intercept_methods` and the gradient with respect to that perturbation is
+the gradient with respect to the layer's output. Both run in inference mode (BatchNorm uses
+its statistics), so the examples of a batch are independent and one grad of the summed
+logits gives each example's own gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bt_jax.train.finetune import positive_prob
+
+TRACE_COUNT = {"gradcam": 0}
+
+
+def _bb_variables(variables) -> dict:
+    v = {"params": variables["params"]["backbone"]}
+    stats = variables.get("batch_stats", {}).get("backbone")
+    if stats:
+        v["batch_stats"] = stats
+    return v
+
+
+def _cam(acts, grads, size: int):
+    """Grad-CAM: channel weights = spatial mean of the gradient; ReLU of the weighted sum,
+    upsampled to the input size and scaled to [0, 1] per image (0 where nothing is positive)."""
+    w = grads.mean(axis=(1, 2))                                   # (B, C)
+    cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", acts, w))
+    cam = jax.image.resize(cam, (cam.shape[0], size, size), "bilinear")
+    top = cam.max(axis=(1, 2), keepdims=True)
+    return jnp.where(top > 0, cam / jnp.maximum(top, 1e-12), 0.0)
+
+
+def gradcam_features_fn(module, variables, x):
+    """Grad-CAM on out["features"] of a Classifier with a pooled head (head_input
+    "pre_logits"). Pure; returns (cam (B, S, S), prob (B,))."""
+    if module.head_input != "pre_logits":
+        raise ValueError(f"target 'features': expects a head on pooled features, this model's "
+                         f"head reads {module.head_input!r}; use target 'module:<path>'")
+    _, out = module.backbone.apply(_bb_variables(variables), x, train=False)
+    acts = out["features"].astype(jnp.float32)
+    head_vars = {"params": variables["params"]["head"]}
+
+    def logits_of(a):
+        return module.head.apply(head_vars, a.mean(axis=(1, 2)))
+
+    logits, vjp = jax.vjp(logits_of, acts)
+    (grads,) = vjp(jnp.ones_like(logits))
+    return _cam(acts, grads, x.shape[1]), positive_prob(logits)
+
+
+def gradcam_module_fn(module, variables, x, path: tuple[str, ...]):
+    """Grad-CAM on the output of the flax submodule at `path` (within the Classifier).
+    Pure; returns (cam (B, S, S), prob (B,))."""
+    def run(delta):
+        seen = {}
+
+        def interceptor(next_fun, args, kwargs, ctx):
+            y = next_fun(*args, **kwargs)
+            if ctx.method_name == "__call__" and tuple(ctx.module.path) == path:
+                if not isinstance(y, jax.Array) or y.ndim != 4:
+                    raise ValueError(f"Grad-CAM target {'/'.join(path)}: output is not a "
+                                     f"(B, H, W, C) map ({type(y).__name__})")
+                y = y + (jnp.zeros(y.shape, y.dtype) if delta is None else delta.astype(y.dtype))
+                seen["a"] = y
+            return y
+
+        with nn.intercept_methods(interceptor):
+            logits, _ = module.apply(variables, x, train=False)
+        if "a" not in seen:
+            raise ValueError(f"Grad-CAM target {'/'.join(path)}: no module at that path was "
+                             "called (paths look like 'backbone/<layer name>')")
+        return logits, seen["a"]
+
+    shape = jax.eval_shape(lambda: run(None)[1])
+    zero = jnp.zeros(shape.shape, jnp.float32)
+    (logits, acts), vjp = jax.vjp(run, zero)
+    (grads,) = vjp((jnp.ones_like(logits), jnp.zeros_like(acts)))
+    return _cam(acts.astype(jnp.float32), grads, x.shape[1]), positive_prob(logits)
+
+
+def _gradcam(module, target, variables, x):
+    TRACE_COUNT["gradcam"] += 1
+    if target == "features":
+        return gradcam_features_fn(module, variables, x)
+    if target.startswith("module:"):
+        return gradcam_module_fn(module, variables, x, tuple(target[len("module:"):].split("/")))
+    raise ValueError(f"Grad-CAM target: expected 'features' or 'module:<path>', got {target!r}")
+
+
+def make_gradcam_fn(module, target: str = "features"):
+    """Jitted (variables, x01 (B, S, S, 3)) -> (cam (B, S, S) in [0, 1], P(positive) (B,))."""
+    return jax.jit(functools.partial(_gradcam, module, target))
+
+
+def gradcam(module, variables, images, *, target: str = "features", batch_size: int = 16,
+            fn=None) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM of every image in fixed batches (the last padded): (cams, probs) on the host."""
+    fn = fn or make_gradcam_fn(module, target)
+    cams, probs = [], []
+    for i in range(0, len(images), batch_size):
+        x = np.asarray(images[i:i + batch_size], np.float32)
+        n = len(x)
+        if n < batch_size:
+            x = np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], np.float32)])
+        c, p = fn(variables, x)
+        cams.append(np.asarray(c)[:n])
+        probs.append(np.asarray(p)[:n])
+    return np.concatenate(cams), np.concatenate(probs)
+
+
+def peak(cam: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the heat map's maximum."""
+    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return int(x), int(y)
+
+
+def save_overlay(image: np.ndarray, cam: np.ndarray, path, *, title: str, alpha: float = 0.4,
+                 note: str | None = None) -> Path:
+    """The preprocessed scan in grey with the heat map over it, titled (e.g. the probability)."""
+    from matplotlib.figure import Figure
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(4, 4.3), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(np.clip(image.mean(axis=-1), 0, 1), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    if note:
+        fig.text(0.5, 0.01, note, ha="center", fontsize=7, color="red")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
