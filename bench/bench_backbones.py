@@ -162,13 +162,15 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--matmul-n", type=int, default=2048, help="side of the roofline matmul")
     p.add_argument("--no-keras", action="store_true", help="time our models only")
     p.add_argument("--out", default="", help="also append the JSON lines to this file")
     a = p.parse_args(argv)
 
     info = machine_info()
-    roof = matmul_gflops()
-    info["matmul_f32_2048_gflops"] = round(roof, 1)
+    roof = matmul_gflops(a.matmul_n)
+    info["matmul_n"] = a.matmul_n
+    info["matmul_f32_gflops"] = round(roof, 1)
     print(json.dumps({"bench": "machine", **info}), flush=True)
     rows = []
     for name in a.models:
@@ -192,7 +194,7 @@ def main(argv=None) -> list[dict]:
         del fns
 
     print(f"\n{info['cpu']}, {info['cores']} cores, jax {info['jax']} on {info['device']}; "
-          f"f32 matmul 2048^3: {roof:.1f} GFLOP/s; batch {a.batch}, {a.size}x{a.size}, "
+          f"f32 matmul {a.matmul_n}^3: {roof:.1f} GFLOP/s; batch {a.batch}, {a.size}x{a.size}, "
           f"median of {a.repeats} after {a.warmup} warm-up")
     hdr = f"{'model':<20}{'impl':<8}{'img/s':>9}{'GFLOP/img':>11}{'GFLOP/s':>9}{'roofline':>10}  keras call"
     print(hdr + "\n" + "-" * len(hdr))

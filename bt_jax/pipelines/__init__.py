@@ -14,7 +14,8 @@ from pathlib import Path
 from bt_jax import config as config_lib
 
 # pipeline name -> module in this package exposing run(config, workdir)
-_MODULES = {"prepare": "prepare", "search": "search", "staged": "staged"}
+_MODULES = {"prepare": "prepare", "search": "search", "staged": "staged", "predict": "predict",
+            "evaluate": "evaluate"}
 
 
 def run(config, workdir: str | Path):

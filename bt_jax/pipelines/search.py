@@ -20,9 +20,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bt_jax import features, search
+from bt_jax import features, predict, search
 from bt_jax.data import augment, dataset
-from bt_jax.evaluate import evaluation, plots, report
+from bt_jax.evaluate import evaluation, html, plots, report
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier
 from bt_jax.train import finetune, head
@@ -157,6 +157,13 @@ def finish(config, workdir, ds, copies, folds, labels_all, feats, models, best, 
     _, _, ft_prob = finetune.evaluate(model, tuned.variables, ds.images, ds.labels, test,
                                       batch_size=hp.batch_size)
     save_model_card(workdir, config, ds, name, digest, hp, ck)
+    # Validation probabilities beside the model: predict can pick a threshold for a target
+    # sensitivity later; with eval.target_sensitivity set, model.json's threshold is that one.
+    _, _, val_prob = finetune.evaluate(model, tuned.variables, ds.images, ds.labels, val_rows,
+                                       batch_size=hp.batch_size)
+    op = predict.record_validation(workdir, [ds.names[i] for i in val_rows], ds.labels[val_rows],
+                                   val_prob, target_sensitivity=config.eval.get(
+                                       "target_sensitivity", 0.0))  # TODO: base_config key
 
     sections = [("Data", _data_text(ds), [plots.plot_class_balance(
         {c: int((ds.class_index == i).sum()) for i, c in enumerate(ds.classes)},
@@ -184,10 +191,11 @@ def finish(config, workdir, ds, copies, folds, labels_all, feats, models, best, 
                                            class_names=cls, config=config, synthetic=ds.synthetic)
     sections += [s_ft, s_head]
     metrics = {"final": r_ft, "head_only": r_head, "best_trial": best, "backbone": name,
-               "synthetic": ds.synthetic, "n_test": int(len(test))}
+               "synthetic": ds.synthetic, "n_test": int(len(test)), "operating_point": op}
     report.write_metrics_json(workdir / "metrics.json", metrics)
     title = f"bt_jax method A: {name}" + (" [SYNTHETIC DATA]" if ds.synthetic else "")
     report.write_markdown_report(workdir / "report.md", title=title, sections=sections)
+    html.write_html_report(workdir, gradcam_examples=4)
     print(f"test accuracy {r_ft['accuracy']['value']:.3f} "
           f"[{r_ft['accuracy']['ci'][0]:.3f}, {r_ft['accuracy']['ci'][1]:.3f}] on {len(test)} images; "
           f"report: {workdir / 'report.md'}")

@@ -1,0 +1,101 @@
+"""Pipeline `predict`: a saved model on new scans -> predictions.csv (+ Grad-CAM PNGs).
+
+    python launch.py --config=configs/predict.py --config.checkpoint=runs/quick \
+        --config.inputs=scans/ --workdir=runs/predict1 --config.explain=True
+
+1. load model.json + checkpoint (format and backbone checked; threshold from the model,
+   the user, or the stored validation probabilities for a target sensitivity);
+2. find the inputs; 3. read, preprocess as in training, predict in fixed batches;
+4. Grad-CAM overlays; 5. CSV, terminal table, summary.json, report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from bt_jax import explain, predict
+from bt_jax.evaluate import html
+
+log = logging.getLogger(__name__)
+
+
+def load_for(config) -> predict.LoadedModel:
+    if not config.checkpoint:
+        raise ValueError("config.checkpoint: give the workdir of a trained model (with model.json)")
+    return predict.load_model(
+        config.checkpoint,
+        threshold=config.threshold.value if config.threshold.value >= 0 else None,
+        target_sensitivity=config.threshold.target_sensitivity or None)
+
+
+def overlay_name(file: str, root: Path | None) -> str:
+    """A flat, unique PNG name for an input file (its path below the input folder)."""
+    p = Path(file)
+    try:
+        rel = p.relative_to(root) if root else Path(p.name)
+    except ValueError:
+        rel = Path(p.name)
+    return "__".join(rel.parts) + ".png"
+
+
+def make_overlay_writer(config, model, out_dir: Path, root: Path | None):
+    fn = explain.make_gradcam_fn(model.module, config.gradcam.target)
+    written = []
+
+    def on_batch(rows, images):
+        limit = config.gradcam.max_images
+        if limit and len(written) >= limit:
+            return
+        cams, _ = explain.gradcam(model.module, model.variables, images,
+                                  batch_size=config.gradcam.batch_size, fn=fn)
+        for r, img, cam in zip(rows, images, cams):
+            if limit and len(written) >= limit:
+                break
+            title = (f"{Path(r['file']).name}\nP({model.positive}) = {r['p_tumour']:.3f} -> "
+                     f"{r['decision']} (threshold {model.threshold:.3g})")
+            png = explain.save_overlay(img, cam, out_dir / overlay_name(r["file"], root),
+                                       title=title, alpha=config.gradcam.alpha,
+                                       note=r["note"][:90] if r["status"] == "flagged" else None)
+            r["gradcam"] = str(png)
+            written.append(png)
+    return on_batch, written
+
+
+def run(config, workdir: Path):
+    workdir = Path(workdir)
+    model = load_for(config)
+    if not config.inputs:
+        raise ValueError("config.inputs: give an image, a folder or a glob of scans")
+    files = predict.find_inputs(config.inputs)
+    root = Path(config.inputs).expanduser().resolve()
+    root = root if root.is_dir() else None
+    log.info("model %s (%s), threshold %.4g (%s); %d input files", model.model_id,
+             model.card["backbone"], model.threshold, model.threshold_info["source"], len(files))
+    on_batch, written = (make_overlay_writer(config, model, workdir / "gradcam", root)
+                         if config.explain else (None, []))
+    rows = predict.predict_files(
+        model, files, batch_size=config.predict.batch_size,
+        dicom_frame=None if config.predict.dicom_frame < 0 else config.predict.dicom_frame,
+        colour_policy=config.predict.colour, on_batch=on_batch)
+    csv_path = predict.write_csv(rows, workdir / config.predict.output)
+    print(predict.format_table(rows, max_rows=config.predict.table_rows, root=root))
+    probs = np.array([r["p_tumour"] for r in rows if r["p_tumour"] != ""], float)
+    summary = {"model_id": model.model_id, "model": str(model.root), "backbone": model.card["backbone"],
+               "synthetic_training_data": bool(model.card.get("synthetic", False)),
+               "threshold": model.threshold, "threshold_info": model.threshold_info,
+               "n_files": len(rows), "n_predicted": int(len(probs)),
+               "n_positive": int((probs >= model.threshold).sum()),
+               "status_counts": {s: sum(r["status"] == s for r in rows)
+                                 for s in ("ok", "flagged", "skipped", "error")},
+               "problems": [{"file": r["file"], "status": r["status"], "note": r["note"]}
+                            for r in rows if r["status"] != "ok"],
+               "csv": str(csv_path), "gradcam": [str(p) for p in written]}
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    html.write_html_report(workdir, title=f"bt_jax predictions: {model.model_id}",
+                           predictions=rows, summary=summary)
+    print(f"predictions: {csv_path}" + (f"; Grad-CAM: {workdir / 'gradcam'}" if written else ""))
+    return summary

@@ -1,0 +1,248 @@
+"""Predict: model loading and its errors, input reading (images, DICOM, bad files), one
+compilation per folder, thresholds, and the `predict` pipeline."""
+
+import json
+from pathlib import Path
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bt_jax import predict
+from bt_jax.models import registry as mreg
+from bt_jax.models.heads import Classifier
+from bt_jax.train.checkpoint import Checkpoints
+from bt_jax.train.head import Head
+
+SIZE = 32
+
+
+def make_model_dir(root: Path, *, backbone: str = "efficientnet_lite0", size: int = SIZE,
+                   units: int = 8, seed: int = 0, module=None, variables=None, extra=None) -> Path:
+    """A workdir as the search pipeline leaves it (model.json + best checkpoint), random init."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if module is None:
+        module = Classifier(backbone=mreg.get(backbone).make(), head=Head(units, 0.0))
+    if variables is None:
+        # eager init: compiling it would cost more than running it once at this size
+        variables = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)),
+                                train=False)
+    ck = Checkpoints(root / "checkpoints" / "finetune")
+    ck.save_best(0, jax.device_get(dict(variables)), 0.5)
+    card = {"format": 1, "bt_jax": "0.1.0", "backbone": backbone, "weights_digest": "random-init",
+            "dtype": "float32", "head": {"type": "gap_dense", "units": units, "dropout": 0.0},
+            "preprocess": {"crop": True, "crop_threshold": 45, "crop_margin": 0.02,
+                           "equalize": "hist", "clahe_clip": 2.0, "clahe_tiles": 8, "size": size},
+            "classes": ["no", "yes"], "positive": "yes", "threshold": 0.5,
+            "checkpoint": "checkpoints/finetune/best", "synthetic": True, **(extra or {})}
+    (root / "model.json").write_text(json.dumps(card, indent=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return predict.load_model(model_dir)
+
+
+def _scan(rng, size=64):
+    """A grey head-like image (uint8 2-D)."""
+    img = np.zeros((size, size), np.uint8)
+    cv2.ellipse(img, (size // 2, size // 2), (size // 3, size // 2 - 4), 0, 0, 360,
+                int(rng.integers(120, 220)), -1)
+    img = cv2.add(img, rng.integers(0, 30, img.shape, dtype=np.uint8))
+    return img
+
+
+def write_dicom(path, arr, *, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None,
+                frames=1, pixels=True):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR image storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.Rows, ds.Columns = arr.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if pixels:
+        ds.PixelData = np.ascontiguousarray(arr, np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_load_model_matches_direct_apply(model):
+    x = np.random.default_rng(0).random((5, SIZE, SIZE, 3)).astype(np.float32)
+    logits, _ = model.module.apply(model.variables, x, train=False)
+    want = np.asarray(jax.nn.sigmoid(logits[:, 0]))
+    got = predict.predict_array(model, x, batch_size=64)  # one batch, padded
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert model.threshold == 0.5 and model.model_id.startswith("efficientnet_lite0-")
+    with pytest.raises(ValueError, match=r"expected \(N, 32, 32, 3\)"):
+        predict.predict_array(model, x[:, :16])
+
+
+def test_folder_of_1000_images_compiles_once(model, tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(1000):   # mixed sizes: preprocessing, not the compiled shape, absorbs them
+        cv2.imwrite(str(folder / f"s{i:04d}.png"), _scan(rng, 48 + 16 * (i % 3)))
+    files = predict.find_inputs(folder)
+    assert len(files) == 1000
+    predict.predict_array(model, np.zeros((1, SIZE, SIZE, 3), np.float32), batch_size=64)
+    before = predict.TRACE_COUNT["predict"]
+    rows = predict.predict_files(model, files, batch_size=64)
+    assert predict.TRACE_COUNT["predict"] == before    # batch 64 was compiled once, above
+    assert len(rows) == 1000 and all(r["status"] == "ok" for r in rows)
+    p = np.array([r["p_tumour"] for r in rows])
+    assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_dicom_rescale_window_and_inversion(tmp_path):
+    arr = (np.arange(64 * 64).reshape(64, 64) % 1000).astype(np.uint16)
+    x = arr * 2.0 - 100.0
+    p = write_dicom(tmp_path / "a.dcm", arr, slope=2.0, intercept=-100.0, window=(500, 400))
+    img, info = predict.read_scan(p)
+    want = np.clip((x - 499.5) / 399.0 + 0.5, 0, 1)
+    np.testing.assert_allclose(img[:, :, 0], want, atol=1e-6)
+    assert info["window"] == [500.0, 400.0] and img.shape == (64, 64, 3)
+    p1 = write_dicom(tmp_path / "b", arr, photometric="MONOCHROME1", slope=2.0, intercept=-100.0,
+                     window=(500, 400))   # no extension: recognised by the DICM magic
+    img1, _ = predict.read_scan(p1)
+    np.testing.assert_allclose(img1[:, :, 0], 1 - want, atol=1e-6)
+    p2 = write_dicom(tmp_path / "c.dcm", arr)   # no window: the image's own range
+    img2, _ = predict.read_scan(p2)
+    np.testing.assert_allclose(img2[:, :, 0], arr / 999.0, atol=1e-6)
+
+
+def test_bad_inputs_are_reported_and_the_rest_predicted(model, tmp_path):
+    rng = np.random.default_rng(2)
+    d = tmp_path / "in"
+    d.mkdir()
+    cv2.imwrite(str(d / "good.png"), _scan(rng))
+    write_dicom(d / "good.dcm", _scan(rng).astype(np.uint16) * 8, window=(1000, 2000))
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.txt").write_text("hello")
+    data = cv2.imencode(".png", _scan(rng))[1].tobytes()
+    (d / "truncated.png").write_bytes(data[: len(data) // 2])
+    write_dicom(d / "nopixels.dcm", np.zeros((8, 8)), pixels=False)
+    write_dicom(d / "multi.dcm", np.zeros((3, 32, 32)), frames=3)
+    photo = np.zeros((64, 64, 3), np.uint8)
+    photo[:, :32] = (0, 0, 255)
+    photo[:, 32:] = (40, 200, 40)
+    cv2.imwrite(str(d / "photo.jpg"), photo)
+    rows = {Path(r["file"]).name: r for r in predict.predict_files(model, predict.find_inputs(d))}
+    assert rows["good.png"]["status"] == rows["good.dcm"]["status"] == "ok"
+    assert rows["good.dcm"]["p_tumour"] != ""
+    assert "zero-byte" in rows["empty.jpg"]["note"]
+    assert "not an image" in rows["notes.txt"]["note"]
+    assert "truncated PNG" in rows["truncated.png"]["note"]
+    assert "without pixel data" in rows["nopixels.dcm"]["note"]
+    assert "multi-frame DICOM (3 frames)" in rows["multi.dcm"]["note"]
+    for k in ("empty.jpg", "notes.txt", "truncated.png", "nopixels.dcm", "multi.dcm"):
+        assert rows[k]["status"] == "error" and rows[k]["p_tumour"] == ""
+    assert rows["photo.jpg"]["status"] == "flagged" and "colour image" in rows["photo.jpg"]["note"]
+    assert rows["photo.jpg"]["p_tumour"] != ""
+    skip = predict.predict_files(model, [d / "photo.jpg"], colour_policy="skip")[0]
+    assert skip["status"] == "skipped" and skip["p_tumour"] == ""
+    frame = predict.predict_files(model, [d / "multi.dcm"], dicom_frame=1)[0]
+    assert frame["status"] == "error" and "blank" in frame["note"]   # frame read, then checked
+    table = predict.format_table(list(rows.values()))
+    assert "error: notes.txt" in table and "flagged: photo.jpg" in table
+
+
+def test_model_card_errors(model_dir, tmp_path):
+    card = json.loads((model_dir / "model.json").read_text())
+    other = tmp_path / "v2"
+    other.mkdir()
+    (other / "model.json").write_text(json.dumps({**card, "format": 2}))
+    with pytest.raises(predict.ModelCardError, match="model format 2, this bt_jax reads format 1"):
+        predict.load_model(other)
+    (other / "model.json").write_text(json.dumps({**card, "backbone": "resnet9000"}))
+    with pytest.raises(predict.ModelCardError, match="backbone 'resnet9000' unknown"):
+        predict.load_model(other / "model.json")
+    # a card naming another backbone than its checkpoint holds
+    import shutil
+    shutil.copytree(model_dir / "checkpoints", other / "checkpoints")
+    (other / "model.json").write_text(json.dumps({**card, "backbone": "mobilenet"}))
+    with pytest.raises(predict.ModelCardError, match="does not fit backbone 'mobilenet'"):
+        predict.load_model(other)
+    with pytest.raises(predict.ModelCardError, match="no model.json"):
+        predict.load_model(tmp_path / "nowhere")
+
+
+def test_threshold_from_validation(model_dir, tmp_path):
+    import shutil
+    wd = tmp_path / "wd"
+    shutil.copytree(model_dir, wd)
+    labels = np.array([1] * 10 + [0] * 10)
+    prob = np.r_[np.linspace(0.3, 0.95, 10), np.linspace(0.05, 0.6, 10)]
+    op = predict.record_validation(wd, [f"f{i}" for i in range(20)], labels, prob,
+                                   target_sensitivity=0.9)
+    assert op["sensitivity"] >= 0.9 and abs(op["threshold"] - prob[1]) < 1e-12
+    m = predict.load_model(wd)
+    assert m.threshold == op["threshold"] and m.threshold_info["specificity"] == op["specificity"]
+    m2 = predict.load_model(wd, target_sensitivity=1.0)
+    assert m2.threshold == pytest.approx(0.3) and m2.threshold_info["sensitivity"] == 1.0
+    assert predict.load_model(wd, threshold=0.7).threshold == 0.7
+    with pytest.raises(predict.ModelCardError, match="validation probabilities"):
+        predict.load_model(model_dir, target_sensitivity=0.95)
+
+
+def test_find_inputs(tmp_path):
+    (tmp_path / "a").mkdir()
+    for n in ("a/x.png", "a/y.dcm", "z.jpg", "a/.hidden.png"):
+        (tmp_path / n).write_bytes(b"1")
+    assert [p.name for p in predict.find_inputs(tmp_path / "a")] == ["x.png", "y.dcm"]
+    assert [p.name for p in predict.find_inputs(str(tmp_path / "**" / "*.png"))] == ["x.png"]
+    assert [p.name for p in predict.find_inputs(tmp_path / "z.jpg")] == ["z.jpg"]
+    with pytest.raises(FileNotFoundError, match="not a file, a folder or a glob"):
+        predict.find_inputs(tmp_path / "missing.png")
+
+
+def test_predict_pipeline_writes_csv_and_gradcam(model_dir, tmp_path, capsys):
+    import csv
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs import predict as predict_config
+
+    from bt_jax import pipelines
+    rng = np.random.default_rng(3)
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(d / f"s{i}.png"), _scan(rng))
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    c = predict_config.get_config("quick")
+    c.checkpoint, c.inputs, c.explain = str(model_dir), str(d), True
+    out = tmp_path / "out"
+    summary = pipelines.run(c, out)
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["status"] for r in rows] == ["error", "ok", "ok", "ok"]
+    assert set(predict.CSV_FIELDS) <= set(rows[0])
+    assert all(r["model_id"] == summary["model_id"] for r in rows)
+    assert sorted(p.name for p in (out / "gradcam").glob("*.png")) == [
+        "s0.png.png", "s1.png.png", "s2.png.png"]
+    assert summary["status_counts"] == {"ok": 3, "flagged": 0, "skipped": 0, "error": 1}
+    assert "error: broken.jpg" in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and 'class="predictions"' in html
