@@ -14,7 +14,9 @@ Keras' own EfficientNet builder with Lite0's changes (ReLU6, no squeeze-excitati
 is the same architecture; EfficientNetB0 (`--models efficientnetb0`) compares against
 `keras.applications.EfficientNetB0` directly.
 FLOPs come from XLA's cost analysis of each compiled forward; the roofline fraction is
-model GFLOP/s over the measured GFLOP/s of a jitted float32 2048x2048 matmul.
+model GFLOP/s over the measured GFLOP/s of a jitted float32 2048x2048 matmul (on GPU the
+FLOPs come from a CPU compile, as XLA:GPU counts none for cuDNN convolutions, and f32 matmuls
+may run as TF32 there).
 Each timing: `--warmup` untimed calls, then `--repeats` timed calls, median reported.
 """
 
@@ -66,6 +68,16 @@ def flops_of(compiled) -> float:
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
+def xla_flops(fn, *args, compiled=None) -> float:
+    """XLA's FLOP count of jit(fn)(*args). XLA:GPU reports no FLOPs for cuDNN convolutions,
+    so off CPU the count comes from a CPU compile of the same function (not run)."""
+    import jax
+    if jax.default_backend() == "cpu" and compiled is not None:
+        return flops_of(compiled)
+    cpu_args = jax.device_put(args, jax.devices("cpu")[0])
+    return flops_of(jax.jit(fn).lower(*cpu_args).compile())
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     """Float32 n x n x n matmul throughput: the machine's practical FLOP roofline."""
     import jax
@@ -91,7 +103,8 @@ def ours(name: str, batch: int, size: int):
     t = time.perf_counter()
     compiled = jax.jit(fwd).lower(variables, x).compile()
     compile_s = time.perf_counter() - t
-    return (lambda: compiled(variables, x).block_until_ready()), flops_of(compiled), compile_s
+    flops = xla_flops(fwd, variables, x, compiled=compiled)
+    return (lambda: compiled(variables, x).block_until_ready()), flops, compile_s
 
 
 def keras_model(name: str, size: int):
@@ -139,7 +152,7 @@ def keras_fns(name: str, batch: int, size: int):
     compile_s = time.perf_counter() - t
     fns = {"predict_on_batch": lambda: np.asarray(model.predict_on_batch(x_np)),
            "jit_stateless": lambda: compiled(tv, ntv, x).block_until_ready()}
-    return fns, flops_of(compiled), compile_s
+    return fns, xla_flops(call, tv, ntv, x, compiled=compiled), compile_s
 
 
 def row(impl, name, batch, size, sec, times, flops, compile_s, roof, extra=None) -> dict:

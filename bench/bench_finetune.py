@@ -52,8 +52,8 @@ def stages_from_config() -> list[dict]:
     return [parse_stage(s) for s in base_config().staged.stages]
 
 
-def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool):
-    """(compiled step, state, batch, rng, compile seconds, trainable params) for one stage."""
+def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool, count_flops: bool = True):
+    """(compiled step, state, batch, rng, compile seconds, trainable / total params, FLOPs)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -84,8 +84,12 @@ def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool):
     t = time.perf_counter()
     compiled = step.lower(state, data, key).compile()
     compile_s = time.perf_counter() - t
+    flops = flops_of(compiled)
+    if count_flops and jax.default_backend() != "cpu":   # XLA:GPU counts no FLOPs for cuDNN convolutions
+        cpu = jax.devices("cpu")[0]
+        flops = flops_of(step.lower(*jax.device_put((state, data, key), cpu)).compile())
     n_train, n_total = finetune.count_trainable(state.params, labels)
-    return compiled, state, data, key, compile_s, n_train, n_total
+    return compiled, state, data, key, compile_s, n_train, n_total, flops
 
 
 def flops_of(compiled) -> float:
@@ -113,7 +117,7 @@ def conv_count(compiled) -> int:
     """Convolutions in the optimised HLO (incl. oneDNN custom calls XLA:CPU may rewrite them to)."""
     text = compiled.as_text() or ""
     return len(re.findall(r"\bconvolution\(", text)) + len(
-        re.findall(r'custom_call_target="__onednn\$convolution', text))
+        re.findall(r'custom_call_target="__(?:onednn|cudnn)\$conv', text))
 
 
 def time_steps(compiled, state, data, key, *, warmup: int, repeats: int):
@@ -135,8 +139,8 @@ def time_steps(compiled, state, data, key, *, warmup: int, repeats: int):
 
 
 def bench_stage(stage, size, batch, stop, warmup, repeats) -> dict:
-    compiled, state, data, key, compile_s, n_train, n_total = build(stage, size, batch, stop)
-    flops, convs, mem = flops_of(compiled), conv_count(compiled), memory_of(compiled)
+    compiled, state, data, key, compile_s, n_train, n_total, flops = build(stage, size, batch, stop)
+    convs, mem = conv_count(compiled), memory_of(compiled)
     sec, times = time_steps(compiled, state, data, key, warmup=warmup, repeats=repeats)
     trainable = stage["trainable"] if isinstance(stage["trainable"], str) else "+".join(stage["trainable"])
     return {"bench": "finetune_step", "stage": stage["name"] + ("+stopgrad" if stop else ""),
@@ -145,14 +149,14 @@ def bench_stage(stage, size, batch, stop, warmup, repeats) -> dict:
             "images_per_s": round(batch / sec, 2), "step_s_median": round(sec, 3),
             "step_s_all": [round(t, 3) for t in times],
             "gflops_per_step": round(flops / 1e9, 1), "hlo_convolutions": convs,
-            "xla_memory_bytes": mem.get("total_bytes"), "compile_s": round(compile_s, 1),
+            "xla_memory_bytes": mem.get("total_bytes"), "xla_memory": mem, "compile_s": round(compile_s, 1),
             "loadavg": [round(v, 2) for v in os.getloadavg()]}
 
 
 def memory_child(stage_name: str, size: int, batch: int, steps: int) -> dict:
     """Runs in a fresh process: one stage only, so ru_maxrss is that stage's peak."""
     stage = next(s for s in stages_from_config() if s["name"] == stage_name)
-    compiled, state, data, key, compile_s, _, _ = build(stage, size, batch, False)
+    compiled, state, data, key, compile_s, _, _, _ = build(stage, size, batch, False, count_flops=False)
     mem = memory_of(compiled)
     time_steps(compiled, state, data, key, warmup=0, repeats=steps)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux

@@ -129,6 +129,32 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.threshold = 0.5
     c.eval.bootstrap = 1000               # resamples for 95% confidence intervals
     c.eval.ci = 0.95
+    c.eval.target_sensitivity = 0.0       # > 0: store the threshold reaching it on validation data
+    c.eval.ensemble_k = 5                 # method A: top-k trials ensembled (0: none)
+
+    # Applying a trained model (pipelines predict / evaluate)
+    c.checkpoint = ""                     # a finished workdir (holding model.json) or model.json
+    c.inputs = ""                         # an image/DICOM file, a folder, or a glob
+    c.explain = False                     # write a Grad-CAM overlay PNG per image
+    c.predict = ml_collections.ConfigDict()
+    c.predict.batch_size = 32             # fixed compiled batch; the last batch is padded
+    c.predict.dicom_frame = -1            # multi-frame DICOM: -1 refuses them, else frame index
+    c.predict.colour = "flag"             # strongly coloured images: "flag" (predict + note) | "skip"
+    c.predict.output = "predictions.csv"  # relative to the workdir
+    c.predict.table_rows = 20             # rows printed to the terminal
+    c.threshold = ml_collections.ConfigDict()
+    c.threshold.value = -1.0              # >= 0: use this threshold; else the model's
+    c.threshold.target_sensitivity = 0.0  # > 0: choose on stored validation probs for this
+    c.gradcam = ml_collections.ConfigDict()
+    c.gradcam.target = "features"         # last conv map, or "module:backbone/<layer>"
+    c.gradcam.alpha = 0.4                 # heat-map opacity in the overlay
+    c.gradcam.max_images = 0              # 0: every image; else only the first n
+    c.gradcam.batch_size = 16
+    c.external = ml_collections.ConfigDict()
+    c.external.positive_classes = ()      # sub-folders that count as tumour
+    c.external.negative_classes = ()      # sub-folders that count as no tumour
+    c.external.ignore_classes = ()        # sub-folders left out on purpose
+    c.external.explain_examples = 8       # Grad-CAM overlays in the report (0: none)
     return c
 
 

@@ -33,12 +33,12 @@ from bt_jax.data import decode, preprocess
 from bt_jax.evaluate import metrics
 from bt_jax.features import data_mesh
 from bt_jax.models import registry as mreg
-from bt_jax.models.heads import Classifier
+from bt_jax.models.heads import Classifier, FlattenHead
 from bt_jax.train.finetune import positive_prob
 from bt_jax.train.head import Head
 
 MODEL_FORMAT = 1                      # model.json "format" this version reads
-HEAD_TYPES = ("gap_dense",)           # model.json head.type this version can rebuild
+HEAD_TYPES = ("gap_dense", "flatten")  # model.json head.type this version can rebuild
 COLOUR_FRACTION = 0.05                # share of strongly coloured pixels that flags a photo
 COLOUR_CHROMA = 0.15                  # max(RGB) - min(RGB) above this is "strongly coloured"
 CSV_FIELDS = ("file", "p_tumour", "decision", "threshold", "model_id", "status", "note",
@@ -115,8 +115,13 @@ def check_card(card: dict, where: str) -> None:
 def build_module(card: dict) -> Classifier:
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[card.get("dtype", "float32")]
     spec = mreg.get(card["backbone"])
-    return Classifier(backbone=spec.make(dtype=dtype),
-                      head=Head(int(card["head"]["units"]), float(card["head"]["dropout"])),
+    h = card["head"]
+    if h["type"] == "flatten":  # method B
+        return Classifier(backbone=spec.make(dtype=dtype),
+                          head=FlattenHead(hidden=tuple(h["hidden"]), dropout=float(h["dropout"]),
+                                           num_classes=int(h["num_classes"])),
+                          head_input="features")
+    return Classifier(backbone=spec.make(dtype=dtype), head=Head(int(h["units"]), float(h["dropout"])),
                       head_input="pre_logits")
 
 
@@ -124,7 +129,10 @@ def _template(module: Classifier, size: int) -> dict:
     """Zeros shaped like the model's variables, without running an init."""
     shapes = jax.eval_shape(lambda r: module.init(r, jnp.zeros((1, size, size, 3)), train=False),
                             jax.random.PRNGKey(0))
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    tree = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
+    # Pipelines always save batch_stats (empty for BatchNorm-free backbones such as VGG).
+    tree.setdefault("batch_stats", {"backbone": {}})
+    return tree
 
 
 def _shape_diff(expected, got) -> list[str]:
@@ -193,6 +201,23 @@ def resolve_threshold(card: dict, root: Path, threshold=None, target_sensitivity
                                            f"n={len(v['labels'])})", **op}
     info = card.get("threshold_info") or {"source": "default"}
     return float(card.get("threshold", 0.5)), info
+
+
+def write_model_card(workdir, *, config, ds, backbone: str, digest: str, head: dict,
+                     checkpoint_dir: Path) -> Path:
+    """W/model.json: what predict/evaluate need to rebuild the model and its exact
+    preprocessing. head: {"type": "gap_dense", units, dropout} or {"type": "flatten",
+    hidden, dropout, num_classes}. Paths are relative, so a workdir can be moved."""
+    from importlib.metadata import version
+    workdir = Path(workdir)
+    card = {"format": MODEL_FORMAT, "bt_jax": version("bt_jax"), "backbone": backbone,
+            "weights_digest": digest, "dtype": config.model.dtype, "head": head,
+            "preprocess": config.preprocess.to_dict(), "classes": list(ds.classes),
+            "positive": ds.positive, "threshold": float(config.eval.threshold),
+            "checkpoint": str(Path(checkpoint_dir).relative_to(workdir) / "best"),
+            "synthetic": bool(ds.synthetic)}
+    (workdir / "model.json").write_text(json.dumps(card, indent=1))
+    return workdir / "model.json"
 
 
 def record_validation(workdir, names, labels, prob, *, target_sensitivity: float = 0.0,

@@ -37,6 +37,14 @@ def test_staged_pipeline_quick(tmp_path):
     m = json.loads((tmp_path / "manifest.json").read_text())
     # split before augmenting: val/test images exist only once, as originals
     assert m["split_counts"]["val"] and m["split_counts"]["test"]
+    # the final stage is the model predict loads (Flatten head, features input)
+    from bt_jax import predict
+    model = predict.load_model(tmp_path)
+    assert model.card["head"]["type"] == "flatten" and (tmp_path / "report.html").exists()
+    files = sorted((tmp_path / "synthetic_phantoms" / "yes").glob("*.png"))[:3]
+    preds = predict.predict_files(model, files, batch_size=4)
+    assert [p["status"] for p in preds] == ["ok"] * 3
+    assert all(0 <= p["p_tumour"] <= 1 for p in preds)
     # a relaunch reloads every finished stage instead of retraining
     r2 = subprocess.run([sys.executable, str(ROOT / "launch.py"),
                          f"--config={ROOT}/configs/vgg19_staged.py:quick", f"--workdir={tmp_path}"],

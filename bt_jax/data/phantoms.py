@@ -27,7 +27,7 @@ def make_phantom(rng: np.random.Generator, size: int, lesion: bool):
     angle = rng.uniform(-20, 20)
     centre = (int(c[0]), int(c[1]))
     ax = (int(axes[0]), int(axes[1]))
-    cv2.ellipse(img, centre, ax, angle, 0, 360, 0.85, -1)  # skull
+    cv2.ellipse(img, centre, ax, angle, 0, 360, 0.75, -1)  # skull
     inner = (int(axes[0] * 0.88), int(axes[1] * 0.88))
     cv2.ellipse(img, centre, inner, angle, 0, 360, 0.35, -1)  # brain
     for _ in range(6):  # gyri-like texture
@@ -36,11 +36,11 @@ def make_phantom(rng: np.random.Generator, size: int, lesion: bool):
         cv2.ellipse(img, p, r, rng.uniform(0, 180), 0, 360, float(rng.uniform(0.25, 0.5)), -1)
     box = None
     if lesion:
-        r = rng.uniform(0.10, 0.22) * min(inner)
+        r = rng.uniform(0.16, 0.30) * min(inner)
         off = rng.uniform(-0.45, 0.45, 2) * np.array(inner)
         lc = (int(c[0] + off[0]), int(c[1] + off[1]))
         rr = (int(r), int(r * rng.uniform(0.7, 1.0)))
-        cv2.ellipse(img, lc, rr, rng.uniform(0, 180), 0, 360, float(rng.uniform(0.8, 1.0)), -1)
+        cv2.ellipse(img, lc, rr, rng.uniform(0, 180), 0, 360, float(rng.uniform(0.92, 1.0)), -1)
         box = [lc[0], lc[1], rr[0], rr[1]]
     img = cv2.GaussianBlur(img, (0, 0), size / 256)
     img += rng.normal(0, 0.02, img.shape).astype(np.float32)

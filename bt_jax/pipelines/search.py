@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bt_jax import features, predict, search
+from bt_jax import ensemble, features, predict, search
 from bt_jax.data import augment, dataset
 from bt_jax.evaluate import evaluation, html, plots, report
 from bt_jax.models import registry as mreg
@@ -162,8 +162,7 @@ def finish(config, workdir, ds, copies, folds, labels_all, feats, models, best, 
     _, _, val_prob = finetune.evaluate(model, tuned.variables, ds.images, ds.labels, val_rows,
                                        batch_size=hp.batch_size)
     op = predict.record_validation(workdir, [ds.names[i] for i in val_rows], ds.labels[val_rows],
-                                   val_prob, target_sensitivity=config.eval.get(
-                                       "target_sensitivity", 0.0))  # TODO: base_config key
+                                   val_prob, target_sensitivity=config.eval.target_sensitivity)
 
     sections = [("Data", _data_text(ds), [plots.plot_class_balance(
         {c: int((ds.class_index == i).sum()) for i, c in enumerate(ds.classes)},
@@ -192,6 +191,13 @@ def finish(config, workdir, ds, copies, folds, labels_all, feats, models, best, 
     sections += [s_ft, s_head]
     metrics = {"final": r_ft, "head_only": r_head, "best_trial": best, "backbone": name,
                "synthetic": ds.synthetic, "n_test": int(len(test)), "operating_point": op}
+    if config.eval.ensemble_k:  # member 0 reuses the final head's seed: it is the head-only model
+        ens = ensemble.ensemble_topk(study, feats, labels_all, train_rows, val_rows, test,
+                                     k=config.eval.ensemble_k, config=config, seed=config.seed + 1)
+        s_ens, metrics["ensemble"] = ensemble.evaluate_ensemble(
+            ens, y_test, out_dir=workdir / "eval" / "ensemble", class_names=cls, config=config,
+            synthetic=ds.synthetic)
+        sections.append(s_ens)
     report.write_metrics_json(workdir / "metrics.json", metrics)
     title = f"bt_jax method A: {name}" + (" [SYNTHETIC DATA]" if ds.synthetic else "")
     report.write_markdown_report(workdir / "report.md", title=title, sections=sections)
@@ -203,16 +209,9 @@ def finish(config, workdir, ds, copies, folds, labels_all, feats, models, best, 
 
 
 def save_model_card(workdir, config, ds, name, digest, hp, ck):
-    """What predict/evaluate need to rebuild the model and its exact preprocessing."""
-    from importlib.metadata import version
-    card = {"format": 1, "bt_jax": version("bt_jax"), "backbone": name, "weights_digest": digest,
-            "dtype": config.model.dtype,
-            "head": {"type": "gap_dense", "units": hp.units, "dropout": hp.dropout},
-            "preprocess": config.preprocess.to_dict(), "classes": list(ds.classes),
-            "positive": ds.positive, "threshold": float(config.eval.threshold),
-            # relative to this file, so a workdir can be moved or shared
-            "checkpoint": str(ck.root.relative_to(workdir) / "best"), "synthetic": ds.synthetic}
-    (workdir / "model.json").write_text(json.dumps(card, indent=1))
+    predict.write_model_card(workdir, config=config, ds=ds, backbone=name, digest=digest,
+                             head={"type": "gap_dense", "units": hp.units, "dropout": hp.dropout},
+                             checkpoint_dir=ck.root)
 
 
 def _curves(a):

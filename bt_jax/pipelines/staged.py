@@ -22,7 +22,8 @@ import numpy as np
 
 from bt_jax.config import parse_stage
 from bt_jax.data import augment, dataset
-from bt_jax.evaluate import evaluation, plots, report
+from bt_jax import predict
+from bt_jax.evaluate import evaluation, html, plots, report
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, FlattenHead
 from bt_jax.train import finetune
@@ -87,6 +88,7 @@ def run(config, workdir: Path):
              len(data.train_src), int((~data.train_aug).sum()), int(data.train_aug.sum()),
              len(ds.splits.val), len(ds.splits.test))
     rows, sections, stage_reports = [], [], {}
+    ck = None
     for k, st in enumerate(stages):
         fs = finetune.FitSpec(epochs=st["epochs"], batch_size=config.staged.batch_size, lr=st["lr"],
                               optimizer=config.staged.optimizer, patience=config.staged.patience,
@@ -102,7 +104,19 @@ def run(config, workdir: Path):
         rows.append(row)
         sections.append(section)
         stage_reports[st["name"]] = rep
-    return write_outputs(config, workdir, ds, rows, sections, stage_reports, note, digest)
+    # The last stage's best state is the model that predict/evaluate load.
+    predict.write_model_card(workdir, config=config, ds=ds, backbone=config.model.name, digest=digest,
+                             head={"type": "flatten", "hidden": list(config.staged.head_hidden),
+                                   "dropout": config.staged.head_dropout, "num_classes": 2},
+                             checkpoint_dir=ck.root)
+    _, _, val_prob = finetune.evaluate(model, variables, ds.images, ds.labels, ds.splits.val,
+                                       batch_size=config.staged.batch_size)
+    predict.record_validation(workdir, [ds.names[i] for i in ds.splits.val], ds.labels[ds.splits.val],
+                              val_prob, target_sensitivity=config.eval.target_sensitivity,
+                              source="validation split")
+    out = write_outputs(config, workdir, ds, rows, sections, stage_reports, note, digest)
+    html.write_html_report(workdir)
+    return out
 
 
 def evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note):
