@@ -47,6 +47,8 @@ def test_outputs(finished):
     card = json.loads((w / "model.json").read_text())
     assert card["backbone"] == "efficientnet_lite0" and (w / card["checkpoint"]).is_dir()
     assert "test accuracy" in r.stdout
+    assert m["ensemble"]["k_used"] == 3 and (w / "eval/ensemble/roc.png").exists()
+    assert "ensemble" in report and (w / "report.html").stat().st_size > 10000
 
 
 def test_study_has_planned_trials_and_csv(finished):
