@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from bt_jax import explain
-from bt_jax.data import decode, preprocess
+from bt_jax.data import decode, phantoms, preprocess
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier
 from bt_jax.train.head import Head
@@ -67,8 +67,63 @@ def test_registry_backbones(name):
     assert cams.shape == (2, 32, 32) and 0 <= cams.min() and cams.max() <= 1
 
 
+class BrightBlobNet(nn.Module):
+    """Hand-set backbone with a known answer: one feature channel, relu(mean RGB - 0.9)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = ConvRelu(1, name="block1")(x)
+        return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
+
+
+def _bright_blob_model(sign):
+    """Logit = sign * mean(feature) (Head with one hidden unit, weights set by hand)."""
+    module = Classifier(backbone=BrightBlobNet(), head=Head(1, 0.0))
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    kernel = np.zeros((3, 3, 3, 1), np.float32)
+    kernel[1, 1, :, 0] = 1 / 3  # centre tap only: the pixel's own mean RGB
+    params = {"backbone": {"block1": {"Conv_0": {"kernel": kernel, "bias": np.array([-0.9])}}},
+              "head": {"hidden": {"kernel": np.ones((1, 1)), "bias": np.zeros(1)},
+                       "out": {"kernel": np.full((1, 1), float(sign)), "bias": np.zeros(1)}}}
+    return module, {"params": jax.tree.map(jnp.asarray, params)}
+
+
+def test_known_answer_cam_is_the_evidence_map():
+    # A bright blob at x=12, y=40 (deliberately not on the diagonal, so a transposed map
+    # fails) on a dim noisy background: the only positive evidence is the blob.
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.0, 0.5, (SIZE, SIZE)).astype(np.float32)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    img[(xx - 12) ** 2 + (yy - 40) ** 2 <= 9] = 0.95
+    img[40, 12] = 1.0
+    x = np.repeat(img[None, ..., None], 3, -1)
+    module, variables = _bright_blob_model(+1)
+    for target in ("features", "module:backbone/block1"):
+        cam, prob = explain.make_gradcam_fn(module, target)(variables, x)
+        evidence = np.maximum(img - 0.9, 0)
+        np.testing.assert_allclose(cam[0], evidence / evidence.max(), atol=1e-5)
+        assert explain.peak(np.asarray(cam[0])) == (12, 40)
+        assert float(prob[0]) > 0.5
+    # Evidence against the class is not shown: Grad-CAM keeps only the positive part.
+    module, variables = _bright_blob_model(-1)
+    cam, prob = explain.make_gradcam_fn(module)(variables, x)
+    assert float(prob[0]) < 0.5 and float(np.abs(cam).max()) == 0.0
+
+
+def _to_input(u8):
+    """A phantom as decode_file returns it: gray replicated to RGB, in [0, 1]."""
+    return np.repeat(u8[..., None], 3, -1).astype(np.float32) / 255
+
+
+def _lesion_in_input(le, crop_box):
+    """A lesion (cx, cy, rx, ry in original pixels) in the preprocessed SIZE-px image."""
+    x0, y0, x1, y1 = crop_box
+    sx, sy = SIZE / (x1 - x0), SIZE / (y1 - y0)
+    return ((le[0] - x0) * sx, (le[1] - y0) * sy, le[2] * sx, le[3] * sy)
+
+
 def _phantom_set(root):
-    """Preprocessed phantoms, labels, and each positive's lesion in preprocessed pixels."""
+    """Preprocessed phantom files, labels, and each positive's lesion (from lesions.json)."""
     lesions = json.loads((root / "lesions.json").read_text())
     params = preprocess.PreprocessParams(size=SIZE)
     xs, ys, boxes = [], [], []
@@ -78,49 +133,90 @@ def _phantom_set(root):
         out, info = preprocess.preprocess_image(img, params)
         xs.append(out)
         ys.append(int(f.parent.name == "yes"))
-        box = None
-        if rel in lesions:
-            x0, y0, x1, y1 = info["crop_box"]
-            le = lesions[rel]
-            sx, sy = SIZE / (x1 - x0), SIZE / (y1 - y0)
-            box = ((le["cx"] - x0) * sx, (le["cy"] - y0) * sy, le["rx"] * sx, le["ry"] * sy)
-        boxes.append(box)
+        le = lesions.get(rel)
+        boxes.append(None if le is None else
+                     _lesion_in_input((le["cx"], le["cy"], le["rx"], le["ry"]), info["crop_box"]))
     return np.stack(xs), np.array(ys), boxes
 
 
-@pytest.mark.slow  # ~45 s on 2 busy cores; and see the note in the assertion below
-def test_gradcam_peak_falls_on_the_lesion(phantom_dir):
-    # Known open problem: this tiny net reaches ~0.94 training accuracy but its CAM peaks at
-    # the skull border, not on the lesion (a histogram/brightness shortcut), so this fails.
-    x, y, boxes = _phantom_set(phantom_dir)
-    module, variables = _tiny(1)
-    tx = optax.adam(3e-3)
-    params = variables["params"]
+def _training_set(n, seed, size=96):
+    """n fresh phantoms (half positive), preprocessed as the pipeline does (crop + equalise)."""
+    rng = np.random.default_rng(seed)
+    params = preprocess.PreprocessParams(size=SIZE)
+    xs, ys = [], []
+    for i in range(n):
+        u8, _ = phantoms.make_phantom(rng, size, lesion=bool(i % 2))
+        xs.append(preprocess.preprocess_image(_to_input(u8), params)[0])
+        ys.append(i % 2)
+    return np.stack(xs), np.array(ys)
+
+
+class LesionNet(nn.Module):
+    """Backbone-contract net sized to learn the lesion in seconds on a CPU.
+
+    Two stride-2 convolutions give a 16x16 map (one cell = 4 px of the 64-px input) and a
+    15-px receptive field, wider than the skull ring: after histogram equalisation the ring
+    is as bright as the lesion, so only shape and surroundings (a round blob in grey tissue
+    vs a band next to black background) tell them apart. Input centred on 0: from [0, 1]
+    inputs the all-positive first-layer responses stall training for hundreds of steps.
+    """
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x * 2.0 - 1.0
+        x = ConvRelu(8, strides=2, name="block1")(x)
+        x = ConvRelu(16, strides=2, name="block2")(x)
+        x = ConvRelu(32, name="block3")(x)
+        return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
+
+
+def _train_lesion_net(x, y, *, seed, steps=900, batch=32, lr=3e-3):
+    module = Classifier(backbone=LesionNet(), head=Head(16, 0.0))
+    params = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
+    tx = optax.adam(lr)
     opt = tx.init(params)
 
     @jax.jit
-    def step(params, opt):
+    def step(params, opt, xb, yb):
         def loss(p):
-            logits, _ = module.apply({"params": p}, x)
-            return optax.sigmoid_binary_cross_entropy(logits[:, 0], y).mean()
+            logits, _ = module.apply({"params": p}, xb)
+            return optax.sigmoid_binary_cross_entropy(logits[:, 0], yb).mean()
         g = jax.grad(loss)(params)
         u, opt = tx.update(g, opt)
         return optax.apply_updates(params, u), opt
 
-    for _ in range(200):
-        params, opt = step(params, opt)
-    cams, probs = explain.gradcam(module, {"params": params}, x, batch_size=len(x))
-    assert np.mean((probs >= 0.5) == y) >= 0.9          # the model did learn the task
-    hits = []
-    for cam, box in zip(cams, boxes):
-        if box is None:
-            continue
-        px, py = explain.peak(cam)
-        cx, cy, rx, ry = box
-        tol = 3.0  # pixels of the 64-px input: ~one cell of the stride-2 feature map
-        hits.append(((px - cx) / (max(rx, 1) + tol)) ** 2 + ((py - cy) / (max(ry, 1) + tol)) ** 2
-                    <= 1.0)
-    assert np.mean(hits) >= 0.75, f"peak on the lesion for only {np.mean(hits):.2f} of positives"
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = rng.choice(len(x), batch, replace=False)
+        params, opt = step(params, opt, x[idx], y[idx])
+    return module, {"params": params}
+
+
+def _peak_on_lesion(cam, box, tol):
+    """The CAM maximum lies in the lesion ellipse grown by `tol` px on each radius."""
+    px, py = explain.peak(cam)
+    cx, cy, rx, ry = box
+    return ((px - cx) / (max(rx, 1) + tol)) ** 2 + ((py - cy) / (max(ry, 1) + tol)) ** 2 <= 1.0
+
+
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow),
+                                  pytest.param(2, marks=pytest.mark.slow)])
+def test_gradcam_peak_falls_on_the_lesion(phantom_dir, seed):
+    # ~30 s on 2 busy cores (a third of it compiling). Trained on fresh phantoms, scored on
+    # the held-out phantom files with lesion positions from their lesions.json.
+    x, y = _training_set(480, seed=1000 + seed)
+    module, variables = _train_lesion_net(x, y, seed=seed)
+    xt, yt, boxes = _phantom_set(phantom_dir)
+    cams, probs = explain.gradcam(module, variables, xt, batch_size=len(xt))
+    acc = np.mean((probs >= 0.5) == yt)
+    assert acc >= 0.85, f"the model did not learn the task: held-out accuracy {acc:.2f}"
+    pos = [i for i, b in enumerate(boxes) if b is not None]
+    assert len(pos) == int(yt.sum()) > 0
+    cell = SIZE / 16  # px: one cell of LesionNet's 16x16 feature map
+    near = np.mean([_peak_on_lesion(cams[i], boxes[i], cell) for i in pos])
+    inside = np.mean([_peak_on_lesion(cams[i], boxes[i], 0.0) for i in pos])
+    assert near >= 0.8, f"CAM peak within one map cell of the lesion for only {near:.2f}"
+    assert inside >= 0.6, f"CAM peak inside the lesion for only {inside:.2f} of positives"
 
 
 def test_save_overlay(tmp_path):
