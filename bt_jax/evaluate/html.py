@@ -166,7 +166,7 @@ def write_gradcam_examples(workdir: Path, n: int, *, out_dir: Path | None = None
     import numpy as np
 
     from bt_jax import explain, predict
-    from bt_jax.data import preprocess
+    from bt_jax.data import preprocess, scans
     workdir = Path(workdir)
     if n <= 0 or not (workdir / "model.json").is_file() or not (workdir / "manifest.json").is_file():
         return None
@@ -180,7 +180,7 @@ def write_gradcam_examples(workdir: Path, n: int, *, out_dir: Path | None = None
     out_dir = out_dir or workdir / "gradcam_examples"
     imgs, names = [], []
     for f in pick:
-        img, _ = predict.read_scan(Path(man["data_dir"]) / f["file"])
+        img, _ = scans.read_scan(Path(man["data_dir"]) / f["file"])
         imgs.append(preprocess.preprocess_image(img, model.preprocess)[0])
         names.append(f)
     if not imgs:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_jax import predict
-from bt_jax.data import discover
+from bt_jax.data import discover, scans
 from bt_jax.evaluate import evaluation, html, report
 from bt_jax.pipelines.predict import load_for
 
@@ -143,7 +143,7 @@ def _examples(config, workdir, model, ok):
     pick = (sorted(wrong, key=lambda r: -abs(r["p_tumour"] - model.threshold)) + right)
     pick = pick[:config.external.explain_examples]
     root = Path(config.inputs).expanduser().resolve()
-    imgs = [preprocess.preprocess_image(predict.read_scan(root / r["file"])[0],
+    imgs = [preprocess.preprocess_image(scans.read_scan(root / r["file"])[0],
                                         model.preprocess)[0] for r in pick]
     cams, _ = explain.gradcam(model.module, model.variables, np.stack(imgs),
                               batch_size=len(imgs), target=config.gradcam.target)

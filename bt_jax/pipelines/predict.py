@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_jax import explain, predict
+from bt_jax.data import scans
 from bt_jax.evaluate import html
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def run(config, workdir: Path):
     model = load_for(config)
     if not config.inputs:
         raise ValueError("config.inputs: give an image, a folder or a glob of scans")
-    files = predict.find_inputs(config.inputs)
+    files = scans.find_inputs(config.inputs)
     root = Path(config.inputs).expanduser().resolve()
     root = root if root.is_dir() else None
     log.info("model %s (%s), threshold %.4g (%s); %d input files", model.model_id,
