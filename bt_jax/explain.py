@@ -49,21 +49,31 @@ def _cam(acts, grads, size: int):
     return jnp.where(top > 0, cam / jnp.maximum(top, 1e-12), 0.0)
 
 
+def score_cotangent(logits):
+    """d(score)/d(logits) for the score Grad-CAM follows: the tumour logit (one-logit
+    heads) or the tumour-vs-other log-odds logit[1] - logit[0] (two-class softmax heads)."""
+    if logits.shape[-1] == 1:
+        return jnp.ones_like(logits)
+    return jnp.broadcast_to(jnp.array([-1.0, 1.0], logits.dtype), logits.shape)
+
+
 def gradcam_features_fn(module, variables, x):
-    """Grad-CAM on out["features"] of a Classifier with a pooled head (head_input
-    "pre_logits"). Pure; returns (cam (B, S, S), prob (B,))."""
-    if module.head_input != "pre_logits":
-        raise ValueError(f"target 'features': expects a head on pooled features, this model's "
-                         f"head reads {module.head_input!r}; use target 'module:<path>'")
+    """Grad-CAM on out["features"] of a Classifier: the map -> logit path is global average
+    pooling + head (head_input "pre_logits") or the head itself (Flatten heads reading
+    "features"). Pure; returns (cam (B, S, S), prob (B,))."""
+    if module.head_input not in ("pre_logits", "features"):
+        raise ValueError(f"target 'features': this model's head reads {module.head_input!r}; "
+                         "use target 'module:<path>'")
     _, out = module.backbone.apply(_bb_variables(variables), x, train=False)
     acts = out["features"].astype(jnp.float32)
     head_vars = {"params": variables["params"]["head"]}
+    pooled = module.head_input == "pre_logits"
 
     def logits_of(a):
-        return module.head.apply(head_vars, a.mean(axis=(1, 2)))
+        return module.head.apply(head_vars, a.mean(axis=(1, 2)) if pooled else a)
 
     logits, vjp = jax.vjp(logits_of, acts)
-    (grads,) = vjp(jnp.ones_like(logits))
+    (grads,) = vjp(score_cotangent(logits))
     return _cam(acts, grads, x.shape[1]), positive_prob(logits)
 
 
@@ -93,7 +103,7 @@ def gradcam_module_fn(module, variables, x, path: tuple[str, ...]):
     shape = jax.eval_shape(lambda: run(None)[1])
     zero = jnp.zeros(shape.shape, jnp.float32)
     (logits, acts), vjp = jax.vjp(run, zero)
-    (grads,) = vjp((jnp.ones_like(logits), jnp.zeros_like(acts)))
+    (grads,) = vjp((score_cotangent(logits), jnp.zeros_like(acts)))
     return _cam(acts.astype(jnp.float32), grads, x.shape[1]), positive_prob(logits)
 
 

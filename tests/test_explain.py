@@ -22,10 +22,13 @@ SIZE = 64
 class ConvRelu(nn.Module):
     features: int
     strides: int = 1
+    bias: float = 0.0  # initial bias
 
     @nn.compact
     def __call__(self, x):
-        return nn.relu(nn.Conv(self.features, (3, 3), strides=self.strides)(x))
+        conv = nn.Conv(self.features, (3, 3), strides=self.strides,
+                       bias_init=nn.initializers.constant(self.bias))
+        return nn.relu(conv(x))
 
 
 class TinyNet(nn.Module):
@@ -79,7 +82,6 @@ class BrightBlobNet(nn.Module):
 def _bright_blob_model(sign):
     """Logit = sign * mean(feature) (Head with one hidden unit, weights set by hand)."""
     module = Classifier(backbone=BrightBlobNet(), head=Head(1, 0.0))
-    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3)))
     kernel = np.zeros((3, 3, 3, 1), np.float32)
     kernel[1, 1, :, 0] = 1 / 3  # centre tap only: the pixel's own mean RGB
     params = {"backbone": {"block1": {"Conv_0": {"kernel": kernel, "bias": np.array([-0.9])}}},
@@ -157,20 +159,23 @@ class LesionNet(nn.Module):
     Two stride-2 convolutions give a 16x16 map (one cell = 4 px of the 64-px input) and a
     15-px receptive field, wider than the skull ring: after histogram equalisation the ring
     is as bright as the lesion, so only shape and surroundings (a round blob in grey tissue
-    vs a band next to black background) tell them apart. Input centred on 0: from [0, 1]
-    inputs the all-positive first-layer responses stall training for hundreds of steps.
+    vs a band next to black background) tell them apart.
+    Equalised images share one histogram, so at initialisation every image pools to nearly
+    the same features and training sits on a plateau (0.69 loss) for a seed-dependent
+    100-1000 steps. Centring the input and a negative first-layer bias (sparse responses
+    that fire on bright structures only) cut it to < ~400 steps for each of the 10 seeds tried.
     """
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x * 2.0 - 1.0
-        x = ConvRelu(8, strides=2, name="block1")(x)
+        x = ConvRelu(16, strides=2, bias=-0.5, name="block1")(x)
         x = ConvRelu(16, strides=2, name="block2")(x)
         x = ConvRelu(32, name="block3")(x)
         return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
 
 
-def _train_lesion_net(x, y, *, seed, steps=900, batch=32, lr=3e-3):
+def _train_lesion_net(x, y, *, seed, steps=800, batch=32, lr=3e-3):
     module = Classifier(backbone=LesionNet(), head=Head(16, 0.0))
     params = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
     tx = optax.adam(lr)

@@ -74,7 +74,7 @@ def tmp(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch,include_top,size", [
-    ("efficientnetb0", False, 64),
+    pytest.param("efficientnetb0", False, 64, marks=pytest.mark.slow),  # ~30 s of Keras
     pytest.param("xception", False, 75, marks=pytest.mark.slow),
     pytest.param("inceptionv3", False, 75, marks=pytest.mark.slow),
     pytest.param("efficientnetb0", True, 64, marks=pytest.mark.slow),

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import pytest
 
@@ -45,6 +46,14 @@ def test_staged_pipeline_quick(tmp_path):
     preds = predict.predict_files(model, files, batch_size=4)
     assert [p["status"] for p in preds] == ["ok"] * 3
     assert all(0 <= p["p_tumour"] <= 1 for p in preds)
+    # Grad-CAM through the Flatten head (two-class softmax) agrees with predict's probabilities
+    from bt_jax import explain
+    from bt_jax.data import scans
+    imgs = np.stack([predict.preprocess.preprocess_image(scans.read_scan(f)[0], model.preprocess)[0]
+                     for f in files])
+    cams, probs = explain.gradcam(model.module, model.variables, imgs, target="features", batch_size=4)
+    assert cams.shape[0] == 3 and np.isfinite(cams).all()
+    np.testing.assert_allclose(probs, [p["p_tumour"] for p in preds], atol=1e-4)
     # a relaunch reloads every finished stage instead of retraining
     r2 = subprocess.run([sys.executable, str(ROOT / "launch.py"),
                          f"--config={ROOT}/configs/vgg19_staged.py:quick", f"--workdir={tmp_path}"],

@@ -9,8 +9,9 @@ early stopping / plateau callbacks, a best and a last checkpoint, resume after a
 
 Freezing is `optax.multi_transform` with `optax.set_to_zero()` for frozen groups: no
 parameter copying, no Python-side gradient surgery. Because the zeroed gradients are
-never read, XLA drops their computation; with no backbone group trainable the classifier
-also stops the gradient at the backbone output so no backward pass runs through it.
+never read, XLA drops their computation (bench/bench_finetune.py counts the compiled
+convolutions: 16 for head-only VGG19, 47 for the full network; head-only compiles to the
+same graph as an explicit stop_gradient at the backbone output).
 """
 
 from __future__ import annotations
