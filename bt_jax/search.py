@@ -43,27 +43,24 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import logging
 import math
 import os
-import socket
-import threading
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from bt_jax import study_storage
 from bt_jax.config import ConfigError
+from bt_jax.study_storage import SearchError, storage_url, study_name  # noqa: F401  (public API)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +68,6 @@ OPTIMIZERS = ("adam", "sgd")
 RESERVED_ATTRS = ("worker", "error", "traceback", "interrupted")
 
 
-class SearchError(RuntimeError):
-    """The search cannot go on: no usable backbone, a changed search space, too many failures."""
 
 
 # ---------------------------------------------------------------- space
@@ -141,149 +136,9 @@ def params_to_config(config, params: dict):
     return c
 
 
-# ---------------------------------------------------------------- storage and locks
-
-def storage_url(config, workdir: str | Path) -> str:
-    return config.search.storage or f"sqlite:///{Path(workdir).resolve() / 'search.db'}"
-
-
-def study_name(config) -> str:
-    return config.search.study_name or f"{config.name}-search"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    import fcntl  # POSIX only, like SQLite's own multi-process locking
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _make_lock(url: str, name: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """A cross-process mutex for one study on the database behind `url`."""
-    u = sqlalchemy.engine.make_url(url)
-    backend = u.get_backend_name()
-    if backend == "sqlite":
-        if not u.database or u.database == ":memory:":
-            lock = threading.Lock()   # an in-memory database lives in this process only
-            return lambda: lock
-        path = Path(u.database).with_suffix(".lock")
-        return lambda: _file_lock(path)
-    if backend == "postgresql":
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        digest = hashlib.sha256(f"bt_jax.search:{name}".encode()).digest()
-        key = int.from_bytes(digest[:8], "big", signed=True)
-
-        @contextlib.contextmanager
-        def pg_lock():
-            # Transaction-scoped: released at commit, or by the server if this process dies.
-            with engine.begin() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-                yield
-        return pg_lock
-    raise SearchError(f"config.search.storage: no cross-process trial lock for {backend!r} "
-                      f"databases; use sqlite:///... (one machine) or postgresql://...")
-
-
-# ---------------------------------------------------------------- workers
-
-def _process_start(pid: int) -> str | None:
-    """Start time of `pid` in clock ticks since boot (Linux), so a reused pid is not mistaken."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _host() -> str:
-    """This host, and its pid namespace: containers sharing a hostname must not judge each
-    other's pids."""
-    try:
-        ns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
-    except OSError:
-        return socket.gethostname()
-    return f"{socket.gethostname()}@{ns}"
-
-
-def _worker_id() -> str:
-    pid = os.getpid()
-    return f"{_host()}:{pid}:{_process_start(pid) or ''}"
-
-
-def _dead_local_worker(worker: str) -> bool:
-    host, pid, start = worker.rsplit(":", 2)
-    if host != _host():
-        return False
-    if start and Path("/proc/self/stat").exists():
-        return _process_start(int(pid)) != start
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return False
-
-
-def _reap(study: optuna.Study, storage, study_id: int) -> None:
-    """Fails RUNNING trials whose worker is gone; call under the lock."""
-    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-    for t in running:
-        worker = t.user_attrs.get("worker")
-        if worker and _dead_local_worker(worker):
-            tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                storage.set_trial_user_attr(
-                    tid, "interrupted", f"worker {worker} died while the trial ran")
-                storage.set_trial_state_values(tid, TrialState.FAIL)
-                log.warning("trial %d: worker %s is gone; marked FAIL (interrupted)",
-                            t.number, worker)
-    before = {t.number for t in running}
-    with _quiet():
-        optuna.storages.fail_stale_trials(study)
-    after = {t.number for t in storage.get_all_trials(
-        study_id, deepcopy=False, states=(TrialState.RUNNING,))}
-    for number in sorted(before - after):
-        log.warning("trial %d is no longer RUNNING (finished, or failed for a stale heartbeat)",
-                    number)
-
-
-@contextlib.contextmanager
-def _heartbeat(storage, trial_id: int, interval: float) -> Iterator[None]:
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(interval):
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as e:  # a missed beat only risks a late stale verdict
-                log.warning("heartbeat of trial id %d failed: %s", trial_id, e)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silences Optuna's notes on features used here on purpose (heartbeats with ask/tell)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-        yield
-
-
 def _sampler(seed: int, number: int) -> optuna.samplers.TPESampler:
     trial_seed = int(np.random.SeedSequence([int(seed) % 2**32, number]).generate_state(1)[0])
-    with _quiet():
+    with study_storage.quiet_optuna():
         # constant_liar: parallel workers see each other's RUNNING trials and spread out.
         return optuna.samplers.TPESampler(seed=trial_seed, constant_liar=True)
 
@@ -335,9 +190,9 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     url, name = storage_url(config, workdir), study_name(config)
-    lock = _make_lock(url, name)
+    lock = study_storage.make_lock(url, name)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with lock(), _quiet():  # two first workers must not both create the tables and the study
+    with lock(), study_storage.quiet_optuna():  # two first workers must not both create the tables and the study
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                              heartbeat_interval=heartbeat_interval,
                                              grace_period=grace_period)
@@ -347,7 +202,7 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
             raise SearchError(f"study {name!r} in {url} minimises; method A maximises accuracy")
         _check_space(study, space)
     study_id = storage.get_study_id_from_name(name)
-    worker = _worker_id()
+    worker = study_storage.worker_id()
     csv_path = workdir / "trials.csv"
     log.info("search %r in %s: %d trials planned, worker %s", name, url, planned, worker)
 
@@ -360,7 +215,7 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
         while True:
             trial = None
             with lock():
-                _reap(study, storage, study_id)
+                study_storage.reap_dead_trials(study, storage, study_id)
                 trials = storage.get_all_trials(study_id, deepcopy=False)
                 done = sum(t.state == TrialState.COMPLETE for t in trials)
                 running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -368,7 +223,7 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
                     break
                 if done + running < planned:
                     study.sampler = _sampler(config.seed, len(trials))
-                    with _quiet():
+                    with study_storage.quiet_optuna():
                         trial = study.ask()
                     if trial.number != len(trials):  # someone writes to the study without the lock
                         study.sampler = _sampler(config.seed, trial.number)
@@ -407,7 +262,7 @@ def _run_trial(study, storage, trial, trial_id, params, objective, heartbeat_int
     """Runs and records one trial; returns the error message, "" when it completed."""
     t0 = time.perf_counter()
     try:
-        with _heartbeat(storage, trial_id, heartbeat_interval):
+        with study_storage.heartbeat(storage, trial_id, heartbeat_interval):
             value, attrs = _check_result(objective(dict(params)))
         for k, v in attrs.items():
             trial.set_user_attr(k, v)

@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bt_jax import search
+from bt_jax import search, study_storage
 from bt_jax.config import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -194,8 +194,8 @@ def test_stale_remote_trial_is_failed_and_a_live_workers_trial_is_waited_for(tmp
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         live = study.ask()  # a live worker on this host, still training
-        live.set_user_attr("worker", f"{search._host()}:{sleeper.pid}:"
-                                     f"{search._process_start(sleeper.pid)}")
+        live.set_user_attr("worker", f"{study_storage.host()}:{sleeper.pid}:"
+                                     f"{study_storage.process_start(sleeper.pid)}")
         time.sleep(1.5)
         objective, calls = _objective()
         done = threading.Event()
