@@ -19,10 +19,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for every output, cache 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietOrbax(logging.Filter):
+    """Orbax logs every checkpoint save at INFO; keep its warnings, drop the chatter."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").addFilter(_QuietOrbax())
     logging.info("JAX %s on %s", jax.__version__, jax.devices())
     pipelines.run(_CONFIG.value, _WORKDIR.value)
 

@@ -40,12 +40,17 @@ def test_frozen_groups_bit_identical_trainable_changed(vgg_setup):
     fs = finetune.FitSpec(epochs=1, batch_size=8, lr=1e-3, trainable=("block5_conv3", "block5_conv4"),
                           patience=5)
     res = finetune.fit(model, variables, spec, data, fs, progress=False)
-    # fit returns the best state; with one epoch that is the trained one
-    before, after = _flat(variables["params"]), _flat(res.variables["params"])
+    before, after = _flat(variables["params"]), _flat(res.last["params"])
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     trainable = {k for k in before if k.startswith("head/") or "block5_conv3" in k
                  or "block5_conv4" in k}
     assert changed == trainable
+    # restore-best considers the starting point: the result is either it or the trained state
+    best = _flat(res.variables["params"])
+    assert all(np.array_equal(best[k], after[k]) for k in best) or \
+        all(np.array_equal(best[k], before[k]) for k in best)
+    assert res.history["initial_val_loss"] > 0 and (res.best_epoch == -1) == all(
+        np.array_equal(best[k], before[k]) for k in best)
 
 
 def test_labels_cover_every_leaf_and_reject_typos(vgg_setup):

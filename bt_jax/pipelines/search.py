@@ -171,15 +171,19 @@ def finish(config, workdir, ds, copies, folds, labels_all, feats, models, best, 
          "train/accuracy": _curves(final.train_acc), "val/accuracy": _curves(final.val_acc)},
         plot_dir / "head_curves.png", f"Final head on frozen {name} features",
         best_epoch=int(final.best_epoch), note=note)]))
+    kept = (f"best epoch {tuned.best_epoch}." if tuned.best_epoch >= 0 else
+            "no epoch beat the starting point on validation loss, so the final model keeps "
+            "the frozen-backbone head's weights.")
     sections.append(("Fine-tuning", f"End-to-end at lr {fs.lr:.3g} (best lr / "
                      f"{1 / config.train.finetune_lr_factor:g}), BatchNorm "
-                     f"{'training' if fs.bn_train else 'inference'} mode; best epoch {tuned.best_epoch}.",
+                     f"{'training' if fs.bn_train else 'inference'} mode; {kept}",
                      [plots.plot_curves({"train/loss": tuned.history["train_loss"],
                                          "val/loss": tuned.history["val_loss"],
                                          "train/accuracy": tuned.history["train_acc"],
                                          "val/accuracy": tuned.history["val_acc"]},
                                         plot_dir / "finetune_curves.png", f"Fine-tuning {name}",
-                                        best_epoch=tuned.best_epoch, note=note)]))
+                                        best_epoch=tuned.best_epoch if tuned.best_epoch >= 0 else None,
+                                        note=note)]))
     cls = (ds.classes[0] if ds.positive != ds.classes[0] else ds.classes[1], ds.positive)
     s_head, r_head = evaluation.evaluate_split(y_test, head_prob, out_dir=workdir / "eval" / "head_only",
                                                title="Test split, frozen backbone + head",

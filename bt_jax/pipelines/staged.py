@@ -131,7 +131,7 @@ def evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note)
                                 "train/accuracy": res.history["train_acc"],
                                 "val/accuracy": res.history["val_acc"]},
                                out / "curves.png", f"{st['name']}: training vs validation",
-                               best_epoch=res.best_epoch, note=note)
+                               best_epoch=res.best_epoch if res.best_epoch >= 0 else None, note=note)
     per_class = {c: rep["per_class"][c]["recall"]["value"] for c in cls}
     row = {"stage": st["name"], "trainable": st["trainable"] if isinstance(st["trainable"], str)
            else "+".join(st["trainable"]), "epochs_run": len(res.history["val_loss"]),

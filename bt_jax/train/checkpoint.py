@@ -57,7 +57,8 @@ class Checkpoints:
         self._write_meta("last", {"epoch": epoch, **meta})
 
     def save_best(self, epoch: int, tree, val_loss: float, meta: dict | None = None) -> None:
-        self._best.save(epoch, args=ocp.args.StandardSave(_to_host(tree)),
+        """epoch -1 is the starting point (stored as step 0; epoch e as step e + 1)."""
+        self._best.save(epoch + 1, args=ocp.args.StandardSave(_to_host(tree)),
                         metrics={"val_loss": float(val_loss)}, force=True)
         self._best.wait_until_finished()
         self._write_meta("best", {"epoch": epoch, "val_loss": float(val_loss), **(meta or {})})

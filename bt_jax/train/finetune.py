@@ -176,11 +176,12 @@ class FitData:
 
 @dataclasses.dataclass
 class FitResult:
-    variables: dict                   # best by validation loss
+    variables: dict                   # best by validation loss (may be the starting point)
     history: dict                     # per epoch: train_loss, train_acc, val_loss, val_acc, lr
     best_epoch: int
     stopped_epoch: int
     resumed_from: int = -1
+    last: dict | None = None          # the state after the last epoch run
 
 
 def evaluate(model, variables, images, labels, idx, *, batch_size: int = 32, fn=None):
@@ -238,6 +239,18 @@ def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpe
     key = jax.random.PRNGKey(fs.seed)
     n_train, total = count_trainable(state.params, labels)
     log.info("%s: %d of %d parameters trainable (%s)", desc, n_train, total, fs.trainable)
+    if start == 0:
+        # The starting weights are a candidate too (epoch -1): a fine-tune that never beats
+        # them on validation loss restores them instead of keeping a worse network.
+        init = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
+        vl0, va0, _ = evaluate(model, init, data.images, data.labels, data.val_idx,
+                               batch_size=fs.batch_size, fn=ev)
+        es = callbacks.early_stopping_update(es, vl0, -1, init, patience=fs.patience)
+        es = es.replace(wait=jnp.zeros_like(es.wait))
+        history["initial_val_loss"], history["initial_val_acc"] = float(vl0), float(va0)
+        if ckpt is not None:
+            ckpt.save_best(-1, init, vl0)
+        log.info("%s: starting point val loss %.4f acc %.3f", desc, vl0, va0)
     epochs = range(start, fs.epochs)
     if progress:
         from tqdm import tqdm
@@ -275,7 +288,9 @@ def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpe
                  history["lr"][-1])
     best = jax.tree.map(np.asarray, es.best_params)
     result = FitResult(variables=best, history=history, best_epoch=int(es.best_epoch),
-                       stopped_epoch=int(es.stopped_epoch), resumed_from=resumed_from)
+                       stopped_epoch=int(es.stopped_epoch), resumed_from=resumed_from,
+                       last=jax.device_get({"params": state.params,
+                                            "batch_stats": state.batch_stats}))
     if ckpt is not None:
         ckpt.mark_done({"best_epoch": result.best_epoch, "stopped_epoch": result.stopped_epoch,
                         "history": history})
