@@ -17,6 +17,7 @@ def get_config(arg: str = ""):
     c.search.trials = 20
     c.search.units = (32, 64, 128)
     c.search.batch_sizes = (16, 32)
+    c.search.lr_max = 1e-3  # fine-tuning runs at lr/10; above ~1e-4 Adam wrecks Lite0's weights
     c.data.phantoms.n_per_class = 40
     c.train.finetune_epochs = 3
     if arg == "quick":
