@@ -13,6 +13,7 @@ so a rerun, or a run on a folder with a few new files, decodes only what is new.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -45,7 +46,6 @@ class Dataset:
     @property
     def content_key(self) -> str:
         """Identifies the used images, in order (for feature caches downstream)."""
-        import hashlib
         return hashlib.sha256("|".join(self.sha256).encode()).hexdigest()[:16]
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from bt_jax.models.common import batch_norm, global_avg_pool, layer_of
 from bt_jax.weights.keras_h5 import keras_to_flax, read_keras_h5, short_name
-from bt_jax.weights.merge import PortError, strict_merge
+from bt_jax.weights.merge import PortError, merge_with_classifier
 from bt_jax.weights.torch_pth import read_pth
 
 # (kernel, repeats, filters_in, filters_out, expand_ratio, stride) of the seven stages.
@@ -150,17 +150,6 @@ def layer_group(path) -> str:
 KERAS_TOP = ("predictions",)
 
 
-def _top_split(template, source, origin):
-    """Drop the file's classifier for a model without one; excuse the model's classifier
-    when the file has none. Nothing else may be missing."""
-    model_top = "predictions" in template.get("params", {})
-    file_top = any(k[1] == "predictions" for k in source)
-    if file_top and not model_top:
-        source = {k: v for k, v in source.items() if k[1] != "predictions"}
-    excuse = r"^params/predictions/" if model_top and not file_top else None
-    return strict_merge(template, source, origin=origin, excuse=excuse)
-
-
 def port_efficientnetb0_keras(h5_path, variables_template):
     """EfficientNetB0 from efficientnetb0[_notop].h5 (keras-applications or Keras 3 legacy h5)."""
     origin = f"{os.fspath(h5_path)} (ported as efficientnetb0)"
@@ -177,7 +166,7 @@ def port_efficientnetb0_keras(h5_path, variables_template):
     source[("batch_stats", "normalization_mean")] = np.reshape(by["mean"], (-1,))
     source[("batch_stats", "normalization_variance")] = np.reshape(by["variance"], (-1,))
     source.update(keras_to_flax(layers, origin=origin, depthwise=r"block\d[a-z]_dwconv"))
-    return _top_split(variables_template, source, origin)
+    return merge_with_classifier(variables_template, source, origin=origin)
 
 
 def port_efficientnet_lite0_torch(pth_path, variables_template):
@@ -219,4 +208,4 @@ def port_efficientnet_lite0_torch(pth_path, variables_template):
     if unknown:
         raise PortError(f"{origin}: {len(unknown)} tensors that an EfficientNet-Lite0 checkpoint "
                         f"does not have (another architecture?): {unknown[:8]}")
-    return _top_split(variables_template, source, origin)
+    return merge_with_classifier(variables_template, source, origin=origin)

@@ -23,7 +23,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
-from bt_jax.models.xception import merge_with_top, rename_keras_layers
+from bt_jax.models.xception import rename_keras_layers
+from bt_jax.weights.merge import merge_with_classifier
 from bt_jax.weights.keras_h5 import keras_to_flax, read_keras_h5
 
 _EPS = 1e-3
@@ -131,4 +132,4 @@ def port_inceptionv3_keras(h5_path, variables_template):
     pairs = [(f"{n}_conv", f"{n}_bn") for n in conv_names()]
     layers = rename_keras_layers(read_keras_h5(h5_path), origin, pairs)
     source = keras_to_flax(layers, origin=origin, rename=lambda k: k)
-    return merge_with_top(variables_template, source, origin)
+    return merge_with_classifier(variables_template, source, origin=origin)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from bt_jax.models import common as C
 from bt_jax.weights.keras_h5 import keras_to_flax, read_keras_h5, short_name
-from bt_jax.weights.merge import PortError, strict_merge
+from bt_jax.weights.merge import PortError, merge_with_classifier
 
 _EPS = 1e-3                     # Keras BatchNormalization default
 _RESIDUAL_BLOCKS = (2, 3, 4, 13)
@@ -139,15 +139,4 @@ def port_xception_keras(h5_path, variables_template):
     pairs = [(f"block{b}_residual_conv", f"block{b}_residual_bn") for b in _RESIDUAL_BLOCKS]
     layers = rename_keras_layers(read_keras_h5(h5_path), origin, pairs)
     source = keras_to_flax(layers, origin=origin, rename=lambda k: k, depthwise=r".*_dw")
-    return merge_with_top(variables_template, source, origin)
-
-
-def merge_with_top(template, source, origin):
-    """strict_merge, dropping the file's classifier for a model without one and excusing the
-    model's classifier when the file has none."""
-    model_top = "predictions" in template.get("params", {})
-    file_top = any(k[1] == "predictions" for k in source)
-    if file_top and not model_top:
-        source = {k: v for k, v in source.items() if k[1] != "predictions"}
-    excuse = r"^params/predictions/" if model_top and not file_top else None
-    return strict_merge(template, source, origin=origin, excuse=excuse)
+    return merge_with_classifier(variables_template, source, origin=origin)

@@ -50,3 +50,15 @@ def strict_merge(template, source: dict, *, origin: str = "weights", excuse: str
                if k in src else v)
            for k, v in flat.items()}
     return traverse_util.unflatten_dict(out)
+
+
+def merge_with_classifier(template, source: dict, *, origin: str, top: str = "predictions"):
+    """strict_merge for a backbone whose classifier layer is `top`: the file's classifier is
+    dropped for a model without one, and the model's is excused when the file has none.
+    Nothing else may be missing or left over."""
+    model_top = top in template.get("params", {})
+    file_top = any(k[1] == top for k in source)
+    if file_top and not model_top:
+        source = {k: v for k, v in source.items() if k[1] != top}
+    excuse = rf"^params/{top}/" if model_top and not file_top else None
+    return strict_merge(template, source, origin=origin, excuse=excuse)
