@@ -31,20 +31,7 @@ import subprocess
 import sys
 import time
 
-
-def machine_info() -> dict:
-    import jax
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-            "device": f"{dev.platform}:{getattr(dev, 'device_kind', '?')}",
-            "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
+from bench_backbones import machine_info  # same machine description in every bench
 
 
 def stages_from_config() -> list[dict]:
