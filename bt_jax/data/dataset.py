@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -55,6 +56,12 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
 def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cache: Path,
              min_size: int) -> tuple[dict, np.ndarray | None, bool]:
     """Returns (meta, image or None, cache_hit). Decoding errors become a skip reason."""
@@ -72,7 +79,7 @@ def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cach
         meta = {"ok": True, "reason": "", **info, **pinfo,
                 "pixel_hash": decode.pixel_hash(raw), "phash": str(decode.perceptual_hash(raw))}
         q = np.round(out * 65535).astype(np.uint16)  # 16-bit keeps 16-bit scans' depth
-        _atomic_write(img_p, lambda p: np.save(open(p, "wb"), q))
+        _atomic_write(img_p, lambda p: p.write_bytes(_npy_bytes(q)))
         img = q.astype(np.float32) / 65535.0
     except (decode.DecodeError, OSError) as e:
         meta, img = {"ok": False, "reason": str(e)}, None

@@ -19,7 +19,7 @@ import logging
 import re
 from pathlib import Path
 
-from bt_jax.evaluate.report import _atomic_write_text
+from bt_jax.evaluate.report import atomic_write_text
 
 log = logging.getLogger(__name__)
 MAX_GRADCAM = 24          # overlays embedded per folder (the rest are only linked on disk)
@@ -222,4 +222,4 @@ def write_html_report(workdir, *, title: str | None = None, predictions: list[di
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
            + "\n".join(b for b in body if b) + "\n</body></html>\n")
-    return _atomic_write_text(workdir / "report.html", doc)
+    return atomic_write_text(workdir / "report.html", doc)

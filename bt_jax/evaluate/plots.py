@@ -15,8 +15,6 @@ cropped figure still carries it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from bt_jax.evaluate import metrics as bt_metrics
+from bt_jax.evaluate.report import atomic_write
 
 SPLIT_STYLE = {"train": ("tab:blue", "Training"), "val": ("tab:orange", "Validation"),
                "test": ("tab:green", "Test")}
@@ -53,18 +52,7 @@ def _save(fig: Figure, path, title: str, note: str | None) -> Path:
         if len(note) <= 30:
             fig.text(0.5, 0.5, note, rotation=25, fontsize=40, color="red", alpha=0.12,
                      ha="center", va="center", in_layout=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
 
 
 def plot_class_balance(counts: dict[str, int], path, title: str = "Class balance", *,

@@ -25,20 +25,26 @@ from bt_jax.evaluate.metrics import format_cell, table_markdown
 SMALL_TEST_SET = 100  # below this many cases the report says how wide the CIs are
 
 
-def _atomic_write_text(path, text: str) -> Path:
+def atomic_write(path, write, *, binary: bool = False) -> Path:
+    """Calls write(file) on a temp file beside `path`, then renames it into place: readers
+    never see a half-written report or figure, and a failure leaves no debris."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and figures are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text))
 
 
 def _plain(x):
@@ -61,7 +67,7 @@ def _plain(x):
 def write_metrics_json(path, report_dict: dict) -> Path:
     """Writes `report_dict` as strict JSON (NaN -> null), via temp file + os.replace."""
     text = json.dumps(_plain(report_dict), indent=2, allow_nan=False) + "\n"
-    return _atomic_write_text(path, text)
+    return atomic_write_text(path, text)
 
 
 def _image_links(report_dir: Path, images) -> list[str]:
@@ -94,7 +100,7 @@ def write_markdown_report(path, *, title: str, sections) -> Path:
             parts += [str(body).rstrip(), ""]
         for link in _image_links(path.parent.resolve(), images):
             parts += [link, ""]
-    return _atomic_write_text(path, "\n".join(parts))
+    return atomic_write_text(path, "\n".join(parts))
 
 
 def _cm_table(report: dict) -> str:
