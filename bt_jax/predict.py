@@ -320,11 +320,11 @@ def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: 
     return rows
 
 
-def write_csv(rows: list[dict], path) -> Path:
+def write_csv(rows: list[dict], path, *, extra_fields: tuple[str, ...] = ()) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS + tuple(extra_fields), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     return path

@@ -246,3 +246,46 @@ def test_predict_pipeline_writes_csv_and_gradcam(model_dir, tmp_path, capsys):
     assert "error: broken.jpg" in capsys.readouterr().out
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and 'class="predictions"' in html
+
+
+def test_evaluate_pipeline_maps_classes_and_flags_training_duplicates(model_dir, tmp_path):
+    import csv
+    import shutil
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs import evaluate as evaluate_config
+
+    from bt_jax import pipelines
+    from bt_jax.data import discover
+    rng = np.random.default_rng(5)
+    ext = tmp_path / "other_site"
+    for cls in ("glioma", "meningioma", "notumor"):
+        (ext / cls).mkdir(parents=True)
+        for i in range(4):
+            cv2.imwrite(str(ext / cls / f"{cls}_{i}.png"), _scan(rng))
+    # a file the model's run trained on, disguised in the external set
+    train = tmp_path / "train_copy.png"
+    cv2.imwrite(str(train), _scan(rng))
+    shutil.copy(train, ext / "glioma" / "seen_before.png")
+    wd = tmp_path / "model_run"
+    shutil.copytree(model_dir, wd)
+    sha = discover._hash(train)
+    (wd / "manifest.json").write_text(json.dumps({"files": [
+        {"file": "yes/train_copy.png", "sha256": sha, "split": "fold1", "status": "used"}]}))
+    c = evaluate_config.get_config("quick")
+    c.checkpoint, c.inputs = str(wd), str(ext)
+    c.external.positive_classes = ("glioma", "meningioma")
+    c.external.negative_classes = ("notumor",)
+    out = tmp_path / "eval"
+    m = pipelines.run(c, out)
+    assert m["class_mapping"] == {"glioma": 1, "meningioma": 1, "notumor": 0}
+    assert m["n_files"] == 13 and m["n_predicted"] == 13 and m["n_training_duplicates"] == 1
+    assert m["results"]["all"]["n"] == 13 and m["results"]["without_training_duplicates"]["n"] == 12
+    rows = {r["file"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert rows["glioma/seen_before.png"]["training_duplicate_of"] == "yes/train_copy.png"
+    assert rows["notumor/notumor_0.png"]["label"] == "0"
+    assert (out / "eval" / "external" / "roc.png").exists() and (out / "report.html").exists()
+    # an unmapped sub-folder is an error naming it, before any prediction
+    (ext / "pituitary").mkdir()
+    with pytest.raises(discover.DataLayoutError, match="pituitary"):
+        pipelines.run(c, tmp_path / "eval2")

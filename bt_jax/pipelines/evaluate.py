@@ -83,7 +83,7 @@ def run(config, workdir: Path):
         r.update({"file": f.rel, "class": f.cls, "label": mapping[f.cls],
                   "training_duplicate_of": t["file"] if t else "",
                   "training_split": (t["split"] or t["status"]) if t else ""})
-    _write_csv(rows, workdir / "predictions.csv")
+    predict.write_csv(rows, workdir / "predictions.csv", extra_fields=EXTRA_FIELDS)
     ok = [r for r in rows if r["p_tumour"] != ""]
     if not ok:
         raise ValueError(f"no file of {root} could be predicted; see {workdir / 'predictions.csv'}")
@@ -101,7 +101,7 @@ def run(config, workdir: Path):
     dups = [r for r in ok if r["training_duplicate_of"]]
     if dups:
         keep = np.array([not r["training_duplicate_of"] for r in ok])
-        if keep.sum() and len(set(y[keep].tolist())) >= 1:
+        if keep.any():
             s2, r2 = evaluation.evaluate_split(
                 y[keep], p[keep], out_dir=workdir / "eval" / "external_no_duplicates",
                 title=f"External data {root.name} without training duplicates",
@@ -124,14 +124,6 @@ def run(config, workdir: Path):
           f"{len(ok)} images ({len(dups)} exact duplicates of training images flagged); "
           f"report: {workdir / 'report.html'}")
     return metrics
-
-
-def _write_csv(rows, path: Path):
-    import csv
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=predict.CSV_FIELDS + EXTRA_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _examples(config, workdir, model, ok):
