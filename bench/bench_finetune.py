@@ -5,7 +5,7 @@
     python bench/bench_finetune.py --memory-only            # only the peak-memory subprocess
 
 One train step = in-graph augmentation + forward + backward + optax update, jitted exactly as
-`finetune.fit` does: `jax.jit(partial(train_step, model, tx, False, aug), donate_argnums=0)`,
+`finetune.fit` does: `jax.jit(partial(finetune_step, model, tx, False, aug), donate_argnums=0)`,
 with `trainable_labels` / `make_tx` from the stage's groups (frozen groups: optax.set_to_zero).
 Every row is augmented (config.augment ranges), as most of method B's training rows are.
 The head-only baseline runs twice: as the pipeline builds it (Classifier without
@@ -66,7 +66,7 @@ def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool, count_fl
             "keys": rng.integers(0, 2 ** 32, (batch, 2), dtype=np.uint32),
             "aug": np.ones(batch, bool), "y": rng.integers(0, 2, batch).astype(np.int32),
             "w": np.ones(batch, np.float32)}
-    step = jax.jit(functools.partial(finetune.train_step, model, tx, False, aug), donate_argnums=0)
+    step = jax.jit(functools.partial(finetune.finetune_step, model, tx, False, aug), donate_argnums=0)
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
     compiled = step.lower(state, data, key).compile()

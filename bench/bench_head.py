@@ -60,26 +60,27 @@ def sample_settings(n: int, seed: int, epochs: int, patience: int):
 
 
 def make_stepwise():
-    """Keras-style per-fold loop sharing head.train_step / eval_fn; returns fit(...)."""
+    """Keras-style per-fold loop sharing head.head_step / eval_fn; returns fit(...)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from bt_jax.models.heads import Head
     from bt_jax.train import head
 
     @partial(jax.jit, static_argnums=0)
     def step(shape, hp, params, opt, x, y, m, rng):
-        model = head.Head(shape.units, hp["dropout"])
+        model = Head(shape.units, hp["dropout"])
         tx = head.make_optimizer(shape.optimizer, hp["lr"], hp["momentum"])
-        return head.train_step(model, tx, params, opt, x, y, m, rng)
+        return head.head_step(model, tx, params, opt, x, y, m, rng)
 
     @partial(jax.jit, static_argnums=0)
     def evaluate(units, params, x, y, m):
-        return head.eval_fn(head.Head(units), params, x, y, m)[:3]
+        return head.eval_fn(Head(units), params, x, y, m)[:3]
 
     def fit_fold(hp, features, labels, tr, va, rng):
         shape, traced = hp.shape, hp.traced()
         init_rng, rng = jax.random.split(rng)
-        params = head.Head(hp.units).init(init_rng, features[:1])["params"]
+        params = Head(hp.units).init(init_rng, features[:1])["params"]
         opt = head.make_optimizer(hp.optimizer, traced["lr"], traced["momentum"]).init(params)
         xv, yv, mv = features[va], labels[va], jnp.ones(len(va), bool)
         best, best_params, wait = math.inf, params, 0

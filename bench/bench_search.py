@@ -20,10 +20,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bt_jax import search
+from bt_jax import tuning
 from bt_jax.config import base_config
-from bt_jax.data import dataset
-from bt_jax.pipelines import search as method_a
+from bt_jax.pipelines import method_a
+from bt_jax.train import head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,24 +44,16 @@ def main():
     with tempfile.TemporaryDirectory() as w:
         w = Path(w)
         t0 = time.perf_counter()
-        ds = dataset.prepare_dataset(c, w, progress=False)
-        copies = method_a.make_copy_set(c, ds)
-        folds = method_a.fold_arrays(ds, copies)
-        labels = np.concatenate([ds.labels, ds.labels[copies.union.source]])
-        avail = method_a.resolve_backbones(c)
-        feats, _ = method_a.backbone_features(c, w, ds, copies, a.backbone, avail[a.backbone])
+        run = method_a.prepare(c, w, (a.backbone,))
+        ds, copies, feats = run.ds, run.copies, run.feats[a.backbone]
         t["prepare_and_features_s"] = time.perf_counter() - t0
 
-        from bt_jax.train import head
-
         def objective(p):
-            hp = head.HeadHParams(units=p["units"], dropout=p["dropout"], lr=p["lr"],
-                                  batch_size=p["batch_size"], optimizer=p["optimizer"])
-            res = head.fit_folds(feats, labels, folds, hp, jax.random.PRNGKey(0))
-            return res.val_acc_mean, {"val_auc": float(np.nanmean(res.val_auc))}
+            res = method_a.cv_head(run, a.backbone, head.HeadHParams.from_trial(p, c.train))
+            return res.val_acc_mean, method_a.cv_summary(res)
 
         t0 = time.perf_counter()
-        study = search.run_search(c, w, objective, available_backbones=[a.backbone], progress=False)
+        study = tuning.run_search(c, w, objective, available_backbones=[a.backbone], progress=False)
         t["search_s"] = time.perf_counter() - t0
     res = {"bench": "search", "backbone": a.backbone, "images": len(ds.labels),
            "copies": len(copies.union), "feature_dim": int(feats.shape[1]), "trials": a.trials,

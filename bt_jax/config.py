@@ -11,9 +11,10 @@ result. Library code reads `config.group.key` directly; there are no hidden defa
 
 from __future__ import annotations
 
+from bt_jax.errors import UserError
 import ml_collections
 
-PIPELINES = ("prepare", "search", "staged", "predict", "evaluate")
+PIPELINES = ("prepare", "search", "train", "staged", "predict", "evaluate")
 EQUALIZE = ("none", "hist", "clahe")
 BALANCE = ("none", "augment2a", "multipliers")
 BACKBONES = (
@@ -22,7 +23,7 @@ BACKBONES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is unknown, out of range or inconsistent; the message names the key."""
 
 

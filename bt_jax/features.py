@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -24,12 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bt_jax import io
+from bt_jax.sharding import batched_apply, data_mesh  # noqa: F401  (data_mesh: public)
+
 log = logging.getLogger(__name__)
 FEATURES_VERSION = 1
-
-
-def data_mesh(devices=None) -> Mesh:
-    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
 def extract_fn(module, variables, images, output: str = "pre_logits"):
@@ -50,29 +47,12 @@ def make_extract_fn(module, *, mesh: Mesh | None = None, output: str = "pre_logi
 def extract_features(module, variables, images: np.ndarray, *, batch_size: int = 32,
                      mesh: Mesh | None = None, output: str = "pre_logits", fn=None,
                      progress: bool = False, desc: str = "features") -> np.ndarray:
-    """Features of every image, in order. The batch is rounded up to a multiple of the
-    device count; the final partial batch is zero-padded and the padding dropped."""
+    """Features of every image, in order (`sharding.batched_apply`: one compiled shape)."""
     mesh = mesh or data_mesh()
-    ndev = mesh.devices.size
-    bs = max(ndev, math.ceil(batch_size / ndev) * ndev)
     fn = fn or make_extract_fn(module, mesh=mesh, output=output)
-    variables = jax.device_put(variables, NamedSharding(mesh, P()))
-    batch_sharding = NamedSharding(mesh, P("data"))
-    chunks = []
-    steps = range(0, len(images), bs)
-    if progress:
-        from tqdm import tqdm
-        steps = tqdm(steps, desc=desc, unit="batch", leave=False)
-    for s in steps:
-        x = np.asarray(images[s:s + bs], np.float32)
-        n = len(x)
-        if n < bs:
-            x = np.concatenate([x, np.zeros((bs - n,) + x.shape[1:], x.dtype)])
-        out = fn(variables, jax.device_put(x, batch_sharding))
-        chunks.append(np.asarray(out)[:n])
-    if not chunks:
-        return np.zeros((0, 0), np.float32)
-    return np.concatenate(chunks)
+    out = batched_apply(fn, variables, images, batch_size=batch_size, mesh=mesh,
+                        progress=progress, desc=desc)
+    return np.zeros((0, 0), np.float32) if out is None else out
 
 
 def cache_key(parts: dict) -> str:
@@ -91,9 +71,7 @@ def cached(workdir: Path, parts: dict, compute: Callable[[], np.ndarray], *,
         log.info("%s: reusing cached features %s", name, path)
         return np.load(path)
     arr = np.asarray(compute(), np.float32)
-    tmp = d / f"{key}.tmp{os.getpid()}.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-    (d / f"{key}.json").write_text(json.dumps(parts, indent=1, sort_keys=True, default=str))
+    io.atomic_write(path, lambda f: np.save(f, arr), binary=True)
+    io.write_json(d / f"{key}.json", parts, sort_keys=True, default=str)
     log.info("%s: computed %s features, cached at %s", name, arr.shape, path)
     return arr

@@ -3,7 +3,7 @@
     python tests/search_worker.py --workdir W --trials 8 --sleep 0.3 [--storage URL]
         [--hang-on-call 4 --marker W/hang] [--ready R --go G]
 
-Runs `bt_jax.search.run_search` with `objective` below, a cheap deterministic function of
+Runs `bt_jax.tuning.run_search` with `objective` below, a cheap deterministic function of
 the params that sleeps to look like training.
 """
 
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bt_jax import config as config_lib
-from bt_jax import search
+from bt_jax import tuning
 
 BACKBONES = ("resnet50v2", "vgg16", "densenet121")
 
@@ -76,7 +76,7 @@ def main() -> None:
         Path(a.ready).write_text(str(os.getpid()))
     while a.go and not Path(a.go).exists():
         time.sleep(0.02)
-    search.run_search(make_config(a.trials, a.seed, a.storage), a.workdir, objective,
+    tuning.run_search(make_config(a.trials, a.seed, a.storage), a.workdir, objective,
                       available_backbones=BACKBONES, progress=False, poll_s=0.1)
     print("worker done", os.getpid())
 

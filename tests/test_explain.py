@@ -10,11 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from bt_jax import explain
+from bt_jax.inference import gradcam as explain
 from bt_jax.data import decode, phantoms, preprocess
 from bt_jax.models import registry as mreg
-from bt_jax.models.heads import Classifier
-from bt_jax.train.head import Head
+from bt_jax.models.heads import Classifier, Head
 
 SIZE = 64
 

@@ -108,17 +108,17 @@ def test_compiles_once_per_shape():
     x, y = _blobs(n=96, d=32, seed=5)
     folds = _folds(96, k=2)
     hp = head.HeadHParams(units=24, dropout=0.1, lr=1e-3, batch_size=16, epochs=2, patience=2)
-    before = head.TRACE_COUNT["folds"]
+    before = head._fit_folds_jit._cache_size()
     head.fit_folds(x, y, folds, hp, jax.random.PRNGKey(0))
-    assert head.TRACE_COUNT["folds"] == before + 1
+    assert head._fit_folds_jit._cache_size() == before + 1
     x2, y2 = _blobs(n=96, d=32, seed=6)
     for new in (dict(lr=5e-2), dict(dropout=0.7, momentum=0.5, patience=1)):
         hp2 = head.HeadHParams(**{**hp.__dict__, **new})
         head.fit_folds(x2, y2.astype(np.int64), folds, hp2, jax.random.PRNGKey(1))
-    assert head.TRACE_COUNT["folds"] == before + 1
+    assert head._fit_folds_jit._cache_size() == before + 1
     head.fit_folds(x, y, folds, head.HeadHParams(**{**hp.__dict__, "units": 40}),
                    jax.random.PRNGKey(0))
-    assert head.TRACE_COUNT["folds"] == before + 2
+    assert head._fit_folds_jit._cache_size() == before + 2
 
 
 def test_make_fold_arrays_never_trains_on_copies_of_held_out_images():

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from bt_jax.evaluate import html, metrics, plots, report
+from bt_jax.reporting import html, metrics, plots, report
 
 
 @pytest.fixture

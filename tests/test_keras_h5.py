@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bt_jax.models import registry as R
-from bt_jax.weights.keras_h5 import KerasH5Error, keras_to_flax, read_keras_h5
-from bt_jax.weights.merge import PortError
+from bt_jax.porting.keras_h5 import KerasH5Error, keras_to_flax, read_keras_h5
+from bt_jax.porting.merge import PortError
 
 
 def _write_layers(group, layers: dict, chunks: int = 1):

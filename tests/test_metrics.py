@@ -1,4 +1,4 @@
-"""Tests for bt_jax.evaluate.metrics: sklearn parity, bootstrap CIs, degenerate inputs, Fig. 5."""
+"""Tests for bt_jax.reporting.metrics: sklearn parity, bootstrap CIs, degenerate inputs, Fig. 5."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from bt_jax.evaluate import metrics as M
+from bt_jax.reporting import metrics as M
 
 
 def _data(n=250, seed=1, decimals=2):

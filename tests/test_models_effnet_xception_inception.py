@@ -14,7 +14,7 @@ from flax import traverse_util
 
 from bt_jax.models import efficientnet, inception
 from bt_jax.models import registry as R
-from bt_jax.weights.merge import PortError
+from bt_jax.porting.merge import PortError
 
 KERAS = {"efficientnetb0": "EfficientNetB0", "xception": "Xception", "inceptionv3": "InceptionV3"}
 

@@ -1,4 +1,4 @@
-"""Tests for bt_jax.evaluate.plots and bt_jax.evaluate.report: files written, values shown."""
+"""Tests for bt_jax.reporting.plots and bt_jax.reporting.report: files written, values shown."""
 
 import json
 import math
@@ -8,9 +8,9 @@ import pytest
 from matplotlib import _pylab_helpers
 from matplotlib.image import imread
 
-from bt_jax.evaluate import metrics as M
-from bt_jax.evaluate import plots as P
-from bt_jax.evaluate import report as R
+from bt_jax.reporting import metrics as M
+from bt_jax.reporting import plots as P
+from bt_jax.reporting import report as R
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

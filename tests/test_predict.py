@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bt_jax import predict
+from bt_jax import inference, model_card
+from bt_jax.data import scans
 from bt_jax.models import registry as mreg
-from bt_jax.models.heads import Classifier
+from bt_jax.models.heads import Classifier, Head
 from bt_jax.train.checkpoint import Checkpoints
-from bt_jax.train.head import Head
 
 SIZE = 32
 
@@ -49,7 +49,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    return predict.load_model(model_dir)
+    return inference.load_model(model_dir)
 
 
 def _scan(rng, size=64):
@@ -93,11 +93,11 @@ def test_load_model_matches_direct_apply(model):
     x = np.random.default_rng(0).random((5, SIZE, SIZE, 3)).astype(np.float32)
     logits, _ = model.module.apply(model.variables, x, train=False)
     want = np.asarray(jax.nn.sigmoid(logits[:, 0]))
-    got = predict.predict_array(model, x, batch_size=64)  # one batch, padded
+    got = inference.predict_array(model, x, batch_size=64)  # one batch, padded
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert model.threshold == 0.5 and model.model_id.startswith("efficientnet_lite0-")
     with pytest.raises(ValueError, match=r"expected \(N, 32, 32, 3\)"):
-        predict.predict_array(model, x[:, :16])
+        inference.predict_array(model, x[:, :16])
 
 
 def test_folder_of_1000_images_compiles_once(model, tmp_path):
@@ -106,12 +106,12 @@ def test_folder_of_1000_images_compiles_once(model, tmp_path):
     folder.mkdir()
     for i in range(1000):   # mixed sizes: preprocessing, not the compiled shape, absorbs them
         cv2.imwrite(str(folder / f"s{i:04d}.png"), _scan(rng, 48 + 16 * (i % 3)))
-    files = predict.find_inputs(folder)
+    files = inference.find_inputs(folder)
     assert len(files) == 1000
-    predict.predict_array(model, np.zeros((1, SIZE, SIZE, 3), np.float32), batch_size=64)
-    before = predict.TRACE_COUNT["predict"]
-    rows = predict.predict_files(model, files, batch_size=64)
-    assert predict.TRACE_COUNT["predict"] == before    # batch 64 was compiled once, above
+    inference.predict_array(model, np.zeros((1, SIZE, SIZE, 3), np.float32), batch_size=64)
+    before = model.predict_fn._cache_size()
+    rows = inference.predict_files(model, files, batch_size=64)
+    assert model.predict_fn._cache_size() == before    # batch 64 was compiled once, above
     assert len(rows) == 1000 and all(r["status"] == "ok" for r in rows)
     p = np.array([r["p_tumour"] for r in rows])
     assert ((p >= 0) & (p <= 1)).all()
@@ -121,16 +121,16 @@ def test_dicom_rescale_window_and_inversion(tmp_path):
     arr = (np.arange(64 * 64).reshape(64, 64) % 1000).astype(np.uint16)
     x = arr * 2.0 - 100.0
     p = write_dicom(tmp_path / "a.dcm", arr, slope=2.0, intercept=-100.0, window=(500, 400))
-    img, info = predict.read_scan(p)
+    img, info = scans.read_scan(p)
     want = np.clip((x - 499.5) / 399.0 + 0.5, 0, 1)
     np.testing.assert_allclose(img[:, :, 0], want, atol=1e-6)
     assert info["window"] == [500.0, 400.0] and img.shape == (64, 64, 3)
     p1 = write_dicom(tmp_path / "b", arr, photometric="MONOCHROME1", slope=2.0, intercept=-100.0,
                      window=(500, 400))   # no extension: recognised by the DICM magic
-    img1, _ = predict.read_scan(p1)
+    img1, _ = scans.read_scan(p1)
     np.testing.assert_allclose(img1[:, :, 0], 1 - want, atol=1e-6)
     p2 = write_dicom(tmp_path / "c.dcm", arr)   # no window: the image's own range
-    img2, _ = predict.read_scan(p2)
+    img2, _ = scans.read_scan(p2)
     np.testing.assert_allclose(img2[:, :, 0], arr / 999.0, atol=1e-6)
 
 
@@ -150,7 +150,7 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(model, tmp_path):
     photo[:, :32] = (0, 0, 255)
     photo[:, 32:] = (40, 200, 40)
     cv2.imwrite(str(d / "photo.jpg"), photo)
-    rows = {Path(r["file"]).name: r for r in predict.predict_files(model, predict.find_inputs(d))}
+    rows = {Path(r["file"]).name: r for r in inference.predict_files(model, inference.find_inputs(d))}
     assert rows["good.png"]["status"] == rows["good.dcm"]["status"] == "ok"
     assert rows["good.dcm"]["p_tumour"] != ""
     assert "zero-byte" in rows["empty.jpg"]["note"]
@@ -162,11 +162,11 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(model, tmp_path):
         assert rows[k]["status"] == "error" and rows[k]["p_tumour"] == ""
     assert rows["photo.jpg"]["status"] == "flagged" and "colour image" in rows["photo.jpg"]["note"]
     assert rows["photo.jpg"]["p_tumour"] != ""
-    skip = predict.predict_files(model, [d / "photo.jpg"], colour_policy="skip")[0]
+    skip = inference.predict_files(model, [d / "photo.jpg"], colour_policy="skip")[0]
     assert skip["status"] == "skipped" and skip["p_tumour"] == ""
-    frame = predict.predict_files(model, [d / "multi.dcm"], dicom_frame=1)[0]
+    frame = inference.predict_files(model, [d / "multi.dcm"], dicom_frame=1)[0]
     assert frame["status"] == "error" and "blank" in frame["note"]   # frame read, then checked
-    table = predict.format_table(list(rows.values()))
+    table = inference.format_table(list(rows.values()))
     assert "error: notes.txt" in table and "flagged: photo.jpg" in table
 
 
@@ -175,19 +175,19 @@ def test_model_card_errors(model_dir, tmp_path):
     other = tmp_path / "v2"
     other.mkdir()
     (other / "model.json").write_text(json.dumps({**card, "format": 2}))
-    with pytest.raises(predict.ModelCardError, match="model format 2, this bt_jax reads format 1"):
-        predict.load_model(other)
+    with pytest.raises(inference.ModelCardError, match="model format 2, this bt_jax reads format 1"):
+        inference.load_model(other)
     (other / "model.json").write_text(json.dumps({**card, "backbone": "resnet9000"}))
-    with pytest.raises(predict.ModelCardError, match="backbone 'resnet9000' unknown"):
-        predict.load_model(other / "model.json")
+    with pytest.raises(inference.ModelCardError, match="backbone 'resnet9000' unknown"):
+        inference.load_model(other / "model.json")
     # a card naming another backbone than its checkpoint holds
     import shutil
     shutil.copytree(model_dir / "checkpoints", other / "checkpoints")
     (other / "model.json").write_text(json.dumps({**card, "backbone": "mobilenet"}))
-    with pytest.raises(predict.ModelCardError, match="does not fit backbone 'mobilenet'"):
-        predict.load_model(other)
-    with pytest.raises(predict.ModelCardError, match="no model.json"):
-        predict.load_model(tmp_path / "nowhere")
+    with pytest.raises(inference.ModelCardError, match="does not fit backbone 'mobilenet'"):
+        inference.load_model(other)
+    with pytest.raises(inference.ModelCardError, match="no model.json"):
+        inference.load_model(tmp_path / "nowhere")
 
 
 def test_threshold_from_validation(model_dir, tmp_path):
@@ -196,27 +196,27 @@ def test_threshold_from_validation(model_dir, tmp_path):
     shutil.copytree(model_dir, wd)
     labels = np.array([1] * 10 + [0] * 10)
     prob = np.r_[np.linspace(0.3, 0.95, 10), np.linspace(0.05, 0.6, 10)]
-    op = predict.record_validation(wd, [f"f{i}" for i in range(20)], labels, prob,
+    op = model_card.record_validation(wd, [f"f{i}" for i in range(20)], labels, prob,
                                    target_sensitivity=0.9)
     assert op["sensitivity"] >= 0.9 and abs(op["threshold"] - prob[1]) < 1e-12
-    m = predict.load_model(wd)
+    m = inference.load_model(wd)
     assert m.threshold == op["threshold"] and m.threshold_info["specificity"] == op["specificity"]
-    m2 = predict.load_model(wd, target_sensitivity=1.0)
+    m2 = inference.load_model(wd, target_sensitivity=1.0)
     assert m2.threshold == pytest.approx(0.3) and m2.threshold_info["sensitivity"] == 1.0
-    assert predict.load_model(wd, threshold=0.7).threshold == 0.7
-    with pytest.raises(predict.ModelCardError, match="validation probabilities"):
-        predict.load_model(model_dir, target_sensitivity=0.95)
+    assert inference.load_model(wd, threshold=0.7).threshold == 0.7
+    with pytest.raises(inference.ModelCardError, match="validation probabilities"):
+        inference.load_model(model_dir, target_sensitivity=0.95)
 
 
 def test_find_inputs(tmp_path):
     (tmp_path / "a").mkdir()
     for n in ("a/x.png", "a/y.dcm", "z.jpg", "a/.hidden.png"):
         (tmp_path / n).write_bytes(b"1")
-    assert [p.name for p in predict.find_inputs(tmp_path / "a")] == ["x.png", "y.dcm"]
-    assert [p.name for p in predict.find_inputs(str(tmp_path / "**" / "*.png"))] == ["x.png"]
-    assert [p.name for p in predict.find_inputs(tmp_path / "z.jpg")] == ["z.jpg"]
+    assert [p.name for p in inference.find_inputs(tmp_path / "a")] == ["x.png", "y.dcm"]
+    assert [p.name for p in inference.find_inputs(str(tmp_path / "**" / "*.png"))] == ["x.png"]
+    assert [p.name for p in inference.find_inputs(tmp_path / "z.jpg")] == ["z.jpg"]
     with pytest.raises(FileNotFoundError, match="not a file, a folder or a glob"):
-        predict.find_inputs(tmp_path / "missing.png")
+        inference.find_inputs(tmp_path / "missing.png")
 
 
 def test_predict_pipeline_writes_csv_and_gradcam(model_dir, tmp_path, capsys):
@@ -238,7 +238,7 @@ def test_predict_pipeline_writes_csv_and_gradcam(model_dir, tmp_path, capsys):
     summary = pipelines.run(c, out)
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [r["status"] for r in rows] == ["error", "ok", "ok", "ok"]
-    assert set(predict.CSV_FIELDS) <= set(rows[0])
+    assert set(inference.CSV_FIELDS) <= set(rows[0])
     assert all(r["model_id"] == summary["model_id"] for r in rows)
     assert sorted(p.name for p in (out / "gradcam").glob("*.png")) == [
         "s0.png.png", "s1.png.png", "s2.png.png"]

@@ -1,4 +1,4 @@
-"""Tests of bt_jax.search: counts, failures, determinism, kill-and-resume, shared studies."""
+"""Tests of bt_jax.tuning: counts, failures, determinism, kill-and-resume, shared studies."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bt_jax import search, study_storage
+from bt_jax import tuning
+from bt_jax.tuning import storage as study_storage
 from bt_jax.config import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,8 +44,8 @@ def _objective(fail_on_calls=()):
 
 
 def _load(config, workdir):
-    return optuna.load_study(study_name=search.study_name(config),
-                             storage=search.storage_url(config, workdir))
+    return optuna.load_study(study_name=tuning.study_name(config),
+                             storage=tuning.storage_url(config, workdir))
 
 
 def _by_state(study):
@@ -58,7 +59,7 @@ def test_basic_run_counts_failures_results_and_csv(tmp_path):
     c = make_config(trials=12, seed=3)
     objective, calls = _objective(fail_on_calls=(3, 7))
     # densenet121 has no weights here, xception is not in the config's list: neither is searched.
-    study = search.run_search(c, tmp_path, objective, progress=False,
+    study = tuning.run_search(c, tmp_path, objective, progress=False,
                               available_backbones=("resnet50v2", "vgg16", "xception"))
     states = _by_state(study)
     assert len(states[TrialState.COMPLETE]) == 12 and len(states[TrialState.FAIL]) == 2
@@ -80,9 +81,9 @@ def test_basic_run_counts_failures_results_and_csv(tmp_path):
         assert t.user_attrs["worker"].rsplit(":", 2)[1] == str(os.getpid())
 
     values = [t.value for t in states[TrialState.COMPLETE]]
-    top = search.top_trials(study, 5)
+    top = tuning.top_trials(study, 5)
     assert [t.value for t in top] == sorted(values, reverse=True)[:5]
-    assert search.best_trial_params(study) == top[0].params
+    assert tuning.best_trial_params(study) == top[0].params
     assert top[0].value == max(values) > sum(values) / len(values)
 
     rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
@@ -96,7 +97,7 @@ def test_basic_run_counts_failures_results_and_csv(tmp_path):
 
     # Relaunching a finished study runs nothing.
     again, more = _objective()
-    study2 = search.run_search(c, tmp_path, again, progress=False,
+    study2 = tuning.run_search(c, tmp_path, again, progress=False,
                                available_backbones=("resnet50v2", "vgg16", "xception"))
     assert more == [] and len(study2.trials) == 14
 
@@ -104,7 +105,7 @@ def test_basic_run_counts_failures_results_and_csv(tmp_path):
 def test_same_seed_same_params_and_resume_continues_the_same_sequence(tmp_path):
     def params(workdir, trials, seed=0):
         objective, _ = _objective()
-        study = search.run_search(make_config(trials, seed), workdir, objective,
+        study = tuning.run_search(make_config(trials, seed), workdir, objective,
                                   available_backbones=BACKBONES, progress=False)
         return [t.params for t in sorted(study.trials, key=lambda t: t.number)]
 
@@ -122,8 +123,8 @@ def test_failure_cap_stops_a_broken_objective_and_a_fixed_one_resumes(tmp_path, 
     def broken(params):
         return float("nan"), {}
 
-    with pytest.raises(search.SearchError, match=r"3 trials failed.*non-finite"):
-        search.run_search(c, tmp_path, broken, available_backbones=BACKBONES,
+    with pytest.raises(tuning.SearchError, match=r"3 trials failed.*non-finite"):
+        tuning.run_search(c, tmp_path, broken, available_backbones=BACKBONES,
                           progress=False, max_failures=3)
     study = _load(c, tmp_path)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
@@ -131,13 +132,13 @@ def test_failure_cap_stops_a_broken_objective_and_a_fixed_one_resumes(tmp_path, 
 
     def reserved(params):
         return 0.5, {"worker": "me"}
-    with pytest.raises(search.SearchError, match="reserved names"):
-        search.run_search(c, tmp_path, reserved, available_backbones=BACKBONES,
+    with pytest.raises(tuning.SearchError, match="reserved names"):
+        tuning.run_search(c, tmp_path, reserved, available_backbones=BACKBONES,
                           progress=False, max_failures=1)
 
     fixed, _ = _objective()
     capsys.readouterr()
-    study = search.run_search(c, tmp_path, fixed, available_backbones=BACKBONES, progress=True)
+    study = tuning.run_search(c, tmp_path, fixed, available_backbones=BACKBONES, progress=True)
     states = _by_state(study)
     assert len(states[TrialState.COMPLETE]) == 4 and len(states[TrialState.FAIL]) == 4
     bar = capsys.readouterr().err
@@ -147,33 +148,33 @@ def test_failure_cap_stops_a_broken_objective_and_a_fixed_one_resumes(tmp_path, 
 
 def test_space_checks(tmp_path):
     c = make_config(trials=2)
-    with pytest.raises(search.SearchError, match=r"none of them has weights.*xception"):
-        search.search_space(c, ("xception",))
+    with pytest.raises(tuning.SearchError, match=r"none of them has weights.*xception"):
+        tuning.search_space(c, ("xception",))
     bad = make_config(trials=2)
     bad.search.lr_min = 0.1
     with pytest.raises(ConfigError, match="config.search.lr_min"):
-        search.search_space(bad, BACKBONES)
+        tuning.search_space(bad, BACKBONES)
     bad = make_config(trials=2)
     bad.search.optimizers = ("adam", "rmsprop")
     with pytest.raises(ConfigError, match="config.search.optimizers"):
-        search.search_space(bad, BACKBONES)
+        tuning.search_space(bad, BACKBONES)
 
     objective, _ = _objective()
-    search.run_search(c, tmp_path, objective, available_backbones=BACKBONES, progress=False)
+    tuning.run_search(c, tmp_path, objective, available_backbones=BACKBONES, progress=False)
     c.search.trials = 3
-    with pytest.raises(search.SearchError, match="another search space.*backbone"):
-        search.run_search(c, tmp_path, objective, available_backbones=BACKBONES[:2],
+    with pytest.raises(tuning.SearchError, match="another search space.*backbone"):
+        tuning.run_search(c, tmp_path, objective, available_backbones=BACKBONES[:2],
                           progress=False)
-    with pytest.raises(search.SearchError, match="no cross-process trial lock for 'mysql'"):
+    with pytest.raises(tuning.SearchError, match="no cross-process trial lock for 'mysql'"):
         c.search.storage = "mysql://u@127.0.0.1/db"
-        search.run_search(c, tmp_path, objective, available_backbones=BACKBONES, progress=False)
+        tuning.run_search(c, tmp_path, objective, available_backbones=BACKBONES, progress=False)
 
 
 def test_params_to_config():
     c = make_config(trials=2)
     p = {"backbone": "vgg16", "units": 64, "lr": 3e-4, "batch_size": 16, "optimizer": "sgd",
          "dropout": 0.25}
-    t = search.params_to_config(c, p)
+    t = tuning.params_to_config(c, p)
     assert (t.model.name, t.train.units, t.train.lr, t.train.batch_size, t.train.optimizer,
             t.train.dropout) == ("vgg16", 64, 3e-4, 16, "sgd", 0.25)
     assert c.model.name == "efficientnet_lite0" and c.train.units == 1024  # original untouched
@@ -183,14 +184,14 @@ def test_params_to_config():
                             "ignore::optuna.exceptions.ExperimentalWarning")
 def test_stale_remote_trial_is_failed_and_a_live_workers_trial_is_waited_for(tmp_path):
     c = make_config(trials=3)
-    storage = optuna.storages.RDBStorage(search.storage_url(c, tmp_path), heartbeat_interval=1,
+    storage = optuna.storages.RDBStorage(tuning.storage_url(c, tmp_path), heartbeat_interval=1,
                                          grace_period=1)
-    study = optuna.create_study(storage=storage, study_name=search.study_name(c),
+    study = optuna.create_study(storage=storage, study_name=tuning.study_name(c),
                                 direction="maximize")
     remote = study.ask()  # a worker on another machine that stopped beating
     remote.set_user_attr("worker", "elsewhere:123:456")
     storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(search.study_name(c)), remote.number))
+        storage.get_study_id_from_name(tuning.study_name(c)), remote.number))
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         live = study.ask()  # a live worker on this host, still training
@@ -199,7 +200,7 @@ def test_stale_remote_trial_is_failed_and_a_live_workers_trial_is_waited_for(tmp
         time.sleep(1.5)
         objective, calls = _objective()
         done = threading.Event()
-        thread = threading.Thread(target=lambda: (search.run_search(
+        thread = threading.Thread(target=lambda: (tuning.run_search(
             c, tmp_path, objective, available_backbones=BACKBONES, progress=False, poll_s=0.05,
             heartbeat_interval=1, grace_period=1), done.set()))
         thread.start()

@@ -39,17 +39,17 @@ def test_staged_pipeline_quick(tmp_path):
     # split before augmenting: val/test images exist only once, as originals
     assert m["split_counts"]["val"] and m["split_counts"]["test"]
     # the final stage is the model predict loads (Flatten head, features input)
-    from bt_jax import predict
-    model = predict.load_model(tmp_path)
+    from bt_jax import inference
+    model = inference.load_model(tmp_path)
     assert model.card["head"]["type"] == "flatten" and (tmp_path / "report.html").exists()
     files = sorted((tmp_path / "synthetic_phantoms" / "yes").glob("*.png"))[:3]
-    preds = predict.predict_files(model, files, batch_size=4)
+    preds = inference.predict_files(model, files, batch_size=4)
     assert [p["status"] for p in preds] == ["ok"] * 3
     assert all(0 <= p["p_tumour"] <= 1 for p in preds)
     # Grad-CAM through the Flatten head (two-class softmax) agrees with predict's probabilities
-    from bt_jax import explain
-    from bt_jax.data import scans
-    imgs = np.stack([predict.preprocess.preprocess_image(scans.read_scan(f)[0], model.preprocess)[0]
+    from bt_jax.inference import gradcam as explain
+    from bt_jax.data import preprocess, scans
+    imgs = np.stack([preprocess.preprocess_image(scans.read_scan(f)[0], model.preprocess)[0]
                      for f in files])
     cams, probs = explain.gradcam(model.module, model.variables, imgs, target="features", batch_size=4)
     assert cams.shape[0] == 3 and np.isfinite(cams).all()

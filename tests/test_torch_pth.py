@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from bt_jax.weights.torch_pth import TorchPthError, UnsafePickleError, read_pth
+from bt_jax.porting.torch_pth import TorchPthError, UnsafePickleError, read_pth
 
 
 class _Global:

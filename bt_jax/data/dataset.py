@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,12 +49,6 @@ class Dataset:
         return hashlib.sha256("|".join(self.sha256).encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)
@@ -79,13 +72,13 @@ def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cach
         meta = {"ok": True, "reason": "", **info, **pinfo,
                 "pixel_hash": decode.pixel_hash(raw), "phash": str(decode.perceptual_hash(raw))}
         q = np.round(out * 65535).astype(np.uint16)  # 16-bit keeps 16-bit scans' depth
-        _atomic_write(img_p, lambda p: p.write_bytes(_npy_bytes(q)))
+        io.write_bytes(img_p, _npy_bytes(q))
         img = q.astype(np.float32) / 65535.0
     except (decode.DecodeError, OSError) as e:
         meta, img = {"ok": False, "reason": str(e)}, None
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
         meta, img = {"ok": False, "reason": f"{type(e).__name__}: {e}"}, None
-    _atomic_write(meta_p, lambda p: p.write_text(json.dumps(meta)))
+    io.write_json(meta_p, meta, indent=None)
     return meta, img, False
 
 

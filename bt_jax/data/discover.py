@@ -11,12 +11,13 @@ so the manifest accounts for everything in the folder.
 
 from __future__ import annotations
 
+from bt_jax.errors import UserError
 import dataclasses
 import hashlib
 from pathlib import Path
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(UserError, ValueError):
     """The data folder does not have the layout the config describes."""
 
 

@@ -17,10 +17,11 @@ import collections
 import csv
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from bt_jax import io
 
 CSV_FIELDS = ("file", "class", "sha256", "status", "reason", "duplicate_group", "duplicate_of",
               "near_duplicates", "split", "crop", "width", "height", "bits", "channels")
@@ -140,16 +141,14 @@ def write(workdir: Path, ds, params) -> Path:
         "split_counts": {k: dict(v) for k, v in sorted(split_counts.items())},
         "files": public,
     }
-    tmp = workdir / f"manifest.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, workdir / "manifest.json")
-    tmp = workdir / f"manifest.csv.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    io.write_json(workdir / "manifest.json", doc)
+
+    def write_csv(f):
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         for r in public:
             w.writerow({**r, "near_duplicates": "; ".join(r["near_duplicates"])})
-    os.replace(tmp, workdir / "manifest.csv")
+    io.atomic_write(workdir / "manifest.csv", write_csv)
     return workdir / "manifest.json"
 
 

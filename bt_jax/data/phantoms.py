@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bt_jax import io
+
 MARKER = "SYNTHETIC.txt"
 
 
@@ -75,9 +77,9 @@ def write_phantoms(root: Path, *, n_per_class: int, size: int, seed: int,
             if box:
                 lesions[name] = {"cx": box[0], "cy": box[1], "rx": box[2], "ry": box[3],
                                  "image_size": size}
-    (root / "lesions.json").write_text(json.dumps(lesions, indent=1))
-    (root / MARKER).write_text("SYNTHETIC phantoms made by bt_jax.data.phantoms; not MRI data.\n")
-    done.write_text(json.dumps(spec))
+    io.write_json(root / "lesions.json", lesions)
+    io.write_text(root / MARKER, "SYNTHETIC phantoms made by bt_jax.data.phantoms; not MRI data.\n")
+    io.write_json(done, spec, indent=None)
     return root
 
 

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
-from bt_jax.weights.keras_h5 import port_keras
+from bt_jax.porting.keras_h5 import port_keras
 
 _EPS = 1.001e-5
 _GROWTH = 32

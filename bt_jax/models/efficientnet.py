@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bt_jax.models.common import batch_norm, global_avg_pool, layer_of
-from bt_jax.weights.keras_h5 import keras_to_flax, read_keras_h5, short_name
-from bt_jax.weights.merge import PortError, merge_with_classifier
-from bt_jax.weights.torch_pth import read_pth
+from bt_jax.porting.keras_h5 import keras_to_flax, read_keras_h5, short_name
+from bt_jax.porting.merge import PortError, merge_with_classifier
+from bt_jax.porting.torch_pth import read_pth
 
 # (kernel, repeats, filters_in, filters_out, expand_ratio, stride) of the seven stages.
 _STAGES = ((3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2), (3, 3, 40, 80, 6, 2),

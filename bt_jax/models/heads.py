@@ -3,7 +3,7 @@
     model = Classifier(backbone=spec.make(), head=Head(1024, 0.6), head_input="pre_logits")
     logits, out = model.apply(variables, x01, train=True, bn_train=False, rngs={"dropout": rng})
 
-Method A's head (GAP -> Dense -> Dropout -> Dense(1)) is `bt_jax.train.head.Head` applied
+Method A's head (GAP -> Dense -> Dropout -> Dense(1)) is `Head` applied
 to the backbone's pooled "pre_logits", so the head trained on cached features drops in
 unchanged. Method B's head is `FlattenHead` on the last feature map ("features").
 """
@@ -15,6 +15,30 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+class Head(nn.Module):
+    """Dense(units, relu) -> Dropout(dropout) -> Dense(1); returns logits (B, 1).
+
+    Keras initialisers (glorot_uniform kernels, zero biases) as in method A. Dropout is
+    written out rather than nn.Dropout so that the rate may be a traced value (one
+    compilation serves every dropout a search tries); inverted scaling as in Keras.
+    """
+    units: int
+    dropout: Any = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, keep_mask=None):
+        """keep_mask: optional precomputed (B, units) bool dropout mask (train=True)."""
+        init = dict(kernel_init=nn.initializers.glorot_uniform(),
+                    bias_init=nn.initializers.zeros)
+        x = nn.relu(nn.Dense(self.units, name="hidden", **init)(x))
+        if train:
+            keep = 1.0 - jnp.asarray(self.dropout, x.dtype)
+            kept = keep_mask if keep_mask is not None else jax.random.bernoulli(
+                self.make_rng("dropout"), keep, x.shape)
+            x = jnp.where(kept, x / keep, 0.0)
+        return nn.Dense(1, name="out", **init)(x)
 
 
 class FlattenHead(nn.Module):
@@ -52,3 +76,10 @@ class Classifier(nn.Module):
         if self.stop_backbone_grad:
             h = jax.lax.stop_gradient(h)
         return self.head(h.astype(jnp.float32), train=train), out
+
+
+def positive_prob(logits):
+    """P(label 1): sigmoid of a one-logit head, softmax column 1 of a two-logit head."""
+    if logits.shape[-1] == 1:
+        return jax.nn.sigmoid(logits[:, 0])
+    return jax.nn.softmax(logits, axis=-1)[:, 1]

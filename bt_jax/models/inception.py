@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from bt_jax.models import common as C
 from bt_jax.models.xception import rename_keras_layers
-from bt_jax.weights.merge import merge_with_classifier
-from bt_jax.weights.keras_h5 import keras_to_flax, read_keras_h5
+from bt_jax.porting.merge import merge_with_classifier
+from bt_jax.porting.keras_h5 import keras_to_flax, read_keras_h5
 
 _EPS = 1e-3
 KERAS_TOP = ("predictions",)

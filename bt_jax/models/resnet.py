@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
-from bt_jax.weights.keras_h5 import port_keras
+from bt_jax.porting.keras_h5 import port_keras
 
 _EPS = 1.001e-5          # Keras ResNet BatchNorm epsilon (not the 1e-3 default)
 _WIDTHS = (64, 128, 256, 512)

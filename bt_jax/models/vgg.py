@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
-from bt_jax.weights.keras_h5 import port_keras
+from bt_jax.porting.keras_h5 import port_keras
 
 _WIDTHS = (64, 128, 256, 512, 512)
 CONVS_PER_BLOCK = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}

@@ -26,8 +26,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
-from bt_jax.weights.keras_h5 import keras_to_flax, read_keras_h5, short_name
-from bt_jax.weights.merge import PortError, merge_with_classifier
+from bt_jax.porting.keras_h5 import keras_to_flax, read_keras_h5, short_name
+from bt_jax.porting.merge import PortError, merge_with_classifier
 
 _EPS = 1e-3                     # Keras BatchNormalization default
 _RESIDUAL_BLOCKS = (2, 3, 4, 13)

@@ -2,31 +2,35 @@
 
     from bt_jax import pipelines
     pipelines.run(config, workdir)   # validates, saves config.json, dispatches
+
+Each pipeline module has `run(config, workdir)`; `PIPELINES` below is the whole table.
+Helper modules (steps shared by pipelines, not pipelines themselves): method_a.py
+(method A's steps), ensemble.py (top-k trials), outputs.py (reports of a training run).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 from pathlib import Path
 
 from bt_jax import config as config_lib
+from bt_jax import io
+from bt_jax.pipelines import evaluate, predict, prepare, search, staged, train
 
-# pipeline name -> module in this package exposing run(config, workdir)
-_MODULES = {"prepare": "prepare", "search": "search", "staged": "staged", "predict": "predict",
-            "evaluate": "evaluate"}
+PIPELINES = {
+    "prepare": prepare.run,    # data set, de-duplication, manifest, splits
+    "search": search.run,      # method A: features, Optuna head search, fine-tune, test
+    "train": train.run,        # method A with one given head setting (no search)
+    "staged": staged.run,      # method B: staged unfreezing
+    "predict": predict.run,    # a trained model on new scans
+    "evaluate": evaluate.run,  # a trained model on another labelled folder
+}
 
 
 def run(config, workdir: str | Path):
     config_lib.validate(config)
-    if config.pipeline not in _MODULES:
-        raise config_lib.ConfigError(
-            f"config.pipeline: {config.pipeline!r} is not available in this version "
-            f"(available: {sorted(_MODULES)})")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str))
+    io.write_json(workdir / "config.json", config.to_dict(), default=str)
     logging.info("pipeline %s -> %s", config.pipeline, workdir)
-    module = importlib.import_module(f"bt_jax.pipelines.{_MODULES[config.pipeline]}")
-    return module.run(config, workdir)
+    return PIPELINES[config.pipeline](config, workdir)

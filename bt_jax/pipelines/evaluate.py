@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_jax import predict
-from bt_jax.data import discover, scans
-from bt_jax.evaluate import evaluation, html, report
+from bt_jax import inference
+from bt_jax.data import discover, preprocess, scans
+from bt_jax.reporting import evaluation, html, report
 from bt_jax.pipelines.predict import load_for
 
 log = logging.getLogger(__name__)
 EXTRA_FIELDS = ("class", "label", "training_duplicate_of", "training_split")
 
 
-def class_mapping(root: Path, model: predict.LoadedModel, positive, negative, ignore) -> dict:
+def class_mapping(root: Path, model: inference.LoadedModel, positive, negative, ignore) -> dict:
     """{sub-folder: 1 (tumour) | 0}; every sub-folder must be mapped or ignored."""
     root = Path(root)
     if not root.is_dir():
@@ -56,7 +56,7 @@ def class_mapping(root: Path, model: predict.LoadedModel, positive, negative, ig
     return mapping
 
 
-def training_hashes(model: predict.LoadedModel) -> dict[str, dict]:
+def training_hashes(model: inference.LoadedModel) -> dict[str, dict]:
     """sha256 -> training manifest row, for every file the model's run saw (any split)."""
     man = model.root / "manifest.json"
     if not man.is_file():
@@ -73,7 +73,7 @@ def run(config, workdir: Path):
                             config.external.negative_classes, config.external.ignore_classes)
     files = discover.discover(root, tuple(mapping), tuple(config.data.extensions) + (".dcm",))
     log.info("model %s on %d files of %s (%s)", model.model_id, len(files), root, mapping)
-    rows = predict.predict_files(
+    rows = inference.predict_files(
         model, [f.path for f in files], batch_size=config.predict.batch_size,
         dicom_frame=None if config.predict.dicom_frame < 0 else config.predict.dicom_frame,
         colour_policy=config.predict.colour)
@@ -83,7 +83,7 @@ def run(config, workdir: Path):
         r.update({"file": f.rel, "class": f.cls, "label": mapping[f.cls],
                   "training_duplicate_of": t["file"] if t else "",
                   "training_split": (t["split"] or t["status"]) if t else ""})
-    predict.write_csv(rows, workdir / "predictions.csv", extra_fields=EXTRA_FIELDS)
+    inference.write_csv(rows, workdir / "predictions.csv", extra_fields=EXTRA_FIELDS)
     ok = [r for r in rows if r["p_tumour"] != ""]
     if not ok:
         raise ValueError(f"no file of {root} could be predicted; see {workdir / 'predictions.csv'}")
@@ -115,10 +115,9 @@ def run(config, workdir: Path):
     report.write_metrics_json(workdir / "metrics.json", metrics)
     report.write_markdown_report(workdir / "report.md", title=f"bt_jax external evaluation: "
                                  f"{model.model_id} on {root.name}", sections=sections)
-    html.write_html_report(workdir)
     if config.external.explain_examples:
         _examples(config, workdir, model, ok)
-        html.write_html_report(workdir)
+    html.write_html_report(workdir)
     acc = rep["accuracy"]
     print(f"external accuracy {acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}] on "
           f"{len(ok)} images ({len(dups)} exact duplicates of training images flagged); "
@@ -128,8 +127,6 @@ def run(config, workdir: Path):
 
 def _examples(config, workdir, model, ok):
     """Grad-CAM of a few external scans: the most confident errors first, then the rest."""
-    from bt_jax import explain
-    from bt_jax.data import preprocess
     wrong = [r for r in ok if (r["p_tumour"] >= model.threshold) != bool(r["label"])]
     right = [r for r in ok if r not in wrong]
     pick = (sorted(wrong, key=lambda r: -abs(r["p_tumour"] - model.threshold)) + right)
@@ -137,12 +134,12 @@ def _examples(config, workdir, model, ok):
     root = Path(config.inputs).expanduser().resolve()
     imgs = [preprocess.preprocess_image(scans.read_scan(root / r["file"])[0],
                                         model.preprocess)[0] for r in pick]
-    cams, _ = explain.gradcam(model.module, model.variables, np.stack(imgs),
-                              batch_size=len(imgs), target=config.gradcam.target)
-    for r, img, cam in zip(pick, imgs, cams):
-        explain.save_overlay(img, cam, workdir / "gradcam" / (r["file"].replace("/", "__") + ".png"),
-                             title=f"{r['file']} (true: {r['class']})\nP({model.positive}) = "
-                                   f"{r['p_tumour']:.3f} -> {r['decision']}")
+    items = [{"file": r["file"], "title": f"{r['file']} (true: {r['class']})\n"
+                                          f"P({model.positive}) = {r['p_tumour']:.3f} -> {r['decision']}"}
+             for r in pick]
+    inference.write_overlays(model, np.stack(imgs), items, workdir / "gradcam", root=Path("."),
+                             target=config.gradcam.target, alpha=config.gradcam.alpha,
+                             batch_size=len(imgs))
 
 
 def _data_text(root, mapping, rows, model) -> str:

@@ -11,58 +11,48 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from bt_jax import explain, predict
+from bt_jax import io
+from bt_jax import inference
+from bt_jax.config import ConfigError
+from bt_jax.inference import gradcam as explain
 from bt_jax.data import scans
-from bt_jax.evaluate import html
+from bt_jax.reporting import html
 
 log = logging.getLogger(__name__)
 
 
-def load_for(config) -> predict.LoadedModel:
+def load_for(config) -> inference.LoadedModel:
     if not config.checkpoint:
-        raise ValueError("config.checkpoint: give the workdir of a trained model (with model.json)")
-    return predict.load_model(
+        raise ConfigError("config.checkpoint: give the workdir of a trained model (with model.json)")
+    return inference.load_model(
         config.checkpoint,
         threshold=config.threshold.value if config.threshold.value >= 0 else None,
         target_sensitivity=config.threshold.target_sensitivity or None)
 
 
-def overlay_name(file: str, root: Path | None) -> str:
-    """A flat, unique PNG name for an input file (its path below the input folder)."""
-    p = Path(file)
-    try:
-        rel = p.relative_to(root) if root else Path(p.name)
-    except ValueError:
-        rel = Path(p.name)
-    return "__".join(rel.parts) + ".png"
-
-
 def make_overlay_writer(config, model, out_dir: Path, root: Path | None):
+    """on_batch(rows, images) for predict_files: Grad-CAM PNGs of up to gradcam.max_images."""
     fn = explain.make_gradcam_fn(model.module, config.gradcam.target)
     written = []
 
     def on_batch(rows, images):
         limit = config.gradcam.max_images
-        if limit and len(written) >= limit:
-            return
-        cams, _ = explain.gradcam(model.module, model.variables, images,
-                                  batch_size=config.gradcam.batch_size, fn=fn)
-        for r, img, cam in zip(rows, images, cams):
-            if limit and len(written) >= limit:
-                break
-            title = (f"{Path(r['file']).name}\nP({model.positive}) = {r['p_tumour']:.3f} -> "
-                     f"{r['decision']} (threshold {model.threshold:.3g})")
-            png = explain.save_overlay(img, cam, out_dir / overlay_name(r["file"], root),
-                                       title=title, alpha=config.gradcam.alpha,
-                                       note=r["note"][:90] if r["status"] == "flagged" else None)
+        n = len(rows) if not limit else max(0, min(len(rows), limit - len(written)))
+        items = [{"file": r["file"], "note": r["note"][:90] if r["status"] == "flagged" else "",
+                  "title": f"{Path(r['file']).name}\nP({model.positive}) = {r['p_tumour']:.3f} "
+                           f"-> {r['decision']} (threshold {model.threshold:.3g})"}
+                 for r in rows[:n]]
+        pngs = inference.write_overlays(model, images[:n], items, out_dir, root=root,
+                                        alpha=config.gradcam.alpha,
+                                        batch_size=config.gradcam.batch_size, fn=fn)
+        for r, png in zip(rows, pngs):
             r["gradcam"] = str(png)
-            written.append(png)
+        written.extend(pngs)
     return on_batch, written
 
 
@@ -70,7 +60,7 @@ def run(config, workdir: Path):
     workdir = Path(workdir)
     model = load_for(config)
     if not config.inputs:
-        raise ValueError("config.inputs: give an image, a folder or a glob of scans")
+        raise ConfigError("config.inputs: give an image, a folder or a glob of scans")
     files = scans.find_inputs(config.inputs)
     root = Path(config.inputs).expanduser().resolve()
     root = root if root.is_dir() else None
@@ -78,12 +68,12 @@ def run(config, workdir: Path):
              model.card["backbone"], model.threshold, model.threshold_info["source"], len(files))
     on_batch, written = (make_overlay_writer(config, model, workdir / "gradcam", root)
                          if config.explain else (None, []))
-    rows = predict.predict_files(
+    rows = inference.predict_files(
         model, files, batch_size=config.predict.batch_size,
         dicom_frame=None if config.predict.dicom_frame < 0 else config.predict.dicom_frame,
         colour_policy=config.predict.colour, on_batch=on_batch)
-    csv_path = predict.write_csv(rows, workdir / config.predict.output)
-    print(predict.format_table(rows, max_rows=config.predict.table_rows, root=root))
+    csv_path = inference.write_csv(rows, workdir / config.predict.output)
+    print(inference.format_table(rows, max_rows=config.predict.table_rows, root=root))
     probs = np.array([r["p_tumour"] for r in rows if r["p_tumour"] != ""], float)
     summary = {"model_id": model.model_id, "model": str(model.root), "backbone": model.card["backbone"],
                "synthetic_training_data": bool(model.card.get("synthetic", False)),
@@ -95,7 +85,7 @@ def run(config, workdir: Path):
                "problems": [{"file": r["file"], "status": r["status"], "note": r["note"]}
                             for r in rows if r["status"] != "ok"],
                "csv": str(csv_path), "gradcam": [str(p) for p in written]}
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    io.write_json(workdir / "summary.json", summary)
     html.write_html_report(workdir, title=f"bt_jax predictions: {model.model_id}",
                            predictions=rows, summary=summary)
     print(f"predictions: {csv_path}" + (f"; Grad-CAM: {workdir / 'gradcam'}" if written else ""))

@@ -12,7 +12,7 @@ validation and test metrics, confusion matrix, curves; then a stage comparison.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -20,14 +20,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bt_jax import io
 from bt_jax.config import parse_stage
 from bt_jax.data import augment, dataset
-from bt_jax import predict
-from bt_jax.evaluate import evaluation, html, plots, report
+from bt_jax import model_card
+from bt_jax.reporting import evaluation, plots
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, FlattenHead
 from bt_jax.train import finetune
-from bt_jax.train.checkpoint import Checkpoints
+from bt_jax.pipelines import outputs
+from bt_jax.train.checkpoint import open_checkpoints
 from bt_jax.weights import load
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,11 @@ def run(config, workdir: Path):
              len(ds.splits.val), len(ds.splits.test))
     rows, sections, stage_reports = [], [], {}
     ck = None
+    fingerprint = {"backbone": config.model.name, "weights": digest, "dtype": config.model.dtype,
+                   "preprocess": config.preprocess.to_dict(), "images": ds.content_key,
+                   "augment": config.augment.to_dict(), "head": config.staged.head_hidden,
+                   "head_dropout": config.staged.head_dropout, "seed": config.seed,
+                   "train_src": data.train_src.tolist(), "val": data.val_idx.tolist()}
     for k, st in enumerate(stages):
         fs = finetune.FitSpec(epochs=st["epochs"], batch_size=config.staged.batch_size, lr=st["lr"],
                               optimizer=config.staged.optimizer, patience=config.staged.patience,
@@ -97,7 +104,9 @@ def run(config, workdir: Path):
                               plateau_min_lr=config.staged.plateau_min_lr, plateau_monitor="val_acc",
                               bn_train=config.train.finetune_bn_train, trainable=st["trainable"],
                               seed=config.seed + k)
-        ck = Checkpoints(workdir / "checkpoints" / f"stage_{k}_{st['name']}")
+        # Stage k's fingerprint holds every earlier stage's: a change upstream retrains here.
+        fingerprint = {**fingerprint, f"stage_{k}": dataclasses.asdict(fs)}
+        ck = open_checkpoints(workdir / "checkpoints", f"stage_{k}_{st['name']}", fingerprint)
         res = finetune.fit(model, variables, spec, data, fs, ckpt=ck, desc=st["name"])
         variables = res.variables
         row, section, rep = evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note)
@@ -105,18 +114,16 @@ def run(config, workdir: Path):
         sections.append(section)
         stage_reports[st["name"]] = rep
     # The last stage's best state is the model that predict/evaluate load.
-    predict.write_model_card(workdir, config=config, ds=ds, backbone=config.model.name, digest=digest,
+    model_card.write_model_card(workdir, config=config, ds=ds, backbone=config.model.name, digest=digest,
                              head={"type": "flatten", "hidden": list(config.staged.head_hidden),
                                    "dropout": config.staged.head_dropout, "num_classes": 2},
                              checkpoint_dir=ck.root)
     _, _, val_prob = finetune.evaluate(model, variables, ds.images, ds.labels, ds.splits.val,
                                        batch_size=config.staged.batch_size)
-    predict.record_validation(workdir, [ds.names[i] for i in ds.splits.val], ds.labels[ds.splits.val],
+    model_card.record_validation(workdir, [ds.names[i] for i in ds.splits.val], ds.labels[ds.splits.val],
                               val_prob, target_sensitivity=config.eval.target_sensitivity,
                               source="validation split")
-    out = write_outputs(config, workdir, ds, rows, sections, stage_reports, note, digest)
-    html.write_html_report(workdir)
-    return out
+    return write_outputs(config, workdir, ds, rows, sections, stage_reports, note, digest)
 
 
 def evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note):
@@ -159,12 +166,13 @@ def write_outputs(config, workdir, ds, rows, sections, stage_reports, note, dige
              f"val {len(ds.splits.val)}, test {len(ds.splits.test)}), then only the training split "
              f"augmented ({dict(config.augment.multipliers)}). Backbone {config.model.name}, weights "
              f"{digest}.")
-    report.write_metrics_json(workdir / "metrics.json", {"stages": rows, "reports": stage_reports,
-                                                         "synthetic": ds.synthetic, "weights": digest})
-    (workdir / "stages.json").write_text(json.dumps(rows, indent=1, default=float))
-    title = f"bt_jax method B: staged fine-tuning of {config.model.name}" + (f" [{note}]" if note else "")
-    report.write_markdown_report(workdir / "report.md", title=title,
-                                 sections=[("Stages", intro + "\n\n" + header, [cmp_png]), *sections])
+    io.write_json(workdir / "stages.json", rows, default=float)
+    random = " [RANDOM-INIT BACKBONE]" if digest == load.RANDOM_DIGEST else ""
+    outputs.write_reports(workdir, {"stages": rows, "reports": stage_reports,
+                                    "synthetic": ds.synthetic, "weights": digest},
+                          [("Stages", intro + "\n\n" + header, [cmp_png]), *sections],
+                          title=f"bt_jax method B: staged fine-tuning of {config.model.name}{random}",
+                          synthetic=ds.synthetic)
     print(header)
     print(f"report: {workdir / 'report.md'}")
     return rows

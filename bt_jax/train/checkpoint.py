@@ -6,22 +6,31 @@
     tree, meta = ck.restore_last(template)           # None if nothing saved yet
     best = ck.restore_best(template)
     ck.mark_done(summary); ck.is_done()
+    ck = open_checkpoints(W / "checkpoints", "finetune", fingerprint)   # never stale
 
 `meta` (epoch, history, config, ...) is JSON stored beside the arrays, so a checkpoint
-says what made it. Saves are synchronous: a checkpoint on disk is complete.
+says what made it. `open_checkpoints` puts a run's checkpoints in `<name>-<hash of its
+fingerprint>` (everything that produced them: data, backbone, weights, head, schedule,
+seed), so a relaunch with other settings starts fresh in a new folder, with one log line
+naming what changed, and can never restore weights that another setting made.
+Saves are synchronous: a checkpoint on disk is complete.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import logging
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bt_jax import io
+
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def _manager(path: Path, best: bool) -> ocp.CheckpointManager:
@@ -43,9 +52,8 @@ class Checkpoints:
         self._last = _manager(self.root / "last", best=False)
 
     def _write_meta(self, name: str, meta: dict) -> None:
-        tmp = self.root / f"{name}.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps({"format": FORMAT_VERSION, **meta}, indent=1, default=float))
-        os.replace(tmp, self.root / f"{name}.json")
+        io.write_json(self.root / f"{name}.json", {"format": FORMAT_VERSION, **meta},
+                      default=float)
 
     def _read_meta(self, name: str) -> dict | None:
         p = self.root / f"{name}.json"
@@ -90,3 +98,41 @@ class Checkpoints:
 
     def done_meta(self) -> dict | None:
         return self._read_meta("done")
+
+
+def fingerprint_key(fingerprint: dict) -> str:
+    blob = json.dumps({"format": FORMAT_VERSION, **fingerprint}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {str(a)[:40]} -> {str(b)[:40]}")
+    return out
+
+
+def open_checkpoints(parent: Path, name: str, fingerprint: dict) -> Checkpoints:
+    """Checkpoints in parent/<name>-<fingerprint key>; fingerprint.json says what made them.
+
+    A folder made by other settings is left untouched (never reused, never deleted); the
+    first time a fingerprint is seen beside an older one, one line says what changed."""
+    parent = Path(parent)
+    plain = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+    root = parent / f"{name}-{fingerprint_key(fingerprint)}"
+    if not root.exists():
+        older = sorted((p for p in parent.glob(f"{name}-*/fingerprint.json")),
+                       key=lambda p: p.stat().st_mtime)
+        if older:
+            diff = _changed(json.loads(older[-1].read_text()), plain)
+            log.warning("%s: checkpoints in %s were made with other settings (%s); starting "
+                        "fresh in %s", name, older[-1].parent.name, "; ".join(diff[:4]) or "?",
+                        root.name)
+    ck = Checkpoints(root)
+    if not (root / "fingerprint.json").exists():
+        io.write_json(root / "fingerprint.json", plain)
+    return ck

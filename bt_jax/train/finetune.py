@@ -4,7 +4,7 @@ early stopping / plateau callbacks, a best and a last checkpoint, resume after a
     labels = trainable_labels(variables["params"], spec, ["block5"])   # 'train'/'frozen' tree
     tx = make_tx(labels, lr=1e-4, optimizer="adam")
     state = init_state(variables, tx)
-    state, m = train_step(model, tx, False, aug, state, batch, rng)     # pure; jit at call site
+    state, m = finetune_step(model, tx, False, aug, state, batch, rng)     # pure; jit at call site
     result = fit(model, variables, spec, data, FitSpec(...), rng, ckpt=Checkpoints(dir))
 
 Freezing is `optax.multi_transform` with `optax.set_to_zero()` for frozen groups: no
@@ -30,7 +30,9 @@ from flax import traverse_util
 
 from bt_jax.data import augment
 from bt_jax.models import registry
+from bt_jax.models.heads import positive_prob
 from bt_jax.train import callbacks
+from bt_jax.sharding import batched_apply
 from bt_jax.train.checkpoint import Checkpoints
 
 log = logging.getLogger(__name__)
@@ -99,19 +101,13 @@ def per_example_loss(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
-def positive_prob(logits):
-    if logits.shape[-1] == 1:
-        return jax.nn.sigmoid(logits[:, 0])
-    return jax.nn.softmax(logits, axis=-1)[:, 1]
-
-
 def _sums(logits, y, w):
     loss = per_example_loss(logits, y)
     pred = (positive_prob(logits) >= 0.5).astype(y.dtype)
     return {"loss": jnp.sum(loss * w), "correct": jnp.sum((pred == y) * w), "count": jnp.sum(w)}
 
 
-def train_step(model, tx, bn_train: bool, aug: augment.AugmentParams, state: TrainState,
+def finetune_step(model, tx, bn_train: bool, aug: augment.AugmentParams, state: TrainState,
                batch: dict, rng):
     """batch: x (B,H,W,3) in [0,1], keys (B,2) uint32, aug (B,) bool, y (B,), w (B,) weights
     (0 for padding). Rows flagged `aug` are augmented inside the step with their own key."""
@@ -138,9 +134,11 @@ def train_step(model, tx, bn_train: bool, aug: augment.AugmentParams, state: Tra
     return new, _sums(logits, batch["y"], w)
 
 
-def eval_step(model, params, batch_stats, x, y, w):
-    logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
-    return _sums(logits, y, w.astype(jnp.float32)), positive_prob(logits)
+def eval_step(model, variables, x, y):
+    """Per row, inference mode: (loss, correct, P(positive))."""
+    logits, _ = model.apply(variables, x, train=False)
+    prob = positive_prob(logits)
+    return per_example_loss(logits, y), (prob >= 0.5) == (y == 1), prob
 
 
 # ----------------------------------------------------------------------------- loop
@@ -185,22 +183,14 @@ class FitResult:
 
 
 def evaluate(model, variables, images, labels, idx, *, batch_size: int = 32, fn=None):
-    """(loss, acc, probs) over images[idx] in padded batches (one compiled shape)."""
+    """(mean loss, accuracy, probs) over images[idx] (`sharding.batched_apply`)."""
     fn = fn or jax.jit(functools.partial(eval_step, model))
-    sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    probs = []
-    for s in range(0, len(idx), batch_size):
-        rows = idx[s:s + batch_size]
-        n = len(rows)
-        pad = np.concatenate([rows, np.full(batch_size - n, rows[0])])
-        w = (np.arange(batch_size) < n).astype(np.float32)
-        m, p = fn(variables["params"], variables.get("batch_stats", {}), images[pad],
-                  labels[pad], w)
-        for k in sums:
-            sums[k] += float(m[k])
-        probs.append(np.asarray(p)[:n])
-    c = max(sums["count"], 1.0)
-    return sums["loss"] / c, sums["correct"] / c, (np.concatenate(probs) if probs else np.zeros(0))
+    idx = np.asarray(idx, np.int64)
+    if not len(idx):
+        return float("nan"), float("nan"), np.zeros(0)
+    v = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    loss, correct, prob = batched_apply(fn, v, images[idx], labels[idx], batch_size=batch_size)
+    return float(loss.mean()), float(correct.mean()), prob
 
 
 def _batches(data: FitData, bs: int, rng: np.random.Generator):
@@ -214,84 +204,133 @@ def _batches(data: FitData, bs: int, rng: np.random.Generator):
                "w": (np.arange(bs) < n).astype(np.float32)}
 
 
-def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpec, *,
-        ckpt: Checkpoints | None = None, progress: bool = True, desc: str = "fine-tune") -> FitResult:
-    labels = trainable_labels(variables["params"], spec, fs.trainable)
-    tx = make_tx(labels, lr=fs.lr, optimizer=fs.optimizer, momentum=fs.momentum)
-    aug = data.aug_params
+@dataclasses.dataclass
+class Loop:
+    """What the epoch loop carries (and a checkpoint stores): state, callbacks, history."""
+    state: TrainState
+    es: Any                           # callbacks.EarlyStopping (best params inside)
+    pl: Any                           # callbacks.Plateau
+    history: dict
+    start: int = 0                    # first epoch still to run
+
+
+def _new_loop(variables, tx, fs: FitSpec) -> Loop:
     state = init_state(variables, tx)
     # Copies: the train step donates the state's buffers, callbacks must not alias them.
-    es = callbacks.early_stopping_init(jax.tree.map(jnp.copy, {"params": state.params,
-                                                               "batch_stats": state.batch_stats}))
-    mode = "max" if fs.plateau_monitor == "val_acc" else "min"
-    pl = callbacks.plateau_init(fs.lr, mode=mode)
+    es = callbacks.early_stopping_init(jax.tree.map(jnp.copy, _weights(state)))
+    pl = callbacks.plateau_init(fs.lr, mode=_plateau_mode(fs))
     history = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
-    start = 0
+    return Loop(state, es, pl, history)
+
+
+def _weights(state: TrainState) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _plateau_mode(fs: FitSpec) -> str:
+    return "max" if fs.plateau_monitor == "val_acc" else "min"
+
+
+def _resume(loop: Loop, ckpt: Checkpoints | None, desc: str) -> Loop:
+    """The loop after the last checkpointed epoch, if any (a killed run goes on from there)."""
+    if ckpt is None:
+        return loop
+    tree, meta = ckpt.restore_last({"state": loop.state, "es": loop.es, "pl": loop.pl})
+    if tree is None:
+        return loop
+    log.info("%s: resuming after epoch %d from %s", desc, meta["epoch"], ckpt.root)
+    return Loop(tree["state"], tree["es"], tree["pl"], meta["history"], meta["epoch"] + 1)
+
+
+def _score_start(loop: Loop, validate, fs: FitSpec, ckpt, desc: str) -> Loop:
+    """The starting weights are a candidate too (epoch -1): a fine-tune that never beats
+    them on validation loss restores them instead of keeping a worse network."""
+    init = jax.tree.map(jnp.copy, _weights(loop.state))
+    vl0, va0 = validate(init)
+    es = callbacks.early_stopping_update(loop.es, vl0, -1, init, patience=fs.patience)
+    loop.es = es.replace(wait=jnp.zeros_like(es.wait))
+    loop.history["initial_val_loss"], loop.history["initial_val_acc"] = float(vl0), float(va0)
     if ckpt is not None:
-        tree, meta = ckpt.restore_last({"state": state, "es": es, "pl": pl})
-        if tree is not None:
-            state, es, pl = tree["state"], tree["es"], tree["pl"]
-            history, start = meta["history"], meta["epoch"] + 1
-            log.info("%s: resuming after epoch %d from %s", desc, meta["epoch"], ckpt.root)
-    resumed_from = start - 1
-    step = jax.jit(functools.partial(train_step, model, tx, fs.bn_train, aug), donate_argnums=0)
+        ckpt.save_best(-1, init, vl0)
+    log.info("%s: starting point val loss %.4f acc %.3f", desc, vl0, va0)
+    return loop
+
+
+def _train_epoch(step, state: TrainState, data: FitData, fs: FitSpec, epoch: int):
+    """One pass over the shuffled training rows -> (state, mean loss, accuracy)."""
+    sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    key = jax.random.fold_in(jax.random.PRNGKey(fs.seed), epoch)
+    for b, batch in enumerate(_batches(data, fs.batch_size, np.random.default_rng([fs.seed, epoch]))):
+        state, m = step(state, batch, jax.random.fold_in(key, b))
+        for k in sums:
+            sums[k] += float(m[k])
+    c = max(sums["count"], 1.0)
+    return state, sums["loss"] / c, sums["correct"] / c
+
+
+def _end_epoch(loop: Loop, epoch: int, train: tuple[float, float], val: tuple[float, float],
+               fs: FitSpec, ckpt) -> Loop:
+    """History, early stopping, plateau schedule and both checkpoints after one epoch."""
+    (tl, ta), (vl, va) = train, val
+    for k, v in (("train_loss", tl), ("train_acc", ta), ("val_loss", vl), ("val_acc", va),
+                 ("lr", float(loop.pl.lr))):
+        loop.history[k].append(float(v))
+    cur = _weights(loop.state)
+    improved = vl < float(loop.es.best)
+    loop.es = callbacks.early_stopping_update(loop.es, vl, epoch, cur, patience=fs.patience)
+    if fs.plateau_factor > 0:
+        mode = _plateau_mode(fs)
+        loop.pl = callbacks.plateau_update(loop.pl, va if mode == "max" else vl,
+                                           factor=fs.plateau_factor, patience=fs.plateau_patience,
+                                           min_lr=fs.plateau_min_lr, mode=mode)
+        lr = jnp.array(loop.pl.lr, copy=True)
+        loop.state = loop.state.replace(opt_state=callbacks.set_learning_rate(loop.state.opt_state, lr))
+    if ckpt is not None:
+        if improved:
+            ckpt.save_best(epoch, cur, vl)
+        ckpt.save_last(epoch, {"state": loop.state, "es": loop.es, "pl": loop.pl},
+                       {"history": loop.history})
+    return loop
+
+
+def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpec, *,
+        ckpt: Checkpoints | None = None, progress: bool = True, desc: str = "fine-tune") -> FitResult:
+    """Trains `fs.trainable` groups (+ the head) with early stopping and restore-best; with
+    `ckpt`, every epoch is checkpointed and a relaunch resumes after the last one saved."""
+    labels = trainable_labels(variables["params"], spec, fs.trainable)
+    tx = make_tx(labels, lr=fs.lr, optimizer=fs.optimizer, momentum=fs.momentum)
+    loop = _resume(_new_loop(variables, tx, fs), ckpt, desc)
+    resumed_from = loop.start - 1
+    step = jax.jit(functools.partial(finetune_step, model, tx, fs.bn_train, data.aug_params),
+                   donate_argnums=0)
     ev = jax.jit(functools.partial(eval_step, model))
-    key = jax.random.PRNGKey(fs.seed)
-    n_train, total = count_trainable(state.params, labels)
+
+    def validate(weights):
+        vl, va, _ = evaluate(model, weights, data.images, data.labels, data.val_idx,
+                             batch_size=fs.batch_size, fn=ev)
+        return vl, va
+    n_train, total = count_trainable(loop.state.params, labels)
     log.info("%s: %d of %d parameters trainable (%s)", desc, n_train, total, fs.trainable)
-    if start == 0:
-        # The starting weights are a candidate too (epoch -1): a fine-tune that never beats
-        # them on validation loss restores them instead of keeping a worse network.
-        init = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
-        vl0, va0, _ = evaluate(model, init, data.images, data.labels, data.val_idx,
-                               batch_size=fs.batch_size, fn=ev)
-        es = callbacks.early_stopping_update(es, vl0, -1, init, patience=fs.patience)
-        es = es.replace(wait=jnp.zeros_like(es.wait))
-        history["initial_val_loss"], history["initial_val_acc"] = float(vl0), float(va0)
-        if ckpt is not None:
-            ckpt.save_best(-1, init, vl0)
-        log.info("%s: starting point val loss %.4f acc %.3f", desc, vl0, va0)
-    epochs = range(start, fs.epochs)
+    if loop.start == 0:
+        loop = _score_start(loop, validate, fs, ckpt, desc)
+    epochs = range(loop.start, fs.epochs)
     if progress:
         from tqdm import tqdm
-        epochs = tqdm(epochs, desc=desc, unit="epoch", initial=start, total=fs.epochs, leave=False)
+        epochs = tqdm(epochs, desc=desc, unit="epoch", initial=loop.start, total=fs.epochs,
+                      leave=False)
     for epoch in epochs:
-        if bool(es.stopped):
+        if bool(loop.es.stopped):
             break
-        sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-        np_rng = np.random.default_rng([fs.seed, epoch])
-        for b, batch in enumerate(_batches(data, fs.batch_size, np_rng)):
-            state, m = step(state, batch, jax.random.fold_in(jax.random.fold_in(key, epoch), b))
-            for k in sums:
-                sums[k] += float(m[k])
-        cur = {"params": state.params, "batch_stats": state.batch_stats}
-        vl, va, _ = evaluate(model, cur, data.images, data.labels, data.val_idx,
-                             batch_size=fs.batch_size, fn=ev)
-        c = max(sums["count"], 1.0)
-        for k, v in (("train_loss", sums["loss"] / c), ("train_acc", sums["correct"] / c),
-                     ("val_loss", vl), ("val_acc", va), ("lr", float(pl.lr))):
-            history[k].append(float(v))
-        improved = vl < float(es.best)
-        es = callbacks.early_stopping_update(es, vl, epoch, cur, patience=fs.patience)
-        if fs.plateau_factor > 0:
-            pl = callbacks.plateau_update(pl, va if mode == "max" else vl, factor=fs.plateau_factor,
-                                          patience=fs.plateau_patience, min_lr=fs.plateau_min_lr,
-                                          mode=mode)
-            state = state.replace(opt_state=callbacks.set_learning_rate(state.opt_state,
-                                                                        jnp.array(pl.lr, copy=True)))
-        if ckpt is not None:
-            if improved:
-                ckpt.save_best(epoch, cur, vl)
-            ckpt.save_last(epoch, {"state": state, "es": es, "pl": pl}, {"history": history})
+        loop.state, tl, ta = _train_epoch(step, loop.state, data, fs, epoch)
+        vl, va = validate(_weights(loop.state))
+        loop = _end_epoch(loop, epoch, (tl, ta), (vl, va), fs, ckpt)
         log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | lr %.2e",
-                 desc, epoch, history["train_loss"][-1], history["train_acc"][-1], vl, va,
-                 history["lr"][-1])
-    best = jax.tree.map(np.asarray, es.best_params)
-    result = FitResult(variables=best, history=history, best_epoch=int(es.best_epoch),
-                       stopped_epoch=int(es.stopped_epoch), resumed_from=resumed_from,
-                       last=jax.device_get({"params": state.params,
-                                            "batch_stats": state.batch_stats}))
-    if ckpt is not None:
+                 desc, epoch, tl, ta, vl, va, loop.history["lr"][-1])
+    es = loop.es
+    result = FitResult(variables=jax.tree.map(np.asarray, es.best_params), history=loop.history,
+                       best_epoch=int(es.best_epoch), stopped_epoch=int(es.stopped_epoch),
+                       resumed_from=resumed_from, last=jax.device_get(_weights(loop.state)))
+    if ckpt is not None and not ckpt.is_done():  # a finished run's files stay untouched
         ckpt.mark_done({"best_epoch": result.best_epoch, "stopped_epoch": result.stopped_epoch,
-                        "history": history})
+                        "history": loop.history})
     return result

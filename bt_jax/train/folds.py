@@ -58,8 +58,17 @@ def train_with_copies(train: TrainIndices, n_originals: int, copy_source) -> np.
     return np.concatenate([np.asarray(train.indices, np.int64), copies])
 
 
-def make_fold_arrays(splits: Splits, n_originals: int, copy_source) -> FoldArrays:
-    """Fold f trains on its training originals + their copies; validates on originals only."""
+class LeakageError(RuntimeError):
+    """Training rows would include a held-out image or a copy of one (a bug, never data)."""
+
+
+def make_fold_arrays(splits: Splits, n_originals: int, copy_source,
+                     fold_copies=None) -> FoldArrays:
+    """Fold f trains on its training originals + their copies; validates on originals only.
+
+    fold_copies: optional per-fold arrays of copy numbers (rows n_originals + j) that fold f
+    planned for itself (augment2a balances each fold on its own); default: every copy whose
+    source is one of the fold's training originals. Either way the leakage check runs."""
     copy_source = np.asarray(copy_source, np.int64).ravel()
     if splits.n != n_originals:
         raise ValueError(f"make_fold_arrays: splits cover {splits.n} images but "
@@ -70,15 +79,19 @@ def make_fold_arrays(splits: Splits, n_originals: int, copy_source) -> FoldArray
                          f"{copy_source.max()}]")
     trains, vals = [], []
     for f in range(splits.k):
-        train = train_with_copies(splits.fold_train(f), n_originals, copy_source)
+        if fold_copies is None:
+            train = train_with_copies(splits.fold_train(f), n_originals, copy_source)
+        else:
+            train = np.concatenate([splits.fold_train(f).indices,
+                                    n_originals + np.asarray(fold_copies[f], np.int64)])
         val = np.asarray(splits.fold_val(f))
         held = np.concatenate([val, splits.test, splits.val]).astype(np.int64)
         is_copy = train >= n_originals
         origin = train.copy()
         origin[is_copy] = copy_source[train[is_copy] - n_originals]
         leaked = np.intersect1d(origin, held)
-        if leaked.size:  # cannot happen through TrainIndices; kept as a tripwire
-            raise AssertionError(f"fold {f}: training would see held-out images {leaked[:10]}")
+        if leaked.size:  # cannot happen through TrainIndices; a tripwire that always runs
+            raise LeakageError(f"fold {f}: training would see held-out images {leaked[:10]}")
         trains.append(train)
         vals.append(val)
     train_idx, train_mask = pad_index_sets(trains)

@@ -21,7 +21,6 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -29,35 +28,13 @@ import numpy as np
 import optax
 
 from bt_jax.data.split import TrainIndices
+from bt_jax.models.heads import Head
 from bt_jax.train.folds import (FoldArrays, make_fold_arrays, pad_index_sets,  # noqa: F401
                                 train_with_copies)
 from bt_jax.train import callbacks
 
 OPTIMIZERS = ("adam", "sgd")
-
-
-class Head(nn.Module):
-    """Dense(units, relu) -> Dropout(dropout) -> Dense(1); returns logits (B, 1).
-
-    Keras initialisers (glorot_uniform kernels, zero biases) as in method A. Dropout is
-    written out rather than nn.Dropout so that the rate may be a traced value (one
-    compilation serves every dropout a search tries); inverted scaling as in Keras.
-    """
-    units: int
-    dropout: Any = 0.0
-
-    @nn.compact
-    def __call__(self, x, *, train: bool = False, keep_mask=None):
-        """keep_mask: optional precomputed (B, units) bool dropout mask (train=True)."""
-        init = dict(kernel_init=nn.initializers.glorot_uniform(),
-                    bias_init=nn.initializers.zeros)
-        x = nn.relu(nn.Dense(self.units, name="hidden", **init)(x))
-        if train:
-            keep = 1.0 - jnp.asarray(self.dropout, x.dtype)
-            kept = keep_mask if keep_mask is not None else jax.random.bernoulli(
-                self.make_rng("dropout"), keep, x.shape)
-            x = jnp.where(kept, x / keep, 0.0)
-        return nn.Dense(1, name="out", **init)(x)
+TRIAL_KEYS = ("units", "dropout", "lr", "batch_size", "optimizer")  # searched per trial
 
 
 def make_optimizer(name: str, lr, momentum=0.0) -> optax.GradientTransformation:
@@ -108,11 +85,19 @@ class HeadHParams:
 
     @classmethod
     def from_config(cls, train) -> "HeadHParams":
-        """From `config.train` (bt_jax/config.py)."""
-        return cls(units=int(train.units), dropout=float(train.dropout), lr=float(train.lr),
-                   batch_size=int(train.batch_size), optimizer=str(train.optimizer),
-                   momentum=float(train.momentum), epochs=int(train.epochs),
-                   patience=int(train.patience))
+        """The head setting given in `config.train` (the `train` pipeline)."""
+        return cls.from_trial({k: getattr(train, k) for k in TRIAL_KEYS}, train)
+
+    @classmethod
+    def from_trial(cls, params: dict, train) -> "HeadHParams":
+        """A search trial's head settings; epochs, patience and momentum from `config.train`."""
+        missing = [k for k in TRIAL_KEYS if k not in params]
+        if missing:
+            raise ValueError(f"trial params {params}: missing {missing} (method A's space)")
+        return cls(units=int(params["units"]), dropout=float(params["dropout"]),
+                   lr=float(params["lr"]), batch_size=int(params["batch_size"]),
+                   optimizer=str(params["optimizer"]), momentum=float(train.momentum),
+                   epochs=int(train.epochs), patience=int(train.patience))
 
     @property
     def shape(self) -> HeadShape:
@@ -160,7 +145,7 @@ class FoldResults:
         return float(np.mean(self.val_acc_best))
 
 
-def train_step(model: Head, tx, params, opt_state, x, y, mask, dropout):
+def head_step(model: Head, tx, params, opt_state, x, y, mask, dropout):
     """One masked mini-batch update -> (params, opt_state, (loss_sum, correct, count)).
 
     dropout: a PRNG key, or a precomputed (B, units) bool keep-mask.
@@ -252,7 +237,7 @@ def fit_fold_fn(shape: HeadShape, features, labels, train_idx, train_mask, val_i
         def batch_body(bc, xs):
             params, opt, sums = bc
             idx, m, keep_mask = xs
-            params, opt, s = train_step(model, tx, params, opt, features[idx], labels[idx], m,
+            params, opt, s = head_step(model, tx, params, opt, features[idx], labels[idx], m,
                                         keep_mask)
             return (params, opt, jax.tree.map(jnp.add, sums, s)), None
 
@@ -282,21 +267,12 @@ def fit_fold_fn(shape: HeadShape, features, labels, train_idx, train_mask, val_i
                 params=es.best_params)
 
 
-TRACE_COUNT = {"fold": 0, "folds": 0}  # incremented at trace time only (tests: no retrace)
-
-
-def _fit_fold(shape, *args):
-    TRACE_COUNT["fold"] += 1
-    return fit_fold_fn(shape, *args)
-
-
 def _fit_folds(shape, features, labels, ti, tm, vi, vm, hp, rngs):
-    TRACE_COUNT["folds"] += 1
     fn = jax.vmap(lambda *a: fit_fold_fn(shape, features, labels, *a[:4], hp, a[4]))
     return fn(ti, tm, vi, vm, rngs)
 
 
-_fit_fold_jit = jax.jit(_fit_fold, static_argnums=0)
+_fit_fold_jit = jax.jit(fit_fold_fn, static_argnums=0)
 _fit_folds_jit = jax.jit(_fit_folds, static_argnums=0)
 
 
@@ -368,6 +344,21 @@ def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng) -> 
     args = _fold_args(folds)
     return _host(_fit_fold_jit(hparams.shape, features, labels, *(a[0] for a in args),
                                hparams.traced(), rng))
+
+
+class TrainingDivergedError(RuntimeError):
+    """A head's validation loss was never finite: its "best" weights are its initial ones."""
+
+
+def check_converged(res: FoldResults, *, what: str) -> None:
+    """Raises TrainingDivergedError when any fold's validation loss is NaN/inf in every
+    epoch (early stopping then silently keeps the random initial weights)."""
+    vl = np.asarray(res.val_loss, float).reshape(-1, np.shape(res.val_loss)[-1])
+    bad = [f for f, row in enumerate(vl) if not np.isfinite(row).any()]
+    if bad:
+        raise TrainingDivergedError(
+            f"{what}: validation loss was NaN/inf in every epoch of fold(s) {bad} (the "
+            "learning rate is probably too high); its weights would be the initial ones")
 
 
 @jax.jit

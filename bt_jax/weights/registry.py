@@ -20,6 +20,7 @@ SHA-256, top/no-top and PORT_VERSION, so a later load skips reading and converti
 
 from __future__ import annotations
 
+from bt_jax.errors import UserError
 import dataclasses
 import hashlib
 import importlib.resources
@@ -44,11 +45,11 @@ PORT_VERSION = 1
 _KA = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """No local weight file and no download allowed; the message says what to fetch."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError, ValueError):
     """A weight file's hash differs from the registry's (wrong, corrupt or truncated file)."""
 
 

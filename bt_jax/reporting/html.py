@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import logging
 import re
 from pathlib import Path
 
-from bt_jax.evaluate.report import atomic_write_text
+from bt_jax import io
 
 log = logging.getLogger(__name__)
 MAX_GRADCAM = 24          # overlays embedded per folder (the rest are only linked on disk)
@@ -160,44 +159,11 @@ def _predictions_html(rows: list[dict], summary: dict | None) -> str:
     return "\n".join(parts)
 
 
-def write_gradcam_examples(workdir: Path, n: int, *, out_dir: Path | None = None) -> Path | None:
-    """Overlays for up to n test-split scans of a finished run (half of each class where
-    possible), from model.json + manifest.json; None when either is missing."""
-    import numpy as np
-
-    from bt_jax import explain, predict
-    from bt_jax.data import preprocess, scans
-    workdir = Path(workdir)
-    if n <= 0 or not (workdir / "model.json").is_file() or not (workdir / "manifest.json").is_file():
-        return None
-    man = json.loads((workdir / "manifest.json").read_text())
-    model = predict.load_model(workdir)
-    test = [f for f in man["files"] if f["status"] == "used" and f["split"] == "test"]
-    pos = [f for f in test if f["class"] == model.positive]
-    neg = [f for f in test if f["class"] != model.positive]
-    pick = (pos[:(n + 1) // 2] + neg[:n // 2])[:n]
-    pick += [f for f in test if f not in pick][:n - len(pick)]
-    out_dir = out_dir or workdir / "gradcam_examples"
-    imgs, names = [], []
-    for f in pick:
-        img, _ = scans.read_scan(Path(man["data_dir"]) / f["file"])
-        imgs.append(preprocess.preprocess_image(img, model.preprocess)[0])
-        names.append(f)
-    if not imgs:
-        return None
-    cams, probs = explain.gradcam(model.module, model.variables, np.stack(imgs),
-                                  batch_size=len(imgs))
-    for f, img, cam, p in zip(names, imgs, cams, probs):
-        explain.save_overlay(img, cam, out_dir / (f["file"].replace("/", "__") + ".png"),
-                             title=f"{f['file']} (true: {f['class']})\nP({model.positive}) = "
-                                   f"{p:.3f}")
-    return out_dir
-
-
 def write_html_report(workdir, *, title: str | None = None, predictions: list[dict] | None = None,
-                      summary: dict | None = None, gradcam_examples: int = 0) -> Path:
-    """W/report.html from W/report.md (if any), prediction rows, and the Grad-CAM overlays in
-    W/gradcam and W/gradcam_examples. Never fetches anything: one file to send or archive."""
+                      summary: dict | None = None) -> Path:
+    """W/report.html from W/report.md (if any), prediction rows, and the Grad-CAM overlays
+    already written in W/gradcam and W/gradcam_examples (pipelines write them; this only
+    renders). Never fetches anything: one file to send or archive."""
     workdir = Path(workdir)
     md = workdir / "report.md"
     body, md_title = [], None
@@ -208,11 +174,6 @@ def write_html_report(workdir, *, title: str | None = None, predictions: list[di
         body.append(markdown_to_html(text, workdir))
     if predictions is not None:
         body.append(_predictions_html(predictions, summary))
-    if gradcam_examples:
-        try:
-            write_gradcam_examples(workdir, gradcam_examples)
-        except Exception as e:  # noqa: BLE001 - a report without examples beats no report
-            log.warning("Grad-CAM examples left out of the report: %s", e)
     for folder, heading in ((workdir / "gradcam", "Grad-CAM overlays"),
                             (workdir / "gradcam_examples", "Grad-CAM examples (test split)")):
         body.append(_gallery(folder, heading))
@@ -222,4 +183,4 @@ def write_html_report(workdir, *, title: str | None = None, predictions: list[di
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
            + "\n".join(b for b in body if b) + "\n</body></html>\n")
-    return atomic_write_text(workdir / "report.html", doc)
+    return io.write_text(workdir / "report.html", doc)

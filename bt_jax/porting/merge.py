@@ -12,13 +12,14 @@ otherwise PortError lists the missing, extra and mis-shaped entries on both side
 
 from __future__ import annotations
 
+from bt_jax.errors import UserError
 import re
 
 import numpy as np
 from flax import traverse_util
 
 
-class PortError(ValueError):
+class PortError(UserError, ValueError):
     """A weight file does not match the architecture; the message names the tensors."""
 
 

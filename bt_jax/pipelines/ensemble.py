@@ -6,7 +6,7 @@
                                               class_names=("no", "yes"), config=config,
                                               synthetic=False)
 
-Each member is one COMPLETE trial (best first, `search.top_trials`), trained like the final
+Each member is one COMPLETE trial (best first, `tuning.top_trials`), trained like the final
 head: `head.fit_one` on frozen features of its own backbone, fold-0 training rows (incl.
 augmented copies), early stopping on fold-0 validation rows, `config.train` epochs/patience,
 PRNGKey(seed + i) for member i. Member 0 is the single best trial, so the ensemble is compared
@@ -25,8 +25,9 @@ import jax
 import numpy as np
 import optuna
 
-from bt_jax import search
-from bt_jax.evaluate import evaluation, metrics
+from bt_jax import tuning
+from bt_jax.reporting import evaluation, metrics
+from bt_jax.pipelines import method_a
 from bt_jax.train import head
 
 # Deltas the report shows; accuracy is the headline (it is the search objective).
@@ -67,15 +68,15 @@ class EnsembleResult:
         return self.members[0].test_prob
 
 
-def hparams_from_trial(params: dict, train) -> head.HeadHParams:
-    """A trial's head settings; epochs/patience/momentum from `config.train` as in the search."""
-    missing = [k for k in ("units", "dropout", "lr", "batch_size", "optimizer") if k not in params]
-    if missing:
-        raise ValueError(f"trial params {params}: missing {missing} (expected method A's space)")
-    return head.HeadHParams(units=int(params["units"]), dropout=float(params["dropout"]),
-                            lr=float(params["lr"]), batch_size=int(params["batch_size"]),
-                            optimizer=str(params["optimizer"]), momentum=float(train.momentum),
-                            epochs=int(train.epochs), patience=int(train.patience))
+def run_ensemble(run, study: optuna.Study) -> tuple[tuple, dict]:
+    """The search pipeline's step: top-k ensemble on the test split, compared with the best
+    trial. Member 0 reuses the final head's seed: it is the head-only model."""
+    c, ds = run.config, run.ds
+    train_rows = run.folds.train_idx[0][run.folds.train_mask[0]]
+    ens = ensemble_topk(study, run.feats, run.labels_all, train_rows, ds.splits.fold_val(0),
+                        ds.splits.test, k=c.eval.ensemble_k, config=c, seed=c.seed + 1)
+    return evaluate_ensemble(ens, ds.labels[ds.splits.test], out_dir=run.workdir / "eval" / "ensemble",
+                             class_names=method_a.class_names(ds), config=c, synthetic=ds.synthetic)
 
 
 def ensemble_topk(study: optuna.Study, feats: dict, labels_all, train_rows, val_rows, test_idx, *,
@@ -89,7 +90,7 @@ def ensemble_topk(study: optuna.Study, feats: dict, labels_all, train_rows, val_
         raise ValueError(f"k: expected >= 1 trials to ensemble, got {k} "
                          "(config.eval.ensemble_k = 0 means: do not call ensemble_topk)")
     n_complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    trials = search.top_trials(study, int(k))
+    trials = tuning.top_trials(study, int(k))
     notes = []
     if n_complete < k:
         notes.append(f"{k} trials were requested but the study has only {n_complete} completed "
@@ -105,7 +106,7 @@ def ensemble_topk(study: optuna.Study, feats: dict, labels_all, train_rows, val_
             # a resumed study may hold trials of a backbone whose weights no longer resolve
             notes.append(f"trial {t.number} left out: no features for backbone {name!r}.")
             continue
-        hp = hparams_from_trial(t.params, config.train)
+        hp = head.HeadHParams.from_trial(t.params, config.train)
         res = head.fit_one(feats[name], labels_all, train_rows, val_rows, hp,
                            jax.random.PRNGKey(seed + i))
         prob = np.asarray(head.predict_proba(res.params, feats[name][test_idx]), np.float64)

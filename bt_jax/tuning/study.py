@@ -1,9 +1,9 @@
 """Method A's hyper-parameter search: Optuna TPE over one study shared by any number of workers.
 
-    study = search.run_search(config, workdir, objective, available_backbones=("resnet50v2",))
-    search.best_trial_params(study)   # {backbone, units, lr, batch_size, optimizer, dropout}
-    search.top_trials(study, 5)       # completed trials, best first (top-k ensemble)
-    search.params_to_config(config, params)   # model.name + train.* set from a trial
+    study = tuning.run_search(config, workdir, objective, available_backbones=("resnet50v2",))
+    tuning.best_trial_params(study)   # {backbone, units, lr, batch_size, optimizer, dropout}
+    tuning.top_trials(study, 5)       # completed trials, best first (top-k ensemble)
+    tuning.params_to_config(config, params)   # model.name + train.* set from a trial
 
 `objective(params) -> (value, user_attrs)` returns the mean k-fold validation accuracy (maximised)
 and JSON-serialisable extras (val AUC, per-fold accuracies, best epochs, ...) stored on the trial.
@@ -46,7 +46,6 @@ import csv
 import json
 import logging
 import math
-import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -58,9 +57,10 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from bt_jax import study_storage
+from bt_jax import io
+from bt_jax.tuning import storage as study_storage
 from bt_jax.config import ConfigError
-from bt_jax.study_storage import SearchError, storage_url, study_name  # noqa: F401  (public API)
+from bt_jax.tuning.storage import SearchError, storage_url, study_name  # noqa: F401  (public API)
 
 log = logging.getLogger(__name__)
 
@@ -326,8 +326,7 @@ def trials_dataframe_csv(study: optuna.Study, path: str | Path) -> Path:
     def cell(v):
         return json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    def write(f):
         w = csv.writer(f)
         w.writerow(header)
         for t in trials:
@@ -336,5 +335,4 @@ def trials_dataframe_csv(study: optuna.Study, path: str | Path) -> Path:
                         cell(t.datetime_complete), cell(duration)]
                        + [cell(t.params.get(p)) for p in params]
                        + [cell(t.user_attrs.get(a)) for a in attrs])
-    os.replace(tmp, path)
-    return path
+    return io.atomic_write(path, write)

@@ -1,6 +1,6 @@
 """Read PyTorch .pth/.pt state dicts into numpy without importing torch.
 
-    from bt_jax.weights.torch_pth import read_pth
+    from bt_jax.porting.torch_pth import read_pth
     tensors = read_pth("efficientnet-lite0-57934424.pth")   # {"_conv_stem.weight": np.ndarray, ...}
 
 Both on-disk layouts are understood: the zip format (torch >= 1.6: `<dir>/data.pkl` plus one
@@ -13,6 +13,7 @@ Nested dicts (e.g. {"state_dict": {...}}) are flattened with '.'; non-tensor lea
 
 from __future__ import annotations
 
+from bt_jax.errors import UserError
 import collections
 import io
 import os
@@ -35,7 +36,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class TorchPthError(ValueError):
+class TorchPthError(UserError, ValueError):
     """The file is not a readable PyTorch checkpoint (truncated, corrupt, unknown layout)."""
 
 

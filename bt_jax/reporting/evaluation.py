@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_jax.evaluate import metrics, plots, report
+from bt_jax.reporting import metrics, plots, report
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (phantoms) - not a clinical result"
 
@@ -23,8 +23,13 @@ def note_for(synthetic: bool) -> str | None:
 
 
 def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, config,
-                   synthetic: bool, heading: str | None = None, seed_offset: int = 0):
-    """Metrics with bootstrap CIs + confusion/ROC/PR plots; returns (report section, dict)."""
+                   synthetic: bool, heading: str | None = None, seed_offset: int = 0,
+                   operating_threshold: float | None = None):
+    """Metrics with bootstrap CIs + confusion/ROC/PR plots; returns (report section, dict).
+
+    The table uses `config.eval.threshold`; when the model's stored operating threshold
+    differs (e.g. chosen for a target sensitivity), a second table at that threshold is
+    added (dict key "at_operating_threshold"), and each table names its threshold."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     y_true = np.asarray(y_true).astype(int)
@@ -42,6 +47,15 @@ def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, conf
                                    n_boot=min(200, int(config.eval.bootstrap)), note=note))
         imgs.append(plots.plot_pr(y_true, prob, out_dir / "pr.png", f"{title}: precision-recall",
                                   n_boot=min(200, int(config.eval.bootstrap)), note=note))
+    heading, body, imgs = report.evaluation_section(rep, imgs, heading=heading or title)
+    if operating_threshold is not None and operating_threshold != rep["threshold"]:
+        op = metrics.classification_report(
+            y_true, prob, threshold=float(operating_threshold), class_names=tuple(class_names),
+            n_boot=int(config.eval.bootstrap), ci=float(config.eval.ci),
+            seed=int(config.seed) + seed_offset)
+        rep["at_operating_threshold"] = op
+        _, op_body, _ = report.evaluation_section(op, heading="")
+        body += (f"\n\n**At the model's operating threshold {operating_threshold:.4g}** "
+                 f"(stored in model.json; used by `predict`):\n\n{op_body}")
     report.write_metrics_json(out_dir / "metrics.json", rep)
-    section = report.evaluation_section(rep, imgs, heading=heading or title)
-    return section, rep
+    return (heading, body, imgs), rep

@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax.train.finetune import positive_prob
-
-TRACE_COUNT = {"gradcam": 0}
+from bt_jax.models.heads import positive_prob
+from bt_jax.sharding import batched_apply
 
 
 def _bb_variables(variables) -> dict:
@@ -108,7 +107,6 @@ def gradcam_module_fn(module, variables, x, path: tuple[str, ...]):
 
 
 def _gradcam(module, target, variables, x):
-    TRACE_COUNT["gradcam"] += 1
     if target == "features":
         return gradcam_features_fn(module, variables, x)
     if target.startswith("module:"):
@@ -125,16 +123,7 @@ def gradcam(module, variables, images, *, target: str = "features", batch_size: 
             fn=None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of every image in fixed batches (the last padded): (cams, probs) on the host."""
     fn = fn or make_gradcam_fn(module, target)
-    cams, probs = [], []
-    for i in range(0, len(images), batch_size):
-        x = np.asarray(images[i:i + batch_size], np.float32)
-        n = len(x)
-        if n < batch_size:
-            x = np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], np.float32)])
-        c, p = fn(variables, x)
-        cams.append(np.asarray(c)[:n])
-        probs.append(np.asarray(p)[:n])
-    return np.concatenate(cams), np.concatenate(probs)
+    return batched_apply(fn, variables, np.asarray(images, np.float32), batch_size=batch_size)
 
 
 def peak(cam: np.ndarray) -> tuple[int, int]:

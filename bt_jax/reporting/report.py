@@ -13,38 +13,16 @@ exist, so a report never links a figure that was not written.
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
+import math
 from pathlib import Path
 
 import numpy as np
 
-from bt_jax.evaluate.metrics import format_cell, table_markdown
+from bt_jax import io
+from bt_jax.reporting.metrics import format_cell, table_markdown
 
 SMALL_TEST_SET = 100  # below this many cases the report says how wide the CIs are
-
-
-def atomic_write(path, write, *, binary: bool = False) -> Path:
-    """Calls write(file) on a temp file beside `path`, then renames it into place: readers
-    never see a half-written report or figure, and a failure leaves no debris."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and figures are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text))
 
 
 def _plain(x):
@@ -67,7 +45,7 @@ def _plain(x):
 def write_metrics_json(path, report_dict: dict) -> Path:
     """Writes `report_dict` as strict JSON (NaN -> null), via temp file + os.replace."""
     text = json.dumps(_plain(report_dict), indent=2, allow_nan=False) + "\n"
-    return atomic_write_text(path, text)
+    return io.write_text(path, text)
 
 
 def _image_links(report_dir: Path, images) -> list[str]:
@@ -100,7 +78,7 @@ def write_markdown_report(path, *, title: str, sections) -> Path:
             parts += [str(body).rstrip(), ""]
         for link in _image_links(path.parent.resolve(), images):
             parts += [link, ""]
-    return atomic_write_text(path, "\n".join(parts))
+    return io.write_text(path, "\n".join(parts))
 
 
 def _cm_table(report: dict) -> str:

@@ -23,8 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from bt_jax.evaluate import metrics as bt_metrics
-from bt_jax.evaluate.report import atomic_write
+from bt_jax.reporting import metrics as bt_metrics
+from bt_jax.io import atomic_write
 
 SPLIT_STYLE = {"train": ("tab:blue", "Training"), "val": ("tab:orange", "Validation"),
                "test": ("tab:green", "Test")}

@@ -13,6 +13,7 @@ Nothing here imports Keras or TensorFlow.
 
 from __future__ import annotations
 
+from bt_jax.errors import UserError
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -20,12 +21,12 @@ from collections.abc import Callable, Iterable
 import h5py
 import numpy as np
 
-from bt_jax.weights.merge import PortError, strict_merge
+from bt_jax.porting.merge import PortError, strict_merge
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-class KerasH5Error(ValueError):
+class KerasH5Error(UserError, ValueError):
     """The file is missing, not HDF5, not a Keras weight file, or truncated/corrupt."""
 
 

@@ -11,6 +11,7 @@ See bt_jax/search.py for the rules these pieces implement.
 
 from __future__ import annotations
 
+from bt_jax.errors import UserError
 import contextlib
 import hashlib
 import logging
@@ -37,7 +38,7 @@ def quiet_optuna() -> Iterator[None]:
         yield
 
 
-class SearchError(RuntimeError):
+class SearchError(UserError, RuntimeError):
     """The search cannot go on: no usable backbone, a changed search space, too many failures."""
 
 
@@ -72,7 +73,7 @@ def make_lock(url: str, name: str) -> Callable[[], contextlib.AbstractContextMan
         return lambda: file_lock(path)
     if backend == "postgresql":
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        digest = hashlib.sha256(f"bt_jax.search:{name}".encode()).digest()
+        digest = hashlib.sha256(f"bt_jax.tuning:{name}".encode()).digest()
         key = int.from_bytes(digest[:8], "big", signed=True)
 
         @contextlib.contextmanager

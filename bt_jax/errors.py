@@ -1,0 +1,15 @@
+"""The base of every error that means "the user's input or setting is wrong".
+
+    try: pipelines.run(config, workdir)
+    except errors.UserError as e: print(f"error: {e}")      # launch.py: one line, exit 2
+
+ConfigError, DataLayoutError, WeightsNotFoundError, ModelCardError, SearchError and the
+porting errors derive from it, so the entry point can print one clear line for a user's
+mistake and keep full tracebacks for bugs.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix (a setting, a file, a folder); the message says which."""
+
+    hint: str = ""

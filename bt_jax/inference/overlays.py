@@ -1,0 +1,70 @@
+"""Grad-CAM overlay PNGs: the one place that turns scans + a model into heat-map images.
+
+    paths = write_overlays(model, images, [{"file": "a/Y1.jpg", "title": "P(yes) = 0.93"}],
+                           W / "gradcam", root=Path("a"))          # W/gradcam/Y1_jpg.png
+    write_test_examples(W, n=4)        # a finished run's test-split scans -> W/gradcam_examples
+
+File names are flat and unique: the path below `root` with "/" as "__" and the extension
+kept as "_ext" (so Y1.jpg and Y1.png never collide, and no name ends in ".png.png").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bt_jax.data import preprocess, scans
+from bt_jax.inference import gradcam
+from bt_jax.inference.loading import LoadedModel, load_model
+
+
+def overlay_name(file, root: Path | None = None) -> str:
+    p = Path(file)
+    try:
+        rel = p.relative_to(root) if root else Path(p.name)
+    except ValueError:
+        rel = Path(p.name)
+    last = rel.stem + (f"_{rel.suffix[1:]}" if rel.suffix else "")
+    return "__".join([*rel.parts[:-1], last]) + ".png"
+
+
+def write_overlays(model: LoadedModel, images: np.ndarray, items: list[dict], out_dir, *,
+                   root: Path | None = None, target: str = "features", alpha: float = 0.4,
+                   batch_size: int = 16, fn=None) -> list[Path]:
+    """One PNG per image: the preprocessed scan, its Grad-CAM and items[i]["title"]
+    (items[i]["note"], if any, in red below). Returns the paths in order."""
+    if not len(items):
+        return []
+    fn = fn or gradcam.make_gradcam_fn(model.module, target)
+    cams, _ = gradcam.gradcam(model.module, model.variables, images, batch_size=batch_size,
+                              fn=fn)
+    return [gradcam.save_overlay(img, cam, Path(out_dir) / overlay_name(it["file"], root),
+                                 title=it["title"], alpha=alpha, note=it.get("note") or None)
+            for img, cam, it in zip(images, cams, items)]
+
+
+def write_test_examples(workdir, n: int, *, out_dir: Path | None = None) -> list[Path]:
+    """Overlays for up to n test-split scans of a finished run (half of each class where
+    possible), from its model.json + manifest.json; [] when either is missing."""
+    workdir = Path(workdir)
+    if n <= 0 or not (workdir / "model.json").is_file() or not (workdir / "manifest.json").is_file():
+        return []
+    man = json.loads((workdir / "manifest.json").read_text())
+    model = load_model(workdir)
+    test = [f for f in man["files"] if f["status"] == "used" and f["split"] == "test"]
+    pos = [f for f in test if f["class"] == model.positive]
+    neg = [f for f in test if f["class"] != model.positive]
+    pick = (pos[:(n + 1) // 2] + neg[:n // 2])[:n]
+    pick += [f for f in test if f not in pick][:n - len(pick)]
+    if not pick:
+        return []
+    images = np.stack([preprocess.preprocess_image(
+        scans.read_scan(Path(man["data_dir"]) / f["file"])[0], model.preprocess)[0] for f in pick])
+    probs = np.asarray(model.predict_fn(model.variables, images))
+    items = [{"file": f["file"], "title": f"{f['file']} (true: {f['class']})\n"
+                                          f"P({model.positive}) = {p:.3f}"}
+             for f, p in zip(pick, probs)]
+    return write_overlays(model, images, items, out_dir or workdir / "gradcam_examples",
+                          root=Path("."), batch_size=len(images))

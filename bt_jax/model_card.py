@@ -1,0 +1,112 @@
+"""model.json: what a trained model needs to be rebuilt and used, written by training pipelines.
+
+    write_model_card(W, config=config, ds=ds, backbone="efficientnet_lite0", digest=d,
+                     head={"type": "gap_dense", "units": 256, "dropout": 0.3},
+                     checkpoint_dir=W / "checkpoints" / "finetune")
+    record_validation(W, names, labels, prob, target_sensitivity=0.95)   # threshold on val
+    card = read_card(W)                          # checked: format, fields, backbone, head
+
+The card stores the backbone, weights digest, head, the exact preprocessing, classes and
+operating threshold, with paths relative to the workdir so a workdir can be moved.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bt_jax import io
+from bt_jax.errors import UserError
+from bt_jax.models import registry as mreg
+from bt_jax.reporting import metrics
+
+MODEL_FORMAT = 1                      # model.json "format" this version reads
+HEAD_TYPES = ("gap_dense", "flatten")  # model.json head.type this version can rebuild
+
+
+class ModelCardError(UserError, ValueError):
+    """model.json or its checkpoint cannot be used by this version; the message says why."""
+
+
+def card_path(path) -> Path:
+    p = Path(path)
+    p = p / "model.json" if p.is_dir() else p
+    if not p.is_file():
+        raise ModelCardError(f"no model.json at {p}: pass a finished workdir of the search "
+                             "pipeline (it writes model.json) or the model.json itself")
+    return p
+
+
+def check_card(card: dict, where: str) -> None:
+    fmt = card.get("format")
+    if fmt != MODEL_FORMAT:
+        raise ModelCardError(f"{where}: model format {fmt!r}, this bt_jax reads format "
+                             f"{MODEL_FORMAT} (made by bt_jax {card.get('bt_jax', '?')}); "
+                             "retrain or use the matching bt_jax version")
+    for key in ("backbone", "head", "preprocess", "classes", "positive", "checkpoint"):
+        if key not in card:
+            raise ModelCardError(f"{where}: field {key!r} missing")
+    if card["backbone"] not in mreg.BACKBONES:
+        raise ModelCardError(f"{where}: backbone {card['backbone']!r} unknown to this version "
+                             f"(known: {', '.join(sorted(mreg.BACKBONES))})")
+    if card["head"].get("type") not in HEAD_TYPES:
+        raise ModelCardError(f"{where}: head type {card['head'].get('type')!r}, expected one of "
+                             f"{HEAD_TYPES}")
+
+
+def read_card(path) -> tuple[dict, Path]:
+    """(model.json as a dict, its path); checked, or ModelCardError saying why not."""
+    p = card_path(path)
+    try:
+        card = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelCardError(f"{p}: not valid JSON ({e})") from None
+    check_card(card, str(p))
+    return card, p
+
+
+def package_version() -> str:
+    """bt_jax's installed version, or "source" when run from a plain checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("bt_jax")
+    except PackageNotFoundError:
+        return "source"
+
+
+def write_model_card(workdir, *, config, ds, backbone: str, digest: str, head: dict,
+                     checkpoint_dir: Path) -> Path:
+    """W/model.json: what predict/evaluate need to rebuild the model and its exact
+    preprocessing. head: {"type": "gap_dense", units, dropout} or {"type": "flatten",
+    hidden, dropout, num_classes}. Paths are relative, so a workdir can be moved."""
+    workdir = Path(workdir)
+    card = {"format": MODEL_FORMAT, "bt_jax": package_version(), "backbone": backbone,
+            "weights_digest": digest, "dtype": config.model.dtype, "head": head,
+            "preprocess": config.preprocess.to_dict(), "classes": list(ds.classes),
+            "positive": ds.positive, "threshold": float(config.eval.threshold),
+            "checkpoint": str(Path(checkpoint_dir).relative_to(workdir) / "best"),
+            "synthetic": bool(ds.synthetic)}
+    io.write_json(workdir / "model.json", card)
+    return workdir / "model.json"
+
+
+def record_validation(workdir, names, labels, prob, *, target_sensitivity: float = 0.0,
+                      source: str = "fold 0 validation") -> dict:
+    """Stores validation probabilities beside model.json; with a target sensitivity also sets
+    model.json's threshold to the one reaching it there. Returns the threshold entry."""
+    workdir = Path(workdir)
+    io.write_json(workdir / "validation.json",
+                  {"source": source, "names": list(names), "labels": [int(x) for x in labels],
+                   "prob": [float(p) for p in prob]}, indent=None)
+    card_p = workdir / "model.json"
+    card = json.loads(card_p.read_text())
+    card["validation"] = "validation.json"
+    if target_sensitivity:
+        op = metrics.threshold_for_sensitivity(np.asarray(labels), np.asarray(prob),
+                                               float(target_sensitivity))
+        card["threshold"] = op["threshold"]
+        card["threshold_info"] = {"source": f"validation ({source}, n={len(labels)})", **op}
+    io.write_json(card_p, card)
+    return {"threshold": card["threshold"], **card.get("threshold_info", {"source": "default"})}

@@ -1,0 +1,275 @@
+"""Method A's steps, shared by the `search` and `train` pipelines (each a few lines on top).
+
+    run = prepare(config, W, backbones)          # data, copies, folds, features per backbone
+    res = cv_head(run, backbone, hp)             # one head setting on all k folds (vmapped)
+    final = finish(run, backbone, hp)            # final head -> fine-tune -> model.json
+    sections, metrics = evaluate_test(run, final)
+
+Fold 0 is kept for early stopping and checkpoint choice of the final model; the test split
+is used once, after everything is fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from bt_jax import features, model_card
+from bt_jax.data import augment, dataset
+from bt_jax.models import registry as mreg
+from bt_jax.models.heads import Classifier, Head
+from bt_jax.reporting import evaluation, plots
+from bt_jax.train import finetune, head
+from bt_jax.train.checkpoint import open_checkpoints
+from bt_jax.train.folds import FoldArrays, make_fold_arrays
+from bt_jax.weights import load
+from bt_jax.weights import registry as wreg
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class CopySet:
+    """Augmented copies of training images: rows n.. of every feature array."""
+    union: augment.CopyPlan
+    fold_rows: list[np.ndarray]   # per fold: rows (into union) of that fold's own plan
+    images: np.ndarray
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the steps share: the data, its copies and folds, features per backbone."""
+    config: object
+    workdir: Path
+    ds: dataset.Dataset
+    copies: CopySet
+    folds: FoldArrays
+    labels_all: np.ndarray        # labels of originals then copies
+    feats: dict                   # backbone -> (N + copies, D)
+    models: dict                  # backbone -> (module, variables, weights digest)
+
+    @property
+    def note(self) -> str | None:
+        return evaluation.note_for(self.ds.synthetic)
+
+
+@dataclasses.dataclass
+class Final:
+    """The final model: head on frozen features, then fine-tuned end to end."""
+    backbone: str
+    hp: head.HeadHParams
+    head: head.FoldResults
+    tuned: finetune.FitResult
+    fit_spec: finetune.FitSpec
+    model: Classifier
+    val_rows: np.ndarray
+    operating_point: dict
+
+
+def resolve_backbones(config, names) -> dict[str, str]:
+    """{name: weight file} for every backbone in `names` whose weights resolve."""
+    found, errors = load.available(names, config.weights, config.model.name)
+    for name, msg in errors.items():
+        log.warning("backbone %s left out: %s", name, msg)
+    if not found:
+        raise wreg.WeightsNotFoundError(
+            "no backbone has weights available:\n"
+            + "\n".join(f"- {n}: {m}" for n, m in errors.items()))
+    return found
+
+
+def make_copy_set(config, ds: dataset.Dataset) -> CopySet:
+    plans = [augment.plan_from_config(ds.splits.fold_train(f), ds.labels, config)
+             for f in range(ds.splits.k)]
+    union = augment.union_plans(plans)
+    images, _, _ = augment.make_copies(ds.images, ds.labels, union,
+                                       augment.make_augment_params(config.augment))
+    return CopySet(union, [augment.positions(union, p) for p in plans], images)
+
+
+def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, weights_file: str):
+    """(features of originals then copies, (module, variables, digest)); cached on disk."""
+    module, variables, digest = load.load_backbone(
+        name, config.weights, size=config.preprocess.size, dtype=config.model.dtype,
+        path=weights_file if weights_file != load.RANDOM_DIGEST else "")
+    parts = {"backbone": name, "weights": digest, "dtype": config.model.dtype,
+             "preprocess": config.preprocess.to_dict(), "images": ds.content_key,
+             "augment": config.augment.to_dict(), "copy_sources": copies.union.source.tolist(),
+             "copy_numbers": copies.union.copy.tolist()}
+
+    def compute():
+        allx = np.concatenate([ds.images, copies.images])
+        return features.extract_features(module, variables, allx, batch_size=32, progress=True,
+                                         desc=f"features {name}")
+    return features.cached(workdir, parts, compute, name=name), (module, variables, digest)
+
+
+def prepare(config, workdir: Path, backbones) -> Run:
+    """Steps 1-4: weights that resolve, data set, augmented copies, folds, features."""
+    workdir = Path(workdir)
+    available = resolve_backbones(config, backbones)
+    ds = dataset.prepare_dataset(config, workdir)
+    copies = make_copy_set(config, ds)
+    log.info("augmented copies: %d (policy %s)", len(copies.union), config.augment.balance)
+    folds = make_fold_arrays(ds.splits, len(ds.labels), copies.union.source, copies.fold_rows)
+    labels_all = np.concatenate([ds.labels, ds.labels[copies.union.source]])
+    feats, models = {}, {}
+    for name, wfile in available.items():
+        feats[name], models[name] = backbone_features(config, workdir, ds, copies, name, wfile)
+    return Run(config, workdir, ds, copies, folds, labels_all, feats, models)
+
+
+def cv_head(run: Run, backbone: str, hp: head.HeadHParams) -> head.FoldResults:
+    """One head setting trained on all k folds at once; refuses a diverged run."""
+    res = head.fit_folds(run.feats[backbone], run.labels_all, run.folds, hp,
+                         jax.random.PRNGKey(run.config.seed))
+    head.check_converged(res, what=f"{backbone} head {hp}")
+    return res
+
+
+def cv_summary(res: head.FoldResults) -> dict:
+    return {"val_auc": float(np.nanmean(res.val_auc)),
+            "fold_val_acc": [float(a) for a in res.val_acc_best],
+            "best_epochs": [int(e) for e in res.best_epoch]}
+
+
+def _fold0_rows(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    return run.folds.train_idx[0][run.folds.train_mask[0]], run.ds.splits.fold_val(0)
+
+
+def final_head(run: Run, backbone: str, hp: head.HeadHParams) -> head.FoldResults:
+    train_rows, val_rows = _fold0_rows(run)
+    res = head.fit_one(run.feats[backbone], run.labels_all, train_rows, val_rows, hp,
+                       jax.random.PRNGKey(run.config.seed + 1))
+    head.check_converged(res, what=f"final {backbone} head")
+    return res
+
+
+def _fit_data(run: Run) -> finetune.FitData:
+    """Fold-0 training rows as (source image, augmentation key, augment?) for fine-tuning."""
+    train_rows, val_rows = _fold0_rows(run)
+    n = len(run.ds.labels)
+    is_copy = train_rows >= n
+    j = np.clip(train_rows - n, 0, None)
+    src = np.where(is_copy, run.copies.union.source[j], train_rows)
+    keys = np.where(is_copy[:, None], run.copies.union.rng[j], 0)
+    return finetune.FitData(images=run.ds.images, labels=run.ds.labels, train_src=src,
+                            train_keys=keys.astype(np.uint32), train_aug=is_copy,
+                            val_idx=val_rows,
+                            aug_params=augment.make_augment_params(run.config.augment))
+
+
+def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldResults):
+    """The backbone + final head fine-tuned end to end at lr * finetune_lr_factor."""
+    c = run.config
+    module, variables, digest = run.models[backbone]
+    model = Classifier(backbone=module, head=Head(hp.units, hp.dropout), head_input="pre_logits")
+    full = {"params": {"backbone": variables["params"], "head": jax.device_get(frozen.params)},
+            "batch_stats": {"backbone": variables.get("batch_stats", {})}}
+    data = _fit_data(run)
+    fs = finetune.FitSpec(epochs=c.train.finetune_epochs, batch_size=hp.batch_size,
+                          lr=hp.lr * c.train.finetune_lr_factor, optimizer=hp.optimizer,
+                          momentum=hp.momentum, patience=c.train.patience,
+                          bn_train=c.train.finetune_bn_train, trainable="all", seed=c.seed)
+    fingerprint = {"backbone": backbone, "weights": digest, "dtype": c.model.dtype,
+                   "preprocess": c.preprocess.to_dict(), "images": run.ds.content_key,
+                   "augment": c.augment.to_dict(), "head": dataclasses.asdict(hp),
+                   "head_seed": c.seed + 1, "fit": dataclasses.asdict(fs),
+                   "train_src": data.train_src.tolist(), "val": data.val_idx.tolist()}
+    ck = open_checkpoints(run.workdir / "checkpoints", "finetune", fingerprint)
+    tuned = finetune.fit(model, full, mreg.get(backbone), data, fs, ckpt=ck, desc="fine-tune")
+    return model, tuned, fs, ck
+
+
+def finish(run: Run, backbone: str, hp: head.HeadHParams) -> Final:
+    """Step 6: final head, fine-tune, model.json with its validation probabilities."""
+    frozen = final_head(run, backbone, hp)
+    model, tuned, fs, ck = fine_tune(run, backbone, hp, frozen)
+    _, val_rows = _fold0_rows(run)
+    _, _, val_prob = finetune.evaluate(model, tuned.variables, run.ds.images, run.ds.labels,
+                                       val_rows, batch_size=hp.batch_size)
+    c, ds = run.config, run.ds
+    model_card.write_model_card(
+        run.workdir, config=c, ds=ds, backbone=backbone, digest=run.models[backbone][2],
+        head={"type": "gap_dense", "units": hp.units, "dropout": hp.dropout},
+        checkpoint_dir=ck.root)
+    # Validation probabilities beside the model: predict can pick a threshold for a target
+    # sensitivity later; with eval.target_sensitivity set, model.json's threshold is that one.
+    op = model_card.record_validation(run.workdir, [ds.names[i] for i in val_rows],
+                                      ds.labels[val_rows], val_prob,
+                                      target_sensitivity=c.eval.target_sensitivity)
+    return Final(backbone, hp, frozen, tuned, fs, model, val_rows, op)
+
+
+def class_names(ds) -> tuple[str, str]:
+    """(negative, positive) in label order."""
+    return (ds.classes[0] if ds.positive != ds.classes[0] else ds.classes[1], ds.positive)
+
+
+def evaluate_test(run: Run, final: Final) -> tuple[list, dict, dict]:
+    """Step 7: the test split, once: fine-tuned model and frozen-backbone head.
+    Returns (report sections, metrics.json entries, test probabilities by model)."""
+    ds, c = run.ds, run.config
+    test = ds.splits.test
+    y = ds.labels[test]
+    probs = {"finetuned": finetune.evaluate(final.model, final.tuned.variables, ds.images,
+                                            ds.labels, test, batch_size=final.hp.batch_size)[2],
+             "head_only": np.asarray(head.predict_proba(final.head.params,
+                                                        run.feats[final.backbone][test]))}
+    titles = {"finetuned": "Test split, fine-tuned (final model)",
+              "head_only": "Test split, frozen backbone + head"}
+    sections, out = [], {}
+    for key in ("finetuned", "head_only"):
+        s, out[key] = evaluation.evaluate_split(
+            y, probs[key], out_dir=run.workdir / "eval" / key, title=titles[key],
+            class_names=class_names(ds), config=c, synthetic=ds.synthetic,
+            operating_threshold=final.operating_point["threshold"])
+        sections.append(s)
+    return sections, {"final": out["finetuned"], "head_only": out["head_only"]}, probs
+
+
+def training_sections(run: Run, final: Final) -> list:
+    """Report sections for the data, the final head's curves and fine-tuning."""
+    ds, c, plot_dir = run.ds, run.config, run.workdir / "plots"
+    s = ds.splits
+    data = (f"{len(ds.labels)} unique images from `{ds.root}` ({int(ds.labels.sum())} "
+            f"{ds.positive}); test split {len(s.test)}, {s.k} folds over the rest. "
+            "See `manifest.json`.")
+    balance = plots.plot_class_balance(
+        {cl: int((ds.class_index == i).sum()) for i, cl in enumerate(ds.classes)},
+        plot_dir / "class_balance.png", "Unique images per class", note=run.note)
+    f = final.head
+    head_png = plots.plot_curves(
+        {"train/loss": _curve(f.train_loss), "val/loss": _curve(f.val_loss),
+         "train/accuracy": _curve(f.train_acc), "val/accuracy": _curve(f.val_acc)},
+        plot_dir / "head_curves.png", f"Final head on frozen {final.backbone} features",
+        best_epoch=int(f.best_epoch), note=run.note)
+    t = final.tuned
+    kept = (f"best epoch {t.best_epoch}." if t.best_epoch >= 0 else
+            "no epoch beat the starting point on validation loss, so the final model keeps "
+            "the frozen-backbone head's weights.")
+    ft_png = plots.plot_curves(
+        {"train/loss": t.history["train_loss"], "val/loss": t.history["val_loss"],
+         "train/accuracy": t.history["train_acc"], "val/accuracy": t.history["val_acc"]},
+        plot_dir / "finetune_curves.png", f"Fine-tuning {final.backbone}",
+        best_epoch=t.best_epoch if t.best_epoch >= 0 else None, note=run.note)
+    ft_text = (f"End-to-end at lr {final.fit_spec.lr:.3g} (head lr x "
+               f"{c.train.finetune_lr_factor:g}), BatchNorm "
+               f"{'training' if final.fit_spec.bn_train else 'inference'} mode; {kept}")
+    return [("Data", data, [balance]), ("Final head", _hp_text(final.hp), [head_png]),
+            ("Fine-tuning", ft_text, [ft_png])]
+
+
+def _hp_text(hp: head.HeadHParams) -> str:
+    return ("Head on frozen features (fold-0 training rows, early stopping on fold-0 "
+            "validation): " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(hp).items())
+            + ".")
+
+
+def _curve(a) -> list[float]:
+    a = np.asarray(a, float)
+    return [float(x) for x in a[~np.isnan(a)]]

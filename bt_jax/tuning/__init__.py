@@ -1,0 +1,13 @@
+"""Method A's hyper-parameter search: an Optuna study shared by any number of workers.
+
+    from bt_jax import tuning
+    study = tuning.run_search(config, W, objective, available_backbones=["resnet50v2"])
+    tuning.best_trial_params(study); tuning.top_trials(study, 5)
+
+study.py: the space, the trial loop, trials.csv; storage.py: RDB URL, cross-process
+locks, worker ids and the reaping of trials left by dead workers.
+"""
+
+from bt_jax.tuning.storage import SearchError, storage_url, study_name  # noqa: F401
+from bt_jax.tuning.study import (best_trial_params, params_to_config, run_search,  # noqa: F401
+                                 search_space, suggest, top_trials, trials_dataframe_csv)
