@@ -3,20 +3,29 @@
     python launch.py --config=configs/quickstart.py --workdir=runs/quick
     python launch.py --config=configs/resnet_search.py --config.data.dir=../shared/data/brain_mri \
         --workdir=runs/resnet
+
+A mistake in a setting, a file or a folder prints one line (`error: ...`) and exits with
+status 2; `--verbose` (or BT_JAX_VERBOSE=1) shows the traceback too. Bugs keep theirs.
 """
 
 import logging
+import os
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from bt_jax import pipelines
+from bt_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for every output, cache and checkpoint.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks of user errors too.")
 flags.mark_flags_as_required(["config", "workdir"])
+_HINT = ("fix the setting, file or folder named above and run the same command again; "
+         "finished work in the workdir is reused")
 
 
 class _QuietOrbax(logging.Filter):
@@ -32,7 +41,14 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").addFilter(_QuietOrbax())
     logging.info("JAX %s on %s", jax.__version__, jax.devices())
-    pipelines.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        pipelines.run(_CONFIG.value, _WORKDIR.value)
+    except UserError as e:
+        if _VERBOSE.value or os.environ.get("BT_JAX_VERBOSE"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        print(f"hint: {e.hint or _HINT} (--verbose shows the traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import ml_collections
 PIPELINES = ("prepare", "search", "train", "staged", "predict", "evaluate")
 EQUALIZE = ("none", "hist", "clahe")
 BALANCE = ("none", "augment2a", "multipliers")
+OPTIMIZERS = ("adam", "sgd")
 BACKBONES = (
     "resnet50v2", "resnet50", "vgg16", "vgg19", "mobilenet", "densenet121",
     "efficientnetb0", "efficientnet_lite0", "xception", "inceptionv3",
@@ -159,6 +160,95 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def _positive_ints(key: str, values) -> None:
+    values = tuple(values)
+    if not values or any(not isinstance(v, int) or v < 1 for v in values):
+        _fail(key, f"expected a non-empty list of positive integers, got {values}")
+
+
+def check_search(s) -> None:
+    """Method A's search space: every choice list non-empty, every range ordered."""
+    if s.trials < 1:
+        _fail("search.trials", f"expected >= 1, got {s.trials}")
+    unknown = [b for b in s.backbones if b not in BACKBONES]
+    if unknown or not s.backbones:
+        _fail("search.backbones", f"unknown {unknown} or empty; known: {BACKBONES}")
+    _positive_ints("search.units", s.units)
+    _positive_ints("search.batch_sizes", s.batch_sizes)
+    bad = [o for o in s.optimizers if o not in OPTIMIZERS]
+    if not s.optimizers or bad:
+        _fail("search.optimizers", f"expected a non-empty subset of {OPTIMIZERS}, got "
+                                   f"{tuple(s.optimizers)}")
+    if not 0 < s.lr_min <= s.lr_max:
+        _fail("search.lr_min", f"need 0 < lr_min <= lr_max, got {s.lr_min}, {s.lr_max}")
+    if not 0 <= s.dropout_min <= s.dropout_max < 1:
+        _fail("search.dropout_max", f"need 0 <= dropout_min <= dropout_max < 1, got "
+                                    f"{s.dropout_min}, {s.dropout_max}")
+
+
+def _check_training(c) -> None:
+    """config.train (method A's head and fine-tune) and config.staged (method B)."""
+    t = c.train
+    _positive_ints("train.units", (t.units,))
+    _positive_ints("train.batch_size", (t.batch_size,))
+    if t.optimizer not in OPTIMIZERS:
+        _fail("train.optimizer", f"expected one of {OPTIMIZERS}, got {t.optimizer!r}")
+    if not 0 <= t.dropout < 1:
+        _fail("train.dropout", f"expected [0, 1), got {t.dropout}")
+    if t.lr <= 0:
+        _fail("train.lr", f"expected > 0, got {t.lr}")
+    if not 0 <= t.momentum < 1:
+        _fail("train.momentum", f"expected [0, 1), got {t.momentum}")
+    for key in ("epochs", "patience", "finetune_epochs"):
+        if getattr(t, key) < 1:
+            _fail(f"train.{key}", f"expected >= 1, got {getattr(t, key)}")
+    if t.finetune_lr_factor <= 0:
+        _fail("train.finetune_lr_factor", f"expected > 0, got {t.finetune_lr_factor}")
+    s = c.staged
+    if not s.stages:
+        _fail("staged.stages", "empty: method B needs at least one stage")
+    names = [parse_stage(x)["name"] for x in s.stages]
+    if len(set(names)) != len(names):
+        _fail("staged.stages", f"stage names repeat: {names}")
+    _positive_ints("staged.head_hidden", s.head_hidden)
+    _positive_ints("staged.batch_size", (s.batch_size,))
+    if s.optimizer not in OPTIMIZERS:
+        _fail("staged.optimizer", f"expected one of {OPTIMIZERS}, got {s.optimizer!r}")
+    if not 0 <= s.head_dropout < 1:
+        _fail("staged.head_dropout", f"expected [0, 1), got {s.head_dropout}")
+    if s.patience < 1 or s.plateau_patience < 1:
+        _fail("staged.patience", f"patience and plateau_patience must be >= 1, got "
+                                 f"{s.patience}, {s.plateau_patience}")
+    if not 0 < s.plateau_factor < 1:
+        _fail("staged.plateau_factor", f"expected (0, 1), got {s.plateau_factor}")
+    if c.pipeline == "staged" and c.split.val_fraction <= 0:
+        _fail("split.val_fraction", "method B (pipeline 'staged') needs a validation split, "
+                                    f"e.g. 0.1; got {c.split.val_fraction}")
+
+
+def _check_apply(c) -> None:
+    """Settings of the predict / evaluate pipelines."""
+    if c.pipeline in ("predict", "evaluate") and not c.checkpoint:
+        _fail("checkpoint", "give the workdir of a trained model (it holds model.json)")
+    if c.pipeline in ("predict", "evaluate") and not c.inputs:
+        _fail("inputs", "give an image, a folder or a glob of scans"
+                        + (" (evaluate: a folder of class sub-folders)" if c.pipeline == "evaluate" else ""))
+    if c.predict.batch_size < 1 or c.gradcam.batch_size < 1:
+        _fail("predict.batch_size", "predict.batch_size and gradcam.batch_size must be >= 1")
+    if c.predict.colour not in ("flag", "skip"):
+        _fail("predict.colour", f"expected 'flag' or 'skip', got {c.predict.colour!r}")
+    if c.threshold.value > 1:
+        _fail("threshold.value", f"expected [0, 1] (or < 0: the model's), got {c.threshold.value}")
+    if not 0 <= c.threshold.target_sensitivity <= 1:
+        _fail("threshold.target_sensitivity", f"expected [0, 1], got {c.threshold.target_sensitivity}")
+    if not 0 <= c.gradcam.alpha <= 1:
+        _fail("gradcam.alpha", f"expected [0, 1], got {c.gradcam.alpha}")
+    e = c.external
+    both = set(e.positive_classes) & set(e.negative_classes)
+    if both:
+        _fail("external.positive_classes", f"{sorted(both)} also in external.negative_classes")
+
+
 def parse_stage(text: str) -> dict:
     """'stage1:block5_conv3+block5_conv4:15:1e-4' -> {name, trainable, epochs, lr}."""
     parts = str(text).split(":")
@@ -178,6 +268,51 @@ def parse_stage(text: str) -> dict:
 
 def _fail(key: str, msg: str) -> None:
     raise ConfigError(f"config.{key}: {msg}")
+
+
+def _tuple_keys(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in c.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out += _tuple_keys(v, f"{prefix}{k}.")
+        elif isinstance(v, tuple):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _split_items(value) -> tuple:
+    """'a,b' or ('a,b',) or ('(a, b)',) -> ('a', 'b'); numbers stay numbers."""
+    if isinstance(value, str):
+        value = (value,)
+    out = []
+    for v in value:
+        if isinstance(v, str):
+            out += [p.strip().strip("'\"") for p in v.strip().strip("()[]").split(",")
+                    if p.strip().strip("'\"")]
+        else:
+            out.append(v)
+    return tuple(out)
+
+
+def normalise(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """List-valued settings given as one comma-separated string on the command line
+    (`--config.external.positive_classes=glioma,meningioma`) become tuples of items, and
+    numeric lists typed as strings become numbers. Changes `c` in place and returns it."""
+    base = base_config()
+    for key in _tuple_keys(base):
+        group, _, leaf = key.rpartition(".")
+        holder = c
+        for g in filter(None, group.split(".")):
+            holder = holder[g]
+        items = _split_items(holder[leaf])
+        kinds = {type(x) for x in base[group][leaf]} if group else set()
+        if kinds and kinds <= {int, float}:
+            try:
+                items = tuple(type(base[group][leaf][0])(x) for x in items)
+            except (TypeError, ValueError):
+                _fail(key, f"expected numbers, got {holder[leaf]!r}")
+        holder[leaf] = items
+    return c
 
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -210,22 +345,20 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             _fail(f"augment.{key}", f"ranges are non-negative, got {getattr(c.augment, key)}")
     if c.model.name not in BACKBONES:
         _fail("model.name", f"expected one of {BACKBONES}, got {c.model.name!r}")
-    unknown = [b for b in c.search.backbones if b not in BACKBONES]
-    if unknown or not c.search.backbones:
-        _fail("search.backbones", f"unknown {unknown} or empty; known: {BACKBONES}")
-    if c.search.trials < 1:
-        _fail("search.trials", f"expected >= 1, got {c.search.trials}")
-    if not 0 < c.search.lr_min < c.search.lr_max:
-        _fail("search.lr_min", f"need 0 < lr_min < lr_max, got {c.search.lr_min}, {c.search.lr_max}")
-    if c.train.optimizer not in ("adam", "sgd") or any(o not in ("adam", "sgd") for o in c.search.optimizers):
-        _fail("train.optimizer", "optimizers are 'adam' or 'sgd'")
+    check_search(c.search)
+    _check_training(c)
     if c.model.dtype not in ("float32", "bfloat16"):
         _fail("model.dtype", f"expected 'float32' or 'bfloat16', got {c.model.dtype!r}")
-    names = [parse_stage(s)["name"] for s in c.staged.stages]
-    if len(set(names)) != len(names):
-        _fail("staged.stages", f"stage names repeat: {names}")
     if not 0 < c.eval.ci < 1:
         _fail("eval.ci", f"expected (0, 1), got {c.eval.ci}")
+    if not 0 <= c.eval.threshold <= 1:
+        _fail("eval.threshold", f"expected [0, 1], got {c.eval.threshold}")
+    if not 0 <= c.eval.target_sensitivity <= 1:
+        _fail("eval.target_sensitivity", f"expected [0, 1], got {c.eval.target_sensitivity}")
+    if c.eval.bootstrap < 0 or c.eval.ensemble_k < 0:
+        _fail("eval.bootstrap", f"bootstrap and ensemble_k must be >= 0, got "
+                                f"{c.eval.bootstrap}, {c.eval.ensemble_k}")
+    _check_apply(c)
     if c.augment.balance == "multipliers":
         missing = [k for k in classes if k not in c.augment.multipliers]
         if missing:

@@ -87,7 +87,13 @@ def write_model_card(workdir, *, config, ds, backbone: str, digest: str, head: d
             "preprocess": config.preprocess.to_dict(), "classes": list(ds.classes),
             "positive": ds.positive, "threshold": float(config.eval.threshold),
             "checkpoint": str(Path(checkpoint_dir).relative_to(workdir) / "best"),
-            "synthetic": bool(ds.synthetic)}
+            "synthetic": bool(ds.synthetic), "training_hashes": "training_hashes.json",
+            "near_duplicate_bits": int(config.data.near_duplicate_bits)}
+    # Content and perceptual hashes of every file the run saw: `evaluate` flags external
+    # scans that are (near-)copies of training images, even without the manifest.
+    io.write_json(workdir / "training_hashes.json",
+                  [{k: r[k] for k in ("file", "sha256", "phash", "status", "split")}
+                   for r in ds.records], indent=None)
     io.write_json(workdir / "model.json", card)
     return workdir / "model.json"
 

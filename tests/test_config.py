@@ -8,7 +8,7 @@ def test_base_config_validates():
 
 
 @pytest.mark.parametrize("key, value, msg", [
-    ("pipeline", "train", "config.pipeline"),
+    ("pipeline", "fit", "config.pipeline"),
     ("data.positive", "tumour", "config.data.positive"),
     ("data.classes", ("yes",), "config.data.classes"),
     ("preprocess.equalize", "gamma", "config.preprocess.equalize"),

@@ -27,11 +27,11 @@ def _check_splits(ds, manifest):
     for r in files:
         for nd in r["near_duplicates"]:
             assert split_of[nd.rsplit(" (", 1)[0]] == r["split"]
-    # folds stratified: class counts per fold within one of each other... per group slack
+    # folds stratified: class counts per fold within one of each other (README's promise)
     counts = manifest["split_counts"]
     for cls in ds.classes:
         per_fold = [counts[f"fold{i}"].get(cls, 0) for i in range(ds.splits.k)]
-        assert max(per_fold) - min(per_fold) <= 2, per_fold
+        assert max(per_fold) - min(per_fold) <= 1, per_fold
 
 
 def test_reference_set(real_data_dir, tmp_path, small_config):

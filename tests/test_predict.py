@@ -241,7 +241,9 @@ def test_predict_pipeline_writes_csv_and_gradcam(model_dir, tmp_path, capsys):
     assert set(inference.CSV_FIELDS) <= set(rows[0])
     assert all(r["model_id"] == summary["model_id"] for r in rows)
     assert sorted(p.name for p in (out / "gradcam").glob("*.png")) == [
-        "s0.png.png", "s1.png.png", "s2.png.png"]
+        "s0_png.png", "s1_png.png", "s2_png.png"]
+    assert inference.overlay_name(d / "a" / "Y1.jpg", d) == "a__Y1_jpg.png"
+    assert inference.overlay_name(d / "a" / "Y1.png", d) == "a__Y1_png.png"
     assert summary["status_counts"] == {"ok": 3, "flagged": 0, "skipped": 0, "error": 1}
     assert "error: broken.jpg" in capsys.readouterr().out
     html = (out / "report.html").read_text()

@@ -117,6 +117,30 @@ def test_same_seed_same_params_and_resume_continues_the_same_sequence(tmp_path):
     assert other[0] != fresh[0] and other[1] != fresh[1]
 
 
+def test_a_failed_trial_is_proposed_again_so_resume_equals_an_uninterrupted_run(tmp_path):
+    objective, _ = _objective()
+    fresh = tuning.run_search(make_config(6), tmp_path / "a", objective,
+                              available_backbones=BACKBONES, progress=False)
+    calls = []
+
+    def dies_once(p):  # like a process killed during trial 2, failed on relaunch
+        calls.append(p)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return objective(p)
+
+    with pytest.raises(tuning.SearchError):
+        tuning.run_search(make_config(6), tmp_path / "b", dies_once,
+                          available_backbones=BACKBONES, progress=False, max_failures=1)
+    resumed = tuning.run_search(make_config(6), tmp_path / "b", objective,
+                                available_backbones=BACKBONES, progress=False)
+
+    def complete(study):
+        return [(t.params, t.value) for t in sorted(study.trials, key=lambda t: t.number)
+                if t.state == TrialState.COMPLETE]
+    assert len(resumed.trials) == 7 and complete(resumed) == complete(fresh)
+
+
 def test_failure_cap_stops_a_broken_objective_and_a_fixed_one_resumes(tmp_path, capsys):
     c = make_config(trials=4)
 

@@ -10,7 +10,8 @@ import numpy as np
 import jax.numpy as jnp
 import pytest
 
-from bt_jax.config import parse_stage
+from bt_jax.config import ConfigError, parse_stage
+from bt_jax.data import discover
 from bt_jax.models import registry
 from bt_jax.pipelines import staged
 from bt_jax.train import finetune
@@ -20,17 +21,26 @@ sys.path.insert(0, str(ROOT))
 from configs import vgg19_staged  # noqa: E402
 
 
+def _launch(workdir, *overrides):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"),
+                           f"--config={ROOT}/configs/vgg19_staged.py:quick", f"--workdir={workdir}",
+                           *overrides], capture_output=True, text=True, timeout=900)
+
+
+def _stage_dirs(workdir, i, name):
+    return sorted((workdir / "checkpoints").glob(f"stage_{i}_{name}-*"))
+
+
 def test_staged_pipeline_quick(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "launch.py"),
-                        f"--config={ROOT}/configs/vgg19_staged.py:quick", f"--workdir={tmp_path}"],
-                       capture_output=True, text=True, timeout=900)
+    r = _launch(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((tmp_path / "stages.json").read_text())
     assert [x["stage"] for x in rows] == ["baseline", "stage1", "final"]
     for i, x in enumerate(rows):
         assert 0 <= x["val_acc"] <= 1 and 0 <= x["test_acc"] <= 1
-        ck = tmp_path / "checkpoints" / f"stage_{i}_{x['stage']}"
+        (ck,) = _stage_dirs(tmp_path, i, x["stage"])
         assert (ck / "done.json").exists() and any((ck / "best").iterdir())
+        assert json.loads((ck / "fingerprint.json").read_text())[f"stage_{i}"]["trainable"]
         assert (tmp_path / "stages" / f"{i}_{x['stage']}" / "confusion.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "stages.png").exists()
     rep = (tmp_path / "report.md").read_text()
@@ -54,12 +64,25 @@ def test_staged_pipeline_quick(tmp_path):
     cams, probs = explain.gradcam(model.module, model.variables, imgs, target="features", batch_size=4)
     assert cams.shape[0] == 3 and np.isfinite(cams).all()
     np.testing.assert_allclose(probs, [p["p_tumour"] for p in preds], atol=1e-4)
-    # a relaunch reloads every finished stage instead of retraining
-    r2 = subprocess.run([sys.executable, str(ROOT / "launch.py"),
-                         f"--config={ROOT}/configs/vgg19_staged.py:quick", f"--workdir={tmp_path}"],
-                        capture_output=True, text=True, timeout=900)
+    # A relaunch reloads every finished stage: no epoch runs, no checkpoint file changes.
+    before = discover.folder_fingerprint(tmp_path / "checkpoints")
+    r2 = _launch(tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert json.loads((tmp_path / "stages.json").read_text()) == rows
+    assert discover.folder_fingerprint(tmp_path / "checkpoints") == before
+    assert " epoch 0: train loss" not in r2.stderr and r2.stderr.count("resuming after epoch") == 3
+    # Another lr for stage1: the baseline is reused untouched; stage1 and everything after it
+    # retrain in new folders, and the stale ones are never loaded (nor deleted).
+    base = discover.folder_fingerprint(_stage_dirs(tmp_path, 0, "baseline")[0])
+    r3 = _launch(tmp_path, "--config.staged.stages=baseline:none:1:3e-4,"
+                           "stage1:block5_conv3+block5_conv4:1:5e-5,final:all:1:1e-5")
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert discover.folder_fingerprint(_stage_dirs(tmp_path, 0, "baseline")[0]) == base
+    assert len(_stage_dirs(tmp_path, 1, "stage1")) == 2 and len(_stage_dirs(tmp_path, 2, "final")) == 2
+    assert "were made with other settings (stage_1.lr: 0.0001 -> 5e-05" in r3.stderr
+    card = json.loads((tmp_path / "model.json").read_text())
+    fp = json.loads((tmp_path / card["checkpoint"]).parent.joinpath("fingerprint.json").read_text())
+    assert fp["stage_1"]["lr"] == 5e-5
 
 
 def test_resnet50v2_stage_groups_resolve():
@@ -76,5 +99,5 @@ def test_resnet50v2_stage_groups_resolve():
 
 def test_stage_typo_is_an_error_before_work():
     spec = registry.get("vgg19")
-    with pytest.raises(ValueError, match="block6"):
+    with pytest.raises(ConfigError, match="block6"):
         staged.check_stage_groups(spec, [parse_stage("s:block6:1:1e-4")], 32)

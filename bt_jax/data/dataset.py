@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bt_jax import io
 from bt_jax.data import decode, discover, manifest, phantoms, preprocess, split
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,12 @@ class Dataset:
     root: Path
     records: list[dict]         # one manifest row per file seen (used or not)
     cache_hits: int = 0
+    hidden: list = dataclasses.field(default_factory=list)  # dot-files/folders not read
 
     @property
     def content_key(self) -> str:
         """Identifies the used images, in order (for feature caches downstream)."""
         return hashlib.sha256("|".join(self.sha256).encode()).hexdigest()[:16]
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
 
 
 def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cache: Path,
@@ -72,7 +67,7 @@ def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cach
         meta = {"ok": True, "reason": "", **info, **pinfo,
                 "pixel_hash": decode.pixel_hash(raw), "phash": str(decode.perceptual_hash(raw))}
         q = np.round(out * 65535).astype(np.uint16)  # 16-bit keeps 16-bit scans' depth
-        io.write_bytes(img_p, _npy_bytes(q))
+        io.atomic_write(img_p, lambda f: np.save(f, q), binary=True)
         img = q.astype(np.float32) / 65535.0
     except (decode.DecodeError, OSError) as e:
         meta, img = {"ok": False, "reason": str(e)}, None
@@ -100,7 +95,8 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     classes = tuple(config.data.classes)
     files = discover.discover(root, classes, tuple(config.data.extensions))
     params = preprocess.PreprocessParams.from_config(config.preprocess)
-    cache = workdir / "cache" / "preprocessed" / params.key()
+    # min_size decides which files are skipped as tiny: part of what the cache holds.
+    cache = workdir / "cache" / "preprocessed" / f"{params.key()}-min{int(config.data.min_size)}"
     cache.mkdir(parents=True, exist_ok=True)
 
     def work(rec):
@@ -124,13 +120,15 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     rows = manifest.dedupe(files, [m for m, _, _ in results], config.data.near_duplicate_bits)
     used = [i for i, r in enumerate(rows) if r["status"] == "used"]
     if not used:
-        raise ValueError(f"no usable images in {root}; see the skip reasons in the manifest")
+        reasons = manifest.summary(rows)["skip_reasons"]
+        raise discover.DataLayoutError(f"no usable images in {root} (skipped: {reasons})")
     pos = classes.index(config.data.positive)
     cls_idx = np.array([files[i].label for i in used], np.int32)
     labels = (cls_idx == pos).astype(np.int32)
     present = sorted(set(cls_idx.tolist()))
     if len(present) < 2:
-        raise ValueError(f"only class {[classes[c] for c in present]} has usable images in {root}")
+        raise discover.DataLayoutError(f"only class {[classes[c] for c in present]} has usable "
+                                       f"images in {root}; need at least two")
     groups = manifest.split_groups(rows, used, config.data.group_near_duplicates)
     splits = split.make_splits(labels, groups, test_fraction=config.split.test_fraction,
                                val_fraction=config.split.val_fraction, k=config.split.k,
@@ -140,6 +138,7 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     ds = Dataset(images=images, labels=labels, class_index=cls_idx,
                  names=[files[i].rel for i in used], sha256=[files[i].sha256 for i in used],
                  classes=classes, positive=config.data.positive, splits=splits,
-                 synthetic=synthetic, root=root, records=rows, cache_hits=hits)
+                 synthetic=synthetic, root=root, records=rows, cache_hits=hits,
+                 hidden=discover.hidden_entries(root, classes))
     manifest.write(workdir, ds, params)
     return ds

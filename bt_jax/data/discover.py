@@ -4,17 +4,22 @@
     files[0]  # FileRecord(rel="no/1 no.jpeg", cls="no", label=0, sha256="…", size=…)
 
 Checks the layout before any work: a missing folder, a missing or empty class folder, or
-a data set with one class raises DataLayoutError naming the folder. Files whose
+a data set with one class raises DataLayoutError naming the folder. Hidden entries
+(a name starting with ".", e.g. `.ipynb_checkpoints/` copies, `.DS_Store`) are never
+read: `hidden_entries` lists them for the manifest. Class folders may nest sub-folders.
+Files whose
 extension is not an image extension are still listed (and later skipped with a reason),
 so the manifest accounts for everything in the folder.
 """
 
 from __future__ import annotations
 
-from bt_jax.errors import UserError
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
+
+from bt_jax.errors import UserError
 
 
 class DataLayoutError(UserError, ValueError):
@@ -52,20 +57,42 @@ def check_layout(root: Path, classes: tuple[str, ...]) -> None:
     if len(classes) < 2:
         raise DataLayoutError(f"need at least two classes in {root}, got {list(classes)}")
     for c in classes:
-        if not any(p.is_file() for p in (root / c).iterdir()):
-            raise DataLayoutError(f"class folder {root / c} is empty")
+        if not next(visible_files(root / c), None):
+            raise DataLayoutError(f"class folder {root / c} is empty (no visible file in it or "
+                                  "its sub-folders)")
+
+
+def _walk(folder: Path):
+    """(visible files, hidden entries) under folder; hidden folders are not entered."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        d = Path(dirpath)
+        hidden = sorted(n for n in dirnames if n.startswith("."))
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        yield ([d / n for n in sorted(filenames) if not n.startswith(".")],
+               [d / n for n in hidden] + [d / n for n in sorted(filenames) if n.startswith(".")])
+
+
+def visible_files(folder: Path):
+    """Every regular file below `folder` that is not hidden nor inside a hidden folder."""
+    for files, _ in _walk(folder):
+        yield from (p for p in files if p.is_file())
+
+
+def hidden_entries(root: Path, classes: tuple[str, ...]) -> list[str]:
+    """Hidden files and folders inside the class folders (skipped), relative to root."""
+    root = Path(root).resolve()
+    return [p.relative_to(root).as_posix() for c in classes for _, hid in _walk(root / c)
+            for p in hid]
 
 
 def discover(root: Path, classes: tuple[str, ...], extensions: tuple[str, ...]) -> list[FileRecord]:
-    """Every regular file under each class folder (recursively), sorted for determinism."""
+    """Every visible regular file under each class folder (recursively), sorted."""
     root = Path(root).resolve()
     check_layout(root, tuple(classes))
     exts = {e.lower() for e in extensions}
     out = []
     for label, cls in enumerate(classes):
-        for p in sorted((root / cls).rglob("*")):
-            if not p.is_file() or p.name.startswith("."):
-                continue
+        for p in sorted(visible_files(root / cls)):
             out.append(FileRecord(path=p, rel=p.relative_to(root).as_posix(), cls=cls,
                                   label=label, sha256=_hash(p), size=p.stat().st_size,
                                   is_image_ext=p.suffix.lower() in exts))

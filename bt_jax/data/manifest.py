@@ -24,14 +24,33 @@ import numpy as np
 from bt_jax import io
 
 CSV_FIELDS = ("file", "class", "sha256", "status", "reason", "duplicate_group", "duplicate_of",
-              "near_duplicates", "split", "crop", "width", "height", "bits", "channels")
+              "near_duplicates", "split", "crop", "width", "height", "bits", "channels", "phash")
+
+
+def _bits(phashes) -> np.ndarray:
+    """(N, 64) bool bits of 64-bit perceptual hashes (ints or decimal strings)."""
+    ph = np.array([int(p) for p in phashes], dtype=np.uint64)
+    return np.unpackbits(ph.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).astype(bool)
+
+
+def nearest_hash(query, reference) -> tuple[np.ndarray, np.ndarray]:
+    """For each query pHash: (index of the nearest reference pHash, Hamming distance)."""
+    if not len(query) or not len(reference):
+        return np.full(len(query), -1), np.full(len(query), 65)
+    q, r = _bits(query), _bits(reference)
+    idx, dist = [], []
+    for s in range(0, len(q), 256):
+        d = (q[s:s + 256, None, :] != r[None, :, :]).sum(-1)
+        idx.append(d.argmin(1))
+        dist.append(d.min(1))
+    return np.concatenate(idx), np.concatenate(dist)
 
 
 def _near_pairs(phashes: np.ndarray, max_bits: int) -> list[tuple[int, int, int]]:
     """(i, j, distance) for i < j with Hamming distance <= max_bits, vectorised per row block."""
     if len(phashes) < 2 or max_bits <= 0:
         return []
-    bits = np.unpackbits(phashes.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).astype(bool)
+    bits = _bits(phashes)
     out = []
     for s in range(0, len(bits), 256):
         d = (bits[s:s + 256, None, :] != bits[None, :, :]).sum(-1)
@@ -50,7 +69,7 @@ def dedupe(files, metas, near_bits: int) -> list[dict]:
                      "duplicate_group": "", "duplicate_of": "", "near_duplicates": [],
                      "split": "", "crop": m.get("crop", ""), "width": m.get("width", ""),
                      "height": m.get("height", ""), "bits": m.get("bits", ""),
-                     "channels": m.get("channels", ""), "_phash": m.get("phash"),
+                     "channels": m.get("channels", ""), "phash": m.get("phash") or "",
                      "_pixel": m.get("pixel_hash")})
     groups = collections.defaultdict(list)
     for i, r in enumerate(rows):
@@ -74,7 +93,7 @@ def dedupe(files, metas, near_bits: int) -> list[dict]:
             rows[i].update(status="duplicate", duplicate_of=rows[members[0]]["file"],
                            reason=f"exact duplicate of {rows[members[0]]['file']}")
     used = [i for i, r in enumerate(rows) if r["status"] == "used"]
-    ph = np.array([int(rows[i]["_phash"]) for i in used], dtype=np.uint64)
+    ph = [rows[i]["phash"] for i in used]
     parent = list(range(len(used)))  # union-find over near-duplicate pairs
 
     def root(a):
@@ -138,6 +157,7 @@ def write(workdir: Path, ds, params) -> Path:
         "preprocess": dataclasses.asdict(params),
         "preprocess_key": params.key(),
         "summary": summary(ds.records),
+        "hidden_skipped": list(ds.hidden),  # dot-files/folders (e.g. .ipynb_checkpoints): not read
         "split_counts": {k: dict(v) for k, v in sorted(split_counts.items())},
         "files": public,
     }

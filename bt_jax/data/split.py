@@ -93,6 +93,25 @@ def _allocate(glabels: np.ndarray, gsizes: np.ndarray, fractions: np.ndarray,
     return out
 
 
+def _even_out(bins: np.ndarray, glabels: np.ndarray, gsizes: np.ndarray, k: int) -> np.ndarray:
+    """Equal-share bins (folds): moves groups from the fullest to the emptiest fold of a
+    class until the counts differ by at most one, as far as group sizes allow (a group of
+    s images can move when s < the difference: the spread then shrinks)."""
+    bins = bins.copy()
+    for c in np.unique(glabels):
+        mine = np.flatnonzero(glabels == c)
+        for _ in range(len(mine) * k):
+            have = np.bincount(bins[mine], weights=gsizes[mine], minlength=k)
+            hi, lo = int(np.argmax(have)), int(np.argmin(have))
+            gap = have[hi] - have[lo]
+            movable = [g for g in mine if bins[g] == hi and gsizes[g] < gap]
+            if gap <= 1 or not movable:
+                break
+            g = min(movable, key=lambda g: (gsizes[g], g))
+            bins[g] = lo
+    return bins
+
+
 def make_splits(labels, groups, *, test_fraction: float = 0.1, val_fraction: float = 0.0,
                 k: int = 5, seed: int = 0) -> Splits:
     """Stratified, group-aware, deterministic for a seed.
@@ -121,7 +140,8 @@ def make_splits(labels, groups, *, test_fraction: float = 0.1, val_fraction: flo
     side = _allocate(glabels, gsizes, head, rng)
     rest = np.flatnonzero(side == 2)
     fold_of = np.full(len(uniq), -1)
-    fold_of[rest] = _allocate(glabels[rest], gsizes[rest], np.full(k, 1 / k), rng)
+    fold_of[rest] = _even_out(_allocate(glabels[rest], gsizes[rest], np.full(k, 1 / k), rng),
+                              glabels[rest], gsizes[rest], k)
     img_side, img_fold = side[inverse], fold_of[inverse]
     return Splits(test=np.flatnonzero(img_side == 0), val=np.flatnonzero(img_side == 1),
                   folds=tuple(np.flatnonzero(img_fold == f) for f in range(k)), n=len(labels))

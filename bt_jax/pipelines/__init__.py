@@ -28,7 +28,7 @@ PIPELINES = {
 
 
 def run(config, workdir: str | Path):
-    config_lib.validate(config)
+    config_lib.validate(config_lib.normalise(config))
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     io.write_json(workdir / "config.json", config.to_dict(), default=str)

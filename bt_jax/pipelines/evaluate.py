@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from bt_jax import inference
-from bt_jax.data import discover, preprocess, scans
+from bt_jax.data import discover, manifest, preprocess, scans
 from bt_jax.reporting import evaluation, html, report
 from bt_jax.pipelines.predict import load_for
 
 log = logging.getLogger(__name__)
-EXTRA_FIELDS = ("class", "label", "training_duplicate_of", "training_split")
+EXTRA_FIELDS = ("class", "label", "training_duplicate_of", "training_near_duplicate_of",
+                "training_split")
 
 
 def class_mapping(root: Path, model: inference.LoadedModel, positive, negative, ignore) -> dict:
@@ -56,13 +57,33 @@ def class_mapping(root: Path, model: inference.LoadedModel, positive, negative, 
     return mapping
 
 
-def training_hashes(model: inference.LoadedModel) -> dict[str, dict]:
-    """sha256 -> training manifest row, for every file the model's run saw (any split)."""
-    man = model.root / "manifest.json"
-    if not man.is_file():
-        log.warning("no training manifest at %s: duplicates of training images not checked", man)
-        return {}
-    return {f["sha256"]: f for f in json.loads(man.read_text())["files"]}
+def training_hashes(model: inference.LoadedModel) -> list[dict]:
+    """{file, sha256, phash, status, split} of every file the model's run saw: stored with
+    the model (training_hashes.json), else its run's manifest."""
+    for p in (model.root / model.card.get("training_hashes", "training_hashes.json"),
+              model.root / "manifest.json"):
+        if p.is_file():
+            doc = json.loads(p.read_text())
+            return doc["files"] if isinstance(doc, dict) else doc
+    log.warning("no training hashes beside %s: copies of training images not checked", model.root)
+    return []
+
+
+def flag_training_copies(rows: list[dict], files, seen: list[dict], near_bits: int) -> None:
+    """Marks rows whose file is byte-identical to a training file (sha256), or a near-copy
+    (perceptual hash within near_bits, e.g. re-encoded or resized): both inflate results."""
+    by_sha = {t["sha256"]: t for t in seen}
+    ref = [t for t in seen if t.get("phash")]
+    with_hash = [i for i, r in enumerate(rows) if r.get("phash")]
+    idx, dist = manifest.nearest_hash([rows[i]["phash"] for i in with_hash],
+                                      [t["phash"] for t in ref])
+    near = {i: ref[j] for i, j, d in zip(with_hash, idx, dist) if d <= near_bits}
+    for i, (r, f) in enumerate(zip(rows, files)):
+        exact, close = by_sha.get(f.sha256), near.get(i)
+        t = exact or close
+        r.update({"training_duplicate_of": exact["file"] if exact else "",
+                  "training_near_duplicate_of": close["file"] if close and not exact else "",
+                  "training_split": (t.get("split") or t.get("status", "")) if t else ""})
 
 
 def run(config, workdir: Path):
@@ -77,12 +98,10 @@ def run(config, workdir: Path):
         model, [f.path for f in files], batch_size=config.predict.batch_size,
         dicom_frame=None if config.predict.dicom_frame < 0 else config.predict.dicom_frame,
         colour_policy=config.predict.colour)
-    seen = training_hashes(model)
+    flag_training_copies(rows, files, training_hashes(model),
+                         int(model.card.get("near_duplicate_bits", config.data.near_duplicate_bits)))
     for r, f in zip(rows, files):
-        t = seen.get(f.sha256)
-        r.update({"file": f.rel, "class": f.cls, "label": mapping[f.cls],
-                  "training_duplicate_of": t["file"] if t else "",
-                  "training_split": (t["split"] or t["status"]) if t else ""})
+        r.update({"file": f.rel, "class": f.cls, "label": mapping[f.cls]})
     inference.write_csv(rows, workdir / "predictions.csv", extra_fields=EXTRA_FIELDS)
     ok = [r for r in rows if r["p_tumour"] != ""]
     if not ok:
@@ -98,9 +117,9 @@ def run(config, workdir: Path):
         class_names=names, config=cfg, synthetic=synthetic)
     sections = [("Data", _data_text(root, mapping, rows, model), []), section]
     results = {"all": rep}
-    dups = [r for r in ok if r["training_duplicate_of"]]
+    dups = [r for r in ok if _is_copy(r)]
     if dups:
-        keep = np.array([not r["training_duplicate_of"] for r in ok])
+        keep = np.array([not _is_copy(r) for r in ok])
         if keep.any():
             s2, r2 = evaluation.evaluate_split(
                 y[keep], p[keep], out_dir=workdir / "eval" / "external_no_duplicates",
@@ -111,7 +130,9 @@ def run(config, workdir: Path):
     metrics = {"model_id": model.model_id, "backbone": model.card["backbone"], "data": str(root),
                "class_mapping": mapping, "threshold": model.threshold,
                "threshold_info": model.threshold_info, "n_files": len(rows), "n_predicted": len(ok),
-               "n_training_duplicates": len(dups), "results": results}
+               "n_training_duplicates": sum(bool(r["training_duplicate_of"]) for r in ok),
+               "n_training_near_duplicates": sum(bool(r["training_near_duplicate_of"]) for r in ok),
+               "results": results}
     report.write_metrics_json(workdir / "metrics.json", metrics)
     report.write_markdown_report(workdir / "report.md", title=f"bt_jax external evaluation: "
                                  f"{model.model_id} on {root.name}", sections=sections)
@@ -120,7 +141,7 @@ def run(config, workdir: Path):
     html.write_html_report(workdir)
     acc = rep["accuracy"]
     print(f"external accuracy {acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}] on "
-          f"{len(ok)} images ({len(dups)} exact duplicates of training images flagged); "
+          f"{len(ok)} images ({len(dups)} exact or near copies of training images flagged); "
           f"report: {workdir / 'report.html'}")
     return metrics
 
@@ -142,11 +163,16 @@ def _examples(config, workdir, model, ok):
                              batch_size=len(imgs))
 
 
+def _is_copy(row) -> bool:
+    return bool(row["training_duplicate_of"] or row["training_near_duplicate_of"])
+
+
 def _data_text(root, mapping, rows, model) -> str:
     counts = {c: sum(r["class"] == c for r in rows) for c in mapping}
     bad = [r for r in rows if r["status"] in ("error", "skipped")]
     flagged = [r for r in rows if r["status"] == "flagged"]
     dups = [r for r in rows if r["training_duplicate_of"]]
+    near = [r for r in rows if r["training_near_duplicate_of"]]
     lines = [f"{len(rows)} files in `{root}`; folders mapped to {model.positive} (1) / "
              f"{model.negative} (0): " + ", ".join(f"{c} -> {mapping[c]} ({counts[c]} files)"
                                                    for c in mapping) + ".",
@@ -158,6 +184,11 @@ def _data_text(root, mapping, rows, model) -> str:
                      "used** (same sha256 as a training-manifest file); they inflate the result, "
                      "so the metrics are also given without them. See `training_duplicate_of` "
                      "in predictions.csv.")
+    if near:
+        lines.append(f"\n> **{len(near)} file(s) are near-copies of training images** (perceptual "
+                     "hash within the training run's near-duplicate distance: re-encoded, resized "
+                     "or re-windowed copies); they are left out of the metrics without training "
+                     "copies too. See `training_near_duplicate_of` in predictions.csv.")
     if bad:
         lines.append(f"\n{len(bad)} file(s) not predicted: " + "; ".join(
             f"`{r['file']}`: {r['note']}" for r in bad[:20]) + ".")

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bt_jax import io
-from bt_jax.config import parse_stage
+from bt_jax.config import ConfigError, parse_stage
 from bt_jax.data import augment, dataset
 from bt_jax import model_card
 from bt_jax.reporting import evaluation, plots
@@ -71,7 +71,7 @@ def check_stage_groups(spec, stages, size: int) -> None:
             try:
                 mreg.select_groups(shapes["params"], spec, st["trainable"])
             except ValueError as e:
-                raise ValueError(f"config.staged.stages: stage {st['name']!r}: {e}") from None
+                raise ConfigError(f"config.staged.stages: stage {st['name']!r}: {e}") from None
 
 
 def run(config, workdir: Path):
@@ -81,7 +81,8 @@ def run(config, workdir: Path):
     check_stage_groups(spec, stages, config.preprocess.size)
     model, variables, digest = build_model(config, ds := dataset.prepare_dataset(config, workdir))
     if len(ds.splits.val) == 0:
-        raise ValueError("config.split.val_fraction: method B needs a validation split (e.g. 0.1)")
+        raise ConfigError("config.split.val_fraction: the validation split is empty for this "
+                          "data set; method B needs one (e.g. 0.1)")
     data = training_rows(config, ds)
     note = evaluation.note_for(ds.synthetic) or (
         "RANDOM-INIT BACKBONE (no pretrained weights)" if digest == load.RANDOM_DIGEST else None)

@@ -34,9 +34,12 @@ of dead workers on other hosts are found by Optuna heartbeats (a thread beats ev
 (the storage refuses attrs on finished trials). A live worker whose trial was failed that way
 drops its result on tell (logged), so the count stays exact.
 
-Determinism. The TPE sampler of trial n is seeded from (config.seed, n): one worker with a fixed
-seed proposes the same params every run, a resumed run continues as an uninterrupted one would (for
-a deterministic objective), and parallel workers never repeat each other's random start-up trials.
+Determinism. The TPE sampler of the trial filling slot s (= COMPLETE + RUNNING trials when it is
+asked for) is seeded from (config.seed, s): one worker with a fixed seed proposes the same params
+every run; a killed trial, failed on relaunch, frees its slot and is proposed again with the same
+params (TPE ignores failed trials), so a resumed run ends as an uninterrupted one would (for a
+deterministic objective); parallel workers never share a slot, so they never repeat each other's
+random start-up trials.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bt_jax import io
 from bt_jax.tuning import storage as study_storage
-from bt_jax.config import ConfigError
+from bt_jax.config import check_search
 from bt_jax.tuning.storage import SearchError, storage_url, study_name  # noqa: F401  (public API)
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,7 @@ RESERVED_ATTRS = ("worker", "error", "traceback", "interrupted")
 def search_space(config, available_backbones: Sequence[str]) -> dict[str, Any]:
     """Method A's space from `config.search`, as Optuna distributions keyed by param name."""
     s = config.search
-    _check_search_config(s)
+    check_search(s)
     available = set(available_backbones)
     backbones = tuple(b for b in s.backbones if b in available)
     if not backbones:
@@ -89,28 +92,6 @@ def search_space(config, available_backbones: Sequence[str]) -> dict[str, Any]:
         "optimizer": CategoricalDistribution(tuple(s.optimizers)),
         "dropout": FloatDistribution(float(s.dropout_min), float(s.dropout_max)),
     }
-
-
-def _check_search_config(s) -> None:
-    def fail(key, msg):
-        raise ConfigError(f"config.search.{key}: {msg}")
-    if int(s.trials) < 1:
-        fail("trials", f"expected >= 1, got {s.trials}")
-    if not len(s.backbones):
-        fail("backbones", "empty")
-    for key in ("units", "batch_sizes"):
-        values = tuple(getattr(s, key))
-        if not values or any(int(v) != v or v < 1 for v in values):
-            fail(key, f"expected positive integers, got {values}")
-    if not 0 < s.lr_min <= s.lr_max:
-        fail("lr_min", f"expected 0 < lr_min <= lr_max, got {s.lr_min}, {s.lr_max}")
-    if not 0 <= s.dropout_min <= s.dropout_max < 1:
-        fail("dropout_min", f"expected 0 <= dropout_min <= dropout_max < 1, "
-                            f"got {s.dropout_min}, {s.dropout_max}")
-    bad = [o for o in s.optimizers if o not in OPTIMIZERS]
-    if not len(s.optimizers) or bad:
-        fail("optimizers",
-             f"expected a non-empty subset of {OPTIMIZERS}, got {tuple(s.optimizers)}")
 
 
 def suggest(trial: optuna.Trial, config, available_backbones: Sequence[str]) -> dict:
@@ -222,11 +203,12 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
                 if done >= planned:
                     break
                 if done + running < planned:
-                    study.sampler = _sampler(config.seed, len(trials))
+                    # Seeded by the slot (complete + running), not the trial number: a trial
+                    # killed and failed is re-proposed with the same params on relaunch, so
+                    # a resumed study ends with the trials an uninterrupted one would have.
+                    study.sampler = _sampler(config.seed, done + running)
                     with study_storage.quiet_optuna():
                         trial = study.ask()
-                    if trial.number != len(trials):  # someone writes to the study without the lock
-                        study.sampler = _sampler(config.seed, trial.number)
                     trial.set_user_attr("worker", worker)
                     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id,
                                                                                trial.number)
