@@ -20,7 +20,8 @@ BALANCE = ("none", "augment2a", "multipliers")
 OPTIMIZERS = ("adam", "sgd")
 BACKBONES = (
     "resnet50v2", "resnet50", "vgg16", "vgg19", "mobilenet", "densenet121",
-    "efficientnetb0", "efficientnet_lite0", "xception", "inceptionv3",
+    "efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+    "xception", "inceptionv3",
 )
 
 
@@ -29,6 +30,7 @@ class ConfigError(UserError, ValueError):
 
 
 def base_config() -> ml_collections.ConfigDict:
+    # long: the schema is one readable list of every key with its default and meaning.
     c = ml_collections.ConfigDict()
     c.pipeline = "prepare"
     c.seed = 0
@@ -75,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "efficientnet_lite0"   # one of BACKBONES
     c.model.dtype = "float32"             # compute dtype: "float32" | "bfloat16"
+    c.model.depthwise = "auto"            # depthwise convs: "shift" (fast on CPU) | "conv" | "auto"
 
     c.weights = ml_collections.ConfigDict()
     c.weights.path = ""                   # explicit weight file; empty: cache -> package -> download
@@ -349,6 +352,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_training(c)
     if c.model.dtype not in ("float32", "bfloat16"):
         _fail("model.dtype", f"expected 'float32' or 'bfloat16', got {c.model.dtype!r}")
+    if c.model.depthwise not in ("auto", "shift", "conv"):
+        _fail("model.depthwise", f"expected 'auto', 'shift' or 'conv', got {c.model.depthwise!r}")
     if not 0 < c.eval.ci < 1:
         _fail("eval.ci", f"expected (0, 1), got {c.eval.ci}")
     if not 0 <= c.eval.threshold <= 1:

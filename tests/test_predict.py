@@ -272,8 +272,22 @@ def test_evaluate_pipeline_maps_classes_and_flags_training_duplicates(model_dir,
     wd = tmp_path / "model_run"
     shutil.copytree(model_dir, wd)
     sha = discover._hash(train)
+    # another training image, re-encoded as a smaller JPEG: a near-copy, not byte-identical
+    from bt_jax.data import decode
+    train2 = tmp_path / "train2.png"
+    cv2.imwrite(str(train2), _scan(rng, 128))
+    cv2.imwrite(str(ext / "glioma" / "reencoded.jpg"), cv2.resize(cv2.imread(str(train2)), (96, 96)),
+                [cv2.IMWRITE_JPEG_QUALITY, 80])
+    ph = str(decode.perceptual_hash(decode.decode_file(train2)[0]))
     (wd / "manifest.json").write_text(json.dumps({"files": [
-        {"file": "yes/train_copy.png", "sha256": sha, "split": "fold1", "status": "used"}]}))
+        {"file": "yes/train_copy.png", "sha256": sha, "split": "fold1", "status": "used",
+         "phash": ""},
+        {"file": "yes/train2.png", "sha256": "x", "split": "test", "status": "used", "phash": ph}]}))
+    # notebook checkpoint copies are not scans; nested sub-folders of a class are
+    (ext / "glioma" / ".ipynb_checkpoints").mkdir()
+    cv2.imwrite(str(ext / "glioma" / ".ipynb_checkpoints" / "glioma_0-checkpoint.png"), _scan(rng))
+    (ext / "notumor" / "site2").mkdir()
+    cv2.imwrite(str(ext / "notumor" / "site2" / "nested.png"), _scan(rng))
     c = evaluate_config.get_config("quick")
     c.checkpoint, c.inputs = str(wd), str(ext)
     c.external.positive_classes = ("glioma", "meningioma")
@@ -281,10 +295,15 @@ def test_evaluate_pipeline_maps_classes_and_flags_training_duplicates(model_dir,
     out = tmp_path / "eval"
     m = pipelines.run(c, out)
     assert m["class_mapping"] == {"glioma": 1, "meningioma": 1, "notumor": 0}
-    assert m["n_files"] == 13 and m["n_predicted"] == 13 and m["n_training_duplicates"] == 1
-    assert m["results"]["all"]["n"] == 13 and m["results"]["without_training_duplicates"]["n"] == 12
+    assert m["n_files"] == 15 and m["n_predicted"] == 15 and m["n_training_duplicates"] == 1
+    assert m["n_training_near_duplicates"] == 1
+    assert m["results"]["all"]["n"] == 15 and m["results"]["without_training_duplicates"]["n"] == 13
     rows = {r["file"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
     assert rows["glioma/seen_before.png"]["training_duplicate_of"] == "yes/train_copy.png"
+    assert rows["glioma/reencoded.jpg"]["training_near_duplicate_of"] == "yes/train2.png"
+    assert rows["glioma/reencoded.jpg"]["training_split"] == "test"
+    assert "notumor/site2/nested.png" in rows and not any(".ipynb" in f for f in rows)
+    assert "near-copies of training images" in (out / "report.md").read_text()
     assert rows["notumor/notumor_0.png"]["label"] == "0"
     assert (out / "eval" / "external" / "roc.png").exists() and (out / "report.html").exists()
     # an unmapped sub-folder is an error naming it, before any prediction

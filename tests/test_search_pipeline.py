@@ -11,7 +11,8 @@ import pytest
 
 from bt_jax.config import base_config
 from bt_jax.data import dataset
-from bt_jax.pipelines import search as method_a
+from bt_jax.pipelines import method_a
+from bt_jax.train.folds import make_fold_arrays, row_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,11 +77,11 @@ def test_fold_training_rows_never_hold_held_out_copies(phantom_dir, tmp_path):
     c.split.k = 3
     ds = dataset.prepare_dataset(c, tmp_path, progress=False)
     copies = method_a.make_copy_set(c, ds)
-    folds = method_a.fold_arrays(ds, copies)
+    folds = make_fold_arrays(ds.splits, len(ds.labels), copies.union.source, copies.fold_rows)
     n = len(ds.labels)
     for f in range(3):
         rows = folds.train_idx[f][folds.train_mask[f]]
-        src = np.where(rows >= n, copies.union.source[np.clip(rows - n, 0, None)], rows)
+        src, _ = row_sources(rows, n, copies.union.source)
         assert not np.isin(src, ds.splits.fold_val(f)).any()
         assert not np.isin(src, ds.splits.test).any()
         cls = ds.labels[src]

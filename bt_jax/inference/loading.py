@@ -63,16 +63,18 @@ def _predict(module, variables, x):
     return positive_prob(logits)
 
 
-def build_module(card: dict) -> Classifier:
+def build_module(card: dict, depthwise: str = "auto") -> Classifier:
+    """The card's model; `depthwise` (config.model.depthwise) is a runtime choice, not the card's."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[card.get("dtype", "float32")]
     spec = mreg.get(card["backbone"])
+    backbone = mreg.make_module(spec, dtype=dtype, depthwise=depthwise)
     h = card["head"]
     if h["type"] == "flatten":  # method B
-        return Classifier(backbone=spec.make(dtype=dtype),
+        return Classifier(backbone=backbone,
                           head=FlattenHead(hidden=tuple(h["hidden"]), dropout=float(h["dropout"]),
                                            num_classes=int(h["num_classes"])),
                           head_input="features")
-    return Classifier(backbone=spec.make(dtype=dtype), head=Head(int(h["units"]), float(h["dropout"])),
+    return Classifier(backbone=backbone, head=Head(int(h["units"]), float(h["dropout"])),
                       head_input="pre_logits")
 
 
@@ -95,13 +97,13 @@ def _shape_diff(expected, got) -> list[str]:
     return out
 
 
-def load_model(path, *, threshold: float | None = None,
-               target_sensitivity: float | None = None) -> LoadedModel:
+def load_model(path, *, threshold: float | None = None, target_sensitivity: float | None = None,
+               depthwise: str = "auto") -> LoadedModel:
     """The model of a finished workdir. Threshold: `threshold` if given, else one chosen on
     the stored validation probabilities for `target_sensitivity`, else model.json's."""
     card, card_p = read_card(path)
     root = card_p.parent
-    module = build_module(card)
+    module = build_module(card, depthwise)
     params = preprocess.PreprocessParams(**card["preprocess"])
     template = _template(module, params.size)
     ck = root / card["checkpoint"]

@@ -1,6 +1,6 @@
-"""EfficientNetB0 (Keras) and EfficientNet-Lite0 (efficientnet_pytorch-style .pth) in Flax.
+"""EfficientNetB0 (Keras) and EfficientNet-Lite0/1/2 (efficientnet_pytorch-style .pth) in Flax.
 
-    model = EfficientNetB0()                  # or EfficientNetLite0(include_top=True)
+    model = EfficientNetB0()                  # or EfficientNetLite0(include_top=True), Lite1, Lite2
     variables = port_efficientnetb0_keras("efficientnetb0_notop.h5",
                                           model.init(rng, jnp.zeros((1, 224, 224, 3))))
     logits, out = model.apply(variables, images01)   # out["stage1".."stage7"], out["pre_logits"]
@@ -8,15 +8,20 @@
 One module serves both: they share the MBConv layout and differ in activation (swish /
 ReLU6), squeeze-excitation (B0 only), the input convention and the weight source. Layer
 names are Keras' (`stem_conv`, `block2a_expand_conv`, `top_bn`), so Lite0's PyTorch keys
-are renamed once in `port_efficientnet_lite0_torch`. Padding is TF "SAME": Keras'
+are renamed once in `port_efficientnet_lite_torch`. Padding is TF "SAME": Keras'
 explicit `correct_pad` + 'valid' and efficientnet_pytorch's static same padding both
 reduce to it for every input size with a known shape, which JAX shapes always are.
-Training mode with drop_connect_rate > 0 needs a 'dropout' rng (stochastic depth).
+Lite1/Lite2 scale width/depth as TF's efficientnet_lite_builder does: channels rounded to
+multiples of 8, repeats rounded up, but stem (32), head (1280) and the repeats of the first
+and last stage stay fixed. Depthwise layers are `DepthwiseConv` (`depthwise` picks its
+implementation; parameters are the same whichever). Training mode with
+drop_connect_rate > 0 needs a 'dropout' rng (stochastic depth).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import string
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bt_jax.models.common import batch_norm, global_avg_pool, layer_of
+from bt_jax.models.depthwise import DepthwiseConv
 from bt_jax.porting.keras_h5 import keras_to_flax, read_keras_h5, short_name
 from bt_jax.porting.merge import PortError, merge_with_classifier
 from bt_jax.porting.torch_pth import read_pth
@@ -38,27 +44,49 @@ _EPS = 1e-3          # TF EfficientNet and efficientnet_pytorch (batch_norm_epsi
 KERAS_IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_MEAN = (127.0 / 255.0,) * 3       # TF efficientnet_lite_builder: (x - 127) / 128 on 0..255
 LITE_STD = (128.0 / 255.0,) * 3
+# Lite variant -> (width, depth, native input size, classifier dropout), TF efficientnet_lite_builder.
+LITE = {"efficientnet_lite0": (1.0, 1.0, 224, 0.2), "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+        "efficientnet_lite2": (1.1, 1.2, 260, 0.3)}
 
 
-def block_names() -> list[tuple[int, str]]:
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    if width == 1.0:
+        return filters
+    filters *= width
+    new = max(divisor, int(filters + divisor / 2) // divisor * divisor)
+    return int(new + divisor if new < 0.9 * filters else new)
+
+
+def scaled_stages(width: float = 1.0, depth: float = 1.0) -> tuple[tuple[int, ...], ...]:
+    """`_STAGES` at a Lite width/depth: the first stage's input is the fixed 32-wide stem, the
+    first and last stage keep their repeats (efficientnet_lite_builder's fix_head_stem)."""
+    last = len(_STAGES) - 1
+    return tuple((k, reps if i in (0, last) else int(math.ceil(depth * reps)),
+                  32 if i == 0 else _round_filters(f_in, width), _round_filters(f_out, width), e, s)
+                 for i, (k, reps, f_in, f_out, e, s) in enumerate(_STAGES))
+
+
+def block_names(depth: float = 1.0) -> list[tuple[int, str]]:
     """(stage index 1..7, Keras block name) in network order: (1, 'block1a'), (2, 'block2a'), ..."""
     return [(i + 1, f"block{i + 1}{string.ascii_lowercase[j]}")
-            for i, (_, reps, *_r) in enumerate(_STAGES) for j in range(reps)]
+            for i, (_, reps, *_r) in enumerate(scaled_stages(1.0, depth)) for j in range(reps)]
 
 
-def _conv(features, kernel, stride=1, *, name, dtype, use_bias=False, groups=1):
+def _conv(features, kernel, stride=1, *, name, dtype, use_bias=False):
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                   use_bias=use_bias, feature_group_count=groups, dtype=dtype, name=name)
+                   use_bias=use_bias, dtype=dtype, name=name)
 
 
-def _mbconv(x, name, kernel, f_in, f_out, expand, stride, se_ratio, act, drop_rate, train, dtype):
+def _mbconv(x, name, kernel, f_in, f_out, expand, stride, se_ratio, act, drop_rate, train, dtype,
+            depthwise):
     """Keras `block`: expand 1x1 -> depthwise -> squeeze-excitation -> project 1x1 (+ skip)."""
     bn = functools.partial(batch_norm, train=train, eps=_EPS, dtype=dtype)
     filters = f_in * expand
     inputs = x
     if expand != 1:
         x = act(bn(f"{name}_expand_bn")(_conv(filters, 1, name=f"{name}_expand_conv", dtype=dtype)(x)))
-    x = _conv(filters, kernel, stride, groups=filters, name=f"{name}_dwconv", dtype=dtype)(x)
+    x = DepthwiseConv((kernel, kernel), (stride, stride), "SAME", dtype=dtype, impl=depthwise,
+                      name=f"{name}_dwconv")(x)
     x = act(bn(f"{name}_bn")(x))
     if se_ratio > 0:
         se = jnp.mean(x, axis=(1, 2), keepdims=True)
@@ -74,7 +102,8 @@ def _mbconv(x, name, kernel, f_in, f_out, expand, stride, se_ratio, act, drop_ra
 
 
 class EfficientNet(nn.Module):
-    """EfficientNet at width/depth 1.0; `lite` picks EfficientNet-Lite. Returns (logits | None, out)."""
+    """EfficientNet; `lite` picks EfficientNet-Lite, width/depth its size (Lite only: B0 is 1.0, 1.0).
+    Returns (logits | None, out)."""
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
@@ -82,6 +111,9 @@ class EfficientNet(nn.Module):
     keras_imagenet_rescale: bool = True  # B0: Keras' extra 1/sqrt(std) for imagenet weights
     drop_connect_rate: float = 0.2       # stochastic depth of the residual blocks (training only)
     dropout_rate: float = 0.2            # before the classifier (training only)
+    width: float = 1.0                   # Lite1/Lite2 channel and depth multipliers
+    depth: float = 1.0
+    depthwise: str = "auto"              # DepthwiseConv impl: "auto" | "shift" | "conv"
 
     def _inputs(self, x):
         x = jnp.asarray(x, jnp.float32)
@@ -105,13 +137,14 @@ class EfficientNet(nn.Module):
         x = _conv(32, 3, 2, name="stem_conv", dtype=dt)(self._inputs(x).astype(dt))
         x = act(batch_norm("stem_bn", train, eps=_EPS, dtype=dt)(x))
         out["stem"] = x
-        names = block_names()
+        names = block_names(self.depth)
         k = 0
-        for i, (kernel, reps, f_in, f_out, expand, stride) in enumerate(_STAGES):
+        for i, (kernel, reps, f_in, f_out, expand, stride) in enumerate(
+                scaled_stages(self.width, self.depth)):
             for j in range(reps):
                 x = _mbconv(x, names[k][1], kernel, f_in if j == 0 else f_out, f_out, expand,
                             stride if j == 0 else 1, 0.0 if self.lite else 0.25, act,
-                            self.drop_connect_rate * k / len(names), train, dt)
+                            self.drop_connect_rate * k / len(names), train, dt, self.depthwise)
                 k += 1
             out[f"stage{i + 1}"] = x
         x = _conv(1280, 1, name="top_conv", dtype=dt)(x)
@@ -126,8 +159,15 @@ class EfficientNet(nn.Module):
         return logits, out
 
 
+def _lite(variant):
+    width, depth, _, dropout = LITE[variant]
+    return functools.partial(EfficientNet, lite=True, width=width, depth=depth, dropout_rate=dropout)
+
+
 EfficientNetB0 = functools.partial(EfficientNet, lite=False)
-EfficientNetLite0 = functools.partial(EfficientNet, lite=True)
+EfficientNetLite0 = _lite("efficientnet_lite0")
+EfficientNetLite1 = _lite("efficientnet_lite1")
+EfficientNetLite2 = _lite("efficientnet_lite2")
 
 GROUPS = ("stem", *(f"block{i}" for i in range(1, 8)), "top")
 
@@ -169,11 +209,11 @@ def port_efficientnetb0_keras(h5_path, variables_template):
     return merge_with_classifier(variables_template, source, origin=origin)
 
 
-def port_efficientnet_lite0_torch(pth_path, variables_template):
-    """EfficientNet-Lite0 from an efficientnet_pytorch-style state dict (efficientnet-lite0-*.pth)."""
-    origin = f"{os.fspath(pth_path)} (ported as efficientnet_lite0)"
+def port_efficientnet_lite_torch(pth_path, variables_template, *, variant: str):
+    """EfficientNet-Lite<n> from an efficientnet_pytorch-style state dict (efficientnet-lite<n>-*.pth)."""
+    origin = f"{os.fspath(pth_path)} (ported as {variant})"
     state = read_pth(pth_path)
-    names = [n for _, n in block_names()]
+    names = [n for _, n in block_names(LITE[variant][1])]
     sub = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dwconv",
            "_bn1": "bn", "_project_conv": "project_conv", "_bn2": "project_bn"}
     top = {"_conv_stem": "stem_conv", "_bn0": "stem_bn", "_conv_head": "top_conv",
@@ -206,6 +246,14 @@ def port_efficientnet_lite0_torch(pth_path, variables_template):
             continue
         source[(coll, layer, name)] = value
     if unknown:
-        raise PortError(f"{origin}: {len(unknown)} tensors that an EfficientNet-Lite0 checkpoint "
+        raise PortError(f"{origin}: {len(unknown)} tensors that an {variant} checkpoint "
                         f"does not have (another architecture?): {unknown[:8]}")
     return merge_with_classifier(variables_template, source, origin=origin)
+
+
+port_efficientnet_lite0_torch = functools.partial(port_efficientnet_lite_torch,
+                                                  variant="efficientnet_lite0")
+port_efficientnet_lite1_torch = functools.partial(port_efficientnet_lite_torch,
+                                                  variant="efficientnet_lite1")
+port_efficientnet_lite2_torch = functools.partial(port_efficientnet_lite_torch,
+                                                  variant="efficientnet_lite2")

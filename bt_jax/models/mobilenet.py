@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
+from bt_jax.models.depthwise import DepthwiseConv
 from bt_jax.porting.keras_h5 import port_keras
 
 _EPS = 1e-3   # Keras' BatchNormalization default, which MobileNet keeps
@@ -35,6 +36,7 @@ class MobileNet(nn.Module):
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    depthwise: str = "auto"      # DepthwiseConv impl: "auto" | "shift" | "conv"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -54,9 +56,8 @@ class MobileNet(nn.Module):
                 x = C.pad(x, 1)
             else:      # Keras: ZeroPadding2D(((0, 1), (0, 1))) then a 'valid' strided conv
                 x = C.pad(x, 0, 1, 0, 1)
-            channels = x.shape[-1]
-            x = C.conv(channels, 3, stride, name=f"conv_dw_{i}", dtype=dt, use_bias=False,
-                       groups=channels)(x)
+            x = DepthwiseConv((3, 3), (stride, stride), "VALID", dtype=dt, impl=self.depthwise,
+                              name=f"conv_dw_{i}")(x)
             x = C.relu6(bn(f"conv_dw_{i}_bn")(x))
             x = C.conv(filters, 1, 1, name=f"conv_pw_{i}", dtype=dt, use_bias=False)(x)
             x = C.relu6(bn(f"conv_pw_{i}_bn")(x))

@@ -2,6 +2,7 @@
 
     spec = registry.get("vgg19")
     model, template = registry.make_template(spec, rng)        # init at spec.default_size
+    model = registry.make_module(spec, dtype=jnp.bfloat16, depthwise=config.model.depthwise)
     variables = spec.port_keras(h5_path, template)
     mask = registry.select_groups(variables["params"], spec, ["block5"])   # bool pytree
 
@@ -36,6 +37,9 @@ class BackboneSpec:
     parameter path tuple (with or without the leading 'params'/'batch_stats') and returns the
     finest group name. port_keras(h5_path, variables_template) -> variables, or None when no
     Keras file exists. keras_files: {"notop": filename, "top": filename} of the official files.
+    default_size is the native input size (the weights' training resolution). Backbones with
+    depthwise layers (`depthwise=True`) also take make(..., depthwise="auto"|"shift"|"conv");
+    `make_module` passes it only to those.
     """
     name: str
     make: Callable[..., Any]
@@ -45,14 +49,23 @@ class BackboneSpec:
     layer_group: Callable[[tuple], str]
     port_keras: Callable | None
     keras_files: Mapping[str, str]
-    # PyTorch-sourced weights (efficientnet_lite0): port_torch(pth_path, variables_template).
+    # PyTorch-sourced weights (efficientnet_lite*): port_torch(pth_path, variables_template).
     port_torch: Callable | None = None
     torch_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    depthwise: bool = False     # has DepthwiseConv layers (EfficientNet, MobileNet, Xception)
 
 
 def _keras_names(stem: str) -> dict[str, str]:
     return {"notop": f"{stem}_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "top": f"{stem}_weights_tf_dim_ordering_tf_kernels.h5"}
+
+
+def _lite(name: str, make, port, file: str) -> BackboneSpec:
+    """EfficientNet-Lite<n>: native size from `efficientnet.LITE`, weights from its .pth."""
+    return BackboneSpec(
+        name=name, make=make, default_size=efficientnet.LITE[name][2], feature_dim=1280,
+        groups=efficientnet.GROUPS, layer_group=efficientnet.layer_group, port_keras=None,
+        keras_files={}, port_torch=port, torch_files={"top": file}, depthwise=True)
 
 
 _RESNET_GROUPS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -79,7 +92,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         name="mobilenet", make=mobilenet.MobileNet, default_size=224, feature_dim=1024,
         groups=("conv1",) + tuple(f"block{i}" for i in range(1, 14)) + ("top",),
         layer_group=mobilenet.layer_group, port_keras=mobilenet.port_mobilenet_keras,
-        keras_files={"notop": "mobilenet_1_0_224_tf_no_top.h5", "top": "mobilenet_1_0_224_tf.h5"}),
+        keras_files={"notop": "mobilenet_1_0_224_tf_no_top.h5", "top": "mobilenet_1_0_224_tf.h5"},
+        depthwise=True),
     "densenet121": BackboneSpec(
         name="densenet121", make=densenet.DenseNet121, default_size=224, feature_dim=1024,
         groups=("conv1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4", "conv5", "bn", "top"),
@@ -89,17 +103,21 @@ BACKBONES: dict[str, BackboneSpec] = {
         name="efficientnetb0", make=efficientnet.EfficientNetB0, default_size=224, feature_dim=1280,
         groups=efficientnet.GROUPS, layer_group=efficientnet.layer_group,
         port_keras=efficientnet.port_efficientnetb0_keras,
-        keras_files={"notop": "efficientnetb0_notop.h5", "top": "efficientnetb0.h5"}),
-    "efficientnet_lite0": BackboneSpec(
-        name="efficientnet_lite0", make=efficientnet.EfficientNetLite0, default_size=224,
-        feature_dim=1280, groups=efficientnet.GROUPS, layer_group=efficientnet.layer_group,
-        port_keras=None, keras_files={},
-        port_torch=efficientnet.port_efficientnet_lite0_torch,
-        torch_files={"top": "efficientnet-lite0-57934424.pth"}),
+        keras_files={"notop": "efficientnetb0_notop.h5", "top": "efficientnetb0.h5"}, depthwise=True),
+    "efficientnet_lite0": _lite("efficientnet_lite0", efficientnet.EfficientNetLite0,
+                                efficientnet.port_efficientnet_lite0_torch,
+                                "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": _lite("efficientnet_lite1", efficientnet.EfficientNetLite1,
+                                efficientnet.port_efficientnet_lite1_torch,
+                                "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": _lite("efficientnet_lite2", efficientnet.EfficientNetLite2,
+                                efficientnet.port_efficientnet_lite2_torch,
+                                "efficientnet-lite2-9656183e.pth"),
     "xception": BackboneSpec(
         name="xception", make=xception.Xception, default_size=299, feature_dim=2048,
         groups=xception.GROUPS, layer_group=xception.layer_group,
-        port_keras=xception.port_xception_keras, keras_files=_keras_names("xception")),
+        port_keras=xception.port_xception_keras, keras_files=_keras_names("xception"),
+        depthwise=True),
     "inceptionv3": BackboneSpec(
         name="inceptionv3", make=inception.InceptionV3, default_size=299, feature_dim=2048,
         groups=inception.GROUPS, layer_group=inception.layer_group,
@@ -157,10 +175,18 @@ def select_groups(params, spec: BackboneSpec, selectors: Iterable[str]):
     return traverse_util.unflatten_dict(mask)
 
 
+def make_module(spec: BackboneSpec, *, include_top: bool = False, num_classes: int = 1000,
+                dtype=jnp.float32, depthwise: str = "auto"):
+    """spec.make(...), with the depthwise implementation for backbones that have such layers
+    (the parameters are the same whichever implementation; see models/depthwise.py)."""
+    extra = {"depthwise": depthwise} if spec.depthwise else {}
+    return spec.make(include_top=include_top, num_classes=num_classes, dtype=dtype, **extra)
+
+
 def make_template(spec: BackboneSpec, rng, *, include_top: bool = False, size: int | None = None,
-                  dtype=jnp.float32):
+                  dtype=jnp.float32, depthwise: str = "auto"):
     """(model, variables) with init values; the template that `spec.port_keras` fills."""
-    model = spec.make(include_top=include_top, dtype=dtype)
+    model = make_module(spec, include_top=include_top, dtype=dtype, depthwise=depthwise)
     size = size or spec.default_size
     init = jax.jit(functools.partial(model.init, train=False))
     return model, init(rng, jnp.zeros((1, size, size, 3), jnp.float32))

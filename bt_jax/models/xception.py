@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
+from bt_jax.models.depthwise import DepthwiseConv
 from bt_jax.porting.keras_h5 import keras_to_flax, read_keras_h5, short_name
 from bt_jax.porting.merge import PortError, merge_with_classifier
 
@@ -34,10 +35,8 @@ _RESIDUAL_BLOCKS = (2, 3, 4, 13)
 KERAS_TOP = ("predictions",)
 
 
-def _sep(x, features, name, dtype):
-    cin = x.shape[-1]
-    x = nn.Conv(cin, (3, 3), padding="SAME", use_bias=False, feature_group_count=cin,
-                dtype=dtype, name=f"{name}_dw")(x)
+def _sep(x, features, name, dtype, depthwise):
+    x = DepthwiseConv((3, 3), padding="SAME", dtype=dtype, impl=depthwise, name=f"{name}_dw")(x)
     return nn.Conv(features, (1, 1), use_bias=False, dtype=dtype, name=f"{name}_pw")(x)
 
 
@@ -45,11 +44,13 @@ class Xception(nn.Module):
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    depthwise: str = "auto"      # DepthwiseConv impl: "auto" | "shift" | "conv"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         dt = self.dtype
         bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dt)
+        sep = functools.partial(_sep, dtype=dt, depthwise=self.depthwise)
         out = {}
         x = C.preprocess(x, "tf").astype(dt)
         x = nn.relu(bn("block1_conv1_bn")(C.conv(32, 3, 2, name="block1_conv1", dtype=dt,
@@ -63,24 +64,24 @@ class Xception(nn.Module):
             residual = bn(f"block{block}_residual_bn")(residual)
             if block > 2:       # block2 follows block1's ReLU directly
                 x = nn.relu(x)
-            x = bn(f"block{block}_sepconv1_bn")(_sep(x, width, f"block{block}_sepconv1", dt))
-            x = bn(f"block{block}_sepconv2_bn")(_sep(nn.relu(x), width, f"block{block}_sepconv2", dt))
+            x = bn(f"block{block}_sepconv1_bn")(sep(x, width, f"block{block}_sepconv1"))
+            x = bn(f"block{block}_sepconv2_bn")(sep(nn.relu(x), width, f"block{block}_sepconv2"))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME") + residual
             out[f"stage{stage + 1}"] = x
         for block in range(5, 13):
             residual = x
             for i in (1, 2, 3):
                 name = f"block{block}_sepconv{i}"
-                x = bn(f"{name}_bn")(_sep(nn.relu(x), 728, name, dt))
+                x = bn(f"{name}_bn")(sep(nn.relu(x), 728, name))
             x = x + residual
         out["stage4"] = x
         residual = bn("block13_residual_bn")(
             C.conv(1024, 1, 2, name="block13_residual_conv", dtype=dt, use_bias=False)(x))
-        x = bn("block13_sepconv1_bn")(_sep(nn.relu(x), 728, "block13_sepconv1", dt))
-        x = bn("block13_sepconv2_bn")(_sep(nn.relu(x), 1024, "block13_sepconv2", dt))
+        x = bn("block13_sepconv1_bn")(sep(nn.relu(x), 728, "block13_sepconv1"))
+        x = bn("block13_sepconv2_bn")(sep(nn.relu(x), 1024, "block13_sepconv2"))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME") + residual
-        x = nn.relu(bn("block14_sepconv1_bn")(_sep(x, 1536, "block14_sepconv1", dt)))
-        x = nn.relu(bn("block14_sepconv2_bn")(_sep(x, 2048, "block14_sepconv2", dt)))
+        x = nn.relu(bn("block14_sepconv1_bn")(sep(x, 1536, "block14_sepconv1")))
+        x = nn.relu(bn("block14_sepconv2_bn")(sep(x, 2048, "block14_sepconv2")))
         out["stage5"] = out["features"] = x
         out["pre_logits"] = C.global_avg_pool(x)
         logits = None

@@ -25,7 +25,7 @@ from bt_jax.models.heads import Classifier, Head
 from bt_jax.reporting import evaluation, plots
 from bt_jax.train import finetune, head
 from bt_jax.train.checkpoint import open_checkpoints
-from bt_jax.train.folds import FoldArrays, make_fold_arrays
+from bt_jax.train.folds import FoldArrays, make_fold_arrays, row_sources
 from bt_jax.weights import load
 from bt_jax.weights import registry as wreg
 
@@ -95,6 +95,7 @@ def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, wei
     """(features of originals then copies, (module, variables, digest)); cached on disk."""
     module, variables, digest = load.load_backbone(
         name, config.weights, size=config.preprocess.size, dtype=config.model.dtype,
+        depthwise=config.model.depthwise,
         path=weights_file if weights_file != load.RANDOM_DIGEST else "")
     parts = {"backbone": name, "weights": digest, "dtype": config.model.dtype,
              "preprocess": config.preprocess.to_dict(), "images": ds.content_key,
@@ -153,10 +154,8 @@ def _fit_data(run: Run) -> finetune.FitData:
     """Fold-0 training rows as (source image, augmentation key, augment?) for fine-tuning."""
     train_rows, val_rows = _fold0_rows(run)
     n = len(run.ds.labels)
-    is_copy = train_rows >= n
-    j = np.clip(train_rows - n, 0, None)
-    src = np.where(is_copy, run.copies.union.source[j], train_rows)
-    keys = np.where(is_copy[:, None], run.copies.union.rng[j], 0)
+    src, is_copy = row_sources(train_rows, n, run.copies.union.source)
+    keys = np.where(is_copy[:, None], run.copies.union.rng[np.clip(train_rows - n, 0, None)], 0)
     return finetune.FitData(images=run.ds.images, labels=run.ds.labels, train_src=src,
                             train_keys=keys.astype(np.uint32), train_aug=is_copy,
                             val_idx=val_rows,

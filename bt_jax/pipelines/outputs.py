@@ -16,6 +16,7 @@ GRADCAM_EXAMPLES = 4   # test-split overlays in report.html
 
 def write_reports(workdir, metrics: dict, sections: list, *, title: str, synthetic: bool) -> None:
     """metrics.json + report.md, then Grad-CAM examples of the test split + report.html."""
+    log.info("writing metrics and reports to %s", workdir)
     report.write_metrics_json(workdir / "metrics.json", metrics)
     title += " [SYNTHETIC DATA]" if synthetic else ""
     report.write_markdown_report(workdir / "report.md", title=title, sections=sections)

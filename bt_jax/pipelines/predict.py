@@ -32,7 +32,8 @@ def load_for(config) -> inference.LoadedModel:
     return inference.load_model(
         config.checkpoint,
         threshold=config.threshold.value if config.threshold.value >= 0 else None,
-        target_sensitivity=config.threshold.target_sensitivity or None)
+        target_sensitivity=config.threshold.target_sensitivity or None,
+        depthwise=config.model.depthwise)
 
 
 def make_overlay_writer(config, model, out_dir: Path, root: Path | None):

@@ -51,7 +51,8 @@ def training_rows(config, ds) -> finetune.FitData:
 def build_model(config, ds):
     name = config.model.name
     module, bb, digest = load.load_backbone(name, config.weights, size=config.preprocess.size,
-                                            dtype=config.model.dtype)
+                                            dtype=config.model.dtype,
+                                            depthwise=config.model.depthwise)
     head = FlattenHead(hidden=tuple(config.staged.head_hidden), dropout=config.staged.head_dropout,
                        num_classes=2)
     model = Classifier(backbone=module, head=head, head_input="features")

@@ -62,6 +62,16 @@ class LeakageError(RuntimeError):
     """Training rows would include a held-out image or a copy of one (a bug, never data)."""
 
 
+def row_sources(rows, n_originals: int, copy_source) -> tuple[np.ndarray, np.ndarray]:
+    """(original image of each row, is-copy mask): row r < n_originals is image r, row
+    n_originals + j is copy j of image copy_source[j]."""
+    rows = np.asarray(rows, np.int64)
+    is_copy = rows >= n_originals
+    src = rows.copy()
+    src[is_copy] = np.asarray(copy_source, np.int64)[rows[is_copy] - n_originals]
+    return src, is_copy
+
+
 def make_fold_arrays(splits: Splits, n_originals: int, copy_source,
                      fold_copies=None) -> FoldArrays:
     """Fold f trains on its training originals + their copies; validates on originals only.
@@ -86,9 +96,7 @@ def make_fold_arrays(splits: Splits, n_originals: int, copy_source,
                                     n_originals + np.asarray(fold_copies[f], np.int64)])
         val = np.asarray(splits.fold_val(f))
         held = np.concatenate([val, splits.test, splits.val]).astype(np.int64)
-        is_copy = train >= n_originals
-        origin = train.copy()
-        origin[is_copy] = copy_source[train[is_copy] - n_originals]
+        origin, _ = row_sources(train, n_originals, copy_source)
         leaked = np.intersect1d(origin, held)
         if leaked.size:  # cannot happen through TrainIndices; a tripwire that always runs
             raise LeakageError(f"fold {f}: training would see held-out images {leaked[:10]}")

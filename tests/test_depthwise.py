@@ -1,0 +1,95 @@
+"""DepthwiseConv: "shift" equals "conv" (= nn.Conv with feature_group_count=C) in values and
+gradients for every padding the backbones use, and swapping it in left the parameters alone."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from bt_jax.config import ConfigError, base_config, validate
+from bt_jax.models import registry as R
+from bt_jax.models.depthwise import DepthwiseConv, depthwise_conv, resolve_impl
+
+# SAME (EfficientNet, Xception), VALID after Keras' ZeroPadding2D (MobileNet), explicit pairs.
+PADDINGS = ["SAME", "VALID", ((1, 1), (1, 1)), ((0, 1), (0, 1))]
+
+
+def _vjp(impl, x, w, stride, padding, ct):
+    y, pull = jax.vjp(lambda x, w: depthwise_conv(x, w, (stride, stride), padding, impl=impl), x, w)
+    return (y, *pull(ct))
+
+
+@pytest.mark.parametrize("padding", PADDINGS, ids=["same", "valid", "pad11", "pad01"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_shift_matches_conv_values_and_gradients(kernel, stride, padding):
+    kx, kw, kc = jax.random.split(jax.random.PRNGKey(kernel * 10 + stride), 3)
+    x = jax.random.normal(kx, (2, 9, 8, 6))       # odd height, even width
+    w = jax.random.normal(kw, (kernel, kernel, 1, 6))
+    y_conv = depthwise_conv(x, w, (stride, stride), padding, impl="conv")
+    ct = jax.random.normal(kc, y_conv.shape)
+    f = jax.jit(_vjp, static_argnums=(0, 3, 4))   # as the models run it (eager compiles per op)
+    pad = padding if isinstance(padding, str) else tuple(padding)
+    ref = f("conv", x, w, stride, pad, ct)
+    got = f("shift", x, w, stride, pad, ct)
+    for name, a, b in zip(("y", "dx", "dw"), got, ref):
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_module_is_nn_conv_with_groups_bias_and_bfloat16():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 4))
+    ours = DepthwiseConv((3, 3), (2, 2), "SAME", use_bias=True, impl="shift", name="dw")
+    theirs = nn.Conv(4, (3, 3), (2, 2), "SAME", use_bias=True, feature_group_count=4, name="dw")
+    v = ours.init(jax.random.PRNGKey(1), x)
+    v_ref = theirs.init(jax.random.PRNGKey(1), x)
+    # same names, shapes and initial values: a drop-in for checkpoints and random inits alike
+    jax.tree.map(np.testing.assert_array_equal, v, v_ref)
+    v = jax.tree.map(lambda a: a + 0.1, v)        # non-zero bias
+    np.testing.assert_allclose(ours.apply(v, x), theirs.apply(v, x), rtol=1e-5, atol=1e-6)
+    bf = ours.clone(dtype=jnp.bfloat16).apply(v, x)
+    assert bf.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(bf, np.float32), theirs.apply(v, x), rtol=0.05, atol=0.05)
+
+
+def test_auto_and_unknown_impl():
+    assert resolve_impl("auto") == ("shift" if jax.default_backend() == "cpu" else "conv")
+    with pytest.raises(ValueError, match="bogus"):
+        resolve_impl("bogus")
+    c = base_config()
+    c.model.depthwise = "bogus"
+    with pytest.raises(ConfigError, match="model.depthwise"):
+        validate(c)
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_lite0", 32), ("efficientnetb0", 32),
+                                       ("efficientnet_lite2", 32), ("mobilenet", 32),
+                                       ("xception", 71)])
+def test_backbone_parameters_do_not_depend_on_impl(name, size):
+    spec = R.get(name)
+    x = jnp.zeros((1, size, size, 3))
+    trees = {}
+    for impl in ("shift", "conv"):
+        model = R.make_module(spec, include_top=True, depthwise=impl)
+        shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
+        trees[impl] = {k: (v.shape, v.dtype) for k, v in traverse_util.flatten_dict(shapes).items()}
+    assert trees["shift"] == trees["conv"]
+    dw = {k: s for k, (s, _) in trees["shift"].items() if re.search(r"(_dwconv|conv_dw_\d+|_dw)$", k[1])}
+    assert dw and all(k[-1] == "kernel" and s[2] == 1 and s[0] == s[1] for k, s in dw.items())
+
+
+def test_mobilenet_forward_same_with_either_impl():
+    spec = R.get("mobilenet")
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    shift, conv = (R.make_module(spec, depthwise=impl) for impl in ("shift", "conv"))
+    v = jax.jit(functools.partial(shift.init, train=False))(jax.random.PRNGKey(1), x)
+    out_s = jax.jit(lambda v, x: shift.apply(v, x)[1]["features"])(v, x)
+    out_c = jax.jit(lambda v, x: conv.apply(v, x)[1]["features"])(v, x)
+    np.testing.assert_allclose(out_s, out_c, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,91 @@
+"""Every `python launch.py` command in README.md runs as typed (at quick sizes), in order.
+
+Only these changes are made to a command: a config file gets its `:quick` variant, paths
+under runs/ and the example inputs (scans/, /data/other_site) point into a temporary
+folder, and ../shared/data/brain_mri points at the reference set. Everything else, e.g.
+`--config.external.positive_classes=glioma,meningioma,pituitary`, is passed as written.
+"""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ("quickstart", "predict", "evaluate", "vgg19_staged")
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    text = re.sub(r"<!-- ci:install-test -->.*?<!-- /ci:install-test -->", "", text, flags=re.S)
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for cmd in block.replace("\\\n", " ").splitlines():
+            cmd = cmd.split(" #")[0].strip()
+            if cmd.startswith("python launch.py"):
+                cmds.append(cmd)
+    return cmds
+
+
+def _example_inputs(tmp: Path) -> None:
+    rng = np.random.default_rng(0)
+
+    def scan(path):
+        img = np.zeros((96, 96), np.uint8)
+        cv2.ellipse(img, (48, 48), (30, 40), 0, 0, 360, int(rng.integers(120, 220)), -1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.add(img, rng.integers(0, 30, img.shape, dtype=np.uint8)))
+    for i in range(3):
+        scan(tmp / "scans" / f"scan{i}.png")
+    for cls in ("glioma", "meningioma", "pituitary", "notumor"):
+        for i in range(3):
+            scan(tmp / "other_site" / cls / f"{cls}{i}.jpg")
+
+
+def localise(cmd: str, tmp: Path, data_dir: Path) -> list[str]:
+    out = []
+    for tok in shlex.split(cmd):
+        m = re.fullmatch(r"--config=configs/(\w+)\.py", tok)
+        if m and m.group(1) in QUICK:
+            tok = f"--config={ROOT}/configs/{m.group(1)}.py:quick"
+        elif tok.startswith("--config="):
+            tok = tok.replace("configs/", f"{ROOT}/configs/")
+        tok = re.sub(r"(?<==)runs/", f"{tmp}/runs/", tok)
+        tok = tok.replace("=scans/", f"={tmp}/scans/").replace("=/data/other_site",
+                                                               f"={tmp}/other_site")
+        tok = tok.replace("../shared/data/brain_mri", str(data_dir))
+        out.append(tok)
+    assert out[:2] == ["python", "launch.py"]
+    return [sys.executable, str(ROOT / "launch.py"), *out[2:]]
+
+
+def test_readme_has_the_main_commands():
+    cmds = readme_commands()
+    assert "python launch.py --config=configs/quickstart.py --workdir=runs/quickstart" in cmds
+    assert any("--config.external.positive_classes=glioma,meningioma,pituitary" in c for c in cmds)
+    assert any("configs/predict.py" in c for c in cmds) and len(cmds) >= 5
+
+
+def test_every_readme_command_runs_as_typed(tmp_path, real_data_dir):
+    _example_inputs(tmp_path)
+    for cmd in readme_commands():
+        r = subprocess.run(localise(cmd, tmp_path, real_data_dir), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"README command failed: {cmd}\n{r.stderr[-3000:]}"
+    assert (tmp_path / "runs" / "quickstart" / "model.json").exists()
+    assert (tmp_path / "runs" / "pred" / "predictions.csv").exists()
+    ext = (tmp_path / "runs" / "external" / "metrics.json").read_text()
+    assert '"glioma": 1' in ext and '"pituitary": 1' in ext and '"notumor": 0' in ext
+
+
+@pytest.mark.parametrize("cmd", ["python launch.py --config=configs/quickstart.py "
+                                 "--workdir=runs/a --config.data.dir=../shared/data/brain_mri"])
+def test_localise_changes_only_sizes_and_paths(cmd, tmp_path):
+    args = localise(cmd, tmp_path, Path("/ref"))
+    assert args[2:] == [f"--config={ROOT}/configs/quickstart.py:quick",
+                        f"--workdir={tmp_path}/runs/a", "--config.data.dir=/ref"]
