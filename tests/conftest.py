@@ -31,6 +31,29 @@ def small_config():
     return c
 
 
+QUICK_SEARCH = ("configs/quickstart.py:quick", "--config.weights.random_init=True")
+
+
+def launch_quick_search(workdir, *extra):
+    """launch.py with the quick method A config (phantoms, random-init Lite0)."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / "launch.py"),
+                           f"--config={root}/{QUICK_SEARCH[0]}", *QUICK_SEARCH[1:],
+                           f"--workdir={workdir}", *extra],
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def quick_search_run(tmp_path_factory):
+    """One uninterrupted quick method A run, shared by the tests that read or compare it."""
+    w = tmp_path_factory.mktemp("method_a")
+    r = launch_quick_search(w)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return w, r
+
+
 def pytest_configure(config):
     # Tests must never reach a real cache or network.
     os.environ.setdefault("BT_JAX_TEST", "1")

@@ -178,3 +178,20 @@ def test_leakage_tripwire_is_an_exception_not_an_assert():
     held = int(s.fold_val(0)[0])
     with pytest.raises(LeakageError, match="fold 0: training would see held-out images"):
         make_fold_arrays(s, 40, np.array([held]), fold_copies=[np.array([0]), np.array([0])])
+
+
+def test_metrics_name_their_threshold_and_add_the_operating_one(tmp_path):
+    from bt_jax.reporting import evaluation
+    c = cfg.base_config()
+    c.eval.bootstrap = 50
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 0])
+    p = np.array([0.1, 0.35, 0.6, 0.4, 0.7, 0.9, 0.45, 0.2])
+    (heading, body, _), rep = evaluation.evaluate_split(
+        y, p, out_dir=tmp_path, title="t", class_names=("no", "yes"), config=c, synthetic=True,
+        operating_threshold=0.3)
+    assert rep["threshold"] == 0.5 and rep["at_operating_threshold"]["threshold"] == 0.3
+    assert rep["sensitivity"]["value"] == 0.5 and rep["at_operating_threshold"]["sensitivity"]["value"] == 1.0
+    assert "At the model's operating threshold 0.3" in body
+    _, same = evaluation.evaluate_split(y, p, out_dir=tmp_path, title="t", class_names=("no", "yes"),
+                                        config=c, synthetic=True, operating_threshold=0.5)
+    assert "at_operating_threshold" not in same

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import QUICK_SEARCH
 
 ROOT = Path(__file__).resolve().parents[1]
-SEARCH = [f"--config={ROOT}/configs/quickstart.py:quick", "--config.weights.random_init=True"]
+SEARCH = [f"--config={ROOT}/{QUICK_SEARCH[0]}", *QUICK_SEARCH[1:]]
 STAGED = [f"--config={ROOT}/configs/vgg19_staged.py:quick"]
 
 # (log line that marks the point, what is running when the kill lands)
@@ -59,11 +60,10 @@ def outcome(workdir: Path) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    w = tmp_path_factory.mktemp("uninterrupted")
-    launch(w, SEARCH)
-    return outcome(w)
+@pytest.fixture
+def reference(quick_search_run):
+    """The uninterrupted run (conftest: shared with test_search_pipeline)."""
+    return outcome(quick_search_run[0])
 
 
 def _killed_then_resumed(tmp_path, args, point):

@@ -1,8 +1,6 @@
 """Method A end to end through launch.py (quick config, random-init backbone, phantoms)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +8,7 @@ import optuna
 import pytest
 
 from bt_jax.config import base_config
+from conftest import launch_quick_search
 from bt_jax.data import dataset
 from bt_jax.pipelines import method_a
 from bt_jax.train.folds import make_fold_arrays, row_sources
@@ -17,19 +16,9 @@ from bt_jax.train.folds import make_fold_arrays, row_sources
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _launch(workdir, *extra):
-    return subprocess.run([sys.executable, str(ROOT / "launch.py"),
-                           f"--config={ROOT}/configs/quickstart.py:quick",
-                           "--config.weights.random_init=True", f"--workdir={workdir}", *extra],
-                          capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    w = tmp_path_factory.mktemp("method_a")
-    r = _launch(w)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return w, r
+@pytest.fixture
+def finished(quick_search_run):
+    return quick_search_run
 
 
 def test_outputs(finished):
@@ -63,7 +52,7 @@ def test_study_has_planned_trials_and_csv(finished):
 
 def test_rerun_reads_the_feature_cache(finished):
     w, _ = finished
-    r = _launch(w)
+    r = launch_quick_search(w)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "reusing cached features" in r.stderr
     study = optuna.load_study(study_name="quickstart-search", storage=f"sqlite:///{w}/search.db")
