@@ -3,6 +3,8 @@
     python bench/bench_backbones.py                         # resnet50v2 vgg19 efficientnet_lite0, batch 32, 224
     python bench/bench_backbones.py --models vgg19 --repeats 5 --size 224 --batch 32
     python bench/bench_backbones.py --no-keras              # ours only (no keras installed)
+    python bench/bench_backbones.py --models efficientnet_lite0 efficientnetb0 mobilenet xception \
+        --depthwise shift conv --train-step efficientnet_lite0      # depthwise impls side by side
 
 Ours: `registry.get(name).make()` with random init, `jax.jit` of `apply(..., train=False)`
 returning the last feature map (what Keras' include_top=False model returns); the input
@@ -17,6 +19,12 @@ FLOPs come from XLA's cost analysis of each compiled forward; the roofline fract
 model GFLOP/s over the measured GFLOP/s of a jitted float32 2048x2048 matmul (on GPU the
 FLOPs come from a CPU compile, as XLA:GPU counts none for cuDNN convolutions, and f32 matmuls
 may run as TF32 there).
+Backbones with depthwise layers run once per `--depthwise` implementation (models/depthwise.py:
+"shift", "conv" = grouped convolution, "auto"); their roofline uses the model FLOPs of the
+"conv" graph for every impl (same work, XLA counts the shift form's multiply-adds differently).
+`--train-step` times one fine-tune step per impl: forward (train-mode BatchNorm, dropout) +
+backward + Adam update of the whole backbone with a 2-class top, jitted with donated state;
+its roofline counts 3x the forward's model FLOPs.
 Each timing: `--warmup` untimed calls, then `--repeats` timed calls, median reported.
 """
 
@@ -32,6 +40,8 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")   # before any keras import; Keras 3 defaults to TF
 
 DEFAULT_MODELS = ("resnet50v2", "vgg19", "efficientnet_lite0")
+DEPTHWISE = ("efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+             "mobilenet", "xception")
 
 
 def machine_info() -> dict:
@@ -89,12 +99,13 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / sec / 1e9
 
 
-def ours(name: str, batch: int, size: int):
+def ours(name: str, batch: int, size: int, depthwise: str = "auto"):
     """(callable, flops per batch, compile seconds) of our jitted forward."""
     import jax
     from bt_jax.models import registry
     spec = registry.get(name)
-    model, variables = registry.make_template(spec, jax.random.PRNGKey(0), size=size)
+    model, variables = registry.make_template(spec, jax.random.PRNGKey(0), size=size,
+                                              depthwise=depthwise)
     x = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, 3))
 
     def fwd(v, x):
@@ -107,6 +118,46 @@ def ours(name: str, batch: int, size: int):
     return (lambda: compiled(variables, x).block_until_ready()), flops, compile_s
 
 
+def train_step(name: str, batch: int, size: int, depthwise: str = "auto"):
+    """(callable running one step, flops per step, compile seconds): forward in training mode,
+    backward and an Adam update of every parameter, the fine-tuning step of a whole backbone."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from bt_jax.models import registry
+    spec = registry.get(name)
+    model = registry.make_module(spec, include_top=True, num_classes=2, depthwise=depthwise)
+    variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False))(
+        jax.random.PRNGKey(0))
+    tx = optax.adam(1e-4)
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, 3))
+    y = jnp.arange(batch) % 2
+
+    def step(state, x, y, rng):
+        params, stats, opt = state
+
+        def loss_fn(p):
+            (logits, _), upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                           mutable=["batch_stats"], rngs={"dropout": rng})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+        (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return (optax.apply_updates(params, updates), upd["batch_stats"], opt), loss
+
+    rng = jax.random.PRNGKey(2)
+    t = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, x, y, rng).compile()
+    compile_s = time.perf_counter() - t
+    flops = xla_flops(step, state, x, y, rng, compiled=compiled)
+    holder = [state]
+
+    def run():
+        holder[0], loss = compiled(holder[0], x, y, rng)
+        loss.block_until_ready()
+    return run, flops, compile_s
+
+
 def keras_model(name: str, size: int):
     import keras
     shape = (size, size, 3)
@@ -116,6 +167,10 @@ def keras_model(name: str, size: int):
         return keras.applications.VGG19(weights=None, include_top=False, input_shape=shape)
     if name == "efficientnetb0":
         return keras.applications.EfficientNetB0(weights=None, include_top=False, input_shape=shape)
+    if name == "mobilenet":
+        return keras.applications.MobileNet(weights=None, include_top=False, input_shape=shape)
+    if name == "xception":
+        return keras.applications.Xception(weights=None, include_top=False, input_shape=shape)
     if name == "efficientnet_lite0":
         # Keras' EfficientNet builder with Lite0's changes (as in TF efficientnet_lite_builder):
         # ReLU6, no squeeze-excitation; width/depth 1.0 keep stem 32 and head 1280 as in Lite0.
@@ -130,6 +185,8 @@ def keras_model(name: str, size: int):
 KERAS_REFERENCE = {"resnet50v2": "keras.applications.ResNet50V2",
                    "vgg19": "keras.applications.VGG19",
                    "efficientnetb0": "keras.applications.EfficientNetB0",
+                   "mobilenet": "keras.applications.MobileNet",
+                   "xception": "keras.applications.Xception",
                    "efficientnet_lite0": "Keras EfficientNet builder, ReLU6, no SE (= Lite0)"}
 
 
@@ -155,9 +212,10 @@ def keras_fns(name: str, batch: int, size: int):
     return fns, xla_flops(call, tv, ntv, x, compiled=compiled), compile_s
 
 
-def row(impl, name, batch, size, sec, times, flops, compile_s, roof, extra=None) -> dict:
+def row(impl, name, batch, size, sec, times, flops, compile_s, roof, extra=None,
+        bench="backbone_forward") -> dict:
     ips = batch / sec
-    r = {"bench": "backbone_forward", "model": name, "impl": impl, "batch": batch, "size": size,
+    r = {"bench": bench, "model": name, "impl": impl, "batch": batch, "size": size,
          "images_per_s": round(ips, 2), "batch_s_median": round(sec, 4),
          "batch_s_all": [round(t, 4) for t in times],
          "gflops_per_image": round(flops / batch / 1e9, 3),
@@ -166,6 +224,16 @@ def row(impl, name, batch, size, sec, times, flops, compile_s, roof, extra=None)
          "compile_s": round(compile_s, 1), "loadavg": [round(v, 2) for v in os.getloadavg()]}
     r.update(extra or {})
     return r
+
+
+def _model_flops(results: dict, conv_flops) -> float:
+    """The model's FLOPs: XLA's count of the "conv" graph (the shift form counts its
+    multiply-adds differently); compiled (not run) just for the count when conv was not timed."""
+    if "conv" in results:
+        return results["conv"][2]
+    if "-" in results:
+        return results["-"][2]
+    return conv_flops()
 
 
 def main(argv=None) -> list[dict]:
@@ -177,6 +245,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--matmul-n", type=int, default=2048, help="side of the roofline matmul")
     p.add_argument("--no-keras", action="store_true", help="time our models only")
+    p.add_argument("--depthwise", nargs="+", default=["auto"], choices=("auto", "shift", "conv"),
+                   help="DepthwiseConv impls to time, side by side, for backbones that have them")
+    p.add_argument("--train-step", nargs="*", default=[], metavar="MODEL",
+                   help="also time a fine-tune step (fwd + bwd + Adam) of these, per impl")
+    p.add_argument("--train-repeats", type=int, default=2)
     p.add_argument("--out", default="", help="also append the JSON lines to this file")
     a = p.parse_args(argv)
 
@@ -187,12 +260,19 @@ def main(argv=None) -> list[dict]:
     print(json.dumps({"bench": "machine", **info}), flush=True)
     rows = []
     for name in a.models:
-        fn, flops, comp = ours(name, a.batch, a.size)
-        sec, times = median_time(fn, warmup=a.warmup, repeats=a.repeats)
-        rows.append(row("bt_jax", name, a.batch, a.size, sec, times, flops, comp, roof))
-        print(json.dumps(rows[-1]), flush=True)
-        del fn
-        if a.no_keras:
+        impls = a.depthwise if name in DEPTHWISE else ["-"]
+        results = {}
+        for impl in impls:
+            fn, flops, comp = ours(name, a.batch, a.size, "auto" if impl == "-" else impl)
+            results[impl] = (*median_time(fn, warmup=a.warmup, repeats=a.repeats), flops, comp)
+            del fn
+        model_flops = _model_flops(results, lambda: ours(name, a.batch, a.size, "conv")[1])
+        for impl, (sec, times, flops, comp) in results.items():
+            label = "bt_jax" if impl == "-" else f"bt_jax/{impl}"
+            rows.append(row(label, name, a.batch, a.size, sec, times, model_flops, comp, roof,
+                            {"xla_flops_this_graph": flops}))
+            print(json.dumps(rows[-1]), flush=True)
+        if a.no_keras or name not in KERAS_REFERENCE:
             continue
         fns, kflops, kcomp = keras_fns(name, a.batch, a.size)
         best = None
@@ -205,21 +285,41 @@ def main(argv=None) -> list[dict]:
                 best = r
         rows.append(best)
         del fns
+    for name in a.train_step:
+        results = {}
+        for impl in (a.depthwise if name in DEPTHWISE else ["-"]):
+            fn, flops, comp = train_step(name, a.batch, a.size, "auto" if impl == "-" else impl)
+            results[impl] = (*median_time(fn, warmup=1, repeats=a.train_repeats), flops, comp)
+            del fn
+        # 3x the forward's model FLOPs (backward ~2x forward): XLA's count of the conv graph's
+        # backward is inflated (it counts depthwise weight gradients as dense convolutions).
+        step_flops = 3 * ours(name, a.batch, a.size, "conv")[1]
+        for impl, (sec, times, flops, comp) in results.items():
+            rows.append(row("bt_jax" if impl == "-" else f"bt_jax/{impl}", name, a.batch, a.size,
+                            sec, times, step_flops, comp, roof, {"xla_flops_this_graph": flops},
+                            bench="finetune_step"))
+            print(json.dumps(rows[-1]), flush=True)
 
     print(f"\n{info['cpu']}, {info['cores']} cores, jax {info['jax']} on {info['device']}; "
           f"f32 matmul {a.matmul_n}^3: {roof:.1f} GFLOP/s; batch {a.batch}, {a.size}x{a.size}, "
           f"median of {a.repeats} after {a.warmup} warm-up")
-    hdr = f"{'model':<20}{'impl':<8}{'img/s':>9}{'GFLOP/img':>11}{'GFLOP/s':>9}{'roofline':>10}  keras call"
+    hdr = (f"{'bench':<17}{'model':<20}{'impl':<14}{'img/s':>9}{'GFLOP/img':>11}{'GFLOP/s':>9}"
+           f"{'roofline':>10}  keras call")
     print(hdr + "\n" + "-" * len(hdr))
     for r in rows:
-        print(f"{r['model']:<20}{r['impl']:<8}{r['images_per_s']:>9.2f}{r['gflops_per_image']:>11.2f}"
-              f"{r['achieved_gflops']:>9.1f}{r['roofline_fraction']:>10.2f}  {r.get('keras_call', '')}")
+        print(f"{r['bench']:<17}{r['model']:<20}{r['impl']:<14}{r['images_per_s']:>9.2f}"
+              f"{r['gflops_per_image']:>11.2f}{r['achieved_gflops']:>9.1f}"
+              f"{r['roofline_fraction']:>10.2f}  {r.get('keras_call', '')}")
     by = {}
     for r in rows:
-        by.setdefault(r["model"], {})[r["impl"]] = r["images_per_s"]
-    for name, d in by.items():
+        by.setdefault((r["bench"], r["model"]), {})[r["impl"]] = r["images_per_s"]
+    for (bench, name), d in by.items():
+        ours_ = {k: v for k, v in d.items() if k.startswith("bt_jax")}
         if "keras" in d:
-            print(f"{name}: bt_jax / keras = {d['bt_jax'] / d['keras']:.2f}")
+            print(f"{bench} {name}: " + ", ".join(f"{k} / keras = {v / d['keras']:.2f}"
+                                                  for k, v in ours_.items()))
+        if "bt_jax/shift" in d and "bt_jax/conv" in d:
+            print(f"{bench} {name}: shift / conv = {d['bt_jax/shift'] / d['bt_jax/conv']:.2f}")
     if a.out:
         with open(a.out, "a") as f:
             for r in [{"bench": "machine", **info}] + rows:

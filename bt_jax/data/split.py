@@ -145,3 +145,19 @@ def make_splits(labels, groups, *, test_fraction: float = 0.1, val_fraction: flo
     img_side, img_fold = side[inverse], fold_of[inverse]
     return Splits(test=np.flatnonzero(img_side == 0), val=np.flatnonzero(img_side == 1),
                   folds=tuple(np.flatnonzero(img_fold == f) for f in range(k)), n=len(labels))
+
+
+def refold(splits: Splits, labels, groups, *, seed: int) -> Splits:
+    """The same test (and validation) split, new stratified group-aware k folds over the
+    rest (repeated cross-validation): fold_train stays a TrainIndices, the test split is
+    never touched."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    rest = np.sort(np.concatenate(splits.folds))
+    uniq, first, inverse = np.unique(groups[rest], return_index=True, return_inverse=True)
+    glabels, gsizes = labels[rest][first], np.bincount(inverse)
+    rng = np.random.default_rng(seed)
+    k = splits.k
+    fold_of = _even_out(_allocate(glabels, gsizes, np.full(k, 1 / k), rng), glabels, gsizes, k)
+    img_fold = fold_of[inverse]
+    return Splits(test=splits.test, val=splits.val,
+                  folds=tuple(rest[img_fold == f] for f in range(k)), n=splits.n)

@@ -150,6 +150,9 @@ def _shift_conv_bwd(strides, pads, res, g):
 
 
 _shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
+# Jitted so that eager (op-by-op) callers get one compiled op, not kh*kw slices dispatched one
+# by one; inside an outer jit it is inlined.
+_shift_conv_jit = jax.jit(_shift_conv, static_argnums=(2, 3))
 
 
 def depthwise_conv(x, kernel, strides: Sequence[int] = (1, 1),
@@ -165,7 +168,7 @@ def depthwise_conv(x, kernel, strides: Sequence[int] = (1, 1),
     if resolve_impl(impl) == "conv":
         return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DIMS,
                                         feature_group_count=c)
-    return _shift_conv(x, kernel[:, :, 0, :], strides, pads)
+    return _shift_conv_jit(x, kernel[:, :, 0, :], strides, pads)
 
 
 class DepthwiseConv(nn.Module):

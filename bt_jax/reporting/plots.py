@@ -250,3 +250,28 @@ def plot_stage_comparison(stages: list[str], metrics: dict[str, list[float]], pa
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path, title, note)
+
+
+def plot_reliability(curve: dict, path, title: str, *, ece: float | None = None,
+                     note: str | None = None) -> Path:
+    """Reliability diagram: observed fraction of positives per bin of P(positive) against
+    the bin's mean predicted probability (the diagonal is perfect calibration), with the
+    number of cases per bin below."""
+    count = np.asarray(curve["count"])
+    ok = count > 0
+    if not ok.any():
+        raise ValueError("curve: no case in any bin")
+    fig, (ax,) = _figure(size=(5.0, 4.6))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    mp, ob = np.asarray(curve["mean_predicted"])[ok], np.asarray(curve["observed"])[ok]
+    ax.plot(mp, ob, "o-", color="tab:blue",
+            label="model" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    for x, yv, n in zip(mp, ob, count[ok]):
+        ax.annotate(str(int(n)), (x, yv), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=7, color="tab:blue")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("mean predicted P(positive) in bin")
+    ax.set_ylabel("observed fraction positive")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path, title, note)

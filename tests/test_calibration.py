@@ -1,0 +1,49 @@
+"""Calibration: ECE, Brier, reliability curve and temperature scaling, against hand values."""
+
+import numpy as np
+import pytest
+
+from bt_jax.reporting import calibration as C
+
+
+def test_ece_and_brier_by_hand():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.3, 0.6, 0.9])
+    # bins of width 0.1 (right-closed): each case alone in its bin
+    expected = np.mean([0.1, 0.3, 0.4, 0.1])
+    assert C.expected_calibration_error(y, p) == pytest.approx(expected)
+    assert C.brier_score(y, p) == pytest.approx(np.mean([0.01, 0.09, 0.16, 0.01]))
+    curve = C.reliability_curve(y, p, n_bins=2)
+    assert curve["count"].tolist() == [2, 2]
+    assert curve["observed"].tolist() == [0.0, 1.0]
+    np.testing.assert_allclose(curve["mean_predicted"], [0.2, 0.75])
+
+
+def test_a_perfectly_calibrated_model_has_small_ece():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 20000)
+    y = (rng.uniform(0, 1, 20000) < p).astype(int)
+    assert C.expected_calibration_error(y, p) < 0.02
+    rep = C.calibration_report(y[:500], p[:500], n_boot=100, seed=1)
+    lo, hi = rep["ece"]["ci"]
+    assert lo <= rep["ece"]["value"] <= hi and rep["n"] == 500
+
+
+def test_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 2, 5000)
+    y = (rng.uniform(0, 1, 5000) < 1 / (1 + np.exp(-z))).astype(int)
+    overconfident = 1 / (1 + np.exp(-3 * z))            # logits 3x too large
+    t = C.fit_temperature(y, overconfident)
+    assert t == pytest.approx(3.0, rel=0.1)
+    fixed = C.apply_temperature(overconfident, t)
+    assert C.expected_calibration_error(y, fixed) < C.expected_calibration_error(y, overconfident)
+    # temperature never moves a case across 0.5: decisions and AUC are unchanged
+    assert np.array_equal(fixed >= 0.5, overconfident >= 0.5)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="probabilities in"):
+        C.brier_score([0, 1], [0.2, 1.5])
+    with pytest.raises(ValueError, match="temperature"):
+        C.apply_temperature([0.5], 0.0)
