@@ -136,6 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.ci = 0.95
     c.eval.target_sensitivity = 0.0       # > 0: store the threshold reaching it on validation data
     c.eval.ensemble_k = 5                 # method A: top-k trials ensembled (0: none)
+    c.eval.cv_repeats = 5                 # method A: repeats of k-fold CV of the final setting
+    c.eval.temperature_scaling = False    # fit T on validation probabilities; predict uses it
+    c.eval.calibration_bins = 10          # reliability diagram / ECE bins
 
     # Applying a trained model (pipelines predict / evaluate)
     c.checkpoint = ""                     # a finished workdir (holding model.json) or model.json
@@ -360,6 +363,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("eval.threshold", f"expected [0, 1], got {c.eval.threshold}")
     if not 0 <= c.eval.target_sensitivity <= 1:
         _fail("eval.target_sensitivity", f"expected [0, 1], got {c.eval.target_sensitivity}")
+    if c.eval.cv_repeats < 0 or c.eval.calibration_bins < 2:
+        _fail("eval.cv_repeats", f"cv_repeats must be >= 0 and calibration_bins >= 2, got "
+                                 f"{c.eval.cv_repeats}, {c.eval.calibration_bins}")
     if c.eval.bootstrap < 0 or c.eval.ensemble_k < 0:
         _fail("eval.bootstrap", f"bootstrap and ensemble_k must be >= 0, got "
                                 f"{c.eval.bootstrap}, {c.eval.ensemble_k}")

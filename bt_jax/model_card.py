@@ -98,6 +98,15 @@ def write_model_card(workdir, *, config, ds, backbone: str, digest: str, head: d
     return workdir / "model.json"
 
 
+def record_temperature(workdir, temperature: float, *, source: str) -> None:
+    """model.json's probability temperature (predict divides logits by it)."""
+    card_p = Path(workdir) / "model.json"
+    card = json.loads(card_p.read_text())
+    card["temperature"] = float(temperature)
+    card["temperature_info"] = {"source": source}
+    io.write_json(card_p, card)
+
+
 def record_validation(workdir, names, labels, prob, *, target_sensitivity: float = 0.0,
                       source: str = "fold 0 validation") -> dict:
     """Stores validation probabilities beside model.json; with a target sensitivity also sets

@@ -29,4 +29,5 @@ def get_config(arg: str = ""):
         c.train.epochs = 3
         c.train.finetune_epochs = 1
         c.eval.bootstrap = 200
+        c.eval.cv_repeats = 2
     return c

@@ -47,3 +47,22 @@ def test_bad_inputs():
         C.brier_score([0, 1], [0.2, 1.5])
     with pytest.raises(ValueError, match="temperature"):
         C.apply_temperature([0.5], 0.0)
+
+
+def test_logistic_baseline_on_the_same_folds():
+    from bt_jax.data import split
+    from bt_jax.pipelines import estimates
+    from bt_jax.train import baseline
+    from bt_jax.train.folds import make_fold_arrays
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 2
+    feats = rng.normal(0, 1, (60, 5)) + labels[:, None] * 1.5
+    s = split.make_splits(labels, np.arange(60), k=3, seed=0)
+    folds = make_fold_arrays(s, 60, np.zeros(0, int))
+    res = baseline.logistic_folds(feats, labels, folds, groups=np.arange(60), seed=0)
+    assert res["val_acc"].shape == (3,) and res["val_acc"].mean() > 0.8
+    assert np.isnan(res["val_prob"][~np.asarray(folds.val_mask)]).all()
+    assert set(res["C"]) <= set(baseline.C_GRID)
+    diff = {"accuracy": {"diff": 0.05, "ci": [0.01, 0.09]}, "roc_auc": {"diff": 0.0, "ci": [-0.02, 0.02]}}
+    assert estimates.verdict({"head_minus_logistic": diff}).startswith(
+        "The searched head beats logistic regression")

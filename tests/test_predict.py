@@ -190,6 +190,15 @@ def test_model_card_errors(model_dir, tmp_path):
         inference.load_model(tmp_path / "nowhere")
 
 
+def test_stored_temperature_scales_the_logits(model_dir, tmp_path, model):
+    hot = make_model_dir(tmp_path / "hot", extra={"temperature": 4.0})
+    m4 = inference.load_model(hot)
+    x = np.random.default_rng(3).uniform(0, 1, (4, SIZE, SIZE, 3)).astype(np.float32)
+    p1, p4 = inference.predict_array(model, x), inference.predict_array(m4, x)
+    logit = np.log(p1) - np.log1p(-p1)
+    np.testing.assert_allclose(p4, 1 / (1 + np.exp(-logit / 4.0)), rtol=1e-4, atol=1e-6)
+
+
 def test_threshold_from_validation(model_dir, tmp_path):
     import shutil
     wd = tmp_path / "wd"

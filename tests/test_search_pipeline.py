@@ -38,6 +38,21 @@ def test_outputs(finished):
     assert card["backbone"] == "efficientnet_lite0" and (w / card["checkpoint"]).is_dir()
     assert "test accuracy" in r.stdout
     assert m["ensemble"]["k_used"] == 3 and (w / "eval/ensemble/roc.png").exists()
+    # the primary estimate: repeated CV of the final setting, with the logistic baseline
+    cv = m["cv"]
+    assert cv["repeats"] == 2 and len(cv["per_repeat"]) == 2
+    files = json.loads((w / "manifest.json").read_text())["files"]
+    assert cv["n_images"] == sum(f["status"] == "used" and f["split"].startswith("fold")
+                                 for f in files)
+    for name in ("head", "logistic"):
+        assert 0 <= cv[name]["accuracy"]["value"] <= 1 and len(cv[name]["roc_auc"]["ci"]) == 2
+    assert "accuracy" in cv["head_minus_logistic"]
+    assert "Cross-validated estimate" in report and "logistic regression" in report
+    # calibration in every evaluation
+    cal = m["final"]["calibration"]
+    assert 0 <= cal["ece"]["value"] <= 1 and 0 <= cal["brier"]["value"] <= 1
+    assert (w / "eval/finetuned/reliability.png").stat().st_size > 1000
+    assert "expected calibration error" in report
     assert "ensemble" in report and (w / "report.html").stat().st_size > 10000
 
 

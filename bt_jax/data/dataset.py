@@ -43,6 +43,7 @@ class Dataset:
     records: list[dict]         # one manifest row per file seen (used or not)
     cache_hits: int = 0
     hidden: list = dataclasses.field(default_factory=list)  # dot-files/folders not read
+    groups: np.ndarray | None = None  # split group per used image (duplicates stay together)
 
     @property
     def content_key(self) -> str:
@@ -139,6 +140,6 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
                  names=[files[i].rel for i in used], sha256=[files[i].sha256 for i in used],
                  classes=classes, positive=config.data.positive, splits=splits,
                  synthetic=synthetic, root=root, records=rows, cache_hits=hits,
-                 hidden=discover.hidden_entries(root, classes))
+                 hidden=discover.hidden_entries(root, classes), groups=groups)
     manifest.write(workdir, ds, params)
     return ds

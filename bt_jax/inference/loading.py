@@ -53,14 +53,15 @@ class LoadedModel:
     def predict_fn(self):
         """Jitted (variables, x01 (B,S,S,3)) -> P(positive) (B,), batch sharded over devices."""
         mesh = data_mesh()
-        return jax.jit(functools.partial(_predict, self.module),
+        return jax.jit(functools.partial(_predict, self.module,
+                                         float(self.card.get("temperature", 1.0))),
                        in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))),
                        out_shardings=NamedSharding(mesh, P("data")))
 
 
-def _predict(module, variables, x):
+def _predict(module, temperature, variables, x):
     logits, _ = module.apply(variables, x, train=False)
-    return positive_prob(logits)
+    return positive_prob(logits / temperature)  # temperature 1 unless calibrated
 
 
 def build_module(card: dict, depthwise: str = "auto") -> Classifier:

@@ -22,7 +22,7 @@ from bt_jax import features, model_card
 from bt_jax.data import augment, dataset
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head
-from bt_jax.reporting import evaluation, plots
+from bt_jax.reporting import calibration, evaluation, plots
 from bt_jax.train import finetune, head
 from bt_jax.train.checkpoint import open_checkpoints
 from bt_jax.train.folds import FoldArrays, make_fold_arrays, row_sources
@@ -68,6 +68,7 @@ class Final:
     model: Classifier
     val_rows: np.ndarray
     operating_point: dict
+    temperature: float = 1.0          # probability temperature (1: not calibrated)
 
 
 def resolve_backbones(config, names) -> dict[str, str]:
@@ -192,16 +193,24 @@ def finish(run: Run, backbone: str, hp: head.HeadHParams) -> Final:
     _, _, val_prob = finetune.evaluate(model, tuned.variables, run.ds.images, run.ds.labels,
                                        val_rows, batch_size=hp.batch_size)
     c, ds = run.config, run.ds
+    temperature = 1.0
+    if c.eval.temperature_scaling:  # fitted on validation predictions, never on test
+        temperature = calibration.fit_temperature(ds.labels[val_rows], val_prob)
+        val_prob = calibration.apply_temperature(val_prob, temperature)
+        log.info("temperature scaling: T = %.3f (fold-0 validation)", temperature)
     model_card.write_model_card(
         run.workdir, config=c, ds=ds, backbone=backbone, digest=run.models[backbone][2],
         head={"type": "gap_dense", "units": hp.units, "dropout": hp.dropout},
         checkpoint_dir=ck.root)
+    if temperature != 1.0:
+        model_card.record_temperature(run.workdir, temperature,
+                                      source=f"fold 0 validation, n={len(val_rows)}")
     # Validation probabilities beside the model: predict can pick a threshold for a target
     # sensitivity later; with eval.target_sensitivity set, model.json's threshold is that one.
     op = model_card.record_validation(run.workdir, [ds.names[i] for i in val_rows],
                                       ds.labels[val_rows], val_prob,
                                       target_sensitivity=c.eval.target_sensitivity)
-    return Final(backbone, hp, frozen, tuned, fs, model, val_rows, op)
+    return Final(backbone, hp, frozen, tuned, fs, model, val_rows, op, temperature)
 
 
 def class_names(ds) -> tuple[str, str]:
@@ -215,8 +224,9 @@ def evaluate_test(run: Run, final: Final) -> tuple[list, dict, dict]:
     ds, c = run.ds, run.config
     test = ds.splits.test
     y = ds.labels[test]
-    probs = {"finetuned": finetune.evaluate(final.model, final.tuned.variables, ds.images,
-                                            ds.labels, test, batch_size=final.hp.batch_size)[2],
+    tuned = finetune.evaluate(final.model, final.tuned.variables, ds.images, ds.labels, test,
+                              batch_size=final.hp.batch_size)[2]
+    probs = {"finetuned": calibration.apply_temperature(tuned, final.temperature),
              "head_only": np.asarray(head.predict_proba(final.head.params,
                                                         run.feats[final.backbone][test]))}
     titles = {"finetuned": "Test split, fine-tuned (final model)",

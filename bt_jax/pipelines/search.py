@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 
 from bt_jax import tuning
-from bt_jax.pipelines import ensemble, method_a, outputs
+from bt_jax.pipelines import ensemble, estimates, method_a, outputs
 from bt_jax.train import head
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ def run(config, workdir: Path):
     test_sections, metrics, _ = method_a.evaluate_test(run, final)
     data, *training = method_a.training_sections(run, final)
     sections = [data, ("Search", _search_text(study, best), []), *training, *test_sections]
+    if config.eval.cv_repeats:
+        metrics["cv"] = estimates.repeated_cv(run, best["backbone"], final.hp,
+                                              config.eval.cv_repeats)
+        sections.insert(2, estimates.cv_section(metrics["cv"]))  # after Data, Search
     if config.eval.ensemble_k:
         s_ens, metrics["ensemble"] = ensemble.run_ensemble(run, study)
         sections.append(s_ens)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bt_jax.pipelines import method_a, outputs
+from bt_jax.pipelines import estimates, method_a, outputs
 from bt_jax.train import head
 
 
@@ -31,6 +31,9 @@ def run(config, workdir: Path):
                + f"), mean validation AUC {summary['val_auc']:.3f}.")
     data, *training = method_a.training_sections(run, final)
     sections = [data, ("Cross-validation", cv_text, []), *training, *sections]
+    if config.eval.cv_repeats:
+        metrics["cv_repeated"] = estimates.repeated_cv(run, name, hp, config.eval.cv_repeats)
+        sections.insert(1, estimates.cv_section(metrics["cv_repeated"]))
     metrics.update(cv={"val_acc_mean": cv.val_acc_mean, **summary}, backbone=name,
                    head=hp.__dict__, synthetic=run.ds.synthetic,
                    n_test=int(len(run.ds.splits.test)), operating_point=final.operating_point)

@@ -13,13 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_jax.reporting import metrics, plots, report
+from bt_jax.reporting import calibration, metrics, plots, report
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (phantoms) - not a clinical result"
 
 
 def note_for(synthetic: bool) -> str | None:
     return SYNTHETIC_NOTE if synthetic else None
+
+
+def calibration_text(cal: dict) -> str:
+    def cell(e):
+        lo, hi = e["ci"]
+        return f"{e['value']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if np.isfinite([lo, hi]).all() else "")
+    return (f"Calibration: expected calibration error {cell(cal['ece'])} "
+            f"({cal['n_bins']} equal-width bins), Brier score {cell(cal['brier'])}; "
+            "reliability diagram below (0 = perfectly calibrated).")
 
 
 def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, config,
@@ -47,7 +56,15 @@ def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, conf
                                    n_boot=min(200, int(config.eval.bootstrap)), note=note))
         imgs.append(plots.plot_pr(y_true, prob, out_dir / "pr.png", f"{title}: precision-recall",
                                   n_boot=min(200, int(config.eval.bootstrap)), note=note))
+    cal = calibration.calibration_report(y_true, prob, n_bins=int(config.eval.calibration_bins),
+                                         n_boot=int(config.eval.bootstrap),
+                                         ci=float(config.eval.ci), seed=int(config.seed))
+    rep["calibration"] = cal
+    imgs.append(plots.plot_reliability(cal["reliability"], out_dir / "reliability.png",
+                                       f"{title}: reliability", ece=cal["ece"]["value"],
+                                       note=note))
     heading, body, imgs = report.evaluation_section(rep, imgs, heading=heading or title)
+    body += "\n\n" + calibration_text(cal)
     if operating_threshold is not None and operating_threshold != rep["threshold"]:
         op = metrics.classification_report(
             y_true, prob, threshold=float(operating_threshold), class_names=tuple(class_names),
