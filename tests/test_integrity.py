@@ -195,3 +195,16 @@ def test_metrics_name_their_threshold_and_add_the_operating_one(tmp_path):
     _, same = evaluation.evaluate_split(y, p, out_dir=tmp_path, title="t", class_names=("no", "yes"),
                                         config=c, synthetic=True, operating_threshold=0.5)
     assert "at_operating_threshold" not in same
+
+
+def test_a_step_left_by_a_killed_run_is_written_again(tmp_path):
+    """Killed after the starting point's best checkpoint, before any 'last' one: the
+    relaunch saves step 0 again instead of failing with orbax's StepAlreadyExistsError."""
+    ck = checkpoint.Checkpoints(tmp_path / "c")
+    ck.save_best(-1, {"w": np.zeros(2)}, 0.7)
+    again = checkpoint.Checkpoints(tmp_path / "c")           # the relaunched process
+    again.save_best(-1, {"w": np.ones(2)}, 0.6)
+    again.save_last(0, {"w": np.ones(2)}, {"history": {}})
+    again.save_last(0, {"w": np.full(2, 2.0)}, {"history": {}})
+    assert again.restore_best({"w": np.zeros(2)})["w"].tolist() == [1.0, 1.0]
+    assert again.restore_last({"w": np.zeros(2)})[0]["w"].tolist() == [2.0, 2.0]

@@ -44,6 +44,15 @@ def _to_host(tree):
     return jax.tree.map(lambda x: np.asarray(x), tree)
 
 
+def _save(mgr: ocp.CheckpointManager, step: int, tree, **kw) -> None:
+    """Synchronous save that replaces a step already on disk: a run killed after saving
+    a step but before recording it (e.g. the starting point) writes the same step again."""
+    if step in mgr.all_steps():
+        mgr.delete(step)
+    mgr.save(step, args=ocp.args.StandardSave(_to_host(tree)), force=True, **kw)
+    mgr.wait_until_finished()
+
+
 class Checkpoints:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -60,15 +69,12 @@ class Checkpoints:
         return json.loads(p.read_text()) if p.exists() else None
 
     def save_last(self, epoch: int, tree, meta: dict) -> None:
-        self._last.save(epoch, args=ocp.args.StandardSave(_to_host(tree)), force=True)
-        self._last.wait_until_finished()
+        _save(self._last, epoch, tree)
         self._write_meta("last", {"epoch": epoch, **meta})
 
     def save_best(self, epoch: int, tree, val_loss: float, meta: dict | None = None) -> None:
         """epoch -1 is the starting point (stored as step 0; epoch e as step e + 1)."""
-        self._best.save(epoch + 1, args=ocp.args.StandardSave(_to_host(tree)),
-                        metrics={"val_loss": float(val_loss)}, force=True)
-        self._best.wait_until_finished()
+        _save(self._best, epoch + 1, tree, metrics={"val_loss": float(val_loss)})
         self._write_meta("best", {"epoch": epoch, "val_loss": float(val_loss), **(meta or {})})
 
     def restore_last(self, template):
