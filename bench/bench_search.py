@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from bt_jax import tuning
 from bt_jax.config import base_config

@@ -82,7 +82,7 @@ def _input_grad(g, w, x_shape, strides, pads):
     correlation with every s-th tap; the phases are interleaved and the padding cut off.
     (Autodiff's backward of the strided slices, a sum of kh*kw padded copies, is about 2x
     slower over Lite0's layers on CPU; stride 1 is the one phase, no interleave.)"""
-    (kh, kw, c), (sh, sw) = w.shape, strides
+    (_, _, c), (sh, sw) = w.shape, strides
     b, ho, wo, _ = g.shape
     hp, wp = x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1])
     qh, qw = -(-hp // sh), -(-wp // sw)
