@@ -39,10 +39,10 @@ def preprocess(x, mode: str):
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype, use_bias: bool = True,
-         padding="VALID", groups: int = 1) -> nn.Conv:
+         padding="VALID") -> nn.Conv:
     """A Keras-like Conv2D (HWIO kernel, bias on by default as in Keras)."""
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                   use_bias=use_bias, feature_group_count=groups, dtype=dtype, name=name)
+                   use_bias=use_bias, dtype=dtype, name=name)
 
 
 def batch_norm(name: str, train: bool, *, eps: float, dtype) -> nn.BatchNorm:

@@ -226,7 +226,9 @@ def evaluate_test(run: Run, final: Final) -> tuple[list, dict, dict]:
     y = ds.labels[test]
     tuned = finetune.evaluate(final.model, final.tuned.variables, ds.images, ds.labels, test,
                               batch_size=final.hp.batch_size)[2]
-    probs = {"finetuned": calibration.apply_temperature(tuned, final.temperature),
+    if final.temperature != 1.0:
+        tuned = calibration.apply_temperature(tuned, final.temperature)
+    probs = {"finetuned": tuned,
              "head_only": np.asarray(head.predict_proba(final.head.params,
                                                         run.feats[final.backbone][test]))}
     titles = {"finetuned": "Test split, fine-tuned (final model)",
