@@ -15,6 +15,7 @@ cropped figure still carries it.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from bt_jax.reporting import metrics as bt_metrics
 from bt_jax.io import atomic_write
+from bt_jax.reporting import metrics as bt_metrics
+from bt_jax.reporting import multiclass as bt_multiclass
 
 SPLIT_STYLE = {"train": ("tab:blue", "Training"), "val": ("tab:orange", "Validation"),
                "test": ("tab:green", "Test")}
@@ -198,6 +200,60 @@ def plot_pr(y_true, prob, path, title: str, *, n_boot: int = 0, ci: float = 0.95
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(-0.01, 1.01), ylim=(-0.01, 1.05))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path, title, note)
+
+
+def _one_vs_rest(y_true, probs, class_names):
+    """Validated (y, probs) and a report without bootstrap, for the legends' AUC/AP."""
+    r = bt_multiclass.multiclass_report(y_true, probs, class_names=class_names, n_boot=0)
+    y, p = bt_multiclass.check_inputs(y_true, probs, len(r["class_names"]))
+    return y, p, r
+
+
+def plot_roc_multiclass(y_true, probs, class_names, path, title: str, *,
+                        note: str | None = None) -> Path:
+    """One-vs-rest ROC curve per class (that class's column of `probs` against all other
+    cases), AUC in the legend; a class with no cases, or with every case, has no curve."""
+    y, p, r = _one_vs_rest(y_true, probs, class_names)
+    fig, (ax,) = _figure(size=(5.2, 4.6))
+    for c, name in enumerate(r["class_names"]):
+        auc = r["per_class"][name]["roc_auc"]
+        if math.isnan(auc["value"]):
+            ax.plot([], [], color=f"C{c}", label=f"{name}: AUC n/a ({r['undefined'][f'{name}/roc_auc']})")
+            continue
+        fpr, tpr, _ = roc_curve(y == c, p[:, c])
+        ax.plot(fpr, tpr, color=f"C{c}", lw=2,
+                label=f"{name}: AUC = {bt_metrics.format_cell(auc)} (n={int((y == c).sum())})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", label="chance")
+    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)",
+           xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8,
+              title=f"one-vs-rest, macro AUC {bt_metrics.format_cell(r['macro']['roc_auc'])}",
+              title_fontsize=8)
+    return _save(fig, path, title, note)
+
+
+def plot_pr_multiclass(y_true, probs, class_names, path, title: str, *,
+                       note: str | None = None) -> Path:
+    """One-vs-rest precision-recall curve per class, average precision (AUPRC) and the
+    class's prevalence (the curve of a random ranking) in the legend."""
+    y, p, r = _one_vs_rest(y_true, probs, class_names)
+    fig, (ax,) = _figure(size=(5.2, 4.6))
+    for c, name in enumerate(r["class_names"]):
+        ap = r["per_class"][name]["auprc"]
+        prevalence = float(np.mean(y == c))
+        if math.isnan(ap["value"]):
+            ax.plot([], [], color=f"C{c}", label=f"{name}: AP n/a ({r['undefined'][f'{name}/auprc']})")
+            continue
+        prec, rec, _ = precision_recall_curve(y == c, p[:, c])
+        ax.step(rec, prec, where="post", color=f"C{c}", lw=2,
+                label=f"{name}: AP = {bt_metrics.format_cell(ap)} (prevalence {prevalence:.2f})")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(-0.01, 1.01), ylim=(-0.01, 1.05))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8,
+              title=f"one-vs-rest, macro AP {bt_metrics.format_cell(r['macro']['auprc'])}",
+              title_fontsize=8)
     return _save(fig, path, title, note)
 
 
