@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bt_jax import pipelines
+from bt_jax import pipelines, sharding
 from bt_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -40,6 +40,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").addFilter(_QuietOrbax())
+    if sharding.initialize(_CONFIG.value.distributed) and not sharding.is_primary():
+        logging.getLogger().setLevel(logging.WARNING)  # process 0 tells the story once
     logging.info("JAX %s on %s", jax.__version__, jax.devices())
     try:
         pipelines.run(_CONFIG.value, _WORKDIR.value)

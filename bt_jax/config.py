@@ -97,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.finetune_epochs = 5
     c.train.finetune_lr_factor = 0.1     # method A: fine-tune at lr / 10
     c.train.finetune_bn_train = False     # BatchNorm stays in inference mode while fine-tuning
+    c.train.grad_accum_steps = 1          # fine-tune/staged: K micro-batches per update (less memory)
 
     c.search = ml_collections.ConfigDict()
     c.search.trials = 150
@@ -129,6 +130,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.staged.plateau_factor = 0.5         # ReduceLROnPlateau on val accuracy
     c.staged.plateau_patience = 3
     c.staged.plateau_min_lr = 1e-7
+
+    # Several processes (hosts) as one JAX runtime; see README "Scaling out".
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator = ""        # "" one process | "auto" (SLURM/MPI/TPU env) | "host:port"
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+    c.distributed.cpu_collectives = "gloo"  # across processes with CPU devices
 
     c.eval = ml_collections.ConfigDict()
     c.eval.threshold = 0.5
@@ -210,6 +218,11 @@ def _check_training(c) -> None:
             _fail(f"train.{key}", f"expected >= 1, got {getattr(t, key)}")
     if t.finetune_lr_factor <= 0:
         _fail("train.finetune_lr_factor", f"expected > 0, got {t.finetune_lr_factor}")
+    _positive_ints("train.grad_accum_steps", (t.grad_accum_steps,))
+    d = c.distributed
+    if d.coordinator and not (0 <= d.process_id < d.num_processes):
+        _fail("distributed.process_id", f"expected 0..num_processes-1 "
+                                        f"({d.num_processes - 1}), got {d.process_id}")
     s = c.staged
     if not s.stages:
         _fail("staged.stages", "empty: method B needs at least one stage")

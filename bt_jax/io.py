@@ -8,7 +8,9 @@
 
 Every file the project writes goes through `atomic_write`: a temp file beside the target,
 then `os.replace`, which is atomic on POSIX and Windows. A run killed mid-write keeps the
-previous complete version (or none), never a truncated one.
+previous complete version (or none), never a truncated one. In a multi-process run
+(`sharding.initialize`) only process 0 writes; the others compute the same results and
+skip the write, so a shared workdir gets each file once.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
+
+
+def is_writer() -> bool:
+    """False on every process but 0 of a multi-process run."""
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
+
 
 def atomic_write(path, write: Callable, *, binary: bool = False) -> Path:
     """Calls write(file) on a temp file beside `path`, then renames it into place."""
     path = Path(path)
+    if not is_writer():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

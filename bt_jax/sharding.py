@@ -1,24 +1,69 @@
-"""Data parallelism: one mesh over every device, and one padded fixed-batch apply loop.
+"""Data parallelism: one mesh over every device of every process, and one padded
+fixed-batch apply loop.
 
+    initialize(config.distributed)                            # multi-host: before any JAX use
     mesh = data_mesh()                                        # axis "data" over jax.devices()
     fn = jax.jit(lambda v, x: model.apply(v, x)[0])           # any per-row function
     out = batched_apply(fn, variables, images, batch_size=32) # host arrays, N rows, in order
+    state = replicate(state, mesh); batch = shard_rows(batch, mesh, axis=1)
 
 Every caller that applies a model to many rows (features, prediction, Grad-CAM,
 validation passes) goes through `batched_apply`: batches have one shape (the last is
 zero-padded and the padding dropped), so a data set of any size compiles once; the batch
 is rounded up to a multiple of the device count and sharded over the mesh, parameters
 are replicated.
+
+Training follows the same pattern (as big_vision does): one `jax.jit` over arrays placed
+with `NamedSharding`s: parameters and optimiser state replicated, batch rows split over
+"data". XLA inserts the gradient all-reduce and the cross-device means (BatchNorm batch
+statistics are over the global batch). Several processes (hosts) are one JAX runtime
+after `initialize`: `jax.devices()` lists every host's devices, each process passes the
+same host batch and places only the rows of its own devices, and `to_host` gathers rows
+that live on other hosts. The single-device path is the same code with a mesh of one.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+log = logging.getLogger(__name__)
+
+
+def initialize(dist) -> bool:
+    """Joins a multi-process run (`config.distributed`); True if one was joined.
+
+    coordinator "" and no JAX_COORDINATOR_ADDRESS in the environment: one process, nothing
+    to do. "auto": JAX reads the cluster scheduler's environment (SLURM, Open MPI, TPU
+    pods, Kubernetes). "host:port": explicit, with num_processes and process_id (each
+    may also come from JAX_NUM_PROCESSES / JAX_PROCESS_ID)."""
+    coordinator = dist.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    if not coordinator or jax.distributed.is_initialized():
+        return False
+    env = os.environ.get
+    kw = {}
+    if coordinator != "auto":
+        kw = {"coordinator_address": coordinator,
+              "num_processes": int(env("JAX_NUM_PROCESSES", dist.num_processes)),
+              "process_id": int(env("JAX_PROCESS_ID", dist.process_id))}
+    if dist.cpu_collectives:  # CPU devices (tests, laptops) need one across processes
+        jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
+    jax.distributed.initialize(**kw)
+    log.info("process %d of %d; %d local of %d devices", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
+    return True
+
+
+def is_primary() -> bool:
+    """Process 0 writes the run's files; the others compute the same things silently."""
+    return jax.process_index() == 0
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -31,6 +76,28 @@ def global_batch(batch_size: int, mesh: Mesh) -> int:
     return max(ndev, math.ceil(batch_size / ndev) * ndev)
 
 
+def replicate(tree, mesh: Mesh):
+    """Every leaf on every device of the mesh (parameters, optimiser state)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_rows(tree, mesh: Mesh, axis: int = 0):
+    """Every leaf split along `axis` over "data" (its length: a multiple of the devices).
+    Each process passes the same host arrays and places the rows of its own devices."""
+    spec = P(*([None] * axis + ["data"]))
+    return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
+def to_host(tree):
+    """Host numpy copy of a pytree of arrays, gathering rows held by other processes."""
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+            return np.asarray(x)
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(one, tree)
+
+
 def batched_apply(fn: Callable, variables, *arrays: np.ndarray, batch_size: int = 32,
                   mesh: Mesh | None = None, progress: bool = False, desc: str = "batches") -> Any:
     """fn(variables, *batch) -> pytree of arrays with a leading batch axis, applied to
@@ -41,8 +108,7 @@ def batched_apply(fn: Callable, variables, *arrays: np.ndarray, batch_size: int 
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
         raise ValueError(f"batched_apply: arrays differ in length {[len(a) for a in arrays]}")
-    variables = jax.device_put(variables, NamedSharding(mesh, P()))
-    rows = NamedSharding(mesh, P("data"))
+    variables = replicate(variables, mesh)
     steps = range(0, n, bs)
     if progress:
         from tqdm import tqdm
@@ -54,9 +120,10 @@ def batched_apply(fn: Callable, variables, *arrays: np.ndarray, batch_size: int 
             x = np.asarray(a[s:s + bs])
             if len(x) < bs:
                 x = np.concatenate([x, np.zeros((bs - len(x),) + x.shape[1:], x.dtype)])
-            batch.append(jax.device_put(x, rows))
-        out = fn(variables, *batch)
-        chunks.append(jax.tree.map(lambda o: np.asarray(o)[:min(bs, n - s)], out))
+            batch.append(x)
+        out = to_host(fn(variables, *shard_rows(batch, mesh)))
+        keep = min(bs, n - s)
+        chunks.append(jax.tree.map(lambda o, keep=keep: o[:keep], out))
     if not chunks:
         return None
     return jax.tree.map(lambda *cs: np.concatenate(cs), *chunks)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bt_jax import io
 from bt_jax.models.heads import positive_prob
 from bt_jax.sharding import batched_apply
 
@@ -136,8 +137,6 @@ def save_overlay(image: np.ndarray, cam: np.ndarray, path, *, title: str, alpha:
                  note: str | None = None) -> Path:
     """The preprocessed scan in grey with the heat map over it, titled (e.g. the probability)."""
     from matplotlib.figure import Figure
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(4, 4.3), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(np.clip(image.mean(axis=-1), 0, 1), cmap="gray", vmin=0, vmax=1)
@@ -147,5 +146,5 @@ def save_overlay(image: np.ndarray, cam: np.ndarray, path, *, title: str, alpha:
     if note:
         fig.text(0.5, 0.01, note, ha="center", fontsize=7, color="red")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return io.atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:] or "png"),
+                           binary=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bt_jax import io
 from bt_jax.data import decode, preprocess
 from bt_jax.data.scans import COLOUR_FRACTION, colour_fraction, read_scan
 from bt_jax.inference.loading import LoadedModel
@@ -100,13 +101,11 @@ def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: 
 
 
 def write_csv(rows: list[dict], path, *, extra_fields: tuple[str, ...] = ()) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    def write(f):
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS + tuple(extra_fields), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    return path
+    return io.atomic_write(path, write)
 
 
 def format_table(rows: list[dict], *, max_rows: int = 20, root: Path | None = None) -> str:

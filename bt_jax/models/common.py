@@ -12,6 +12,9 @@ backbones copy Keras' explicit ZeroPadding2D + 'valid' pairs rather than rely on
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -45,10 +48,38 @@ def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype, use_b
                    use_bias=use_bias, dtype=dtype, name=name)
 
 
-def batch_norm(name: str, train: bool, *, eps: float, dtype) -> nn.BatchNorm:
+# Rows of the batch being traced that count in BatchNorm batch statistics (None: all).
+_BN_ROWS: contextvars.ContextVar = contextvars.ContextVar("bt_jax_bn_rows", default=None)
+
+
+@contextlib.contextmanager
+def batch_rows(rows):
+    """Within this block, training-mode BatchNorm computes its batch mean and variance over
+    `rows` ((B,) bool) only: the padding that fills a fixed or device-divisible batch must
+    not shift the statistics. A context rather than an argument so that the ten backbones
+    keep Keras' call signatures; it is read while tracing, inside the caller's `apply`."""
+    token = _BN_ROWS.set(rows)
+    try:
+        yield
+    finally:
+        _BN_ROWS.reset(token)
+
+
+class BatchNorm(nn.BatchNorm):
+    """Flax BatchNorm that honours `batch_rows`. Under a data-sharded `jit` its batch
+    mean is a mean over the global batch (XLA inserts the cross-device reduction)."""
+
+    def __call__(self, x, use_running_average=None, *, mask=None):
+        rows = _BN_ROWS.get()
+        if mask is None and rows is not None:
+            mask = jnp.reshape(rows, (-1,) + (1,) * (x.ndim - 1))
+        return super().__call__(x, use_running_average, mask=mask)
+
+
+def batch_norm(name: str, train: bool, *, eps: float, dtype, use_scale: bool = True) -> BatchNorm:
     """Keras BatchNormalization: momentum 0.99 means the same update rule in Flax."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=eps,
-                        dtype=dtype, name=name)
+    return BatchNorm(use_running_average=not train, momentum=0.99, epsilon=eps,
+                     use_scale=use_scale, dtype=dtype, name=name)
 
 
 def pad(x, top: int, bottom: int | None = None, left: int | None = None, right: int | None = None):

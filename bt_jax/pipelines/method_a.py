@@ -174,7 +174,8 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
     fs = finetune.FitSpec(epochs=c.train.finetune_epochs, batch_size=hp.batch_size,
                           lr=hp.lr * c.train.finetune_lr_factor, optimizer=hp.optimizer,
                           momentum=hp.momentum, patience=c.train.patience,
-                          bn_train=c.train.finetune_bn_train, trainable="all", seed=c.seed)
+                          bn_train=c.train.finetune_bn_train, trainable="all", seed=c.seed,
+                          grad_accum_steps=c.train.grad_accum_steps)
     fingerprint = {"backbone": backbone, "weights": digest, "dtype": c.model.dtype,
                    "preprocess": c.preprocess.to_dict(), "images": run.ds.content_key,
                    "augment": c.augment.to_dict(), "head": dataclasses.asdict(hp),

@@ -4,7 +4,7 @@ early stopping / plateau callbacks, a best and a last checkpoint, resume after a
     labels = trainable_labels(variables["params"], spec, ["block5"])   # 'train'/'frozen' tree
     tx = make_tx(labels, lr=1e-4, optimizer="adam")
     state = init_state(variables, tx)
-    state, m = finetune_step(model, tx, False, aug, state, batch, rng)     # pure; jit at call site
+    state, m = finetune_step(model, tx, labels, False, aug, state, batch, rng)  # pure; jit it
     result = fit(model, variables, spec, data, FitSpec(...), rng, ckpt=Checkpoints(dir))
 
 Freezing is `optax.multi_transform` with `optax.set_to_zero()` for frozen groups: no
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from typing import Any
 
 import flax.struct
@@ -27,12 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from bt_jax import sharding
 from bt_jax.data import augment
-from bt_jax.models import registry
+from bt_jax.models import common, registry
 from bt_jax.models.heads import positive_prob
-from bt_jax.train import callbacks
 from bt_jax.sharding import batched_apply
+from bt_jax.train import callbacks
 from bt_jax.train.checkpoint import Checkpoints
 
 log = logging.getLogger(__name__)
@@ -107,31 +110,66 @@ def _sums(logits, y, w):
     return {"loss": jnp.sum(loss * w), "correct": jnp.sum((pred == y) * w), "count": jnp.sum(w)}
 
 
-def finetune_step(model, tx, bn_train: bool, aug: augment.AugmentParams, state: TrainState,
-               batch: dict, rng):
-    """batch: x (B,H,W,3) in [0,1], keys (B,2) uint32, aug (B,) bool, y (B,), w (B,) weights
-    (0 for padding). Rows flagged `aug` are augmented inside the step with their own key."""
-    x = jnp.where(batch["aug"][:, None, None, None],
-                  augment.augment_batch_fn(batch["x"], batch["keys"], aug), batch["x"])
-    w = batch["w"].astype(jnp.float32)
+def _micro_grads(model, bn_train: bool, aug: augment.AugmentParams, state: TrainState,
+                 mb: dict, rng, total_w):
+    """Gradients of sum(loss * w) / total_w over one micro-batch, its new BatchNorm
+    statistics and its metric sums. Padding rows (w == 0) count neither in the loss nor in
+    the batch statistics; an all-padding micro-batch leaves the statistics as they were."""
+    x = jnp.where(mb["aug"][:, None, None, None],
+                  augment.augment_batch_fn(mb["x"], mb["keys"], aug), mb["x"])
+    w = mb["w"].astype(jnp.float32)
+    real = w > 0
+    any_real = jnp.any(real)
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         if bn_train:
-            (logits, _), upd = model.apply(variables, x, train=True, bn_train=True,
-                                           rngs={"dropout": rng}, mutable=["batch_stats"])
-            stats = upd["batch_stats"]
+            with common.batch_rows(jnp.where(any_real, real, True)):
+                (logits, _), upd = model.apply(variables, x, train=True, bn_train=True,
+                                               rngs={"dropout": rng}, mutable=["batch_stats"])
+            stats = jax.tree.map(lambda n, o: jnp.where(any_real, n, o), upd["batch_stats"],
+                                 state.batch_stats)
         else:
             logits, _ = model.apply(variables, x, train=True, bn_train=False, rngs={"dropout": rng})
             stats = state.batch_stats
-        loss = jnp.sum(per_example_loss(logits, batch["y"]) * w) / jnp.maximum(jnp.sum(w), 1.0)
+        loss = jnp.sum(per_example_loss(logits, mb["y"]) * w) / total_w
         return loss, (logits, stats)
 
     grads, (logits, stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    return grads, stats, _sums(logits, mb["y"], w)
+
+
+def finetune_step(model, tx, labels, bn_train: bool, aug: augment.AugmentParams,
+                  state: TrainState, batch: dict, rng):
+    """One optimiser update. batch: arrays with two leading axes (K, M): K micro-batches
+    of M rows — x (K,M,H,W,3) in [0,1], keys (K,M,2) uint32, aug (K,M) bool, y (K,M),
+    w (K,M) weights (0 for padding). Rows flagged `aug` are augmented inside the step with
+    their own key. With K > 1 (gradient accumulation) the micro-batches run one after the
+    other in a `lax.scan` (one micro-batch's activations in memory at a time) and their
+    gradients are summed, so K micro-batches of M rows make the same update as one batch
+    of K*M rows (BatchNorm statistics, when trained, update per micro-batch).
+    `labels` ('train'/'frozen' per leaf) keeps frozen gradients out of the accumulator."""
+    total_w = jnp.maximum(jnp.sum(batch["w"].astype(jnp.float32)), 1.0)
+    k = batch["w"].shape[0]
+    if k == 1:
+        mb = jax.tree.map(lambda a: a[0], batch)
+        grads, stats, sums = _micro_grads(model, bn_train, aug, state, mb, rng, total_w)
+    else:
+        def body(carry, xs):
+            acc, stats = carry
+            mb, i = xs
+            g, stats, m = _micro_grads(model, bn_train, aug, state.replace(batch_stats=stats),
+                                       mb, jax.random.fold_in(rng, i), total_w)
+            acc = jax.tree.map(lambda a, b, l: a + b if l == "train" else a, acc, g, labels)
+            return (acc, stats), m
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, stats), sums = jax.lax.scan(body, (zeros, state.batch_stats),
+                                            (batch, jnp.arange(k)))
+        sums = jax.tree.map(jnp.sum, sums)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = TrainState(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
-    return new, _sums(logits, batch["y"], w)
+    return new, sums
 
 
 def eval_step(model, variables, x, y):
@@ -158,6 +196,7 @@ class FitSpec:
     bn_train: bool = False
     trainable: Any = "all"            # "all" | "none" | tuple of group selectors
     seed: int = 0
+    grad_accum_steps: int = 1         # K micro-batches per update (same update, less memory)
 
 
 @dataclasses.dataclass
@@ -182,26 +221,36 @@ class FitResult:
     last: dict | None = None          # the state after the last epoch run
 
 
-def evaluate(model, variables, images, labels, idx, *, batch_size: int = 32, fn=None):
+def evaluate(model, variables, images, labels, idx, *, batch_size: int = 32, fn=None, mesh=None):
     """(mean loss, accuracy, probs) over images[idx] (`sharding.batched_apply`)."""
     fn = fn or jax.jit(functools.partial(eval_step, model))
     idx = np.asarray(idx, np.int64)
     if not len(idx):
         return float("nan"), float("nan"), np.zeros(0)
     v = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    loss, correct, prob = batched_apply(fn, v, images[idx], labels[idx], batch_size=batch_size)
+    loss, correct, prob = batched_apply(fn, v, images[idx], labels[idx], batch_size=batch_size,
+                                        mesh=mesh)
     return float(loss.mean()), float(correct.mean()), prob
 
 
-def _batches(data: FitData, bs: int, rng: np.random.Generator):
+def _batches(data: FitData, fs: FitSpec, n_devices: int, rng: np.random.Generator):
+    """Shuffled batches of `fs.batch_size` rows, each laid out as K = grad_accum_steps
+    micro-batches of M rows: ceil(batch_size / K) rounded up to a multiple of the device
+    count. Rows added by the rounding, and missing at the end of an epoch, are padding:
+    copies of a real row with weight 0, so every batch has one compiled shape."""
+    k = fs.grad_accum_steps
+    micro = math.ceil(fs.batch_size / k)
+    m = n_devices * math.ceil(micro / n_devices)
     order = rng.permutation(len(data.train_src))
-    for s in range(0, len(order), bs):
-        rows = order[s:s + bs]
-        n = len(rows)
-        rows = np.concatenate([rows, np.full(bs - n, rows[0])])
-        yield {"x": data.images[data.train_src[rows]], "keys": data.train_keys[rows],
-               "aug": data.train_aug[rows], "y": data.labels[data.train_src[rows]],
-               "w": (np.arange(bs) < n).astype(np.float32)}
+    for s in range(0, len(order), fs.batch_size):
+        rows = order[s:s + fs.batch_size]
+        idx, w = np.full((k, m), rows[0]), np.zeros((k, m), np.float32)
+        for j in range(k):
+            part = rows[j * micro:(j + 1) * micro]
+            idx[j, :len(part)], w[j, :len(part)] = part, 1.0
+        src = data.train_src[idx]
+        yield {"x": data.images[src], "keys": data.train_keys[idx], "aug": data.train_aug[idx],
+               "y": data.labels[src], "w": w}
 
 
 @dataclasses.dataclass
@@ -256,12 +305,15 @@ def _score_start(loop: Loop, validate, fs: FitSpec, ckpt, desc: str) -> Loop:
     return loop
 
 
-def _train_epoch(step, state: TrainState, data: FitData, fs: FitSpec, epoch: int):
-    """One pass over the shuffled training rows -> (state, mean loss, accuracy)."""
+def _train_epoch(step, state: TrainState, data: FitData, fs: FitSpec, epoch: int, mesh):
+    """One pass over the shuffled training rows -> (state, mean loss, accuracy). Every
+    process draws the same order and keys (seeded by seed and epoch) and places the rows
+    of its own devices."""
     sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     key = jax.random.fold_in(jax.random.PRNGKey(fs.seed), epoch)
-    for b, batch in enumerate(_batches(data, fs.batch_size, np.random.default_rng([fs.seed, epoch]))):
-        state, m = step(state, batch, jax.random.fold_in(key, b))
+    batches = _batches(data, fs, mesh.devices.size, np.random.default_rng([fs.seed, epoch]))
+    for b, batch in enumerate(batches):
+        state, m = step(state, sharding.shard_rows(batch, mesh, axis=1), jax.random.fold_in(key, b))
         for k in sums:
             sums[k] += float(m[k])
     c = max(sums["count"], 1.0)
@@ -294,20 +346,24 @@ def _end_epoch(loop: Loop, epoch: int, train: tuple[float, float], val: tuple[fl
 
 
 def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpec, *,
-        ckpt: Checkpoints | None = None, progress: bool = True, desc: str = "fine-tune") -> FitResult:
+        ckpt: Checkpoints | None = None, progress: bool = True, desc: str = "fine-tune",
+        mesh=None) -> FitResult:
     """Trains `fs.trainable` groups (+ the head) with early stopping and restore-best; with
-    `ckpt`, every epoch is checkpointed and a relaunch resumes after the last one saved."""
+    `ckpt`, every epoch is checkpointed and a relaunch resumes after the last one saved.
+    Data-parallel over `mesh` (default: every device of every process)."""
     labels = trainable_labels(variables["params"], spec, fs.trainable)
     tx = make_tx(labels, lr=fs.lr, optimizer=fs.optimizer, momentum=fs.momentum)
+    mesh = mesh or sharding.data_mesh()
     loop = _resume(_new_loop(variables, tx, fs), ckpt, desc)
+    loop.state = sharding.replicate(loop.state, mesh)  # a checkpoint from any device count
     resumed_from = loop.start - 1
-    step = jax.jit(functools.partial(finetune_step, model, tx, fs.bn_train, data.aug_params),
-                   donate_argnums=0)
+    step = jax.jit(functools.partial(finetune_step, model, tx, labels, fs.bn_train, data.aug_params),
+                   donate_argnums=0, out_shardings=NamedSharding(mesh, P()))
     ev = jax.jit(functools.partial(eval_step, model))
 
     def validate(weights):
         vl, va, _ = evaluate(model, weights, data.images, data.labels, data.val_idx,
-                             batch_size=fs.batch_size, fn=ev)
+                             batch_size=fs.batch_size, fn=ev, mesh=mesh)
         return vl, va
     n_train, total = count_trainable(loop.state.params, labels)
     log.info("%s: %d of %d parameters trainable (%s)", desc, n_train, total, fs.trainable)
@@ -321,15 +377,15 @@ def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpe
     for epoch in epochs:
         if bool(loop.es.stopped):
             break
-        loop.state, tl, ta = _train_epoch(step, loop.state, data, fs, epoch)
+        loop.state, tl, ta = _train_epoch(step, loop.state, data, fs, epoch, mesh)
         vl, va = validate(_weights(loop.state))
         loop = _end_epoch(loop, epoch, (tl, ta), (vl, va), fs, ckpt)
         log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | lr %.2e",
                  desc, epoch, tl, ta, vl, va, loop.history["lr"][-1])
     es = loop.es
-    result = FitResult(variables=jax.tree.map(np.asarray, es.best_params), history=loop.history,
+    result = FitResult(variables=sharding.to_host(es.best_params), history=loop.history,
                        best_epoch=int(es.best_epoch), stopped_epoch=int(es.stopped_epoch),
-                       resumed_from=resumed_from, last=jax.device_get(_weights(loop.state)))
+                       resumed_from=resumed_from, last=sharding.to_host(_weights(loop.state)))
     if ckpt is not None and not ckpt.is_done():  # a finished run's files stay untouched
         ckpt.mark_done({"best_epoch": result.best_epoch, "stopped_epoch": result.stopped_epoch,
                         "history": loop.history})

@@ -1,0 +1,82 @@
+"""Data-parallel training (issue #11): the same numbers on 1 and 4 devices, gradient
+accumulation equal to one big batch, and a two-process run equal to a one-process run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import scale_worker  # noqa: E402
+
+
+def _run_devices(tmp_path, n: int) -> dict:
+    out = tmp_path / "params.npz"
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+           "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, str(ROOT / "tests" / "scale_worker.py"), "devices", str(out)],
+                   check=True, env=env, cwd=ROOT, timeout=900)
+    return dict(np.load(out))
+
+
+def _leaves(z, prefix):
+    return {k[len(prefix):]: v for k, v in z.items() if k.startswith(prefix)}
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    return _run_devices(tmp_path_factory.mktemp("dev4"), 4)
+
+
+@pytest.mark.parametrize("case", ["finetune", "stage"])
+@pytest.mark.parametrize("batch_size", [8, 6])  # 6: each batch padded to 8 on 4 devices
+def test_four_devices_equal_one(four_devices, case, batch_size):
+    z = four_devices
+    assert int(z["n_devices"]) == 4
+    one, four = (_leaves(z, f"{case}|{batch_size}|{m}|") for m in ("1", "all"))
+    start = _leaves(z, f"{case}|start|")
+    assert one.keys() == four.keys() == start.keys()
+    moved = max(float(np.abs(one[k] - start[k]).max()) for k in one)
+    assert moved > 1e-3  # training did change the network
+    for k in one:
+        np.testing.assert_allclose(four[k], one[k], atol=2e-5 + 0.01 * moved, rtol=0, err_msg=k)
+    stats = [k for k in one if k.startswith("batch_stats/")]
+    if case == "finetune":  # BatchNorm trained: its running statistics agree to rounding
+        assert stats
+        for k in stats:
+            np.testing.assert_allclose(four[k], one[k], atol=2e-5, rtol=1e-5, err_msg=k)
+
+
+def test_padding_rows_would_shift_batchnorm(four_devices):
+    """The control: counting the padding rows in the batch statistics (mask off) moves the
+    running statistics far beyond the tolerance the masked run meets."""
+    z = four_devices
+    one, bad = (_leaves(z, f"finetune|6|{m}|") for m in ("1", "all_unmasked"))
+    worst = max(float(np.abs(bad[k] - one[k]).max()) for k in one if k.startswith("batch_stats/"))
+    assert worst > 1e-3
+
+
+def _accum_fit(name, batch_size, k):
+    from bt_jax.train import finetune
+    spec, model, variables, kw = scale_worker.case(name)
+    kw = {**kw, "bn_train": False, "lr": 1e-2}
+    fs = finetune.FitSpec(epochs=1, batch_size=batch_size, patience=5, grad_accum_steps=k, **kw)
+    res = finetune.fit(model, variables, spec, scale_worker.fit_data(), fs, progress=False)
+    return scale_worker.flat(variables), scale_worker.flat(res.last), res.history
+
+
+@pytest.mark.parametrize("case,k_steps", [("stage", 2), ("finetune", 3)])
+def test_grad_accumulation_equals_one_big_batch(case, k_steps):
+    """K micro-batches make the update of one batch of 8 (BatchNorm in inference mode):
+    2 of 4 rows, or 3 of ceil(8/3) = 3 rows (the last micro-batch part padding)."""
+    start, big, hist = _accum_fit(case, 8, 1)
+    moved = max(float(np.abs(big[k] - start[k]).max()) for k in big)
+    assert moved > 1e-3
+    _, acc, hist_k = _accum_fit(case, 8, k_steps)
+    for k in big:
+        np.testing.assert_allclose(acc[k], big[k], atol=1e-6 + 1e-4 * moved, rtol=0, err_msg=k)
+    assert hist_k["train_loss"][0] == pytest.approx(hist["train_loss"][0], rel=1e-5)
