@@ -71,7 +71,8 @@ def cached(workdir: Path, parts: dict, compute: Callable[[], np.ndarray], *,
         log.info("%s: reusing cached features %s", name, path)
         return np.load(path)
     arr = np.asarray(compute(), np.float32)
-    io.atomic_write(path, lambda f: np.save(f, arr), binary=True)
-    io.write_json(d / f"{key}.json", parts, sort_keys=True, default=str)
+    io.atomic_write(path, lambda f: np.save(f, arr), binary=True, cache=True)
+    io.atomic_write(d / f"{key}.json", lambda f: json.dump(parts, f, sort_keys=True, default=str),
+                    cache=True)
     log.info("%s: computed %s features, cached at %s", name, arr.shape, path)
     return arr

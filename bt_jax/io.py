@@ -8,15 +8,22 @@
 
 Every file the project writes goes through `atomic_write`: a temp file beside the target,
 then `os.replace`, which is atomic on POSIX and Windows. A run killed mid-write keeps the
-previous complete version (or none), never a truncated one. In a multi-process run
-(`sharding.initialize`) only process 0 writes; the others compute the same results and
-skip the write, so a shared workdir gets each file once.
+previous complete version (or none), never a truncated one.
+
+In a multi-process run (`sharding.initialize`) every process computes the same results but
+only process 0 writes into the (shared) workdir. The others write into a private overlay
+folder that mirrors absolute paths and is removed at exit; `read_*`/`exists`/`resolve`
+look there first, so a process reads back exactly what it wrote itself and never depends
+on how far process 0 has got. Cache entries (`cache=True`) are not kept by the others.
+`barrier(name)` makes every process wait for the rest (e.g. after process 0 wrote data).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -24,16 +31,61 @@ from typing import Any, Callable
 import jax
 
 
+_OVERLAY: list[Path] = []  # this process's private copies (processes > 0 only)
+
+
 def is_writer() -> bool:
     """False on every process but 0 of a multi-process run."""
     return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
-def atomic_write(path, write: Callable, *, binary: bool = False) -> Path:
-    """Calls write(file) on a temp file beside `path`, then renames it into place."""
-    path = Path(path)
+def _overlay(path) -> Path:
+    if not _OVERLAY:
+        _OVERLAY.append(Path(tempfile.mkdtemp(prefix=f"bt_jax-process{jax.process_index()}-")))
+        atexit.register(shutil.rmtree, _OVERLAY[0], True)
+    return _OVERLAY[0] / Path(path).absolute().relative_to(Path(path).absolute().anchor)
+
+
+def resolve(path) -> Path:
+    """Where this process reads `path`: its own overlay copy if it wrote one, else `path`."""
+    if _OVERLAY:
+        own = _overlay(path)
+        if own.exists():
+            return own
+    return Path(path)
+
+
+def exists(path) -> bool:
+    return resolve(path).exists()
+
+
+def read_text(path) -> str:
+    return resolve(path).read_text(encoding="utf-8")
+
+
+def read_bytes(path) -> bytes:
+    return resolve(path).read_bytes()
+
+
+def read_json(path) -> Any:
+    return json.loads(read_text(path))
+
+
+def barrier(name: str) -> None:
+    """Every process of a multi-process run waits here for all the others."""
+    if jax.distributed.is_initialized() and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"bt_jax:{name}")
+
+
+def atomic_write(path, write: Callable, *, binary: bool = False, cache: bool = False) -> Path:
+    """Calls write(file) on a temp file beside `path`, then renames it into place. Returns
+    `path` (on processes > 0 the bytes went to their overlay, or nowhere for a cache)."""
+    given = path = Path(path)
     if not is_writer():
-        return path
+        if cache:
+            return given
+        path = _overlay(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -46,7 +98,7 @@ def atomic_write(path, write: Callable, *, binary: bool = False) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+    return given
 
 
 def write_text(path, text: str) -> Path:

@@ -33,7 +33,7 @@ class ModelCardError(UserError, ValueError):
 def card_path(path) -> Path:
     p = Path(path)
     p = p / "model.json" if p.is_dir() else p
-    if not p.is_file():
+    if not io.exists(p):
         raise ModelCardError(f"no model.json at {p}: pass a finished workdir of the search "
                              "pipeline (it writes model.json) or the model.json itself")
     return p
@@ -60,7 +60,7 @@ def read_card(path) -> tuple[dict, Path]:
     """(model.json as a dict, its path); checked, or ModelCardError saying why not."""
     p = card_path(path)
     try:
-        card = json.loads(p.read_text())
+        card = io.read_json(p)
     except json.JSONDecodeError as e:
         raise ModelCardError(f"{p}: not valid JSON ({e})") from None
     check_card(card, str(p))
@@ -101,7 +101,7 @@ def write_model_card(workdir, *, config, ds, backbone: str, digest: str, head: d
 def record_temperature(workdir, temperature: float, *, source: str) -> None:
     """model.json's probability temperature (predict divides logits by it)."""
     card_p = Path(workdir) / "model.json"
-    card = json.loads(card_p.read_text())
+    card = io.read_json(card_p)
     card["temperature"] = float(temperature)
     card["temperature_info"] = {"source": source}
     io.write_json(card_p, card)
@@ -116,7 +116,7 @@ def record_validation(workdir, names, labels, prob, *, target_sensitivity: float
                   {"source": source, "names": list(names), "labels": [int(x) for x in labels],
                    "prob": [float(p) for p in prob]}, indent=None)
     card_p = workdir / "model.json"
-    card = json.loads(card_p.read_text())
+    card = io.read_json(card_p)
     card["validation"] = "validation.json"
     if target_sensitivity:
         op = metrics.threshold_for_sensitivity(np.asarray(labels), np.asarray(prob),

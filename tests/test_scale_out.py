@@ -1,7 +1,9 @@
 """Data-parallel training (issue #11): the same numbers on 1 and 4 devices, gradient
 accumulation equal to one big batch, and a two-process run equal to a one-process run."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +82,70 @@ def test_grad_accumulation_equals_one_big_batch(case, k_steps):
     for k in big:
         np.testing.assert_allclose(acc[k], big[k], atol=1e-6 + 1e-4 * moved, rtol=0, err_msg=k)
     assert hist_k["train_loss"][0] == pytest.approx(hist["train_loss"][0], rel=1e-5)
+
+
+def test_processes_other_than_0_write_to_a_private_overlay(tmp_path, monkeypatch):
+    """Only process 0 writes into the workdir; another process reads back its own writes
+    (model.json read-modify-write) without touching or waiting for the shared files."""
+    from bt_jax import io
+    monkeypatch.setattr(io, "is_writer", lambda: False)
+    monkeypatch.setattr(io, "_OVERLAY", [tmp_path / "overlay"])
+    card = tmp_path / "w" / "model.json"
+    assert io.write_json(card, {"a": 1}) == card
+    assert not card.exists() and io.exists(card) and io.read_json(card) == {"a": 1}
+    io.atomic_write(tmp_path / "w" / "cache.npy", lambda f: f.write(b"x"), binary=True, cache=True)
+    assert not io.exists(tmp_path / "w" / "cache.npy")  # caches: process 0's or none
+    monkeypatch.setattr(io, "_OVERLAY", [])
+    monkeypatch.setattr(io, "is_writer", lambda: True)
+    io.write_json(card, {"a": 2})
+    assert json.loads(card.read_text()) == {"a": 2}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(workdir, *extra):
+    from conftest import QUICK_SEARCH
+    return [sys.executable, str(ROOT / "launch.py"), f"--config={ROOT}/{QUICK_SEARCH[0]}",
+            *QUICK_SEARCH[1:], "--config.pipeline=train", "--config.train.lr=1e-3",
+            "--config.train.finetune_epochs=2", f"--workdir={workdir}", *extra]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    """Two real processes (JAX distributed runtime, coordinator on 127.0.0.1, gloo CPU
+    collectives) run the train pipeline as one data-parallel job; the result equals a
+    one-process run, and their checkpoint restores in one process."""
+    from bt_jax.data.phantoms import write_phantoms
+    from bt_jax.inference.loading import load_model
+    data = write_phantoms(tmp_path / "data", n_per_class=16, size=128, seed=0)
+    w1, w2 = tmp_path / "one", tmp_path / "two"
+    port = _free_port()
+    procs = [subprocess.Popen(
+        _launch(w2, f"--config.data.dir={data}", f"--config.distributed.coordinator=127.0.0.1:{port}",
+                "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "process 0 of 2; 1 local of 2 devices" in outs[0]
+    one = subprocess.run(_launch(w1, f"--config.data.dir={data}"), cwd=ROOT, capture_output=True,
+                         text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    for name in ("report.md", "model.json", "metrics.json", "report.html"):
+        assert (w2 / name).is_file()
+    m1, m2 = (json.loads((w / "metrics.json").read_text()) for w in (w1, w2))
+    assert m2["final"]["roc_auc"]["value"] == pytest.approx(m1["final"]["roc_auc"]["value"], abs=1e-6)
+    a, b = (scale_worker.flat(load_model(w).variables) for w in (w1, w2))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=1e-4, err_msg=k)
+    # The two-process checkpoint, relaunched in one process: nothing retrained, same model.
+    again = subprocess.run(_launch(w2, f"--config.data.dir={data}"), cwd=ROOT,
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "fine-tune: resuming after epoch 1" in again.stderr
+    c = scale_worker.flat(load_model(w2).variables)
+    assert all(np.array_equal(c[k], b[k]) for k in b)

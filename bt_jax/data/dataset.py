@@ -68,13 +68,13 @@ def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cach
         meta = {"ok": True, "reason": "", **info, **pinfo,
                 "pixel_hash": decode.pixel_hash(raw), "phash": str(decode.perceptual_hash(raw))}
         q = np.round(out * 65535).astype(np.uint16)  # 16-bit keeps 16-bit scans' depth
-        io.atomic_write(img_p, lambda f: np.save(f, q), binary=True)
+        io.atomic_write(img_p, lambda f: np.save(f, q), binary=True, cache=True)
         img = q.astype(np.float32) / 65535.0
     except (decode.DecodeError, OSError) as e:
         meta, img = {"ok": False, "reason": str(e)}, None
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
         meta, img = {"ok": False, "reason": f"{type(e).__name__}: {e}"}, None
-    io.write_json(meta_p, meta, indent=None)
+    io.atomic_write(meta_p, lambda f: json.dump(meta, f), cache=True)
     return meta, img, False
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -173,4 +172,4 @@ def write(workdir: Path, ds, params) -> Path:
 
 
 def read(workdir: Path) -> dict:
-    return json.loads((Path(workdir) / "manifest.json").read_text())
+    return io.read_json(Path(workdir) / "manifest.json")

@@ -79,6 +79,7 @@ def write_phantoms(root: Path, *, n_per_class: int, size: int, seed: int,
     spec = {"n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(classes)}
     done = root / "spec.json"
     if done.exists() and json.loads(done.read_text()) == spec:
+        io.barrier("phantoms")  # other processes wait until process 0 wrote them
         return root
     rng = np.random.default_rng(seed)
     lesions = {}
@@ -87,13 +88,14 @@ def write_phantoms(root: Path, *, n_per_class: int, size: int, seed: int,
         for i in range(n_per_class):
             img, box = make_phantom(rng, size, lesion)
             name = f"{cls}/synthetic_{cls}_{i:03d}.png"
-            cv2.imwrite(str(root / name), img)
+            io.write_bytes(root / name, cv2.imencode(".png", img)[1].tobytes())
             if box:
                 lesions[name] = {"cx": box[0], "cy": box[1], "rx": box[2], "ry": box[3],
                                  "image_size": size}
     io.write_json(root / "lesions.json", lesions)
     io.write_text(root / MARKER, "SYNTHETIC phantoms made by bt_jax.data.phantoms; not MRI data.\n")
     io.write_json(done, spec, indent=None)
+    io.barrier("phantoms")
     return root
 
 
@@ -175,6 +177,7 @@ def write_typed_phantoms(root: Path, *, n_per_class: int, size: int, seed: int,
             "classes": list(names)}
     done = root / "spec.json"
     if done.exists() and json.loads(done.read_text()) == spec:
+        io.barrier("phantoms")  # other processes wait until process 0 wrote them
         return root
     lesions = {}
     for cls in names:
@@ -183,13 +186,14 @@ def write_typed_phantoms(root: Path, *, n_per_class: int, size: int, seed: int,
         for i in range(n_per_class):
             img, box = make_typed_phantom(rng, size, cls)
             name = f"{cls}/synthetic_{cls}_{i:03d}.png"
-            cv2.imwrite(str(root / name), img)
+            io.write_bytes(root / name, cv2.imencode(".png", img)[1].tobytes())
             if box:
                 lesions[name] = {"type": cls, "cx": box[0], "cy": box[1], "rx": box[2],
                                  "ry": box[3], "image_size": size}
     io.write_json(root / "lesions.json", lesions)
     io.write_text(root / MARKER, "SYNTHETIC phantoms made by bt_jax.data.phantoms; not MRI data.\n")
     io.write_json(done, spec, indent=None)
+    io.barrier("phantoms")
     return root
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 from pathlib import Path
 
 import jax
@@ -22,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from bt_jax import io
 from bt_jax.data import preprocess
 from bt_jax.model_card import ModelCardError, read_card
 from bt_jax.models import registry as mreg
@@ -123,10 +123,10 @@ def load_model(path, *, threshold: float | None = None, target_sensitivity: floa
     if diff:
         raise ModelCardError(f"{ck}: checkpoint does not fit backbone {card['backbone']!r} from "
                              f"{card_p}: " + "; ".join(diff[:8]))
-    h = hashlib.sha256(card_p.read_bytes())
+    h = hashlib.sha256(io.read_bytes(card_p))
     best_meta = ck.parent / "best.json"
-    if best_meta.is_file():
-        h.update(best_meta.read_bytes())
+    if io.exists(best_meta):
+        h.update(io.read_bytes(best_meta))
     thr, info = resolve_threshold(card, root, threshold, target_sensitivity)
     return LoadedModel(module=module, variables=jax.device_get(variables), card=card,
                        preprocess=params, model_id=f"{card['backbone']}-{h.hexdigest()[:10]}",
@@ -140,10 +140,10 @@ def resolve_threshold(card: dict, root: Path, threshold=None, target_sensitivity
         return float(threshold), {"source": "given by the user"}
     if target_sensitivity:
         val = root / card.get("validation", "validation.json")
-        if not val.is_file():
+        if not io.exists(val):
             raise ModelCardError(f"target sensitivity {target_sensitivity} needs the validation "
                                  f"probabilities stored with the model, but {val} is missing")
-        v = json.loads(val.read_text())
+        v = io.read_json(val)
         op = metrics.threshold_for_sensitivity(np.asarray(v["labels"]), np.asarray(v["prob"]),
                                                float(target_sensitivity))
         return op["threshold"], {"source": f"validation ({v.get('source', 'stored')}, "

@@ -10,13 +10,13 @@ kept as "_ext" (so Y1.jpg and Y1.png never collide, and no name ends in ".png.pn
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from bt_jax import io
 from bt_jax.data import preprocess, scans
-from bt_jax.inference import gradcam
+from bt_jax.inference import gradcam, scoring
 from bt_jax.inference.loading import LoadedModel, load_model
 
 
@@ -49,9 +49,9 @@ def write_test_examples(workdir, n: int, *, out_dir: Path | None = None) -> list
     """Overlays for up to n test-split scans of a finished run (half of each class where
     possible), from its model.json + manifest.json; [] when either is missing."""
     workdir = Path(workdir)
-    if n <= 0 or not (workdir / "model.json").is_file() or not (workdir / "manifest.json").is_file():
+    if n <= 0 or not io.exists(workdir / "model.json") or not io.exists(workdir / "manifest.json"):
         return []
-    man = json.loads((workdir / "manifest.json").read_text())
+    man = io.read_json(workdir / "manifest.json")
     model = load_model(workdir)
     test = [f for f in man["files"] if f["status"] == "used" and f["split"] == "test"]
     pos = [f for f in test if f["class"] == model.positive]
@@ -62,7 +62,7 @@ def write_test_examples(workdir, n: int, *, out_dir: Path | None = None) -> list
         return []
     images = np.stack([preprocess.preprocess_image(
         scans.read_scan(Path(man["data_dir"]) / f["file"])[0], model.preprocess)[0] for f in pick])
-    probs = np.asarray(model.predict_fn(model.variables, images))
+    probs = scoring.predict_array(model, images, batch_size=len(images))
     items = [{"file": f["file"], "title": f"{f['file']} (true: {f['class']})\n"
                                           f"P({model.positive}) = {p:.3f}"}
              for f, p in zip(pick, probs)]

@@ -14,12 +14,12 @@ bootstrap CIs and plots, predictions.csv, metrics.json, report.md, report.html.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from bt_jax import io
 from bt_jax import inference
 from bt_jax.data import discover, manifest, preprocess, scans
 from bt_jax.reporting import evaluation, html, report
@@ -62,8 +62,8 @@ def training_hashes(model: inference.LoadedModel) -> list[dict]:
     the model (training_hashes.json), else its run's manifest."""
     for p in (model.root / model.card.get("training_hashes", "training_hashes.json"),
               model.root / "manifest.json"):
-        if p.is_file():
-            doc = json.loads(p.read_text())
+        if io.exists(p):
+            doc = io.read_json(p)
             return doc["files"] if isinstance(doc, dict) else doc
     log.warning("no training hashes beside %s: copies of training images not checked", model.root)
     return []

@@ -41,7 +41,7 @@ code{background:#f4f4f4;padding:0 .2em}
 
 def _img_tag(path: Path, alt: str, width: str = "") -> str:
     mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    data = base64.b64encode(io.read_bytes(path)).decode("ascii")
     style = f' style="max-width:{width}"' if width else ""
     return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}"{style}>'
 
@@ -167,8 +167,8 @@ def write_html_report(workdir, *, title: str | None = None, predictions: list[di
     workdir = Path(workdir)
     md = workdir / "report.md"
     body, md_title = [], None
-    if md.is_file():
-        text = md.read_text(encoding="utf-8")
+    if io.exists(md):
+        text = io.read_text(md)
         m = re.match(r"^# (.*)$", text.splitlines()[0]) if text else None
         md_title = m.group(1) if m else None
         body.append(markdown_to_html(text, workdir))

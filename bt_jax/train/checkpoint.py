@@ -66,7 +66,7 @@ class Checkpoints:
 
     def _read_meta(self, name: str) -> dict | None:
         p = self.root / f"{name}.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        return io.read_json(p) if io.exists(p) else None
 
     def save_last(self, epoch: int, tree, meta: dict) -> None:
         _save(self._last, epoch, tree)
@@ -100,7 +100,7 @@ class Checkpoints:
         self._write_meta("done", summary)
 
     def is_done(self) -> bool:
-        return (self.root / "done.json").exists()
+        return io.exists(self.root / "done.json")
 
     def done_meta(self) -> dict | None:
         return self._read_meta("done")
@@ -139,6 +139,6 @@ def open_checkpoints(parent: Path, name: str, fingerprint: dict) -> Checkpoints:
                         "fresh in %s", name, older[-1].parent.name, "; ".join(diff[:4]) or "?",
                         root.name)
     ck = Checkpoints(root)
-    if not (root / "fingerprint.json").exists():
+    if not io.exists(root / "fingerprint.json"):
         io.write_json(root / "fingerprint.json", plain)
     return ck
