@@ -5,7 +5,7 @@
     python bench/bench_finetune.py --memory-only            # only the peak-memory subprocess
 
 One train step = in-graph augmentation + forward + backward + optax update, jitted exactly as
-`finetune.fit` does: `jax.jit(partial(finetune_step, model, tx, False, aug), donate_argnums=0)`,
+`finetune.fit` does: `jax.jit(partial(finetune_step, model, tx, labels, False, aug), donate_argnums=0)`,
 with `trainable_labels` / `make_tx` from the stage's groups (frozen groups: optax.set_to_zero).
 Every row is augmented (config.augment ranges), as most of method B's training rows are.
 The head-only baseline runs twice: as the pipeline builds it (Classifier without
@@ -62,11 +62,12 @@ def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool, count_fl
     state = finetune.init_state(variables, tx)
     aug = augment.make_augment_params(cfg.augment)
     rng = np.random.default_rng(0)
-    data = {"x": rng.uniform(0, 1, (batch, size, size, 3)).astype(np.float32),
-            "keys": rng.integers(0, 2 ** 32, (batch, 2), dtype=np.uint32),
-            "aug": np.ones(batch, bool), "y": rng.integers(0, 2, batch).astype(np.int32),
-            "w": np.ones(batch, np.float32)}
-    step = jax.jit(functools.partial(finetune.finetune_step, model, tx, False, aug), donate_argnums=0)
+    data = {"x": rng.uniform(0, 1, (1, batch, size, size, 3)).astype(np.float32),
+            "keys": rng.integers(0, 2 ** 32, (1, batch, 2), dtype=np.uint32),
+            "aug": np.ones((1, batch), bool), "y": rng.integers(0, 2, (1, batch)).astype(np.int32),
+            "w": np.ones((1, batch), np.float32)}  # one micro-batch (no accumulation)
+    step = jax.jit(functools.partial(finetune.finetune_step, model, tx, labels, False, aug),
+                   donate_argnums=0)
     key = jax.random.PRNGKey(1)
     t = time.perf_counter()
     compiled = step.lower(state, data, key).compile()

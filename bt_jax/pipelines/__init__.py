@@ -29,7 +29,7 @@ PIPELINES = {
 
 def run(config, workdir: str | Path):
     config_lib.validate(config_lib.normalise(config))
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()  # report links and model.json paths are made relative to it
     workdir.mkdir(parents=True, exist_ok=True)
     io.write_json(workdir / "config.json", config.to_dict(), default=str)
     logging.info("pipeline %s -> %s", config.pipeline, workdir)
