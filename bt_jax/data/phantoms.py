@@ -77,24 +77,35 @@ def write_phantoms(root: Path, *, n_per_class: int, size: int, seed: int,
     """Writes the phantom data set (idempotent for the same arguments)."""
     root = Path(root)
     spec = {"n_per_class": n_per_class, "size": size, "seed": seed, "classes": list(classes)}
-    done = root / "spec.json"
-    if done.exists() and json.loads(done.read_text()) == spec:
-        io.barrier("phantoms")  # other processes wait until process 0 wrote them
-        return root
     rng = np.random.default_rng(seed)
-    lesions = {}
-    for cls, lesion in ((classes[0], False), (classes[1], True)):
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            img, box = make_phantom(rng, size, lesion)
-            name = f"{cls}/synthetic_{cls}_{i:03d}.png"
+
+    def images():
+        for cls, lesion in ((classes[0], False), (classes[1], True)):
+            for _ in range(n_per_class):
+                img, box = make_phantom(rng, size, lesion)
+                yield cls, img, box and {"cx": box[0], "cy": box[1], "rx": box[2], "ry": box[3],
+                                         "image_size": size}
+    return _write_set(root, spec, classes, images)
+
+
+def _write_set(root: Path, spec: dict, classes, images) -> Path:
+    """Writes a phantom set unless `root` holds it already (same spec.json). images()
+    yields (class, image, lesion entry or None). In a multi-process run process 0 writes
+    and every process waits here until it has."""
+    done = root / "spec.json"
+    if not (done.exists() and json.loads(done.read_text()) == spec):
+        lesions, counts = {}, dict.fromkeys(classes, 0)
+        for cls in classes:
+            (root / cls).mkdir(parents=True, exist_ok=True)
+        for cls, img, entry in images():
+            name = f"{cls}/synthetic_{cls}_{counts[cls]:03d}.png"
+            counts[cls] += 1
             io.write_bytes(root / name, cv2.imencode(".png", img)[1].tobytes())
-            if box:
-                lesions[name] = {"cx": box[0], "cy": box[1], "rx": box[2], "ry": box[3],
-                                 "image_size": size}
-    io.write_json(root / "lesions.json", lesions)
-    io.write_text(root / MARKER, "SYNTHETIC phantoms made by bt_jax.data.phantoms; not MRI data.\n")
-    io.write_json(done, spec, indent=None)
+            if entry:
+                lesions[name] = entry
+        io.write_json(root / "lesions.json", lesions)
+        io.write_text(root / MARKER, "SYNTHETIC phantoms made by bt_jax.data.phantoms; not MRI data.\n")
+        io.write_json(done, spec, indent=None)
     io.barrier("phantoms")
     return root
 
@@ -175,26 +186,15 @@ def write_typed_phantoms(root: Path, *, n_per_class: int, size: int, seed: int,
     root = Path(root)
     spec = {"kind": "typed", "n_per_class": n_per_class, "size": size, "seed": seed,
             "classes": list(names)}
-    done = root / "spec.json"
-    if done.exists() and json.loads(done.read_text()) == spec:
-        io.barrier("phantoms")  # other processes wait until process 0 wrote them
-        return root
-    lesions = {}
-    for cls in names:
-        rng = np.random.default_rng([seed, list(LESION_TYPES).index(cls)])
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            img, box = make_typed_phantom(rng, size, cls)
-            name = f"{cls}/synthetic_{cls}_{i:03d}.png"
-            io.write_bytes(root / name, cv2.imencode(".png", img)[1].tobytes())
-            if box:
-                lesions[name] = {"type": cls, "cx": box[0], "cy": box[1], "rx": box[2],
-                                 "ry": box[3], "image_size": size}
-    io.write_json(root / "lesions.json", lesions)
-    io.write_text(root / MARKER, "SYNTHETIC phantoms made by bt_jax.data.phantoms; not MRI data.\n")
-    io.write_json(done, spec, indent=None)
-    io.barrier("phantoms")
-    return root
+
+    def images():
+        for cls in names:
+            rng = np.random.default_rng([seed, list(LESION_TYPES).index(cls)])
+            for _ in range(n_per_class):
+                img, box = make_typed_phantom(rng, size, cls)
+                yield cls, img, box and {"type": cls, "cx": box[0], "cy": box[1], "rx": box[2],
+                                         "ry": box[3], "image_size": size}
+    return _write_set(root, spec, names, images)
 
 
 def is_synthetic(root: Path) -> bool:
