@@ -149,3 +149,16 @@ def test_two_processes_equal_one(tmp_path):
     assert "fine-tune: resuming after epoch 1" in again.stderr
     c = scale_worker.flat(load_model(w2).variables)
     assert all(np.array_equal(c[k], b[k]) for k in b)
+
+
+def test_distributed_and_accumulation_settings_checked():
+    from bt_jax.config import base_config, validate
+    from bt_jax.config import ConfigError
+    c = base_config()
+    c.distributed.coordinator, c.distributed.num_processes, c.distributed.process_id = "h:1", 2, 2
+    with pytest.raises(ConfigError, match="distributed.process_id"):
+        validate(c)
+    c = base_config()
+    c.train.grad_accum_steps = 0
+    with pytest.raises(ConfigError, match="train.grad_accum_steps"):
+        validate(c)
