@@ -11,10 +11,11 @@ Helper modules (steps shared by pipelines, not pipelines themselves): method_a.p
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
+from bt_jax import compilation, io
 from bt_jax import config as config_lib
-from bt_jax import io
 from bt_jax.pipelines import evaluate, predict, prepare, search, staged, train
 
 PIPELINES = {
@@ -33,4 +34,15 @@ def run(config, workdir: str | Path):
     workdir.mkdir(parents=True, exist_ok=True)
     io.write_json(workdir / "config.json", config.to_dict(), default=str)
     logging.info("pipeline %s -> %s", config.pipeline, workdir)
-    return PIPELINES[config.pipeline](config, workdir)
+    if config.compilation_cache:
+        compilation.enable_cache(workdir / "cache" / "jax")
+    start = time.perf_counter()
+    with compilation.Tally() as tally:
+        out = PIPELINES[config.pipeline](config, workdir)
+    timing = {"pipeline": config.pipeline, "wall_s": round(time.perf_counter() - start, 1),
+              **tally.summary()}
+    logging.info("%s done in %.0f s; XLA: %d programs compiled, %d loaded from the compilation "
+                 "cache, %.0f s in all", config.pipeline, timing["wall_s"], timing["compiled"],
+                 timing["cache_hits"], timing["seconds"])
+    io.write_json(workdir / "timing.json", timing)
+    return out

@@ -1,0 +1,34 @@
+"""The persistent XLA compilation cache: a second process loads what the first compiled."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp
+from bt_jax import compilation
+compilation.MIN_COMPILE_S = 0  # cache even this small program
+compilation.enable_cache(sys.argv[1])
+with compilation.Tally() as t:
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+    f(jnp.ones((64, 64))).block_until_ready()
+print(json.dumps(t.summary()))
+"""
+
+
+def _run(cache: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(cache)], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=300).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_second_process_loads_compiled_programs(tmp_path):
+    first = _run(tmp_path / "jax")
+    assert first["compiled"] >= 1 and first["cache_hits"] == 0
+    assert any((tmp_path / "jax").iterdir())
+    second = _run(tmp_path / "jax")
+    assert second["cache_hits"] == second["programs"] == first["programs"]
+    assert second["compiled"] == 0  # every program loaded, none compiled again
