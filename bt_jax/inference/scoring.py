@@ -65,9 +65,10 @@ def _load_one(path: Path, params, min_size, frame, colour_policy):
 
 def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: int = 16,
                   dicom_frame: int | None = None, colour_policy: str = "flag",
-                  on_batch=None, workers: int = 4) -> list[dict]:
+                  on_batch=None, workers: int = 4, progress: bool = True) -> list[dict]:
     """One row per file (CSV_FIELDS), in order. Files are read and preprocessed in chunks
-    (threads; OpenCV releases the GIL), so memory stays bounded for large folders.
+    (threads; OpenCV releases the GIL), so memory stays bounded for large folders. With
+    `progress`, a tqdm bar on stderr counts the scans done.
 
     colour_policy: "flag" predicts strongly coloured images and notes it; "skip" does not.
     on_batch(rows, images): called with each chunk's predicted rows and their preprocessed
@@ -79,7 +80,10 @@ def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: 
     rows, chunk = [], max(1, batch_size) * 4
     load = functools.partial(_load_one, params=model.preprocess, min_size=min_size,
                              frame=dicom_frame, colour_policy=colour_policy)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    from tqdm import tqdm
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(files), desc="predict", unit="scan", disable=not progress,
+                 leave=False) as bar:
         for i in range(0, len(files), chunk):
             part = files[i:i + chunk]
             loaded = list(pool.map(load, part))
@@ -97,6 +101,7 @@ def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: 
             if on_batch is not None and ok:
                 on_batch([new[j] for j in ok], np.stack([loaded[j][1] for j in ok]))
             rows += new
+            bar.update(len(part))
     return rows
 
 
