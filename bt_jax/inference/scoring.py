@@ -91,7 +91,7 @@ def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: 
             prob = (predict_array(model, np.stack([loaded[j][1] for j in ok]),
                                   batch_size=batch_size) if ok else np.zeros(0))
             new = []
-            for j, (f, (meta, _)) in enumerate(zip(part, loaded)):
+            for f, (meta, _) in zip(part, loaded):
                 row = {"file": str(f), "p_tumour": "", "decision": "", "threshold": model.threshold,
                        "model_id": model.model_id, "colour_fraction": "", **meta}
                 new.append(row)
