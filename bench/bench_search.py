@@ -5,7 +5,9 @@
 Runs the `search` pipeline's steps (data set, augment2a copies, EfficientNet-Lite0
 features from the shipped ImageNet weights, a `--trials` Optuna study of vmapped 5-fold
 head runs) in a temporary workdir, then prints wall time per phase, trials per minute
-and the process's peak RSS (ru_maxrss), plus one JSON line.
+and the process's peak RSS (ru_maxrss), plus one JSON line. XLA compilations during the
+search (count and seconds) come from JAX's monitoring events, so the same script measures
+any version of the code side by side. No persistent compilation cache is used here.
 """
 
 import argparse
@@ -51,14 +53,20 @@ def main():
             res = method_a.cv_head(run, a.backbone, head.HeadHParams.from_trial(p, c.train))
             return res.val_acc_mean, method_a.cv_summary(res)
 
+        compiles = []
+        jax.monitoring.register_event_duration_secs_listener(
+            lambda e, d, **_: compiles.append(d) if e == "/jax/core/compile/backend_compile_duration"
+            else None)
         t0 = time.perf_counter()
         study = tuning.run_search(c, w, objective, available_backbones=[a.backbone], progress=False)
         t["search_s"] = time.perf_counter() - t0
+        t["search_compile_s"] = sum(compiles)
     res = {"bench": "search", "backbone": a.backbone, "images": len(ds.labels),
            "copies": len(copies.union), "feature_dim": int(feats.shape[1]), "trials": a.trials,
            "best_cv_acc": round(study.best_value, 4),
            **{k: round(v, 1) for k, v in t.items()},
            "trials_per_min": round(a.trials / t["search_s"] * 60, 1),
+           "search_compiles": len(compiles),
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "cpus": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__}
     for k, v in res.items():
