@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bt_jax import pipelines, sharding
+from bt_jax import compilation, pipelines, sharding
 from bt_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -42,6 +42,9 @@ def main(argv):
     logging.getLogger("absl").addFilter(_QuietOrbax())
     if sharding.initialize(_CONFIG.value.distributed) and not sharding.is_primary():
         logging.getLogger().setLevel(logging.WARNING)  # process 0 tells the story once
+    if _CONFIG.value.compilation_cache:
+        # Here, not in pipelines.run: JAX fixes the cache folder for the whole process.
+        compilation.enable_cache(os.path.join(os.path.abspath(_WORKDIR.value), "cache", "jax"))
     logging.info("JAX %s on %s", jax.__version__, jax.devices())
     try:
         pipelines.run(_CONFIG.value, _WORKDIR.value)

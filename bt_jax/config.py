@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.pipeline = "prepare"
     c.seed = 0
-    c.compilation_cache = True            # persistent XLA cache in W/cache/jax: relaunches skip compiling
+    c.compilation_cache = True            # launch.py: XLA cache in W/cache/jax, relaunches skip compiling
     c.name = "bt_jax"
 
     c.data = ml_collections.ConfigDict()

@@ -34,8 +34,6 @@ def run(config, workdir: str | Path):
     workdir.mkdir(parents=True, exist_ok=True)
     io.write_json(workdir / "config.json", config.to_dict(), default=str)
     logging.info("pipeline %s -> %s", config.pipeline, workdir)
-    if config.compilation_cache:
-        compilation.enable_cache(workdir / "cache" / "jax")
     start = time.perf_counter()
     with compilation.Tally() as tally:
         out = PIPELINES[config.pipeline](config, workdir)
