@@ -67,11 +67,17 @@ def test_study_has_planned_trials_and_csv(finished):
 
 def test_rerun_reads_the_feature_cache(finished):
     w, _ = finished
+    first = json.loads((w / "timing.json").read_text())
+    assert first["pipeline"] == "search" and first["compiled"] > 0 and first["seconds"] > 0
+    assert any((w / "cache" / "jax").iterdir())  # the persistent compilation cache
     r = launch_quick_search(w)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "reusing cached features" in r.stderr
     study = optuna.load_study(study_name="quickstart-search", storage=f"sqlite:///{w}/search.db")
     assert len(study.trials) == 3  # nothing re-run
+    again = json.loads((w / "timing.json").read_text())
+    assert again["cache_hits"] > 0 and again["compiled"] < first["compiled"]
+    assert "loaded from the compilation cache" in r.stderr
 
 
 def test_fold_training_rows_never_hold_held_out_copies(phantom_dir, tmp_path):
