@@ -1,7 +1,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -113,8 +112,7 @@ def test_compiles_once_per_shape():
     head.fit_folds(x, y, folds, hp, jax.random.PRNGKey(0))
     assert head._fit_folds_jit._cache_size() == before + 1
     x2, y2 = _blobs(n=96, d=32, seed=6)
-    for new in (dict(lr=5e-2), dict(dropout=0.7, momentum=0.5, patience=1),
-                dict(optimizer="sgd")):
+    for new in (dict(lr=5e-2), dict(dropout=0.7, momentum=0.5, patience=1)):
         hp2 = head.HeadHParams(**{**hp.__dict__, **new})
         head.fit_folds(x2, y2.astype(np.int64), folds, hp2, jax.random.PRNGKey(1))
     assert head._fit_folds_jit._cache_size() == before + 1
@@ -170,19 +168,3 @@ def test_masked_auc_handles_ties_and_missing_class():
     assert float(head.masked_auc(s, y, m)) == pytest.approx(
         roc_auc_score(np.array(y)[:5], np.array(s)[:5]))
     assert np.isnan(float(head.masked_auc(s, jnp.ones(6), m)))
-
-
-@pytest.mark.parametrize("name", ["adam", "sgd"])
-def test_traced_optimizer_choice_equals_the_plain_optimizer(name):
-    """One compiled program serves both optimisers and each trains exactly as its own."""
-    rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
-    both = head.adam_or_sgd(jnp.asarray(name == "adam"), 1e-2, 0.9)
-    plain = head.make_optimizer(name, 1e-2, 0.9)
-    p1, s1, p2, s2 = params, both.init(params), params, plain.init(params)
-    for i in range(5):
-        g = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
-        u1, s1 = both.update(g, s1, p1)
-        u2, s2 = plain.update(g, s2, p2)
-        p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    np.testing.assert_array_equal(p1["w"], p2["w"])

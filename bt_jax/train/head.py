@@ -11,9 +11,8 @@ epochs (it exits once early stopping fires; under vmap a stopped fold's epochs a
 masked no-ops) around a `lax.scan` over mini-batches, with early stopping on the
 validation loss and restore-best carried as pytree state (`callbacks.py`). Folds are a
 leading axis: `jax.jit(jax.vmap(fit_fold_fn))`. Shapes (units, batch size, optimiser,
-epochs, padded fold sizes) are static; lr, dropout, momentum, patience and the optimiser
-(Adam or SGD, `adam_or_sgd`) are traced, so a search compiles once per (units, batch size),
-not once per trial.
+epochs, padded fold sizes) are static; lr, dropout, momentum and patience are traced, so
+a search compiles once per shape, not once per trial.
 """
 
 from __future__ import annotations
@@ -52,27 +51,11 @@ def make_optimizer(name: str, lr, momentum=0.0) -> optax.GradientTransformation:
     raise ValueError(f"make_optimizer: optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-def adam_or_sgd(use_adam, lr, momentum) -> optax.GradientTransformation:
-    """Adam and SGD side by side; `use_adam` (traced bool) picks whose update is applied.
-    Both states advance on every step, and the one not picked is never read, so each
-    choice trains exactly as `make_optimizer` would, while a search compiles one program
-    for both (the head is small: the unused update costs next to nothing)."""
-    adam, sgd = make_optimizer("adam", lr), make_optimizer("sgd", lr, momentum)
-
-    def init(params):
-        return adam.init(params), sgd.init(params)
-
-    def update(grads, state, params=None):
-        ua, sa = adam.update(grads, state[0], params)
-        us, ss = sgd.update(grads, state[1], params)
-        return jax.tree.map(lambda a, b: jnp.where(use_adam, a, b), ua, us), (sa, ss)
-    return optax.GradientTransformation(init, update)
-
-
 class HeadShape(NamedTuple):
     """The hyper-parameters that change compiled shapes/structure (static, hashable)."""
     units: int
     batch_size: int
+    optimizer: str
     epochs: int
 
 
@@ -118,14 +101,13 @@ class HeadHParams:
 
     @property
     def shape(self) -> HeadShape:
-        return HeadShape(int(self.units), int(self.batch_size), int(self.epochs))
+        return HeadShape(int(self.units), int(self.batch_size), self.optimizer, int(self.epochs))
 
     def traced(self) -> dict:
         # Explicit dtypes: weak-typed Python scalars would make a second cache entry.
         return {"lr": jnp.asarray(self.lr, jnp.float32),
                 "dropout": jnp.asarray(self.dropout, jnp.float32),
                 "momentum": jnp.asarray(self.momentum, jnp.float32),
-                "adam": jnp.asarray(self.optimizer == "adam"),
                 "patience": jnp.asarray(self.patience, jnp.int32)}
 
 
@@ -231,9 +213,9 @@ def _div(a, b):
 def fit_fold_fn(shape: HeadShape, features, labels, train_idx, train_mask, val_idx, val_mask,
                 hp: dict, rng) -> dict:
     """Whole training of one split (pure; jit/vmap at the call site). See FoldResults."""
-    units, bsz, epochs = shape
+    units, bsz, opt_name, epochs = shape
     model = Head(units, hp["dropout"])
-    tx = adam_or_sgd(hp["adam"], hp["lr"], hp["momentum"])
+    tx = make_optimizer(opt_name, hp["lr"], hp["momentum"])
     init_rng, loop_rng = jax.random.split(rng)
     params = model.init(init_rng, features[:1])["params"]
     n_batches = max(1, math.ceil(train_idx.shape[0] / bsz))
