@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bt_jax import compilation, pipelines, sharding
+from bt_jax import compilation, io, pipelines, sharding
 from bt_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -40,7 +40,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").addFilter(_QuietOrbax())
-    if sharding.initialize(_CONFIG.value.distributed) and not sharding.is_primary():
+    if sharding.initialize(_CONFIG.value.distributed) and not io.is_writer():
         logging.getLogger().setLevel(logging.WARNING)  # process 0 tells the story once
     if _CONFIG.value.compilation_cache:
         # Here, not in pipelines.run: JAX fixes the cache folder for the whole process.

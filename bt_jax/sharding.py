@@ -61,11 +61,6 @@ def initialize(dist) -> bool:
     return True
 
 
-def is_primary() -> bool:
-    """Process 0 writes the run's files; the others compute the same things silently."""
-    return jax.process_index() == 0
-
-
 def data_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
