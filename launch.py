@@ -42,9 +42,8 @@ def main(argv):
     logging.getLogger("absl").addFilter(_QuietOrbax())
     if sharding.initialize(_CONFIG.value.distributed) and not io.is_writer():
         logging.getLogger().setLevel(logging.WARNING)  # process 0 tells the story once
-    if _CONFIG.value.compilation_cache:
-        # Here, not in pipelines.run: JAX fixes the cache folder for the whole process.
-        compilation.enable_cache(os.path.join(os.path.abspath(_WORKDIR.value), "cache", "jax"))
+    # Here, not in pipelines.run: JAX fixes the cache folder for the whole process.
+    compilation.enable_for_run(_CONFIG.value, _WORKDIR.value)
     logging.info("JAX %s on %s", jax.__version__, jax.devices())
     try:
         pipelines.run(_CONFIG.value, _WORKDIR.value)

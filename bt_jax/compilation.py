@@ -36,6 +36,14 @@ def enable_cache(path) -> Path:
     return path
 
 
+def enable_for_run(config, workdir) -> Path | None:
+    """The cache of one launch: `W/cache/jax` unless `config.compilation_cache` is False.
+    Call once, before the first compilation: JAX fixes the cache folder per process."""
+    if not config.compilation_cache:
+        return None
+    return enable_cache(Path(workdir).absolute() / "cache" / "jax")
+
+
 class Tally:
     """Counts backend compilations, their seconds and cache hits while active. JAX's
     listeners cannot be removed, so one listener per process feeds every active Tally."""
