@@ -39,8 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""                       # empty: use synthetic phantoms
-    c.data.classes = ("no", "yes")        # sub-folder names; order gives label 0, 1, ...
-    c.data.positive = "yes"               # the tumour class (label 1 in binary tasks)
+    c.data.classes = ("no", "yes")        # sub-folder names, in label order; () = every sub-folder, sorted
+    c.data.positive = "yes"               # the tumour class of two (label 1); "" with more classes
+    c.data.negative_classes = ()          # C > 2: the "no tumour" classes -> a binary tumour view
     c.data.extensions = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
     c.data.min_size = 16                  # images smaller than this (either side) are skipped
     c.data.near_duplicate_bits = 6        # pHash Hamming distance that flags near-duplicates
@@ -159,6 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.predict.colour = "flag"             # strongly coloured images: "flag" (predict + note) | "skip"
     c.predict.output = "predictions.csv"  # relative to the workdir
     c.predict.table_rows = 20             # rows printed to the terminal
+    c.predict.gradcam_class = ""          # Grad-CAM of this class ("": the predicted one)
     c.threshold = ml_collections.ConfigDict()
     c.threshold.value = -1.0              # >= 0: use this threshold; else the model's
     c.threshold.target_sensitivity = 0.0  # > 0: choose on stored validation probs for this
@@ -171,6 +173,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.external.positive_classes = ()      # sub-folders that count as tumour
     c.external.negative_classes = ()      # sub-folders that count as no tumour
     c.external.ignore_classes = ()        # sub-folders left out on purpose
+    c.external.class_map = ()             # "sub-folder:model class" items (multi-class models)
     c.external.explain_examples = 8       # Grad-CAM overlays in the report (0: none)
     return c
 
@@ -335,17 +338,38 @@ def normalise(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def check_classes(c: ml_collections.ConfigDict, classes: tuple[str, ...]) -> None:
+    """The class settings against the classes (the config's, or the data folder's)."""
+    if len(classes) < 2:
+        _fail("data.classes", f"need at least two classes, got {classes}")
+    if len(set(classes)) != len(classes):
+        _fail("data.classes", f"class names repeat: {classes}")
+    if len(classes) == 2 and c.data.positive not in classes:
+        _fail("data.positive", f"{c.data.positive!r} is not one of data.classes {classes}")
+    if len(classes) > 2 and c.data.positive:
+        _fail("data.positive", f"{c.data.positive!r}: a tumour class applies to two classes; "
+                               f"with {len(classes)} classes {classes} set it to '' and name the "
+                               "no-tumour classes in data.negative_classes for a binary view")
+    neg = tuple(c.data.negative_classes)
+    unknown = [n for n in neg if n not in classes]
+    if unknown:
+        _fail("data.negative_classes", f"{unknown} not among the classes {classes}")
+    if neg and set(neg) == set(classes):
+        _fail("data.negative_classes", f"every class {classes} is 'no tumour': nothing is left "
+                                       "for tumour")
+    if len(classes) == 2 and neg and c.data.positive in neg:
+        _fail("data.negative_classes", f"{c.data.positive!r} is data.positive, the tumour class")
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every value the library reads; returns the config unchanged."""
     if c.pipeline not in PIPELINES:
         _fail("pipeline", f"expected one of {PIPELINES}, got {c.pipeline!r}")
     classes = tuple(c.data.classes)
-    if len(classes) < 2:
-        _fail("data.classes", f"need at least two classes, got {classes}")
-    if len(set(classes)) != len(classes):
-        _fail("data.classes", f"class names repeat: {classes}")
-    if c.data.positive not in classes:
-        _fail("data.positive", f"{c.data.positive!r} is not one of data.classes {classes}")
+    if classes:  # () = the data folder's sub-folders, checked once they are known
+        check_classes(c, classes)
+    elif c.augment.balance == "multipliers":
+        _fail("data.classes", "augment.multipliers are keyed by class: name the classes")
     if c.preprocess.equalize not in EQUALIZE:
         _fail("preprocess.equalize", f"expected one of {EQUALIZE}, got {c.preprocess.equalize!r}")
     if not 32 <= c.preprocess.size <= 1024:
@@ -384,7 +408,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("eval.bootstrap", f"bootstrap and ensemble_k must be >= 0, got "
                                 f"{c.eval.bootstrap}, {c.eval.ensemble_k}")
     _check_apply(c)
-    if c.augment.balance == "multipliers":
+    if c.augment.balance == "multipliers" and classes:
         missing = [k for k in classes if k not in c.augment.multipliers]
         if missing:
             _fail("augment.multipliers", f"no multiplier for classes {missing}")

@@ -252,9 +252,25 @@ def test_plan_from_config_maps_class_names(splits_and_labels):
     s, labels = splits_and_labels
     c = cfg.base_config()
     c.augment.balance = "multipliers"
-    plan = aug.plan_from_config(s.fold_train(0), labels, c)
+    plan = aug.plan_from_config(s.fold_train(0), labels, c, {"no": 0, "yes": 1})
     counts = np.bincount(labels[s.fold_train(0).indices])
     assert np.bincount(plan.label).tolist() == [12 * counts[0], 5 * counts[1]]  # no: 13, yes: 6
+    # the positive class is label 1 whatever its folder order: multipliers follow the name
+    flipped = aug.plan_from_config(s.fold_train(0), labels, c, {"yes": 0, "no": 1})
+    assert np.bincount(flipped.label).tolist() == [5 * counts[0], 12 * counts[1]]
+
+
+def test_augment2a_brings_every_class_of_several_up_to_the_largest():
+    labels = np.repeat([0, 1, 2, 3], [30, 9, 16, 6])
+    s = make_splits(labels, np.arange(len(labels)), test_fraction=0.1, k=3, seed=0)
+    train = s.fold_train(0)
+    plan = aug.plan_copies(train, labels, policy="augment2a", seed=0)
+    before = np.bincount(labels[train.indices], minlength=4)
+    after = before + np.bincount(plan.label, minlength=4)
+    top = before.max()
+    # method A's augment2a: every smaller class ends one above the largest (its +1 quirk)
+    assert after[np.argmax(before)] == top
+    assert all(after[c] == top + 1 for c in range(4) if c != np.argmax(before))
 
 
 def test_make_copies_in_chunks_compiles_once_and_matches_direct_call(splits_and_labels):

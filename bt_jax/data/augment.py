@@ -235,13 +235,16 @@ def _plan_multipliers(idx, train_labels, multipliers):
     return src, cp.astype(np.int64)
 
 
-def plan_from_config(train: TrainIndices, labels, config) -> CopyPlan:
+def plan_from_config(train: TrainIndices, labels, config, label_of: Mapping[str, int]) -> CopyPlan:
     """`plan_copies` with config.augment.balance/multipliers/seed; multipliers are keyed by
-    class name in the config and mapped to labels through config.data.classes."""
-    classes = tuple(config.data.classes)
+    class name in the config and mapped to labels through `label_of` (`Dataset.label_of`)."""
     mult = None
     if config.augment.balance == "multipliers":
-        mult = {classes.index(name): int(v) for name, v in config.augment.multipliers.items()}
+        unknown = [n for n in config.augment.multipliers if n not in label_of]
+        if unknown:
+            raise ValueError(f"config.augment.multipliers: {unknown} not among the classes "
+                             f"{list(label_of)}")
+        mult = {label_of[name]: int(v) for name, v in config.augment.multipliers.items()}
     return plan_copies(train, labels, policy=config.augment.balance, multipliers=mult,
                        seed=int(config.augment.seed))
 

@@ -3,6 +3,7 @@
     ds = prepare_dataset(config, workdir)      # writes workdir/manifest.{json,csv}
     ds.images[ds.splits.test]                  # (n_test, S, S, 3) float32 in [0, 1]
     ds.labels                                  # 1 = config.data.positive, 0 = other
+    # with C > 2 classes: ds.labels = ds.class_index (0..C-1), ds.multiclass is True
 
 Only one copy of each exact-duplicate group is used (the others are listed in the
 manifest with the split of their kept copy), so a duplicate can never straddle a split.
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_jax import io
+from bt_jax.config import ConfigError, check_classes
 from bt_jax.data import decode, discover, manifest, phantoms, preprocess, split
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Dataset:
     images: np.ndarray          # (N, S, S, 3) float32, used (unique) images only
-    labels: np.ndarray          # (N,) int32 binary: 1 = positive class
+    labels: np.ndarray          # (N,) int32 target: 1 = positive of two; the class index of C > 2
     class_index: np.ndarray     # (N,) int32 index into classes
     names: list[str]            # relative paths of used images
     sha256: list[str]
@@ -44,6 +46,22 @@ class Dataset:
     cache_hits: int = 0
     hidden: list = dataclasses.field(default_factory=list)  # dot-files/folders not read
     groups: np.ndarray | None = None  # split group per used image (duplicates stay together)
+    negative_classes: tuple[str, ...] = ()  # C > 2: the "no tumour" classes (binary view)
+
+    @property
+    def multiclass(self) -> bool:
+        return len(self.classes) > 2
+
+    @property
+    def label_of(self) -> dict[str, int]:
+        """Class name -> training label (the positive class is 1 of two, else the index)."""
+        return {c: (i if self.multiclass else int(c == self.positive))
+                for i, c in enumerate(self.classes)}
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Class names in label order: (negative, positive) of two, else the classes."""
+        return tuple(sorted(self.classes, key=self.label_of.__getitem__))
 
     @property
     def content_key(self) -> str:
@@ -83,17 +101,27 @@ def resolve_data_dir(config, workdir: Path) -> tuple[Path, bool]:
     if config.data.dir:
         root = Path(config.data.dir).expanduser()
         return root, phantoms.is_synthetic(root)
-    ph = config.data.phantoms
-    root = phantoms.write_phantoms(Path(workdir) / "synthetic_phantoms", n_per_class=ph.n_per_class,
-                                   size=ph.size, seed=config.seed,
-                                   classes=tuple(config.data.classes)[:2])
+    ph, classes = config.data.phantoms, tuple(config.data.classes) or ("no", "yes")
+    out = Path(workdir) / "synthetic_phantoms"
+    if len(classes) > 2:  # tumour types: one lesion type per class, no lesion for "no tumour"
+        unknown = [c for c in classes if c not in phantoms.LESION_TYPES]
+        if unknown:
+            raise ConfigError(f"config.data.classes: {unknown} are not phantom lesion types "
+                              f"{list(phantoms.LESION_TYPES)} (data.dir is empty, so phantoms "
+                              "are drawn); set data.dir or use those names")
+        root = phantoms.write_typed_phantoms(out, n_per_class=ph.n_per_class, size=ph.size,
+                                             seed=config.seed, class_names=classes)
+    else:
+        root = phantoms.write_phantoms(out, n_per_class=ph.n_per_class, size=ph.size,
+                                       seed=config.seed, classes=classes)
     return root, True
 
 
 def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     workdir = Path(workdir)
     root, synthetic = resolve_data_dir(config, workdir)
-    classes = tuple(config.data.classes)
+    classes = tuple(config.data.classes) or discover.class_folders(root)
+    check_classes(config, classes)
     files = discover.discover(root, classes, tuple(config.data.extensions))
     params = preprocess.PreprocessParams.from_config(config.preprocess)
     # min_size decides which files are skipped as tiny: part of what the cache holds.
@@ -123,13 +151,14 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     if not used:
         reasons = manifest.summary(rows)["skip_reasons"]
         raise discover.DataLayoutError(f"no usable images in {root} (skipped: {reasons})")
-    pos = classes.index(config.data.positive)
     cls_idx = np.array([files[i].label for i in used], np.int32)
-    labels = (cls_idx == pos).astype(np.int32)
+    labels = (cls_idx if len(classes) > 2 else
+              (cls_idx == classes.index(config.data.positive))).astype(np.int32)
     present = sorted(set(cls_idx.tolist()))
-    if len(present) < 2:
-        raise discover.DataLayoutError(f"only class {[classes[c] for c in present]} has usable "
-                                       f"images in {root}; need at least two")
+    if len(present) < len(classes):
+        missing = [c for i, c in enumerate(classes) if i not in present]
+        raise discover.DataLayoutError(f"class(es) {missing} have no usable image in {root}; "
+                                       "every class needs some (see manifest.csv for skips)")
     groups = manifest.split_groups(rows, used, config.data.group_near_duplicates)
     splits = split.make_splits(labels, groups, test_fraction=config.split.test_fraction,
                                val_fraction=config.split.val_fraction, k=config.split.k,
@@ -138,7 +167,8 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     images = np.stack([results[i][1] for i in used])
     ds = Dataset(images=images, labels=labels, class_index=cls_idx,
                  names=[files[i].rel for i in used], sha256=[files[i].sha256 for i in used],
-                 classes=classes, positive=config.data.positive, splits=splits,
+                 classes=classes, positive=config.data.positive if len(classes) == 2 else "",
+                 negative_classes=tuple(config.data.negative_classes), splits=splits,
                  synthetic=synthetic, root=root, records=rows, cache_hits=hits,
                  hidden=discover.hidden_entries(root, classes), groups=groups)
     manifest.write(workdir, ds, params)

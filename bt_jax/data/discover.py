@@ -62,6 +62,18 @@ def check_layout(root: Path, classes: tuple[str, ...]) -> None:
                                   "its sub-folders)")
 
 
+def class_folders(root: Path) -> tuple[str, ...]:
+    """The visible sub-folders of a data folder, sorted: its classes when the config names none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataLayoutError(f"data folder {root} does not exist or is not a folder")
+    found = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if len(found) < 2:
+        raise DataLayoutError(f"{root} has sub-folder(s) {list(found)}: a class per sub-folder "
+                              "and at least two classes are needed")
+    return found
+
+
 def _walk(folder: Path):
     """(visible files, hidden entries) under folder; hidden folders are not entered."""
     for dirpath, dirnames, filenames in os.walk(folder):

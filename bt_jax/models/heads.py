@@ -6,6 +6,11 @@
 Method A's head (GAP -> Dense -> Dropout -> Dense(1)) is `Head` applied
 to the backbone's pooled "pre_logits", so the head trained on cached features drops in
 unchanged. Method B's head is `FlattenHead` on the last feature map ("features").
+
+Classes: with two, method A's head has one logit (sigmoid) and method B's two (softmax),
+and every probability is P(label 1), shape (N,). With C > 2 both heads have C logits and
+probabilities are softmax rows (N, C). `class_probs`, `per_example_loss` and `correct`
+decide by the number of logits, so training and inference code has one path.
 """
 
 from __future__ import annotations
@@ -15,10 +20,16 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
+
+
+def n_outputs(n_classes: int, head_type: str = "gap_dense") -> int:
+    """Logits of a head for `n_classes` classes (method A's binary head has one)."""
+    return 1 if n_classes == 2 and head_type == "gap_dense" else n_classes
 
 
 class Head(nn.Module):
-    """Dense(units, relu) -> Dropout(dropout) -> Dense(1); returns logits (B, 1).
+    """Dense(units, relu) -> Dropout(dropout) -> Dense(outputs); returns logits (B, outputs).
 
     Keras initialisers (glorot_uniform kernels, zero biases) as in method A. Dropout is
     written out rather than nn.Dropout so that the rate may be a traced value (one
@@ -26,6 +37,7 @@ class Head(nn.Module):
     """
     units: int
     dropout: Any = 0.0
+    outputs: int = 1
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, keep_mask=None):
@@ -38,7 +50,7 @@ class Head(nn.Module):
             kept = keep_mask if keep_mask is not None else jax.random.bernoulli(
                 self.make_rng("dropout"), keep, x.shape)
             x = jnp.where(kept, x / keep, 0.0)
-        return nn.Dense(1, name="out", **init)(x)
+        return nn.Dense(self.outputs, name="out", **init)(x)
 
 
 class FlattenHead(nn.Module):
@@ -76,6 +88,27 @@ class Classifier(nn.Module):
         if self.stop_backbone_grad:
             h = jax.lax.stop_gradient(h)
         return self.head(h.astype(jnp.float32), train=train), out
+
+
+def class_probs(logits):
+    """P(label 1) (N,) for one- or two-logit heads; softmax rows (N, C) for C > 2 logits."""
+    if logits.shape[-1] <= 2:
+        return positive_prob(logits)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def per_example_loss(logits, y):
+    """Sigmoid BCE for one logit (method A, binary), softmax CE over class indices else."""
+    if logits.shape[-1] == 1:
+        return optax.sigmoid_binary_cross_entropy(logits[:, 0], y.astype(jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32))
+
+
+def correct(logits, y):
+    """Per-example hit: logit > 0 for one logit, argmax otherwise (ties: the first class)."""
+    if logits.shape[-1] == 1:
+        return (logits[:, 0] > 0) == (y > 0.5)
+    return jnp.argmax(logits, axis=-1) == y.astype(jnp.int32)
 
 
 def positive_prob(logits):

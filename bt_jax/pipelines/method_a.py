@@ -84,7 +84,8 @@ def resolve_backbones(config, names) -> dict[str, str]:
 
 
 def make_copy_set(config, ds: dataset.Dataset) -> CopySet:
-    plans = [augment.plan_from_config(ds.splits.fold_train(f), ds.labels, config)
+    plans = [augment.plan_from_config(ds.splits.fold_train(f), ds.labels, config,
+                                       ds.label_of)
              for f in range(ds.splits.k)]
     union = augment.union_plans(plans)
     images, _, _ = augment.make_copies(ds.images, ds.labels, union,

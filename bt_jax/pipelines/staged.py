@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def training_rows(config, ds) -> finetune.FitData:
     """Training originals + their multiplier copies (augmented in the step); val = ds.splits.val."""
     train = ds.splits.train_all()
-    plan = augment.plan_from_config(train, ds.labels, config)
+    plan = augment.plan_from_config(train, ds.labels, config, ds.label_of)
     n_orig = len(train.indices)
     src = np.concatenate([train.indices, plan.source])
     keys = np.concatenate([np.zeros((n_orig, 2), np.uint32), plan.rng.astype(np.uint32)])

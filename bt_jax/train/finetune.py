@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bt_jax import sharding
 from bt_jax.data import augment
 from bt_jax.models import common, registry
-from bt_jax.models.heads import positive_prob
+from bt_jax.models.heads import class_probs, correct, per_example_loss
 from bt_jax.sharding import batched_apply
 from bt_jax.train import callbacks
 from bt_jax.train.checkpoint import Checkpoints
@@ -97,17 +97,17 @@ def init_state(variables, tx) -> TrainState:
 
 # ----------------------------------------------------------------------------- steps
 
-def per_example_loss(logits, y):
-    """Sigmoid BCE for one logit (method A), softmax CE for several (method B)."""
-    if logits.shape[-1] == 1:
-        return optax.sigmoid_binary_cross_entropy(logits[:, 0], y.astype(jnp.float32))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+def _hits(logits, y, prob):
+    """Binary: P(label 1) >= 0.5 is a tumour call; C > 2 classes: the argmax."""
+    if logits.shape[-1] > 2:
+        return correct(logits, y)
+    return (prob >= 0.5) == (y == 1)
 
 
 def _sums(logits, y, w):
     loss = per_example_loss(logits, y)
-    pred = (positive_prob(logits) >= 0.5).astype(y.dtype)
-    return {"loss": jnp.sum(loss * w), "correct": jnp.sum((pred == y) * w), "count": jnp.sum(w)}
+    hit = _hits(logits, y, class_probs(logits))
+    return {"loss": jnp.sum(loss * w), "correct": jnp.sum(hit * w), "count": jnp.sum(w)}
 
 
 def _micro_grads(model, bn_train: bool, aug: augment.AugmentParams, state: TrainState,
@@ -173,10 +173,10 @@ def finetune_step(model, tx, labels, bn_train: bool, aug: augment.AugmentParams,
 
 
 def eval_step(model, variables, x, y):
-    """Per row, inference mode: (loss, correct, P(positive))."""
+    """Per row, inference mode: (loss, correct, P(positive) (B,) or class probs (B, C))."""
     logits, _ = model.apply(variables, x, train=False)
-    prob = positive_prob(logits)
-    return per_example_loss(logits, y), (prob >= 0.5) == (y == 1), prob
+    prob = class_probs(logits)
+    return per_example_loss(logits, y), _hits(logits, y, prob), prob
 
 
 # ----------------------------------------------------------------------------- loop

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from bt_jax.data.split import TrainIndices
-from bt_jax.models.heads import Head
+from bt_jax.models.heads import Head, class_probs, correct, n_outputs, per_example_loss
 from bt_jax.train.folds import (FoldArrays, make_fold_arrays, pad_index_sets,  # noqa: F401
                                 train_with_copies)
 from bt_jax.train import callbacks
@@ -57,6 +57,7 @@ class HeadShape(NamedTuple):
     batch_size: int
     optimizer: str
     epochs: int
+    outputs: int = 1          # logits: 1 for two classes (sigmoid), C for C > 2 (softmax)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +159,8 @@ def head_step(model: Head, tx, params, opt_state, x, y, mask, dropout):
             out = model.apply({"params": p}, x, train=True, keep_mask=dropout)
         else:
             out = model.apply({"params": p}, x, train=True, rngs={"dropout": dropout})
-        logits = out[:, 0]
-        per = optax.sigmoid_binary_cross_entropy(logits, y) * mask
-        return per.sum() / jnp.maximum(mask.sum(), 1), (per.sum(), logits)
+        per = per_example_loss(out, y) * mask
+        return per.sum() / jnp.maximum(mask.sum(), 1), (per.sum(), out)
 
     (_, (loss_sum, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, new_opt = tx.update(grads, opt_state, params)
@@ -169,16 +169,14 @@ def head_step(model: Head, tx, params, opt_state, x, y, mask, dropout):
     keep = lambda new, old: jnp.where(has, new, old)  # noqa: E731
     params = jax.tree.map(keep, new_params, params)
     opt_state = jax.tree.map(keep, new_opt, opt_state)
-    correct = jnp.sum(((logits > 0) == (y > 0.5)) & mask)
-    return params, opt_state, (loss_sum, correct, mask.sum())
+    return params, opt_state, (loss_sum, jnp.sum(correct(logits, y) & mask), mask.sum())
 
 
 def eval_fn(model: Head, params, x, y, mask):
     """Inference-mode masked sums over one set -> (loss_sum, correct, count, logits)."""
-    logits = model.apply({"params": params}, x)[:, 0]
-    per = optax.sigmoid_binary_cross_entropy(logits, y) * mask
-    correct = jnp.sum(((logits > 0) == (y > 0.5)) & mask)
-    return per.sum(), correct, mask.sum(), logits
+    logits = model.apply({"params": params}, x)
+    per = per_example_loss(logits, y) * mask
+    return per.sum(), jnp.sum(correct(logits, y) & mask), mask.sum(), logits
 
 
 def masked_auc(scores, y, mask):
@@ -189,6 +187,18 @@ def masked_auc(scores, y, mask):
     wins = jnp.sum(jnp.where(pairs, (diff > 0) + 0.5 * (diff == 0), 0.0))
     n = pos.sum().astype(jnp.float32) * neg.sum()
     return jnp.where(n > 0, wins / jnp.maximum(n, 1), jnp.nan)
+
+
+def _val_scores(logits, y, mask):
+    """(ROC AUC, probabilities with NaN in padding) of the validation set. C > 2 classes:
+    the macro mean of one-vs-rest AUCs (NaN if a class is absent) and (V, C) rows."""
+    prob = class_probs(logits)
+    if prob.ndim == 1:
+        return masked_auc(logits[:, 0], y, mask), jnp.where(mask, prob, jnp.nan)
+    yi = y.astype(jnp.int32)
+    aucs = jax.vmap(lambda p, c: masked_auc(p, (yi == c).astype(jnp.float32), mask),
+                    in_axes=(1, 0))(prob, jnp.arange(prob.shape[1]))
+    return aucs.mean(), jnp.where(mask[:, None], prob, jnp.nan)
 
 
 def _epoch_randomness(rng, mask, n_batches, bsz, units, keep):
@@ -213,8 +223,8 @@ def _div(a, b):
 def fit_fold_fn(shape: HeadShape, features, labels, train_idx, train_mask, val_idx, val_mask,
                 hp: dict, rng) -> dict:
     """Whole training of one split (pure; jit/vmap at the call site). See FoldResults."""
-    units, bsz, opt_name, epochs = shape
-    model = Head(units, hp["dropout"])
+    units, bsz, opt_name, epochs, outputs = shape
+    model = Head(units, hp["dropout"], outputs)
     tx = make_optimizer(opt_name, hp["lr"], hp["momentum"])
     init_rng, loop_rng = jax.random.split(rng)
     params = model.init(init_rng, features[:1])["params"]
@@ -260,10 +270,10 @@ def fit_fold_fn(shape: HeadShape, features, labels, train_idx, train_mask, val_i
                              epoch_body, carry0)
     es = out["es"]
     vl, vc, vn, logits = eval_fn(model, es.best_params, xv, yv, val_mask)
+    val_auc, val_prob = _val_scores(logits, yv, val_mask)
     return dict(**out["curves"], best_epoch=es.best_epoch, stopped_epoch=es.stopped_epoch,
                 epochs_run=out["epoch"], val_loss_best=_div(vl, vn), val_acc_best=_div(vc, vn),
-                val_auc=masked_auc(logits, yv, val_mask),
-                val_prob=jnp.where(val_mask, jax.nn.sigmoid(logits), jnp.nan),
+                val_auc=val_auc, val_prob=val_prob,
                 params=es.best_params)
 
 
@@ -281,7 +291,15 @@ def _host(out: dict) -> FoldResults:
     return FoldResults(**jax.device_get(out), params=params)
 
 
-def _prep(features, labels):
+def _shape(hparams: HeadHParams, n_classes: int) -> HeadShape:
+    return hparams.shape._replace(outputs=n_outputs(n_classes))
+
+
+def _prep(features, labels, n_classes: int):
+    bad = np.setdiff1d(np.unique(np.asarray(labels)), np.arange(n_classes))
+    if n_classes < 2 or bad.size:
+        raise ValueError(f"labels must be class indices in [0, {n_classes}) with n_classes >= 2; "
+                         f"got n_classes={n_classes} and labels {bad[:5].tolist()}")
     features = jnp.asarray(features, jnp.float32)
     labels = jnp.asarray(labels, jnp.float32)
     if features.ndim != 2 or labels.shape != features.shape[:1]:
@@ -308,41 +326,44 @@ def _fold_args(folds: FoldArrays):
                                           folds.val_mask))
 
 
-def fit_folds(features, labels, folds: FoldArrays, hparams: HeadHParams, rng) -> FoldResults:
-    """All k folds at once: jit(vmap(fit_fold_fn)); fold f uses jax.random.split(rng, k)[f]."""
-    features, labels = _prep(features, labels)
+def fit_folds(features, labels, folds: FoldArrays, hparams: HeadHParams, rng, *,
+              n_classes: int = 2) -> FoldResults:
+    """All k folds at once: jit(vmap(fit_fold_fn)); fold f uses jax.random.split(rng, k)[f].
+    labels: 0/1 for two classes, class indices for n_classes > 2 (softmax head)."""
+    features, labels = _prep(features, labels, n_classes)
     _check_folds(folds, features.shape[0])
     rngs = jax.random.split(rng, folds.k)
-    return _host(_fit_folds_jit(hparams.shape, features, labels, *_fold_args(folds),
+    return _host(_fit_folds_jit(_shape(hparams, n_classes), features, labels, *_fold_args(folds),
                                 hparams.traced(), rngs))
 
 
 def fit_folds_sequential(features, labels, folds: FoldArrays, hparams: HeadHParams,
-                         rng) -> FoldResults:
+                         rng, *, n_classes: int = 2) -> FoldResults:
     """Reference only (tests, bench): a Python loop over folds of the jitted single fold."""
-    features, labels = _prep(features, labels)
+    features, labels = _prep(features, labels, n_classes)
     _check_folds(folds, features.shape[0])
     rngs = jax.random.split(rng, folds.k)
     args = _fold_args(folds)
-    outs = [_fit_fold_jit(hparams.shape, features, labels, *(a[f] for a in args),
+    outs = [_fit_fold_jit(_shape(hparams, n_classes), features, labels, *(a[f] for a in args),
                           hparams.traced(), rngs[f]) for f in range(folds.k)]
     return _host(jax.tree.map(lambda *xs: jnp.stack(xs), *outs))
 
 
-def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng) -> FoldResults:
+def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng, *,
+            n_classes: int = 2) -> FoldResults:
     """One split (method A's final training: e.g. epochs=10, patience=3); no fold axis.
 
     train_idx: row indices incl. copies (see train_with_copies) or a TrainIndices;
     val_idx: non-empty validation rows (early stopping needs a validation loss).
     """
-    features, labels = _prep(features, labels)
+    features, labels = _prep(features, labels, n_classes)
     if isinstance(train_idx, TrainIndices):
         train_idx = train_idx.indices
     (ti, tm), (vi, vm) = pad_index_sets([train_idx]), pad_index_sets([val_idx])
     folds = FoldArrays(ti, tm, vi, vm)
     _check_folds(folds, features.shape[0])
     args = _fold_args(folds)
-    return _host(_fit_fold_jit(hparams.shape, features, labels, *(a[0] for a in args),
+    return _host(_fit_fold_jit(_shape(hparams, n_classes), features, labels, *(a[0] for a in args),
                                hparams.traced(), rng))
 
 
@@ -363,6 +384,7 @@ def check_converged(res: FoldResults, *, what: str) -> None:
 
 @jax.jit
 def predict_proba(params, features):
-    """P(label 1) for each row, inference mode; the head's width is read from params."""
-    model = Head(params["hidden"]["kernel"].shape[-1])
-    return jax.nn.sigmoid(model.apply({"params": params}, features)[:, 0])
+    """P(label 1) per row, or (N, C) class probabilities; inference mode. The head's
+    width and number of logits are read from params."""
+    model = Head(params["hidden"]["kernel"].shape[-1], outputs=params["out"]["kernel"].shape[-1])
+    return class_probs(model.apply({"params": params}, features))
