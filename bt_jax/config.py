@@ -357,6 +357,9 @@ def check_classes(c: ml_collections.ConfigDict, classes: tuple[str, ...]) -> Non
     if neg and set(neg) == set(classes):
         _fail("data.negative_classes", f"every class {classes} is 'no tumour': nothing is left "
                                        "for tumour")
+    if len(classes) > 2 and c.eval.target_sensitivity and not neg:
+        _fail("eval.target_sensitivity", f"sensitivity to tumour needs data.negative_classes "
+                                         f"(the no-tumour classes among {classes})")
     if len(classes) == 2 and neg and c.data.positive in neg:
         _fail("data.negative_classes", f"{c.data.positive!r} is data.positive, the tumour class")
 

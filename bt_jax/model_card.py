@@ -20,7 +20,7 @@ import numpy as np
 from bt_jax import io
 from bt_jax.errors import UserError
 from bt_jax.models import registry as mreg
-from bt_jax.reporting import metrics
+from bt_jax.reporting import metrics, multiclass
 
 MODEL_FORMAT = 1                      # model.json "format" this version reads
 HEAD_TYPES = ("gap_dense", "flatten")  # model.json head.type this version can rebuild
@@ -86,6 +86,7 @@ def write_model_card(workdir, *, config, ds, backbone: str, digest: str, head: d
             "weights_digest": digest, "dtype": config.model.dtype, "head": head,
             "preprocess": config.preprocess.to_dict(), "classes": list(ds.classes),
             "positive": ds.positive, "threshold": float(config.eval.threshold),
+            **({"negative_classes": list(ds.negative_classes)} if ds.multiclass else {}),
             "checkpoint": str(Path(checkpoint_dir).relative_to(workdir) / "best"),
             "synthetic": bool(ds.synthetic), "training_hashes": "training_hashes.json",
             "near_duplicate_bits": int(config.data.near_duplicate_bits)}
@@ -108,20 +109,41 @@ def record_temperature(workdir, temperature: float, *, source: str) -> None:
 
 
 def record_validation(workdir, names, labels, prob, *, target_sensitivity: float = 0.0,
-                      source: str = "fold 0 validation") -> dict:
+                      source: str = "fold 0 validation", classes=(), negative_classes=()) -> dict:
     """Stores validation probabilities beside model.json; with a target sensitivity also sets
-    model.json's threshold to the one reaching it there. Returns the threshold entry."""
+    model.json's threshold to the one reaching it there. Returns the threshold entry.
+
+    C > 2 classes: `prob` is (N, C) and `labels` class indices; the threshold belongs to the
+    binary view (P(tumour) = 1 - P(negative_classes)) and needs negative_classes."""
     workdir = Path(workdir)
-    io.write_json(workdir / "validation.json",
-                  {"source": source, "names": list(names), "labels": [int(x) for x in labels],
-                   "prob": [float(p) for p in prob]}, indent=None)
+    prob = np.asarray(prob, np.float64)
+    entry = {"source": source, "names": list(names), "labels": [int(x) for x in labels],
+             "prob": np.round(prob, 8).tolist() if prob.ndim == 2 else [float(p) for p in prob]}
+    if prob.ndim == 2:
+        entry.update(classes=list(classes), negative_classes=list(negative_classes))
+    io.write_json(workdir / "validation.json", entry, indent=None)
     card_p = workdir / "model.json"
     card = io.read_json(card_p)
     card["validation"] = "validation.json"
     if target_sensitivity:
-        op = metrics.threshold_for_sensitivity(np.asarray(labels), np.asarray(prob),
-                                               float(target_sensitivity))
+        y, p = binary_validation(entry)
+        op = metrics.threshold_for_sensitivity(y, p, float(target_sensitivity))
         card["threshold"] = op["threshold"]
         card["threshold_info"] = {"source": f"validation ({source}, n={len(labels)})", **op}
     io.write_json(card_p, card)
     return {"threshold": card["threshold"], **card.get("threshold_info", {"source": "default"})}
+
+
+def binary_validation(entry: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(tumour labels, P(tumour)) of a validation.json entry; a multi-class model's binary
+    view when it names its no-tumour classes, else a clear error."""
+    y, p = np.asarray(entry["labels"]), np.asarray(entry["prob"], np.float64)
+    if p.ndim == 1:
+        return y, p
+    classes, neg = entry.get("classes", []), entry.get("negative_classes", [])
+    if not neg:
+        raise ModelCardError(f"a threshold for a target sensitivity needs a tumour vs no-tumour "
+                             f"question, but this {len(classes)}-class model names no "
+                             "data.negative_classes (retrain with them to get a binary view)")
+    return (~np.isin(y, [classes.index(c) for c in neg])).astype(int), \
+        multiclass.binary_view(p, classes, neg)

@@ -36,6 +36,11 @@ def test_outputs(finished):
     assert "SYNTHETIC" in report and "Precision" in report
     card = json.loads((w / "model.json").read_text())
     assert card["backbone"] == "efficientnet_lite0" and (w / card["checkpoint"]).is_dir()
+    # two classes: exactly the binary model card and metrics of before multi-class (#12)
+    assert set(card["head"]) == {"type", "units", "dropout"} and "negative_classes" not in card
+    assert card["positive"] == "yes" and card["classes"] == ["no", "yes"]
+    assert "binary_view" not in m["final"] and m["final"]["positive"] == "yes"
+    assert isinstance(json.loads((w / "validation.json").read_text())["prob"][0], float)
     assert "test accuracy" in r.stdout
     assert m["ensemble"]["k_used"] == 3 and (w / "eval/ensemble/roc.png").exists()
     # the primary estimate: repeated CV of the final setting, with the logistic baseline

@@ -76,7 +76,7 @@ def run_ensemble(run, study: optuna.Study) -> tuple[tuple, dict]:
     ens = ensemble_topk(study, run.feats, run.labels_all, train_rows, ds.splits.fold_val(0),
                         ds.splits.test, k=c.eval.ensemble_k, config=c, seed=c.seed + 1)
     return evaluate_ensemble(ens, ds.labels[ds.splits.test], out_dir=run.workdir / "eval" / "ensemble",
-                             class_names=method_a.class_names(ds), config=c, synthetic=ds.synthetic)
+                             class_names=ds.label_names, config=c, synthetic=ds.synthetic)
 
 
 def ensemble_topk(study: optuna.Study, feats: dict, labels_all, train_rows, val_rows, test_idx, *,

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from bt_jax.data import split
-from bt_jax.reporting import metrics
+from bt_jax.reporting import metrics, multiclass
 from bt_jax.train import baseline, head
 from bt_jax.train.folds import make_fold_arrays, row_sources
 
@@ -36,6 +36,17 @@ def _fold_sets(run, repeats: int):
         else:
             s = split.refold(ds.splits, ds.labels, ds.groups, seed=run.config.seed + 7919 * r)
             yield make_fold_arrays(s, n, run.copies.union.source)
+
+
+def _scores(y, p, names, **boot) -> dict:
+    """{"accuracy", "roc_auc"} entries: the binary report's, or for C classes the accuracy
+    of the argmax and the macro one-vs-rest ROC AUC."""
+    if np.ndim(p) == 1:
+        rep = metrics.classification_report(y, p, **boot)
+        return {"accuracy": rep["accuracy"], "roc_auc": rep["roc_auc"]}
+    p = p / p.sum(axis=1, keepdims=True)  # means of softmax rows: renormalise float error
+    rep = multiclass.multiclass_report(y, p, class_names=names, **boot)
+    return {"accuracy": rep["accuracy"], "roc_auc": rep["macro"]["roc_auc"]}
 
 
 def _oof(folds, prob) -> tuple[np.ndarray, np.ndarray]:
@@ -54,36 +65,39 @@ def _across(values) -> dict:
 
 
 def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
-    c, n = run.config, len(run.ds.labels)
+    c, n, names = run.config, len(run.ds.labels), list(run.ds.label_names)
     feats, labels = run.feats[backbone], run.labels_all
     groups, _ = row_sources(np.arange(len(labels)), n, run.copies.union.source)
-    sums = {"head": np.zeros(n), "logistic": np.zeros(n)}
+    width = (len(names),) if run.ds.multiclass else ()
+    sums = {"head": np.zeros((n, *width)), "logistic": np.zeros((n, *width))}
     count = np.zeros(n)
     per_repeat = []
     for r, folds in enumerate(_fold_sets(run, repeats)):
-        res = head.fit_folds(feats, labels, folds, hp, jax.random.PRNGKey(c.seed + r))
+        res = head.fit_folds(feats, labels, folds, hp, jax.random.PRNGKey(c.seed + r),
+                             n_classes=len(names))
         lr = baseline.logistic_folds(feats, labels, folds, groups=groups, seed=c.seed + r)
         row = {"repeat": r}
         for name, prob in (("head", res.val_prob), ("logistic", lr["val_prob"])):
             idx, p = _oof(folds, prob)
             sums[name][idx] += p
-            rep = metrics.classification_report(labels[idx], p, n_boot=0)
-            row[name] = {"accuracy": rep["accuracy"]["value"], "roc_auc": rep["roc_auc"]["value"]}
+            rep = _scores(labels[idx], p, names, n_boot=0)
+            row[name] = {m: rep[m]["value"] for m in ("accuracy", "roc_auc")}
         count[idx] += 1
         row["logistic_C"] = lr["C"].tolist()
         per_repeat.append(row)
     seen = count > 0
     y = labels[:n][seen]
-    mean_prob = {k: v[seen] / count[seen] for k, v in sums.items()}
+    mean_prob = {k: v[seen] / count[seen].reshape(-1, *(1,) * len(width))
+                 for k, v in sums.items()}
     boot = dict(n_boot=int(c.eval.bootstrap), ci=float(c.eval.ci), seed=int(c.seed))
     out = {"repeats": repeats, "k": int(run.folds.k), "n_images": int(seen.sum()),
            "per_repeat": per_repeat}
     for name, p in mean_prob.items():
-        rep = metrics.classification_report(y, p, **boot)
+        rep = _scores(y, p, names, **boot)
         out[name] = {"accuracy": rep["accuracy"], "roc_auc": rep["roc_auc"],
                      "across_repeats": {m: _across([r[name][m] for r in per_repeat])
                                         for m in ("accuracy", "roc_auc")}}
-    if boot["n_boot"] >= 2:
+    if boot["n_boot"] >= 2 and not width:  # the paired bootstrap is written for two classes
         out["head_minus_logistic"] = metrics.paired_difference(
             y, mean_prob["logistic"], mean_prob["head"], **boot)["metrics"]
     return out
@@ -97,7 +111,7 @@ def _cell(entry: dict) -> str:
 def verdict(est: dict) -> str:
     d = est.get("head_minus_logistic")
     if not d:
-        return "No paired comparison (eval.bootstrap < 2)."
+        return "No paired comparison (eval.bootstrap < 2, or more than two classes)."
     acc, auc = d["accuracy"], d["roc_auc"]
     lo, hi = acc["ci"]
     if lo > 0:

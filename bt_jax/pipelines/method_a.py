@@ -21,7 +21,7 @@ import numpy as np
 from bt_jax import features, model_card
 from bt_jax.data import augment, dataset
 from bt_jax.models import registry as mreg
-from bt_jax.models.heads import Classifier, Head
+from bt_jax.models.heads import Classifier, Head, n_outputs
 from bt_jax.reporting import calibration, evaluation, plots
 from bt_jax.train import finetune, head
 from bt_jax.train.checkpoint import open_checkpoints
@@ -129,7 +129,7 @@ def prepare(config, workdir: Path, backbones) -> Run:
 def cv_head(run: Run, backbone: str, hp: head.HeadHParams) -> head.FoldResults:
     """One head setting trained on all k folds at once; refuses a diverged run."""
     res = head.fit_folds(run.feats[backbone], run.labels_all, run.folds, hp,
-                         jax.random.PRNGKey(run.config.seed))
+                         jax.random.PRNGKey(run.config.seed), n_classes=len(run.ds.classes))
     head.check_converged(res, what=f"{backbone} head {hp}")
     return res
 
@@ -147,7 +147,7 @@ def _fold0_rows(run: Run) -> tuple[np.ndarray, np.ndarray]:
 def final_head(run: Run, backbone: str, hp: head.HeadHParams) -> head.FoldResults:
     train_rows, val_rows = _fold0_rows(run)
     res = head.fit_one(run.feats[backbone], run.labels_all, train_rows, val_rows, hp,
-                       jax.random.PRNGKey(run.config.seed + 1))
+                       jax.random.PRNGKey(run.config.seed + 1), n_classes=len(run.ds.classes))
     head.check_converged(res, what=f"final {backbone} head")
     return res
 
@@ -168,7 +168,8 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
     """The backbone + final head fine-tuned end to end at lr * finetune_lr_factor."""
     c = run.config
     module, variables, digest = run.models[backbone]
-    model = Classifier(backbone=module, head=Head(hp.units, hp.dropout), head_input="pre_logits")
+    model = Classifier(backbone=module, head=Head(hp.units, hp.dropout, n_outputs(len(run.ds.classes))),
+                       head_input="pre_logits")
     full = {"params": {"backbone": variables["params"], "head": jax.device_get(frozen.params)},
             "batch_stats": {"backbone": variables.get("batch_stats", {})}}
     data = _fit_data(run)
@@ -196,13 +197,17 @@ def finish(run: Run, backbone: str, hp: head.HeadHParams) -> Final:
                                        val_rows, batch_size=hp.batch_size)
     c, ds = run.config, run.ds
     temperature = 1.0
-    if c.eval.temperature_scaling:  # fitted on validation predictions, never on test
+    if c.eval.temperature_scaling and ds.multiclass:
+        log.info("temperature scaling: fitted for two classes only; %d classes left as they are",
+                 len(ds.classes))
+    elif c.eval.temperature_scaling:  # fitted on validation predictions, never on test
         temperature = calibration.fit_temperature(ds.labels[val_rows], val_prob)
         val_prob = calibration.apply_temperature(val_prob, temperature)
         log.info("temperature scaling: T = %.3f (fold-0 validation)", temperature)
     model_card.write_model_card(
         run.workdir, config=c, ds=ds, backbone=backbone, digest=run.models[backbone][2],
-        head={"type": "gap_dense", "units": hp.units, "dropout": hp.dropout},
+        head={"type": "gap_dense", "units": hp.units, "dropout": hp.dropout,
+              **({"outputs": len(ds.classes)} if ds.multiclass else {})},
         checkpoint_dir=ck.root)
     if temperature != 1.0:
         model_card.record_temperature(run.workdir, temperature,
@@ -211,13 +216,9 @@ def finish(run: Run, backbone: str, hp: head.HeadHParams) -> Final:
     # sensitivity later; with eval.target_sensitivity set, model.json's threshold is that one.
     op = model_card.record_validation(run.workdir, [ds.names[i] for i in val_rows],
                                       ds.labels[val_rows], val_prob,
-                                      target_sensitivity=c.eval.target_sensitivity)
+                                      target_sensitivity=c.eval.target_sensitivity,
+                                      classes=ds.classes, negative_classes=ds.negative_classes)
     return Final(backbone, hp, frozen, tuned, fs, model, val_rows, op, temperature)
-
-
-def class_names(ds) -> tuple[str, str]:
-    """(negative, positive) in label order."""
-    return (ds.classes[0] if ds.positive != ds.classes[0] else ds.classes[1], ds.positive)
 
 
 def evaluate_test(run: Run, final: Final) -> tuple[list, dict, dict]:
@@ -239,8 +240,9 @@ def evaluate_test(run: Run, final: Final) -> tuple[list, dict, dict]:
     for key in ("finetuned", "head_only"):
         s, out[key] = evaluation.evaluate_split(
             y, probs[key], out_dir=run.workdir / "eval" / key, title=titles[key],
-            class_names=class_names(ds), config=c, synthetic=ds.synthetic,
-            operating_threshold=final.operating_point["threshold"])
+            class_names=ds.label_names, config=c, synthetic=ds.synthetic,
+            operating_threshold=final.operating_point["threshold"],
+            negative_classes=ds.negative_classes)
         sections.append(s)
     return sections, {"final": out["finetuned"], "head_only": out["head_only"]}, probs
 
@@ -249,9 +251,10 @@ def training_sections(run: Run, final: Final) -> list:
     """Report sections for the data, the final head's curves and fine-tuning."""
     ds, c, plot_dir = run.ds, run.config, run.workdir / "plots"
     s = ds.splits
-    data = (f"{len(ds.labels)} unique images from `{ds.root}` ({int(ds.labels.sum())} "
-            f"{ds.positive}); test split {len(s.test)}, {s.k} folds over the rest. "
-            "See `manifest.json`.")
+    counts = ", ".join(f"{int((ds.class_index == i).sum())} {cl}"
+                       for i, cl in enumerate(ds.classes))
+    data = (f"{len(ds.labels)} unique images from `{ds.root}` ({counts}); test split "
+            f"{len(s.test)}, {s.k} folds over the rest. See `manifest.json`.")
     balance = plots.plot_class_balance(
         {cl: int((ds.class_index == i).sum()) for i, cl in enumerate(ds.classes)},
         plot_dir / "class_balance.png", "Unique images per class", note=run.note)

@@ -42,7 +42,10 @@ def run(config, workdir: Path):
         metrics["cv"] = estimates.repeated_cv(run, best["backbone"], final.hp,
                                               config.eval.cv_repeats)
         sections.insert(2, estimates.cv_section(metrics["cv"]))  # after Data, Search
-    if config.eval.ensemble_k:
+    if config.eval.ensemble_k and run.ds.multiclass:
+        log.info("top-k ensemble: compared for two classes only; left out for %d classes",
+                 len(run.ds.classes))
+    elif config.eval.ensemble_k:
         s_ens, metrics["ensemble"] = ensemble.run_ensemble(run, study)
         sections.append(s_ens)
     metrics.update(best_trial=best, backbone=best["backbone"], synthetic=run.ds.synthetic,

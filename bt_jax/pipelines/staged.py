@@ -54,7 +54,7 @@ def build_model(config, ds):
                                             dtype=config.model.dtype,
                                             depthwise=config.model.depthwise)
     head = FlattenHead(hidden=tuple(config.staged.head_hidden), dropout=config.staged.head_dropout,
-                       num_classes=2)
+                       num_classes=len(ds.classes))
     model = Classifier(backbone=module, head=head, head_input="features")
     x = jnp.zeros((1, config.preprocess.size, config.preprocess.size, 3))
     init = jax.jit(lambda r: model.init(r, x))(jax.random.PRNGKey(config.seed))
@@ -87,7 +87,7 @@ def run(config, workdir: Path):
     data = training_rows(config, ds)
     note = evaluation.note_for(ds.synthetic) or (
         "RANDOM-INIT BACKBONE (no pretrained weights)" if digest == load.RANDOM_DIGEST else None)
-    cls = tuple(c for c in ds.classes if c != ds.positive)[:1] + (ds.positive,)
+    cls = ds.label_names
     log.info("training rows: %d (%d originals + %d augmented copies); val %d, test %d",
              len(data.train_src), int((~data.train_aug).sum()), int(data.train_aug.sum()),
              len(ds.splits.val), len(ds.splits.test))
@@ -119,13 +119,15 @@ def run(config, workdir: Path):
     # The last stage's best state is the model that predict/evaluate load.
     model_card.write_model_card(workdir, config=config, ds=ds, backbone=config.model.name, digest=digest,
                              head={"type": "flatten", "hidden": list(config.staged.head_hidden),
-                                   "dropout": config.staged.head_dropout, "num_classes": 2},
+                                   "dropout": config.staged.head_dropout,
+                                   "num_classes": len(ds.classes)},
                              checkpoint_dir=ck.root)
     _, _, val_prob = finetune.evaluate(model, variables, ds.images, ds.labels, ds.splits.val,
                                        batch_size=config.staged.batch_size)
     model_card.record_validation(workdir, [ds.names[i] for i in ds.splits.val], ds.labels[ds.splits.val],
                               val_prob, target_sensitivity=config.eval.target_sensitivity,
-                              source="validation split")
+                              source="validation split", classes=ds.classes,
+                              negative_classes=ds.negative_classes)
     return write_outputs(config, workdir, ds, rows, sections, stage_reports, note, digest)
 
 
@@ -136,7 +138,8 @@ def evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note)
     tl, ta, tprob = finetune.evaluate(model, variables, ds.images, ds.labels, ds.splits.test, batch_size=bs)
     y = ds.labels[ds.splits.test]
     section, rep = evaluation.evaluate_split(y, tprob, out_dir=out, title=f"{st['name']}: test split",
-                                             class_names=cls, config=config, synthetic=ds.synthetic)
+                                             class_names=cls, config=config, synthetic=ds.synthetic,
+                                             negative_classes=ds.negative_classes)
     curves = plots.plot_curves({"train/loss": res.history["train_loss"], "val/loss": res.history["val_loss"],
                                 "train/accuracy": res.history["train_acc"],
                                 "val/accuracy": res.history["val_acc"]},
@@ -146,7 +149,8 @@ def evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note)
     row = {"stage": st["name"], "trainable": st["trainable"] if isinstance(st["trainable"], str)
            else "+".join(st["trainable"]), "epochs_run": len(res.history["val_loss"]),
            "best_epoch": res.best_epoch, "val_loss": vl, "val_acc": va, "test_loss": tl,
-           "test_acc": ta, "test_acc_ci": rep["accuracy"]["ci"], "test_auc": rep["roc_auc"]["value"],
+           "test_acc": ta, "test_acc_ci": rep["accuracy"]["ci"],
+           "test_auc": (rep["macro"] if ds.multiclass else rep)["roc_auc"]["value"],
            "per_class_test_acc": per_class}
     heading, body, imgs = section
     return row, (heading, body, [curves, *imgs]), rep
@@ -158,7 +162,8 @@ def write_outputs(config, workdir, ds, rows, sections, stage_reports, note, dige
         names, {"val/loss": [r["val_loss"] for r in rows], "test/loss": [r["test_loss"] for r in rows],
                 "val/accuracy": [r["val_acc"] for r in rows], "test/accuracy": [r["test_acc"] for r in rows]},
         workdir / "plots" / "stages.png", "Validation vs test across stages", note=note)
-    header = "| stage | trainable | epochs | val loss | val acc | test loss | test acc [95% CI] | test AUC |\n"
+    auc = "test AUC (macro, one vs rest)" if ds.multiclass else "test AUC"
+    header = f"| stage | trainable | epochs | val loss | val acc | test loss | test acc [95% CI] | {auc} |\n"
     header += "|---|---|---|---|---|---|---|---|\n"
     for r in rows:
         lo, hi = r["test_acc_ci"] or (float("nan"), float("nan"))

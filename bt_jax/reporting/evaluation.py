@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_jax.reporting import calibration, metrics, plots, report
+from bt_jax.reporting import calibration, metrics, multiclass, plots, report
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (phantoms) - not a clinical result"
 
@@ -33,12 +33,21 @@ def calibration_text(cal: dict) -> str:
 
 def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, config,
                    synthetic: bool, heading: str | None = None, seed_offset: int = 0,
-                   operating_threshold: float | None = None):
+                   operating_threshold: float | None = None, negative_classes=()):
     """Metrics with bootstrap CIs + confusion/ROC/PR plots; returns (report section, dict).
 
-    The table uses `config.eval.threshold`; when the model's stored operating threshold
-    differs (e.g. chosen for a target sensitivity), a second table at that threshold is
-    added (dict key "at_operating_threshold"), and each table names its threshold."""
+    Binary (prob (N,) = P(label 1), class_names (negative, positive)): the table uses
+    `config.eval.threshold`; when the model's stored operating threshold differs (e.g.
+    chosen for a target sensitivity), a second table at that threshold is added (dict key
+    "at_operating_threshold"), and each table names its threshold.
+    C classes (prob (N, C), y class indices, class_names in label order): see
+    `evaluate_multiclass`; `negative_classes` adds the binary tumour view."""
+    if np.ndim(prob) == 2:
+        return evaluate_multiclass(y_true, prob, out_dir=out_dir, title=title,
+                                   class_names=class_names, config=config, synthetic=synthetic,
+                                   heading=heading, seed_offset=seed_offset,
+                                   operating_threshold=operating_threshold,
+                                   negative_classes=negative_classes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     y_true = np.asarray(y_true).astype(int)
@@ -76,3 +85,74 @@ def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, conf
                  f"(stored in model.json; used by `predict`):\n\n{op_body}")
     report.write_metrics_json(out_dir / "metrics.json", rep)
     return (heading, body, imgs), rep
+
+
+BINARY_NAMES = ("no tumour", "tumour")
+
+
+def binary_labels(y_true, class_names, negative_classes) -> np.ndarray:
+    """1 where the true class is not one of the no-tumour classes."""
+    neg = [list(class_names).index(c) for c in negative_classes]
+    return (~np.isin(np.asarray(y_true), neg)).astype(int)
+
+
+def evaluate_multiclass(y_true, probs, *, out_dir: Path, title: str, class_names, config,
+                        synthetic: bool, heading: str | None = None, seed_offset: int = 0,
+                        operating_threshold: float | None = None, negative_classes=()):
+    """Per-class sensitivity (recall), specificity, precision, F1, one-vs-rest ROC AUC and
+    AUPRC, macro/weighted averages, accuracy, balanced accuracy and Cohen's kappa with
+    bootstrap CIs; the C x C confusion matrix; one-vs-rest ROC/PR curves. With
+    `negative_classes`, the binary view P(tumour) = 1 - P(no-tumour classes) gets the
+    whole binary evaluation too (dict key "binary_view", figures in out_dir/binary)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names, y = list(class_names), np.asarray(y_true).astype(int)
+    rep = multiclass.multiclass_report(y, probs, class_names=names,
+                                       n_boot=int(config.eval.bootstrap), ci=float(config.eval.ci),
+                                       seed=int(config.seed) + seed_offset)
+    rep["synthetic"] = bool(synthetic)
+    note = note_for(synthetic)
+    imgs = [plots.plot_confusion(np.asarray(rep["confusion_matrix"]), names,
+                                 out_dir / "confusion.png", f"{title}: confusion matrix", note=note),
+            plots.plot_roc_multiclass(y, probs, names, out_dir / "roc.png",
+                                      f"{title}: ROC, one class vs the rest", note=note),
+            plots.plot_pr_multiclass(y, probs, names, out_dir / "pr.png",
+                                     f"{title}: precision-recall, one class vs the rest",
+                                     note=note)]
+    level = f"{100 * rep['ci_level']:.0f}%"
+    ci_line = (f"Cells: value [{level} CI], {rep['ci_method']}, {rep['n_boot']} resamples, "
+               f"seed {rep['seed']}." if rep["n_boot"] else "No bootstrap (n_boot=0): no CIs.")
+    body = [f"n={rep['n']} cases, {len(names)} classes; the predicted class is the most "
+            f"probable one. Recall is each class's sensitivity. {ci_line}", "",
+            multiclass.table_markdown(rep), "",
+            "Confusion matrix (rows true, columns predicted; counts and row shares):", "",
+            _confusion_markdown(rep)]
+    if rep["undefined"]:
+        body += ["", "> Undefined: " + "; ".join(f"{k}: {v}" for k, v in rep["undefined"].items())]
+    if rep["n"] < report.SMALL_TEST_SET:
+        body += ["", f"> Only {rep['n']} cases: per-class intervals are wide; read them, not "
+                     "the point values."]
+    if negative_classes:
+        yb = binary_labels(y, names, negative_classes)
+        pb = multiclass.binary_view(probs, names, negative_classes)
+        (_, bbody, bimgs), brep = evaluate_split(
+            yb, pb, out_dir=out_dir / "binary", title=f"{title}, tumour vs no tumour",
+            class_names=BINARY_NAMES, config=config, synthetic=synthetic,
+            seed_offset=seed_offset, operating_threshold=operating_threshold)
+        rep["binary_view"] = {"negative_classes": list(negative_classes), **brep}
+        body += ["", f"**Binary view** (tumour = any class but {list(negative_classes)}; "
+                     f"P(tumour) = 1 - P({' + '.join(negative_classes)})):", "", bbody]
+        imgs += bimgs
+    report.write_metrics_json(out_dir / "metrics.json", rep)
+    return (heading or title, "\n".join(body), imgs), rep
+
+
+def _confusion_markdown(rep: dict) -> str:
+    names, cm = rep["class_names"], rep["confusion_matrix"]
+    share = rep["confusion_matrix_normalised"]
+    lines = ["| true \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i, n in enumerate(names):
+        cells = [f"{cm[i][j]} ({100 * share[i][j]:.0f}%)" if np.isfinite(share[i][j])
+                 else str(cm[i][j]) for j in range(len(names))]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

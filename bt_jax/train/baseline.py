@@ -36,19 +36,32 @@ def _fit_one(x, y, groups, *, inner_k: int, seed: int, grid=C_GRID):
 
 def logistic_folds(features, labels, folds: FoldArrays, *, groups, inner_k: int = 3,
                    seed: int = 0) -> dict:
-    """{"val_acc": (k,), "val_prob": (k, V) NaN in padding, "C": (k,)} on `folds`."""
+    """{"val_acc": (k,), "val_prob": (k, V) NaN in padding, "C": (k,)} on `folds`.
+    More than two classes (labels = class indices): val_prob is (k, V, C), multinomial."""
     features = np.asarray(features, np.float64)
     labels = np.asarray(labels).astype(int)
     groups = np.asarray(groups)
     k, width = folds.val_idx.shape
-    prob = np.full((k, width), np.nan)
+    n_classes = int(labels.max()) + 1
+    prob = np.full((k, width) + ((n_classes,) if n_classes > 2 else ()), np.nan)
     acc, chosen = np.zeros(k), np.zeros(k)
     for f in range(k):
         tr = np.asarray(folds.train_idx[f])[np.asarray(folds.train_mask[f])]
         va = np.asarray(folds.val_idx[f])[np.asarray(folds.val_mask[f])]
         model, chosen[f] = _fit_one(features[tr], labels[tr], groups[tr], inner_k=inner_k,
                                     seed=seed + f)
-        p = model.predict_proba(features[va])[:, 1]
+        p = _class_columns(model, features[va], n_classes)
         prob[f, :len(va)] = p
-        acc[f] = np.mean((p >= 0.5) == labels[va])
+        acc[f] = np.mean(((p >= 0.5) if p.ndim == 1 else p.argmax(1)) == labels[va])
     return {"val_acc": acc, "val_prob": prob, "C": chosen}
+
+
+def _class_columns(model, x, n_classes: int) -> np.ndarray:
+    """P(label 1) for two classes; (N, C) probabilities in label order otherwise (a class
+    absent from a fold's training rows gets probability 0)."""
+    p = model.predict_proba(x)
+    if n_classes == 2:
+        return p[:, 1]
+    out = np.zeros((len(x), n_classes))
+    out[:, model.classes_] = p
+    return out
