@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ("quickstart", "predict", "evaluate", "vgg19_staged")
+QUICK = ("quickstart", "predict", "evaluate", "vgg19_staged", "multiclass_search")
 
 
 def readme_commands() -> list[str]:
