@@ -3,7 +3,11 @@
     fn = make_gradcam_fn(model.module)                 # jitted (variables, x01) -> (cam, prob)
     cam, prob = fn(model.variables, images)            # cam (B, S, S) in [0, 1]
     cam, prob = make_gradcam_fn(module, target="module:backbone/stage6")(variables, images)
+    cam, probs = make_gradcam_fn(module, class_index=2)(variables, images)  # C > 2: class 2
     save_overlay(images[0], cam[0], "scan.png", title="P(yes) = 0.93")
+
+The score followed is the positive class's (binary) or, for a C > 2 class head, the
+chosen class's logit; class_index None follows each image's predicted class (argmax).
 
 target "features" (default) is the backbone's last convolutional map, out["features"], for
 every registry backbone. Its path to the logit is known (pre_logits = global average pool of
@@ -27,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bt_jax import io
-from bt_jax.models.heads import positive_prob
+from bt_jax.models.heads import class_probs
 from bt_jax.sharding import batched_apply
 
 
@@ -49,18 +53,25 @@ def _cam(acts, grads, size: int):
     return jnp.where(top > 0, cam / jnp.maximum(top, 1e-12), 0.0)
 
 
-def score_cotangent(logits):
-    """d(score)/d(logits) for the score Grad-CAM follows: the tumour logit (one-logit
-    heads) or the tumour-vs-other log-odds logit[1] - logit[0] (two-class softmax heads)."""
-    if logits.shape[-1] == 1:
-        return jnp.ones_like(logits)
-    return jnp.broadcast_to(jnp.array([-1.0, 1.0], logits.dtype), logits.shape)
+def score_cotangent(logits, class_index: int | None = None):
+    """d(score)/d(logits) for the score Grad-CAM follows. Binary heads: the tumour logit
+    (one logit) or the log-odds logit[1] - logit[0] (two logits), negated for class_index
+    0 (the evidence for the negative class). C > 2 logits: the logit of class_index, or of
+    each example's predicted class (argmax) when it is None (a one-hot cotangent)."""
+    n = logits.shape[-1]
+    if n <= 2:
+        base = jnp.ones_like(logits) if n == 1 else jnp.broadcast_to(
+            jnp.array([-1.0, 1.0], logits.dtype), logits.shape)
+        return -base if class_index == 0 else base
+    target = (jnp.argmax(logits, axis=-1) if class_index is None
+              else jnp.full(logits.shape[:-1], class_index))
+    return jax.nn.one_hot(target, n, dtype=logits.dtype)
 
 
-def gradcam_features_fn(module, variables, x):
+def gradcam_features_fn(module, variables, x, class_index: int | None = None):
     """Grad-CAM on out["features"] of a Classifier: the map -> logit path is global average
     pooling + head (head_input "pre_logits") or the head itself (Flatten heads reading
-    "features"). Pure; returns (cam (B, S, S), prob (B,))."""
+    "features"). Pure; returns (cam (B, S, S), prob (B,) or (B, C))."""
     if module.head_input not in ("pre_logits", "features"):
         raise ValueError(f"target 'features': this model's head reads {module.head_input!r}; "
                          "use target 'module:<path>'")
@@ -73,13 +84,14 @@ def gradcam_features_fn(module, variables, x):
         return module.head.apply(head_vars, a.mean(axis=(1, 2)) if pooled else a)
 
     logits, vjp = jax.vjp(logits_of, acts)
-    (grads,) = vjp(score_cotangent(logits))
-    return _cam(acts, grads, x.shape[1]), positive_prob(logits)
+    (grads,) = vjp(score_cotangent(logits, class_index))
+    return _cam(acts, grads, x.shape[1]), class_probs(logits)
 
 
-def gradcam_module_fn(module, variables, x, path: tuple[str, ...]):
+def gradcam_module_fn(module, variables, x, path: tuple[str, ...],
+                      class_index: int | None = None):
     """Grad-CAM on the output of the flax submodule at `path` (within the Classifier).
-    Pure; returns (cam (B, S, S), prob (B,))."""
+    Pure; returns (cam (B, S, S), prob (B,) or (B, C))."""
     def run(delta):
         seen = {}
 
@@ -103,27 +115,29 @@ def gradcam_module_fn(module, variables, x, path: tuple[str, ...]):
     shape = jax.eval_shape(lambda: run(None)[1])
     zero = jnp.zeros(shape.shape, jnp.float32)
     (logits, acts), vjp = jax.vjp(run, zero)
-    (grads,) = vjp((score_cotangent(logits), jnp.zeros_like(acts)))
-    return _cam(acts.astype(jnp.float32), grads, x.shape[1]), positive_prob(logits)
+    (grads,) = vjp((score_cotangent(logits, class_index), jnp.zeros_like(acts)))
+    return _cam(acts.astype(jnp.float32), grads, x.shape[1]), class_probs(logits)
 
 
-def _gradcam(module, target, variables, x):
+def _gradcam(module, target, class_index, variables, x):
     if target == "features":
-        return gradcam_features_fn(module, variables, x)
+        return gradcam_features_fn(module, variables, x, class_index)
     if target.startswith("module:"):
-        return gradcam_module_fn(module, variables, x, tuple(target[len("module:"):].split("/")))
+        return gradcam_module_fn(module, variables, x, tuple(target[len("module:"):].split("/")),
+                                 class_index)
     raise ValueError(f"Grad-CAM target: expected 'features' or 'module:<path>', got {target!r}")
 
 
-def make_gradcam_fn(module, target: str = "features"):
-    """Jitted (variables, x01 (B, S, S, 3)) -> (cam (B, S, S) in [0, 1], P(positive) (B,))."""
-    return jax.jit(functools.partial(_gradcam, module, target))
+def make_gradcam_fn(module, target: str = "features", class_index: int | None = None):
+    """Jitted (variables, x01 (B, S, S, 3)) -> (cam (B, S, S) in [0, 1], P(positive) (B,)
+    or class probabilities (B, C)). class_index: see score_cotangent (None: predicted)."""
+    return jax.jit(functools.partial(_gradcam, module, target, class_index))
 
 
 def gradcam(module, variables, images, *, target: str = "features", batch_size: int = 16,
-            fn=None) -> tuple[np.ndarray, np.ndarray]:
+            fn=None, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of every image in fixed batches (the last padded): (cams, probs) on the host."""
-    fn = fn or make_gradcam_fn(module, target)
+    fn = fn or make_gradcam_fn(module, target, class_index)
     return batched_apply(fn, variables, np.asarray(images, np.float32), batch_size=batch_size)
 
 

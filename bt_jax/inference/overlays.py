@@ -30,14 +30,30 @@ def overlay_name(file, root: Path | None = None) -> str:
     return "__".join([*rel.parts[:-1], last]) + ".png"
 
 
+def probability_title(model: LoadedModel, prob, class_index: int | None = None) -> str:
+    """An overlay's probability line: "P(yes) = 0.930" (binary), or for a multi-class model
+    the class whose Grad-CAM is shown (the predicted one unless class_index is given),
+    e.g. "Grad-CAM: glioma, P = 0.810 (predicted)"."""
+    if not model.multiclass:
+        return f"P({model.positive}) = {float(prob):.3f}"
+    prob = np.asarray(prob)
+    pred = int(np.argmax(prob))
+    k = pred if class_index is None else class_index
+    tail = ("predicted" if k == pred else
+            f"predicted {model.classes[pred]}, P = {float(prob[pred]):.3f}")
+    return f"Grad-CAM: {model.classes[k]}, P = {float(prob[k]):.3f} ({tail})"
+
+
 def write_overlays(model: LoadedModel, images: np.ndarray, items: list[dict], out_dir, *,
                    root: Path | None = None, target: str = "features", alpha: float = 0.4,
-                   batch_size: int = 16, fn=None) -> list[Path]:
+                   batch_size: int = 16, fn=None, class_index: int | None = None) -> list[Path]:
     """One PNG per image: the preprocessed scan, its Grad-CAM and items[i]["title"]
-    (items[i]["note"], if any, in red below). Returns the paths in order."""
+    (items[i]["note"], if any, in red below). Returns the paths in order. class_index:
+    the class whose evidence is shown (model.class_label(name); None: binary models'
+    positive class, multi-class models' predicted class per image)."""
     if not len(items):
         return []
-    fn = fn or gradcam.make_gradcam_fn(model.module, target)
+    fn = fn or gradcam.make_gradcam_fn(model.module, target, class_index)
     cams, _ = gradcam.gradcam(model.module, model.variables, images, batch_size=batch_size,
                               fn=fn)
     return [gradcam.save_overlay(img, cam, Path(out_dir) / overlay_name(it["file"], root),
@@ -54,9 +70,13 @@ def write_test_examples(workdir, n: int, *, out_dir: Path | None = None) -> list
     man = io.read_json(workdir / "manifest.json")
     model = load_model(workdir)
     test = [f for f in man["files"] if f["status"] == "used" and f["split"] == "test"]
-    pos = [f for f in test if f["class"] == model.positive]
-    neg = [f for f in test if f["class"] != model.positive]
-    pick = (pos[:(n + 1) // 2] + neg[:n // 2])[:n]
+    if model.multiclass:  # round robin over the classes, in the model's order
+        by_class = [[f for f in test if f["class"] == c] for c in model.classes]
+        pick = [f for group in zip(*by_class) for f in group][:n]
+    else:
+        pos = [f for f in test if f["class"] == model.positive]
+        neg = [f for f in test if f["class"] != model.positive]
+        pick = (pos[:(n + 1) // 2] + neg[:n // 2])[:n]
     pick += [f for f in test if f not in pick][:n - len(pick)]
     if not pick:
         return []
@@ -64,7 +84,7 @@ def write_test_examples(workdir, n: int, *, out_dir: Path | None = None) -> list
         scans.read_scan(Path(man["data_dir"]) / f["file"])[0], model.preprocess)[0] for f in pick])
     probs = scoring.predict_array(model, images, batch_size=len(images))
     items = [{"file": f["file"], "title": f"{f['file']} (true: {f['class']})\n"
-                                          f"P({model.positive}) = {p:.3f}"}
+                                          + probability_title(model, p)}
              for f, p in zip(pick, probs)]
     return write_overlays(model, images, items, out_dir or workdir / "gradcam_examples",
                           root=Path("."), batch_size=len(images))

@@ -2,11 +2,14 @@
 
     files = find_inputs("scans/*.dcm")                 # a file, a folder (recursive) or a glob
     rows = predict_files(model, files)                 # one row per file, errors included
-    write_csv(rows, "predictions.csv"); print(format_table(rows))
+    write_csv(rows, "predictions.csv", fields=csv_fields(model)); print(format_table(rows))
 
-The preprocessing is the one stored in model.json (never re-typed by the user); the
-probability is P(card["positive"]). Prediction compiles once per model: every batch has
-the same shape (the last is padded), so a folder of 1,000 scans is one compilation.
+The preprocessing is the one stored in model.json (never re-typed by the user). A binary
+model's probability is P(card["positive"]) and decision its class name. A multi-class
+model's row has p_<class> for every class, predicted_class (the argmax) and, when the
+card names negative classes, p_tumour = 1 - P(those) and decision "tumour" / "no_tumour"
+at the threshold (both empty otherwise). Prediction compiles once per model: every batch
+has the same shape (the last is padded), so a folder of 1,000 scans is one compilation.
 A file that cannot be read gets status "error" and its reason; the others still run.
 """
 
@@ -27,17 +30,51 @@ from bt_jax.sharding import batched_apply
 
 CSV_FIELDS = ("file", "p_tumour", "decision", "threshold", "model_id", "status", "note",
               "colour_fraction")
+TUMOUR, NO_TUMOUR = "tumour", "no_tumour"  # a multi-class model's binary decision
+
+
+def csv_fields(model: LoadedModel) -> tuple[str, ...]:
+    """The CSV columns for this model: CSV_FIELDS for a binary model; for a multi-class one
+    p_<class> per class and predicted_class after the file name."""
+    if not model.multiclass:
+        return CSV_FIELDS
+    return (CSV_FIELDS[0], *(f"p_{c}" for c in model.classes), "predicted_class",
+            *CSV_FIELDS[1:])
+
+
+def is_predicted(row: dict) -> bool:
+    """Whether the row's file got probabilities (not skipped, not an error)."""
+    return row["p_tumour"] != "" or row.get("predicted_class", "") != ""
 
 
 def predict_array(model: LoadedModel, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
-    """P(positive) of preprocessed images (N, S, S, 3) in [0, 1]; fixed batches, last padded."""
+    """P(positive) (N,) of preprocessed images (N, S, S, 3) in [0, 1], or class
+    probabilities (N, C) for a multi-class model; fixed batches, last padded."""
     s = model.preprocess.size
     if images.ndim != 4 or images.shape[1:] != (s, s, 3):
         raise ValueError(f"images: expected (N, {s}, {s}, 3) (the model's preprocessing size), "
                          f"got {images.shape}")
     out = batched_apply(model.predict_fn, model.variables, np.asarray(images, np.float32),
                         batch_size=batch_size)
-    return np.zeros(0, np.float32) if out is None else out
+    if out is None:
+        return np.zeros((0, len(model.classes)) if model.multiclass else 0, np.float32)
+    return out
+
+
+def fill_prediction(model: LoadedModel, row: dict, prob) -> None:
+    """Writes one file's probabilities and decision into its row (see the module docstring)."""
+    if not model.multiclass:
+        row["p_tumour"] = round(float(prob), 6)
+        row["decision"] = model.positive if prob >= model.threshold else model.negative
+        return
+    prob = np.asarray(prob, np.float64)
+    for c, p in zip(model.classes, prob):
+        row[f"p_{c}"] = round(float(p), 6)
+    row["predicted_class"] = model.classes[int(np.argmax(prob))]
+    if model.has_binary_view:
+        t = float(model.binary_view(prob[None])[0])
+        row["p_tumour"] = round(t, 6)
+        row["decision"] = TUMOUR if t >= model.threshold else NO_TUMOUR
 
 
 def _load_one(path: Path, params, min_size, frame, colour_policy):
@@ -90,14 +127,16 @@ def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: 
             ok = [j for j, (_, img) in enumerate(loaded) if img is not None]
             prob = (predict_array(model, np.stack([loaded[j][1] for j in ok]),
                                   batch_size=batch_size) if ok else np.zeros(0))
+            blank = ({f"p_{c}": "" for c in model.classes} | {"predicted_class": ""}
+                     if model.multiclass else {})
             new = []
             for f, (meta, _) in zip(part, loaded):
-                row = {"file": str(f), "p_tumour": "", "decision": "", "threshold": model.threshold,
-                       "model_id": model.model_id, "colour_fraction": "", **meta}
+                row = {"file": str(f), **blank, "p_tumour": "", "decision": "",
+                       "threshold": model.threshold, "model_id": model.model_id,
+                       "colour_fraction": "", **meta}
                 new.append(row)
             for j, p in zip(ok, prob):
-                new[j]["p_tumour"] = round(float(p), 6)
-                new[j]["decision"] = model.positive if p >= model.threshold else model.negative
+                fill_prediction(model, new[j], p)
             if on_batch is not None and ok:
                 on_batch([new[j] for j in ok], np.stack([loaded[j][1] for j in ok]))
             rows += new
@@ -105,9 +144,12 @@ def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: 
     return rows
 
 
-def write_csv(rows: list[dict], path, *, extra_fields: tuple[str, ...] = ()) -> Path:
+def write_csv(rows: list[dict], path, *, extra_fields: tuple[str, ...] = (),
+              fields: tuple[str, ...] = CSV_FIELDS) -> Path:
+    """fields: csv_fields(model) for a multi-class model; extra_fields follow them."""
     def write(f):
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS + tuple(extra_fields), extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=tuple(fields) + tuple(extra_fields),
+                           extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     return io.atomic_write(path, write)
@@ -121,10 +163,17 @@ def format_table(rows: list[dict], *, max_rows: int = 20, root: Path | None = No
             return str(p.relative_to(root)) if root else p.name
         except ValueError:
             return p.name
-    lines = [f"{'file':40s} {'p_tumour':>8s}  decision  status"]
+    typed = any("predicted_class" in r for r in rows)  # a multi-class model's rows
+    lines = [f"{'file':40s} " + (f"{'predicted':16s} {'p':>5s}  " if typed else "")
+             + f"{'p_tumour':>8s}  decision  status"]
     for r in rows[:max_rows]:
         p = f"{r['p_tumour']:.3f}" if r["p_tumour"] != "" else "-"
-        lines.append(f"{name(r)[-40:]:40s} {p:>8s}  {str(r['decision'])[:8]:8s}  {r['status']}")
+        line = f"{name(r)[-40:]:40s} "
+        if typed:
+            c = r.get("predicted_class", "")
+            line += f"{(c or '-')[:16]:16s} " + (f"{r[f'p_{c}']:5.3f}  " if c else f"{'-':>5s}  ")
+        lines.append(line + f"{p:>8s}  {str(r['decision'])[:9]:9s} {r['status']}"
+                     if typed else line + f"{p:>8s}  {str(r['decision'])[:8]:8s}  {r['status']}")
     if len(rows) > max_rows:
         lines.append(f"... {len(rows) - max_rows} more rows in the CSV")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "flagged", "skipped", "error")}

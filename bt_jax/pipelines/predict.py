@@ -6,7 +6,8 @@
 1. load model.json + checkpoint (format and backbone checked; threshold from the model,
    the user, or the stored validation probabilities for a target sensitivity);
 2. find the inputs; 3. read, preprocess as in training, predict in fixed batches;
-4. Grad-CAM overlays; 5. CSV, terminal table, summary.json, report.html.
+4. Grad-CAM overlays (multi-class: of config.predict.gradcam_class, default each scan's
+   predicted class); 5. CSV, terminal table, summary.json, report.html.
 """
 
 from __future__ import annotations
@@ -36,17 +37,43 @@ def load_for(config) -> inference.LoadedModel:
         depthwise=config.model.depthwise)
 
 
+def gradcam_class_of(config, model) -> int | None:
+    """config.predict.gradcam_class as the model's label (None: "" = the predicted class, or
+    a binary model's positive class); an unknown name is a ConfigError before any work."""
+    name = config.predict.gradcam_class
+    if not name:
+        return None
+    try:
+        return model.class_label(name)
+    except ValueError as e:
+        raise ConfigError(f"config.predict.gradcam_class: {e}") from None
+
+
+def overlay_title(model, row: dict, class_index: int | None) -> str:
+    """File name, then the class shown and its probability, then the decision."""
+    name = Path(row["file"]).name
+    decision = (f"{row['p_tumour']:.3f} -> {row['decision']} (threshold {model.threshold:.3g})"
+                if row["p_tumour"] != "" else "")
+    if not model.multiclass:
+        shown = ("" if class_index is None else
+                 f"\nGrad-CAM: {model.positive if class_index else model.negative}")
+        return f"{name}\nP({model.positive}) = {decision}{shown}"
+    prob = [row[f"p_{c}"] for c in model.classes]
+    return (f"{name}\n{inference.probability_title(model, prob, class_index)}"
+            + (f"\nP(tumour) = {decision}" if decision else ""))
+
+
 def make_overlay_writer(config, model, out_dir: Path, root: Path | None):
     """on_batch(rows, images) for predict_files: Grad-CAM PNGs of up to gradcam.max_images."""
-    fn = explain.make_gradcam_fn(model.module, config.gradcam.target)
+    class_index = gradcam_class_of(config, model)
+    fn = explain.make_gradcam_fn(model.module, config.gradcam.target, class_index)
     written = []
 
     def on_batch(rows, images):
         limit = config.gradcam.max_images
         n = len(rows) if not limit else max(0, min(len(rows), limit - len(written)))
         items = [{"file": r["file"], "note": r["note"][:90] if r["status"] == "flagged" else "",
-                  "title": f"{Path(r['file']).name}\nP({model.positive}) = {r['p_tumour']:.3f} "
-                           f"-> {r['decision']} (threshold {model.threshold:.3g})"}
+                  "title": overlay_title(model, r, class_index)}
                  for r in rows[:n]]
         pngs = inference.write_overlays(model, images[:n], items, out_dir, root=root,
                                         alpha=config.gradcam.alpha,
@@ -62,6 +89,7 @@ def run(config, workdir: Path):
     model = load_for(config)
     if not config.inputs:
         raise ConfigError("config.inputs: give an image, a folder or a glob of scans")
+    gradcam_class_of(config, model)  # a misspelt class name fails before any work
     files = scans.find_inputs(config.inputs)
     root = Path(config.inputs).expanduser().resolve()
     root = root if root.is_dir() else None
@@ -73,7 +101,8 @@ def run(config, workdir: Path):
         model, files, batch_size=config.predict.batch_size,
         dicom_frame=None if config.predict.dicom_frame < 0 else config.predict.dicom_frame,
         colour_policy=config.predict.colour, on_batch=on_batch)
-    csv_path = inference.write_csv(rows, workdir / config.predict.output)
+    csv_path = inference.write_csv(rows, workdir / config.predict.output,
+                                   fields=inference.csv_fields(model))
     print(inference.format_table(rows, max_rows=config.predict.table_rows, root=root))
     probs = np.array([r["p_tumour"] for r in rows if r["p_tumour"] != ""], float)
     summary = {"model_id": model.model_id, "model": str(model.root), "backbone": model.card["backbone"],
@@ -86,6 +115,12 @@ def run(config, workdir: Path):
                "problems": [{"file": r["file"], "status": r["status"], "note": r["note"]}
                             for r in rows if r["status"] != "ok"],
                "csv": str(csv_path), "gradcam": [str(p) for p in written]}
+    if model.multiclass:  # the binary keys above count the binary view (0 without one)
+        typed = [r["predicted_class"] for r in rows if inference.is_predicted(r)]
+        summary.update({"n_predicted": len(typed), "classes": list(model.classes),
+                        "negative_classes": list(model.negative_classes),
+                        "predicted_class_counts": {c: typed.count(c) for c in model.classes},
+                        "gradcam_class": config.predict.gradcam_class or "predicted"})
     io.write_json(workdir / "summary.json", summary)
     html.write_html_report(workdir, title=f"bt_jax predictions: {model.model_id}",
                            predictions=rows, summary=summary)
