@@ -99,6 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.finetune_epochs = 5
     c.train.finetune_lr_factor = 0.1     # method A: fine-tune at lr / 10
     c.train.finetune_bn_train = False     # BatchNorm stays in inference mode while fine-tuning
+    c.train.finetune_schedule = "constant"  # or "warmup_cosine": linear warm-up, cosine to 0
+    c.train.finetune_warmup_epochs = 1.0
+    c.train.finetune_backbone_lr_factor = 1.0  # backbone lr = fine-tune lr x this (head: x 1)
+    c.train.finetune_weight_decay = 0.0   # decoupled weight decay on kernels (AdamW)
+    c.train.finetune_augment = False      # augment every training image on the fly, each epoch
     c.train.grad_accum_steps = 1          # fine-tune/staged: K micro-batches per update (less memory)
 
     c.search = ml_collections.ConfigDict()
@@ -220,6 +225,14 @@ def _check_training(c) -> None:
     for key in ("epochs", "patience", "finetune_epochs"):
         if getattr(t, key) < 1:
             _fail(f"train.{key}", f"expected >= 1, got {getattr(t, key)}")
+    if t.finetune_schedule not in ("constant", "warmup_cosine"):
+        _fail("train.finetune_schedule", f"expected 'constant' or 'warmup_cosine', got "
+                                         f"{t.finetune_schedule!r}")
+    if t.finetune_backbone_lr_factor <= 0 or t.finetune_weight_decay < 0 \
+            or t.finetune_warmup_epochs < 0:
+        _fail("train.finetune_backbone_lr_factor", "expected backbone lr factor > 0, weight "
+              f"decay >= 0, warm-up epochs >= 0; got {t.finetune_backbone_lr_factor}, "
+              f"{t.finetune_weight_decay}, {t.finetune_warmup_epochs}")
     if t.finetune_lr_factor <= 0:
         _fail("train.finetune_lr_factor", f"expected > 0, got {t.finetune_lr_factor}")
     _positive_ints("train.grad_accum_steps", (t.grad_accum_steps,))

@@ -177,7 +177,12 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
                           lr=hp.lr * c.train.finetune_lr_factor, optimizer=hp.optimizer,
                           momentum=hp.momentum, patience=c.train.patience,
                           bn_train=c.train.finetune_bn_train, trainable="all", seed=c.seed,
-                          grad_accum_steps=c.train.grad_accum_steps)
+                          grad_accum_steps=c.train.grad_accum_steps,
+                          schedule=c.train.finetune_schedule,
+                          warmup_epochs=c.train.finetune_warmup_epochs,
+                          backbone_lr_factor=c.train.finetune_backbone_lr_factor,
+                          weight_decay=c.train.finetune_weight_decay,
+                          augment_all=c.train.finetune_augment)
     fingerprint = {"backbone": backbone, "weights": digest, "dtype": c.model.dtype,
                    "preprocess": c.preprocess.to_dict(), "images": run.ds.content_key,
                    "augment": c.augment.to_dict(), "head": dataclasses.asdict(hp),

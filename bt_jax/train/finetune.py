@@ -69,16 +69,48 @@ def count_trainable(params, labels) -> tuple[int, int]:
     return sum(n for n, t in flat if t), sum(n for n, _ in flat)
 
 
-def make_tx(labels, *, lr: float, optimizer: str = "adam", momentum: float = 0.9):
+def _kernels(params):
+    """Weight decay applies to matrices and filters, not to biases or BatchNorm scales."""
+    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _optimizer(name: str, lr, momentum: float, weight_decay: float):
+    if name == "adam" and weight_decay:
+        # static: inject_hyperparams would call a callable mask as a schedule of the step
+        return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+            learning_rate=lr, eps=1e-7, weight_decay=weight_decay, mask=_kernels)
+    if name == "adam":
+        return optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=1e-7)
+    if name == "sgd":
+        sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
+        if not weight_decay:
+            return sgd
+        return optax.chain(optax.add_decayed_weights(weight_decay, mask=_kernels), sgd)
+    raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {name!r}")
+
+
+def lr_schedule(fs: "FitSpec", steps_per_epoch: int):
+    """The learning rate: constant `fs.lr` (plateau callbacks may lower it), or linear
+    warm-up from 0 over `warmup_epochs` then cosine decay to 0 at the last epoch."""
+    if fs.schedule == "constant":
+        return fs.lr
+    total = max(1, fs.epochs * steps_per_epoch)
+    warm = min(total - 1, max(0, round(fs.warmup_epochs * steps_per_epoch)))
+    return optax.warmup_cosine_decay_schedule(0.0, fs.lr, warm, total, end_value=0.0)
+
+
+def make_tx(labels, *, lr, optimizer: str = "adam", momentum: float = 0.9,
+            backbone_lr_factor: float = 1.0, weight_decay: float = 0.0):
     """Trainable leaves get the optimiser (learning rate injectable for plateau
-    schedules); frozen leaves get exact zeros."""
-    if optimizer == "adam":
-        inner = optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=1e-7)
-    elif optimizer == "sgd":
-        inner = optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
-    else:
-        raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {optimizer!r}")
-    return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels)
+    schedules, or a schedule `step -> lr`); frozen leaves get exact zeros. The backbone's
+    trainable leaves learn at `lr * backbone_lr_factor`, the head at `lr`."""
+    scaled = (lr * backbone_lr_factor if not callable(lr)
+              else (lambda step: lr(step) * backbone_lr_factor))
+    parts = {"head": _optimizer(optimizer, lr, momentum, weight_decay),
+             "train": _optimizer(optimizer, scaled, momentum, weight_decay),
+             "frozen": optax.set_to_zero()}
+    tx_labels = {**labels, "head": jax.tree.map(lambda _: "head", labels["head"])}
+    return optax.multi_transform(parts, tx_labels)
 
 
 @flax.struct.dataclass
@@ -193,6 +225,11 @@ class FitSpec:
     plateau_patience: int = 3
     plateau_min_lr: float = 0.0
     plateau_monitor: str = "val_acc"  # "val_acc" (max) or "val_loss" (min)
+    schedule: str = "constant"        # or "warmup_cosine" (no plateau callback then)
+    warmup_epochs: float = 1.0
+    backbone_lr_factor: float = 1.0   # backbone lr = lr * factor; the head learns at lr
+    weight_decay: float = 0.0         # decoupled (AdamW) on kernels only
+    augment_all: bool = False         # every training row augmented, fresh keys each epoch
     bn_train: bool = False
     trainable: Any = "all"            # "all" | "none" | tuple of group selectors
     seed: int = 0
@@ -233,11 +270,14 @@ def evaluate(model, variables, images, labels, idx, *, batch_size: int = 32, fn=
     return float(loss.mean()), float(correct.mean()), prob
 
 
-def _batches(data: FitData, fs: FitSpec, n_devices: int, rng: np.random.Generator):
+def _batches(data: FitData, fs: FitSpec, n_devices: int, rng: np.random.Generator,
+             epoch: int = 0):
     """Shuffled batches of `fs.batch_size` rows, each laid out as K = grad_accum_steps
     micro-batches of M rows: ceil(batch_size / K) rounded up to a multiple of the device
     count. Rows added by the rounding, and missing at the end of an epoch, are padding:
-    copies of a real row with weight 0, so every batch has one compiled shape."""
+    copies of a real row with weight 0, so every batch has one compiled shape. With
+    `fs.augment_all` every row is augmented with a key of (row, seed, epoch): a new draw
+    each epoch."""
     k = fs.grad_accum_steps
     micro = math.ceil(fs.batch_size / k)
     m = n_devices * math.ceil(micro / n_devices)
@@ -249,8 +289,11 @@ def _batches(data: FitData, fs: FitSpec, n_devices: int, rng: np.random.Generato
             part = rows[j * micro:(j + 1) * micro]
             idx[j, :len(part)], w[j, :len(part)] = part, 1.0
         src = data.train_src[idx]
-        yield {"x": data.images[src], "keys": data.train_keys[idx], "aug": data.train_aug[idx],
-               "y": data.labels[src], "w": w}
+        keys, aug = data.train_keys[idx], data.train_aug[idx]
+        if fs.augment_all:
+            keys = np.stack([idx, np.full_like(idx, (fs.seed * 100003 + epoch) % 2**32)], -1)
+            keys, aug = keys.astype(np.uint32), np.ones_like(aug)
+        yield {"x": data.images[src], "keys": keys, "aug": aug, "y": data.labels[src], "w": w}
 
 
 @dataclasses.dataclass
@@ -311,7 +354,8 @@ def _train_epoch(step, state: TrainState, data: FitData, fs: FitSpec, epoch: int
     of its own devices."""
     sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     key = jax.random.fold_in(jax.random.PRNGKey(fs.seed), epoch)
-    batches = _batches(data, fs, mesh.devices.size, np.random.default_rng([fs.seed, epoch]))
+    batches = _batches(data, fs, mesh.devices.size, np.random.default_rng([fs.seed, epoch]),
+                       epoch)
     for b, batch in enumerate(batches):
         state, m = step(state, sharding.shard_rows(batch, mesh, axis=1), jax.random.fold_in(key, b))
         for k in sums:
@@ -335,8 +379,10 @@ def _end_epoch(loop: Loop, epoch: int, train: tuple[float, float], val: tuple[fl
         loop.pl = callbacks.plateau_update(loop.pl, va if mode == "max" else vl,
                                            factor=fs.plateau_factor, patience=fs.plateau_patience,
                                            min_lr=fs.plateau_min_lr, mode=mode)
-        lr = jnp.array(loop.pl.lr, copy=True)
-        loop.state = loop.state.replace(opt_state=callbacks.set_learning_rate(loop.state.opt_state, lr))
+        # scaled, so the backbone keeps its ratio to the head's learning rate
+        ratio = jnp.asarray(loop.pl.lr / max(loop.history["lr"][-1], 1e-30), jnp.float32)
+        loop.state = loop.state.replace(opt_state=callbacks.set_learning_rate(
+            loop.state.opt_state, ratio, scale=True))
     if ckpt is not None:
         if improved:
             ckpt.save_best(epoch, cur, vl)
@@ -352,7 +398,9 @@ def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpe
     `ckpt`, every epoch is checkpointed and a relaunch resumes after the last one saved.
     Data-parallel over `mesh` (default: every device of every process)."""
     labels = trainable_labels(variables["params"], spec, fs.trainable)
-    tx = make_tx(labels, lr=fs.lr, optimizer=fs.optimizer, momentum=fs.momentum)
+    lr = lr_schedule(fs, math.ceil(len(data.train_src) / fs.batch_size))
+    tx = make_tx(labels, lr=lr, optimizer=fs.optimizer, momentum=fs.momentum,
+                 backbone_lr_factor=fs.backbone_lr_factor, weight_decay=fs.weight_decay)
     mesh = mesh or sharding.data_mesh()
     loop = _resume(_new_loop(variables, tx, fs), ckpt, desc)
     loop.state = sharding.replicate(loop.state, mesh)  # a checkpoint from any device count
