@@ -59,6 +59,12 @@ def test_outputs(finished):
     assert (w / "eval/finetuned/reliability.png").stat().st_size > 1000
     assert "expected calibration error" in report
     assert "ensemble" in report and (w / "report.html").stat().st_size > 10000
+    # frozen vs fine-tuned on the same fold-0 validation images
+    cmp = m["frozen_vs_finetuned"]
+    assert cmp["n"] > 0 and 0 <= cmp["frozen"]["val_acc"] <= 1 and 0 <= cmp["finetuned"]["val_acc"] <= 1
+    if cmp["best_epoch"] < 0:
+        assert cmp["finetuned"] == cmp["frozen"]
+    assert "Frozen vs fine-tuned on the same fold-0 validation images" in report
 
 
 def test_study_has_planned_trials_and_csv(finished):

@@ -278,11 +278,33 @@ def training_sections(run: Run, final: Final) -> list:
          "train/accuracy": t.history["train_acc"], "val/accuracy": t.history["val_acc"]},
         plot_dir / "finetune_curves.png", f"Fine-tuning {final.backbone}",
         best_epoch=t.best_epoch if t.best_epoch >= 0 else None, note=run.note)
-    ft_text = (f"End-to-end at lr {final.fit_spec.lr:.3g} (head lr x "
-               f"{c.train.finetune_lr_factor:g}), BatchNorm "
-               f"{'training' if final.fit_spec.bn_train else 'inference'} mode; {kept}")
+    fs, cmp = final.fit_spec, frozen_vs_finetuned(final)
+    recipe = (f"{fs.schedule.replace('_', ' + ')} schedule"
+              + (f" ({fs.warmup_epochs:g} warm-up epochs)" if fs.schedule != "constant" else "")
+              + f", backbone lr x {fs.backbone_lr_factor:g}, weight decay {fs.weight_decay:g}, "
+              + ("every training image augmented on the fly" if fs.augment_all
+                 else "augmented copies only"))
+    ft_text = (f"End-to-end at lr {fs.lr:.3g} (head lr x {c.train.finetune_lr_factor:g}), "
+               f"{recipe}, BatchNorm {'training' if fs.bn_train else 'inference'} mode; {kept}"
+               f"\n\nFrozen vs fine-tuned on the same fold-0 validation images "
+               f"(n={cmp['n']}):\n\n| model | val loss | val accuracy |\n|---|---|---|\n"
+               + "".join(f"| {name} | {cmp[k]['val_loss']:.4f} | {cmp[k]['val_acc']:.3f} |\n"
+                         for k, name in (("frozen", "frozen backbone + head"),
+                                         ("finetuned", "fine-tuned (kept weights)"))))
     return [("Data", data, [balance]), ("Final head", _hp_text(final.hp), [head_png]),
             ("Fine-tuning", ft_text, [ft_png])]
+
+
+def frozen_vs_finetuned(final: Final) -> dict:
+    """Fold-0 validation loss/accuracy of the frozen-backbone head (fine-tuning's starting
+    point) and of the weights fine-tuning kept (the same when no epoch beat the start)."""
+    h, best = final.tuned.history, final.tuned.best_epoch
+    frozen = {"val_loss": h.get("initial_val_loss", float("nan")),
+              "val_acc": h.get("initial_val_acc", float("nan"))}
+    tuned = ({"val_loss": h["val_loss"][best], "val_acc": h["val_acc"][best]} if best >= 0
+             else dict(frozen))
+    return {"validation": "fold 0", "n": int(len(final.val_rows)), "frozen": frozen,
+            "finetuned": tuned, "best_epoch": int(best)}
 
 
 def _hp_text(hp: head.HeadHParams) -> str:
