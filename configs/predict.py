@@ -7,6 +7,10 @@
 
 Writes workdir/predictions.csv (file, p_tumour, decision, threshold, model_id, status, note)
 and, with explain, workdir/gradcam/<file>.png. The preprocessing comes from the model.
+A model with more than two classes adds p_<class> for each class and predicted_class;
+p_tumour and decision ("tumour" / "no_tumour") are its binary view when its model.json
+names negative_classes, empty otherwise. --config.predict.gradcam_class=glioma shows the
+evidence for that class (default: each scan's predicted class).
 """
 
 from bt_jax.config import base_config
