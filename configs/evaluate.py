@@ -8,7 +8,8 @@
 `inputs` has one sub-folder per class; each is mapped to tumour (the model's positive class)
 or no tumour. With both lists empty the folders must be named like the model's classes.
 A model with more than two classes is evaluated on its classes: sub-folders named like
-them, or renamed with --config.external.class_map=notumor:no_tumour,... ; with the two
+them, or renamed with --config.external.class_map="'notumor:no_tumour','normal:no_tumour'"
+(quotes around each item, as for any item holding ':'); with the two
 lists it is evaluated as tumour / no tumour on its binary view (model.json must name its
 negative_classes). A sub-folder that cannot be mapped stops the run before any prediction.
 Writes the method A table with bootstrap CIs, ROC/PR/confusion plots, predictions.csv
