@@ -13,33 +13,18 @@ model on a yes/no folder. Without data.dir: synthetic phantoms of three lesion t
 no tumour (SYNTHETIC everywhere). Weights: EfficientNet-Lite0, shipped in a pip package.
 """
 
-from bt_jax.config import base_config
+from configs import quickstart
 
 
 def get_config(arg: str = ""):
-    c = base_config()
+    c = quickstart.get_config(arg)  # Lite0, its search space and quick sizes
     c.name = "multiclass_search"
-    c.pipeline = "search"
     c.data.classes = ("glioma", "meningioma", "no_tumour", "pituitary")  # () = the folder's
     c.data.positive = ""
     c.data.negative_classes = ("no_tumour",)
-    c.model.name = "efficientnet_lite0"
-    c.search.backbones = ("efficientnet_lite0",)
-    c.search.trials = 20
-    c.search.units = (32, 64, 128)
-    c.search.batch_sizes = (16, 32)
-    c.search.lr_max = 1e-3
     c.augment.balance = "augment2a"  # each class augmented up to the largest
-    c.data.phantoms.n_per_class = 40
-    c.train.finetune_epochs = 3
     if arg == "quick":
         c.data.phantoms.n_per_class = 12
-        c.data.phantoms.size = 128
-        c.preprocess.size = 64
-        c.split.k = 3
         c.search.trials = 2
-        c.train.epochs = 3
-        c.train.finetune_epochs = 1
         c.eval.bootstrap = 100
-        c.eval.cv_repeats = 2
     return c

@@ -176,6 +176,8 @@ def test_predict_pipeline_writes_class_columns(model_dir, model, typed_dir, tmp_
     assert len(list((tmp_path / "out" / "gradcam").glob("*.png"))) == 12
     out = capsys.readouterr().out
     assert "predicted" in out and rows[0]["predicted_class"][:16] in out
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<th>predicted_class</th>" in page and "the class named in each title" in page
 
 
 def inference_run(config, workdir):

@@ -27,7 +27,6 @@ import optuna
 
 from bt_jax import tuning
 from bt_jax.reporting import evaluation, metrics
-from bt_jax.pipelines import method_a
 from bt_jax.train import head
 
 # Deltas the report shows; accuracy is the headline (it is the search objective).

@@ -120,7 +120,7 @@ def markdown_to_html(text: str, base: Path) -> str:
     return "\n".join(out)
 
 
-def _gallery(folder: Path, heading: str) -> str:
+def _gallery(folder: Path, heading: str, multiclass: bool = False) -> str:
     pngs = sorted(folder.glob("*.png"))
     if not pngs:
         return ""
@@ -128,8 +128,9 @@ def _gallery(folder: Path, heading: str) -> str:
                    "</figure>" for p in pngs[:MAX_GRADCAM])
     more = (f"<p>{len(pngs) - MAX_GRADCAM} more overlays in <code>{html.escape(str(folder))}"
             "</code>.</p>" if len(pngs) > MAX_GRADCAM else "")
-    return (f"<h2>{html.escape(heading)}</h2><p>Grad-CAM: where the evidence for the "
-            "positive class lies (red = strongest), on the preprocessed scan the model saw.</p>"
+    whose = "the class named in each title" if multiclass else "the positive class"
+    return (f"<h2>{html.escape(heading)}</h2><p>Grad-CAM: where the evidence for {whose} "
+            "lies (red = strongest), on the preprocessed scan the model saw.</p>"
             f'<div class="gallery">{figs}</div>{more}')
 
 
@@ -147,7 +148,9 @@ def _predictions_html(rows: list[dict], summary: dict | None) -> str:
         if summary.get("synthetic_training_data"):
             parts.append("<blockquote><p><strong>This model was trained on SYNTHETIC phantoms"
                          "</strong>: not a clinical model.</p></blockquote>")
-    cols = ("file", "p_tumour", "decision", "status", "note")
+    typed = any(r.get("predicted_class") for r in rows)
+    cols = ("file", *(("predicted_class",) if typed else ()), "p_tumour", "decision", "status",
+            "note")
     body = "".join(
         f'<tr class="{html.escape(r["status"])}">' + "".join(
             f"<td>{html.escape(Path(str(r[c])).name if c == 'file' else str(r.get(c, '')))}</td>"
@@ -174,9 +177,12 @@ def write_html_report(workdir, *, title: str | None = None, predictions: list[di
         body.append(markdown_to_html(text, workdir))
     if predictions is not None:
         body.append(_predictions_html(predictions, summary))
+    card = workdir / "model.json"
+    typed = (len(io.read_json(card).get("classes", ())) > 2 if io.exists(card) else
+             any(r.get("predicted_class") for r in predictions or ()))
     for folder, heading in ((workdir / "gradcam", "Grad-CAM overlays"),
                             (workdir / "gradcam_examples", "Grad-CAM examples (test split)")):
-        body.append(_gallery(folder, heading))
+        body.append(_gallery(folder, heading, typed))
     title = title or md_title or f"bt_jax report: {workdir.name}"
     if md_title is None or title != md_title:
         body.insert(0, f"<h1>{html.escape(title)}</h1>")
