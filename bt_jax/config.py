@@ -99,11 +99,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.finetune_epochs = 5
     c.train.finetune_lr_factor = 0.1     # method A: fine-tune at lr / 10
     c.train.finetune_bn_train = False     # BatchNorm stays in inference mode while fine-tuning
-    c.train.finetune_schedule = "constant"  # or "warmup_cosine": linear warm-up, cosine to 0
+    # The fine-tuning recipe (method A as published: "constant", 1.0, 0.0, False):
+    c.train.finetune_schedule = "warmup_cosine"  # or "constant"; warm-up, then cosine to 0
     c.train.finetune_warmup_epochs = 1.0
-    c.train.finetune_backbone_lr_factor = 1.0  # backbone lr = fine-tune lr x this (head: x 1)
-    c.train.finetune_weight_decay = 0.0   # decoupled weight decay on kernels (AdamW)
-    c.train.finetune_augment = False      # augment every training image on the fly, each epoch
+    c.train.finetune_backbone_lr_factor = 0.1  # backbone lr = fine-tune lr x this (head: x 1)
+    c.train.finetune_weight_decay = 0.01  # decoupled weight decay on kernels (AdamW)
+    c.train.finetune_augment = True       # augment every training image on the fly, each epoch
     c.train.grad_accum_steps = 1          # fine-tune/staged: K micro-batches per update (less memory)
 
     c.search = ml_collections.ConfigDict()
