@@ -109,6 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.search = ml_collections.ConfigDict()
     c.search.trials = 150
+    c.search.nested = False               # nested CV: the whole search again inside each outer fold
+    c.search.nested_trials = 0            # trials per outer fold's search (0: search.trials)
     c.search.storage = ""                 # empty: sqlite in the workdir; else any SQLAlchemy URL
     c.search.study_name = ""              # empty: derived from config name
     c.search.backbones = ("resnet50v2",)
@@ -194,6 +196,8 @@ def check_search(s) -> None:
     """Method A's search space: every choice list non-empty, every range ordered."""
     if s.trials < 1:
         _fail("search.trials", f"expected >= 1, got {s.trials}")
+    if s.nested_trials < 0:
+        _fail("search.nested_trials", f"expected >= 0 (0: search.trials), got {s.nested_trials}")
     unknown = [b for b in s.backbones if b not in BACKBONES]
     if unknown or not s.backbones:
         _fail("search.backbones", f"unknown {unknown} or empty; known: {BACKBONES}")

@@ -107,6 +107,33 @@ def test_folds_balance_every_class_within_one_image(tmp_path):
     assert (per_fold.max(axis=0) - per_fold.min(axis=0) <= 1).all(), per_fold
 
 
+def test_three_class_search_without_a_binary_view(tmp_path):
+    r = _launch("configs/multiclass_search.py:quick", tmp_path,
+                "--config.data.classes=glioma,meningioma,pituitary",
+                "--config.data.negative_classes=()", "--config.eval.cv_repeats=0",
+                "--config.search.nested=True", "--config.search.nested_trials=1")
+    assert r.returncode == 0, r.stderr[-4000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    names = ("glioma", "meningioma", "pituitary")
+    _check_multiclass_report(m["final"], names, m["n_test"])
+    assert "binary_view" not in m["final"] and "cv" not in m
+    nest = m["nested_cv"]  # nested CV, with C classes: every fold image predicted once
+    files = json.loads((tmp_path / "manifest.json").read_text())["files"]
+    assert nest["n_images"] == sum(f["status"] == "used" and f["split"].startswith("fold")
+                                   for f in files)
+    assert len(nest["outer_folds"]) == nest["k"] and 0 <= nest["accuracy"]["value"] <= 1
+    assert "Nested cross-validation" in (tmp_path / "report.md").read_text()
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["head"]["outputs"] == 3 and card["negative_classes"] == []
+    # predict gives class probabilities and leaves the tumour columns empty
+    from bt_jax import inference
+    model = inference.load_model(tmp_path)
+    files = sorted((tmp_path / "synthetic_phantoms" / "pituitary").glob("*.png"))[:2]
+    rows = inference.predict_files(model, files, batch_size=2, progress=False)
+    assert [r["p_tumour"] for r in rows] == ["", ""] and all(r["predicted_class"] in names
+                                                             for r in rows)
+
+
 def test_three_class_staged_end_to_end(tmp_path):
     r = _launch("configs/vgg19_staged.py:quick", tmp_path,
                 "--config.data.classes=glioma,no_tumour,pituitary", "--config.data.positive=",

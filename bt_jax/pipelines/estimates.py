@@ -38,7 +38,7 @@ def _fold_sets(run, repeats: int):
             yield make_fold_arrays(s, n, run.copies.union.source)
 
 
-def _scores(y, p, names, **boot) -> dict:
+def scores(y, p, names, **boot) -> dict:
     """{"accuracy", "roc_auc"} entries: the binary report's, or for C classes the accuracy
     of the argmax and the macro one-vs-rest ROC AUC."""
     if np.ndim(p) == 1:
@@ -80,7 +80,7 @@ def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
         for name, prob in (("head", res.val_prob), ("logistic", lr["val_prob"])):
             idx, p = _oof(folds, prob)
             sums[name][idx] += p
-            rep = _scores(labels[idx], p, names, n_boot=0)
+            rep = scores(labels[idx], p, names, n_boot=0)
             row[name] = {m: rep[m]["value"] for m in ("accuracy", "roc_auc")}
         count[idx] += 1
         row["logistic_C"] = lr["C"].tolist()
@@ -93,7 +93,7 @@ def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
     out = {"repeats": repeats, "k": int(run.folds.k), "n_images": int(seen.sum()),
            "per_repeat": per_repeat}
     for name, p in mean_prob.items():
-        rep = _scores(y, p, names, **boot)
+        rep = scores(y, p, names, **boot)
         out[name] = {"accuracy": rep["accuracy"], "roc_auc": rep["roc_auc"],
                      "across_repeats": {m: _across([r[name][m] for r in per_repeat])
                                         for m in ("accuracy", "roc_auc")}}
@@ -103,7 +103,7 @@ def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
     return out
 
 
-def _cell(entry: dict) -> str:
+def cell(entry: dict) -> str:
     lo, hi = entry.get("ci") or (math.nan, math.nan)
     return f"{entry['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
@@ -132,7 +132,7 @@ def cv_section(est: dict) -> tuple[str, str, list]:
                         ("logistic", "L2 logistic regression (C by inner CV)")):
         e = est[name]
         a = e["across_repeats"]["accuracy"]
-        rows.append(f"| {label} | {_cell(e['accuracy'])} | {_cell(e['roc_auc'])} | "
+        rows.append(f"| {label} | {cell(e['accuracy'])} | {cell(e['roc_auc'])} | "
                     f"{a['mean']:.3f} ± {a['sd']:.3f} |")
     text = (f"**Primary estimate**: {est['repeats']} repeats x {est['k']}-fold stratified, "
             f"group-aware cross-validation over the {est['n_images']} non-test images (each "

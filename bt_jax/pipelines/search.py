@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 
 from bt_jax import tuning
-from bt_jax.pipelines import ensemble, estimates, method_a, outputs
+from bt_jax.pipelines import ensemble, estimates, method_a, nested, outputs
 from bt_jax.train import head
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ def run(config, workdir: Path):
         metrics["cv"] = estimates.repeated_cv(run, best["backbone"], final.hp,
                                               config.eval.cv_repeats)
         sections.insert(2, estimates.cv_section(metrics["cv"]))  # after Data, Search
+    if config.search.nested:
+        metrics["nested_cv"] = nested.nested_cv(run, study)
+        sections.insert(3 if config.eval.cv_repeats else 2, nested.nested_section(metrics["nested_cv"]))
     if config.eval.ensemble_k and run.ds.multiclass:
         log.info("top-k ensemble: compared for two classes only; left out for %d classes",
                  len(run.ds.classes))
