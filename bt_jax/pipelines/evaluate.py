@@ -196,32 +196,9 @@ def run(config, workdir: Path):
     ok = [r for r in rows if inference.is_predicted(r)]
     if not ok:
         raise ValueError(f"no file of {root} could be predicted; see {workdir / 'predictions.csv'}")
-    cfg = config.copy_and_resolve_references()
-    cfg.eval.threshold = model.threshold
-    synthetic = bool(model.card.get("synthetic", False))
-    y = np.array([r["label"] for r in ok])
-    if kind == CLASSES:
-        p = np.array([[r[f"p_{c}"] for c in model.classes] for r in ok], float)
-        kw = {"class_names": model.classes, "negative_classes": model.negative_classes}
-    else:
-        p = np.array([r["p_tumour"] for r in ok], float)
-        kw = {"class_names": ((model.negative, model.positive) if not model.multiclass
-                              else (inference.NO_TUMOUR, inference.TUMOUR))}
-    section, rep = evaluation.evaluate_split(
-        y, p, out_dir=workdir / "eval" / "external", title=f"External data {root.name}",
-        config=cfg, synthetic=synthetic, **kw)
-    sections = [("Data", _data_text(root, mapping, rows, model, kind), []), section]
-    results = {"all": rep}
-    dups = [r for r in ok if _is_copy(r)]
-    if dups:
-        keep = np.array([not _is_copy(r) for r in ok])
-        if keep.any():
-            s2, r2 = evaluation.evaluate_split(
-                y[keep], p[keep], out_dir=workdir / "eval" / "external_no_duplicates",
-                title=f"External data {root.name} without training duplicates",
-                config=cfg, synthetic=synthetic, **kw)
-            sections.append(s2)
-            results["without_training_duplicates"] = r2
+    sections, results = _evaluate_rows(config, workdir, model, ok, kind, root.name)
+    sections.insert(0, ("Data", _data_text(root, mapping, rows, model, kind), []))
+    rep, dups = results["all"], [r for r in ok if _is_copy(r)]
     if kind == CLASSES:
         mapping = {f: model.classes[k] for f, k in mapping.items()}
     metrics = {"model_id": model.model_id, "backbone": model.card["backbone"], "data": str(root),
@@ -245,6 +222,35 @@ def run(config, workdir: Path):
           f"{len(ok)} images ({len(dups)} exact or near copies of training images flagged); "
           f"report: {workdir / 'report.html'}")
     return metrics
+
+
+def _evaluate_rows(config, workdir, model, ok, kind, name: str) -> tuple[list, dict]:
+    """Metrics of the predicted rows at the model's threshold, then again without the
+    rows that are (near-)copies of training images, if there are any."""
+    cfg = config.copy_and_resolve_references()
+    cfg.eval.threshold = model.threshold
+    synthetic = bool(model.card.get("synthetic", False))
+    y = np.array([r["label"] for r in ok])
+    if kind == CLASSES:
+        p = np.array([[r[f"p_{c}"] for c in model.classes] for r in ok], float)
+        kw = {"class_names": model.classes, "negative_classes": model.negative_classes}
+    else:
+        p = np.array([r["p_tumour"] for r in ok], float)
+        kw = {"class_names": ((model.negative, model.positive) if not model.multiclass
+                              else (inference.NO_TUMOUR, inference.TUMOUR))}
+    section, rep = evaluation.evaluate_split(
+        y, p, out_dir=workdir / "eval" / "external", title=f"External data {name}",
+        config=cfg, synthetic=synthetic, **kw)
+    sections, results = [section], {"all": rep}
+    keep = np.array([not _is_copy(r) for r in ok])
+    if not keep.all() and keep.any():
+        s2, r2 = evaluation.evaluate_split(
+            y[keep], p[keep], out_dir=workdir / "eval" / "external_no_duplicates",
+            title=f"External data {name} without training duplicates",
+            config=cfg, synthetic=synthetic, **kw)
+        sections.append(s2)
+        results["without_training_duplicates"] = r2
+    return sections, results
 
 
 def _examples(config, workdir, model, ok, kind, class_index):
