@@ -48,7 +48,7 @@ def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool, count_fl
     from bt_jax.data import augment
     from bt_jax.models import registry
     from bt_jax.models.heads import Classifier, FlattenHead
-    from bt_jax.train import finetune
+    from bt_jax.train import finetune, partitions
 
     cfg = base_config()
     spec = registry.get("vgg19")
@@ -57,8 +57,8 @@ def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool, count_fl
                        head_input="features", stop_backbone_grad=stop_backbone_grad)
     variables = jax.jit(functools.partial(model.init, train=False))(
         jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
-    labels = finetune.trainable_labels(variables["params"], spec, stage["trainable"])
-    tx = finetune.make_tx(labels, lr=stage["lr"], optimizer=cfg.staged.optimizer)
+    labels = partitions.trainable_labels(variables["params"], spec, stage["trainable"])
+    tx = partitions.make_tx(labels, lr=stage["lr"], optimizer=cfg.staged.optimizer)
     state = finetune.init_state(variables, tx)
     aug = augment.make_augment_params(cfg.augment)
     rng = np.random.default_rng(0)
@@ -76,7 +76,7 @@ def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool, count_fl
     if count_flops and jax.default_backend() != "cpu":   # XLA:GPU counts no FLOPs for cuDNN convolutions
         cpu = jax.devices("cpu")[0]
         flops = flops_of(step.lower(*jax.device_put((state, data, key), cpu)).compile())
-    n_train, n_total = finetune.count_trainable(state.params, labels)
+    n_train, n_total = partitions.count_trainable(state.params, labels)
     return compiled, state, data, key, compile_s, n_train, n_total, flops
 
 

@@ -38,7 +38,7 @@ def child(a) -> None:
     from bt_jax.data import augment
     from bt_jax.models import registry
     from bt_jax.models.heads import Classifier, Head
-    from bt_jax.train import finetune
+    from bt_jax.train import finetune, partitions
 
     devices = jax.devices()[:a.n]
     assert len(devices) == a.n, f"asked for {a.n} devices, have {len(jax.devices())}"
@@ -47,8 +47,8 @@ def child(a) -> None:
     dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
     model = Classifier(backbone=registry.make_module(spec, dtype=dtype), head=Head(256, 0.5))
     variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, a.size, a.size, 3))))(jax.random.PRNGKey(0))
-    labels = finetune.trainable_labels(variables["params"], spec, "all")
-    tx = finetune.make_tx(labels, lr=1e-5)
+    labels = partitions.trainable_labels(variables["params"], spec, "all")
+    tx = partitions.make_tx(labels, lr=1e-5)
     state = sharding.replicate(finetune.init_state(variables, tx), mesh)
     rng = np.random.default_rng(0)
     b = a.batch

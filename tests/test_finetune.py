@@ -9,7 +9,7 @@ from flax import traverse_util
 from bt_jax.data import augment
 from bt_jax.models import registry
 from bt_jax.models.heads import Classifier, FlattenHead
-from bt_jax.train import finetune
+from bt_jax.train import finetune, partitions
 from bt_jax.train.checkpoint import Checkpoints
 
 
@@ -55,15 +55,15 @@ def test_frozen_groups_bit_identical_trainable_changed(vgg_setup):
 
 def test_labels_cover_every_leaf_and_reject_typos(vgg_setup):
     spec, _, variables, _ = vgg_setup
-    labels = finetune.trainable_labels(variables["params"], spec, ("block4", "block5"))
+    labels = partitions.trainable_labels(variables["params"], spec, ("block4", "block5"))
     flat = _flat(labels)
     assert flat["backbone/block4_conv1/kernel"] == "train"
     assert flat["backbone/block3_conv1/kernel"] == "frozen"
     assert flat["head/fc1/kernel"] == "train"
-    n_train, total = finetune.count_trainable(variables["params"], labels)
+    n_train, total = partitions.count_trainable(variables["params"], labels)
     assert 0 < n_train < total
     with pytest.raises(ValueError, match="block9"):
-        finetune.trainable_labels(variables["params"], spec, ("block9",))
+        partitions.trainable_labels(variables["params"], spec, ("block9",))
 
 
 def test_checkpoint_resume_after_kill(vgg_setup, tmp_path):

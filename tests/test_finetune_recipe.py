@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bt_jax import config as cfg
-from bt_jax.train import finetune
+from bt_jax.train import finetune, partitions
 
 
 def _params():
@@ -22,13 +22,13 @@ def _labels(params, backbone="train"):
 
 def test_backbone_learns_at_a_fraction_of_the_head_learning_rate():
     p = _params()
-    tx = finetune.make_tx(_labels(p), lr=0.1, optimizer="sgd", momentum=0.0,
+    tx = partitions.make_tx(_labels(p), lr=0.1, optimizer="sgd", momentum=0.0,
                           backbone_lr_factor=0.25)
     grads = jax.tree.map(jnp.ones_like, p)
     upd, _ = tx.update(grads, tx.init(p), p)
     np.testing.assert_allclose(upd["head"]["out"]["kernel"], -0.1)
     np.testing.assert_allclose(upd["backbone"]["conv"]["kernel"], -0.025)
-    frozen = finetune.make_tx(_labels(p, "frozen"), lr=0.1, optimizer="sgd", momentum=0.0,
+    frozen = partitions.make_tx(_labels(p, "frozen"), lr=0.1, optimizer="sgd", momentum=0.0,
                               backbone_lr_factor=0.25)
     upd, _ = frozen.update(grads, frozen.init(p), p)
     assert not np.asarray(upd["backbone"]["conv"]["kernel"]).any()
@@ -36,7 +36,7 @@ def test_backbone_learns_at_a_fraction_of_the_head_learning_rate():
 
 def test_weight_decay_shrinks_kernels_only():
     p = _params()
-    tx = finetune.make_tx(_labels(p), lr=0.1, optimizer="adam", weight_decay=0.5)
+    tx = partitions.make_tx(_labels(p), lr=0.1, optimizer="adam", weight_decay=0.5)
     upd, _ = tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)
     np.testing.assert_allclose(upd["backbone"]["conv"]["kernel"], -0.1 * 0.5, rtol=1e-6)
     np.testing.assert_allclose(upd["head"]["out"]["kernel"], -0.1 * 0.5, rtol=1e-6)
@@ -46,15 +46,15 @@ def test_weight_decay_shrinks_kernels_only():
 
 def test_warmup_cosine_rises_linearly_then_decays_to_zero():
     fs = finetune.FitSpec(epochs=4, lr=1e-3, schedule="warmup_cosine", warmup_epochs=1.0)
-    sched = finetune.lr_schedule(fs, steps_per_epoch=10)
+    sched = partitions.lr_schedule(fs, steps_per_epoch=10)
     assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(5e-4)
     assert float(sched(10)) == pytest.approx(1e-3)
     assert float(sched(25)) == pytest.approx(5e-4, rel=1e-3)  # halfway down the cosine
     assert float(sched(40)) == pytest.approx(0.0, abs=1e-9)
-    assert finetune.lr_schedule(finetune.FitSpec(lr=2e-4), 10) == 2e-4
+    assert partitions.lr_schedule(finetune.FitSpec(lr=2e-4), 10) == 2e-4
     # the backbone follows the schedule at its factor
     p = _params()
-    tx = finetune.make_tx(_labels(p), lr=sched, optimizer="sgd", momentum=0.0,
+    tx = partitions.make_tx(_labels(p), lr=sched, optimizer="sgd", momentum=0.0,
                           backbone_lr_factor=0.5)
     state = tx.init(p)
     for _ in range(5):

@@ -14,7 +14,7 @@ from bt_jax.config import ConfigError, parse_stage
 from bt_jax.data import discover
 from bt_jax.models import registry
 from bt_jax.pipelines import staged
-from bt_jax.train import finetune
+from bt_jax.train import partitions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,7 +92,7 @@ def test_resnet50v2_stage_groups_resolve():
     staged.check_stage_groups(spec, stages, 64)
     shapes = jax.eval_shape(lambda: spec.make().init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
     params = {"backbone": shapes["params"], "head": {"out": {"kernel": jnp.zeros((2, 2))}}}
-    counts = [finetune.count_trainable(params, finetune.trainable_labels(params, spec, s["trainable"]))[0]
+    counts = [partitions.count_trainable(params, partitions.trainable_labels(params, spec, s["trainable"]))[0]
               for s in stages]
     assert counts == sorted(counts) and len(set(counts)) == len(counts)  # each stage unfreezes more
 

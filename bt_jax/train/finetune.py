@@ -1,8 +1,8 @@
 """End-to-end fine-tuning: frozen layer groups as optax masked partitions, jitted steps,
 early stopping / plateau callbacks, a best and a last checkpoint, resume after a kill.
 
-    labels = trainable_labels(variables["params"], spec, ["block5"])   # 'train'/'frozen' tree
-    tx = make_tx(labels, lr=1e-4, optimizer="adam")
+    labels = partitions.trainable_labels(variables["params"], spec, ["block5"])
+    tx = partitions.make_tx(labels, lr=1e-4, optimizer="adam")      # (train/partitions.py)
     state = init_state(variables, tx)
     state, m = finetune_step(model, tx, labels, False, aug, state, batch, rng)  # pure; jit it
     result = fit(model, variables, spec, data, FitSpec(...), rng, ckpt=Checkpoints(dir))
@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bt_jax import sharding
@@ -36,81 +35,10 @@ from bt_jax.models import common, registry
 from bt_jax.models.heads import class_probs, correct, per_example_loss
 from bt_jax.sharding import batched_apply
 from bt_jax.train import callbacks
+from bt_jax.train.partitions import count_trainable, lr_schedule, make_tx, trainable_labels
 from bt_jax.train.checkpoint import Checkpoints
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- partitions
-
-def trainable_labels(params, spec: registry.BackboneSpec, trainable) -> Any:
-    """'train'/'frozen' per leaf of {'backbone': ..., 'head': ...} params.
-
-    trainable: "all", "none" (head only) or a list of layer-group selectors
-    (registry.group_matches: "block5" covers "block5_conv3"). The head always trains.
-    """
-    bb = params["backbone"]
-    if trainable == "all":
-        mask = jax.tree.map(lambda _: True, bb)
-    elif trainable in ("none", (), []):
-        mask = jax.tree.map(lambda _: False, bb)
-    else:
-        mask = registry.select_groups(bb, spec, list(trainable))
-    labels = {"backbone": jax.tree.map(lambda m: "train" if m else "frozen", mask),
-              "head": jax.tree.map(lambda _: "train", params["head"])}
-    flat = traverse_util.flatten_dict(labels)
-    assert all(v in ("train", "frozen") for v in flat.values())  # every leaf covered
-    return labels
-
-
-def count_trainable(params, labels) -> tuple[int, int]:
-    sizes = jax.tree.map(lambda p, l: (int(np.size(p)), l == "train"), params, labels)
-    flat = jax.tree.leaves(sizes, is_leaf=lambda x: isinstance(x, tuple))
-    return sum(n for n, t in flat if t), sum(n for n, _ in flat)
-
-
-def _kernels(params):
-    """Weight decay applies to matrices and filters, not to biases or BatchNorm scales."""
-    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
-
-
-def _optimizer(name: str, lr, momentum: float, weight_decay: float):
-    if name == "adam" and weight_decay:
-        # static: inject_hyperparams would call a callable mask as a schedule of the step
-        return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
-            learning_rate=lr, eps=1e-7, weight_decay=weight_decay, mask=_kernels)
-    if name == "adam":
-        return optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=1e-7)
-    if name == "sgd":
-        sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
-        if not weight_decay:
-            return sgd
-        return optax.chain(optax.add_decayed_weights(weight_decay, mask=_kernels), sgd)
-    raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {name!r}")
-
-
-def lr_schedule(fs: "FitSpec", steps_per_epoch: int):
-    """The learning rate: constant `fs.lr` (plateau callbacks may lower it), or linear
-    warm-up from 0 over `warmup_epochs` then cosine decay to 0 at the last epoch."""
-    if fs.schedule == "constant":
-        return fs.lr
-    total = max(1, fs.epochs * steps_per_epoch)
-    warm = min(total - 1, max(0, round(fs.warmup_epochs * steps_per_epoch)))
-    return optax.warmup_cosine_decay_schedule(0.0, fs.lr, warm, total, end_value=0.0)
-
-
-def make_tx(labels, *, lr, optimizer: str = "adam", momentum: float = 0.9,
-            backbone_lr_factor: float = 1.0, weight_decay: float = 0.0):
-    """Trainable leaves get the optimiser (learning rate injectable for plateau
-    schedules, or a schedule `step -> lr`); frozen leaves get exact zeros. The backbone's
-    trainable leaves learn at `lr * backbone_lr_factor`, the head at `lr`."""
-    scaled = (lr * backbone_lr_factor if not callable(lr)
-              else (lambda step: lr(step) * backbone_lr_factor))
-    parts = {"head": _optimizer(optimizer, lr, momentum, weight_decay),
-             "train": _optimizer(optimizer, scaled, momentum, weight_decay),
-             "frozen": optax.set_to_zero()}
-    tx_labels = {**labels, "head": jax.tree.map(lambda _: "head", labels["head"])}
-    return optax.multi_transform(parts, tx_labels)
 
 
 @flax.struct.dataclass
