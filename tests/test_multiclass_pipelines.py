@@ -54,7 +54,7 @@ def test_four_class_search_end_to_end(search4):
     for key in ("final", "head_only"):
         _check_multiclass_report(m[key], TYPES4, m["n_test"])
         bv = m[key]["binary_view"]
-        assert bv["negative_classes"] == ["no_tumour"] and bv["class_names"] == ["no tumour", "tumour"]
+        assert bv["negative_classes"] == ["no_tumour"] and bv["class_names"] == ["no_tumour", "tumour"]
         assert np.asarray(bv["confusion_matrix"]).sum() == m["n_test"]
     card = json.loads((w / "model.json").read_text())
     assert card["classes"] == list(TYPES4) and card["head"]["outputs"] == 4

@@ -26,11 +26,12 @@ from bt_jax import io
 from bt_jax.data import decode, preprocess
 from bt_jax.data.scans import COLOUR_FRACTION, colour_fraction, read_scan
 from bt_jax.inference.loading import LoadedModel
+from bt_jax.reporting import multiclass
 from bt_jax.sharding import batched_apply
 
 CSV_FIELDS = ("file", "p_tumour", "decision", "threshold", "model_id", "status", "note",
               "colour_fraction")
-TUMOUR, NO_TUMOUR = "tumour", "no_tumour"  # a multi-class model's binary decision
+NO_TUMOUR, TUMOUR = multiclass.BINARY_VIEW_NAMES  # a multi-class model's binary decision
 
 
 def csv_fields(model: LoadedModel) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -109,6 +110,13 @@ def correct(logits, y):
     if logits.shape[-1] == 1:
         return (logits[:, 0] > 0) == (y > 0.5)
     return jnp.argmax(logits, axis=-1) == y.astype(jnp.int32)
+
+
+def predicted_labels(prob, threshold: float = 0.5) -> np.ndarray:
+    """Host-side decisions: P(label 1) >= threshold for (N,) probabilities, the argmax
+    (first class on ties) for (N, C) rows."""
+    prob = np.asarray(prob)
+    return (prob >= threshold).astype(int) if prob.ndim == 1 else prob.argmax(axis=1)
 
 
 def positive_prob(logits):

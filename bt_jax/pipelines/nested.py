@@ -22,6 +22,7 @@ import numpy as np
 
 from bt_jax import tuning
 from bt_jax.data.split import Splits
+from bt_jax.models.heads import predicted_labels
 from bt_jax.pipelines import estimates
 from bt_jax.train import head
 from bt_jax.train.folds import make_fold_arrays
@@ -86,9 +87,7 @@ def nested_cv(run, study) -> dict:
     y = ds.labels[rows]
     boot = dict(n_boot=int(c.eval.bootstrap), ci=float(c.eval.ci), seed=int(c.seed))
     scores = estimates.scores(y, prob, names, **boot)
-    fold_acc = [float(np.mean(((o["prob"] >= 0.5) if o["prob"].ndim == 1
-                               else o["prob"].argmax(1)) == ds.labels[o["rows"]]))
-                for o in outs]
+    fold_acc = [float(np.mean(predicted_labels(o["prob"]) == ds.labels[o["rows"]])) for o in outs]
     searched = float(tuning.top_trials(study, 1)[0].value)
     return {"k": ds.splits.k, "trials_per_outer_fold": int(_outer_config(c, 0).search.trials),
             "n_images": int(len(rows)), **scores,

@@ -87,9 +87,6 @@ def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, conf
     return (heading, body, imgs), rep
 
 
-BINARY_NAMES = ("no tumour", "tumour")
-
-
 def binary_labels(y_true, class_names, negative_classes) -> np.ndarray:
     """1 where the true class is not one of the no-tumour classes."""
     neg = [list(class_names).index(c) for c in negative_classes]
@@ -137,7 +134,7 @@ def evaluate_multiclass(y_true, probs, *, out_dir: Path, title: str, class_names
         pb = multiclass.binary_view(probs, names, negative_classes)
         (_, bbody, bimgs), brep = evaluate_split(
             yb, pb, out_dir=out_dir / "binary", title=f"{title}, tumour vs no tumour",
-            class_names=BINARY_NAMES, config=config, synthetic=synthetic,
+            class_names=multiclass.BINARY_VIEW_NAMES, config=config, synthetic=synthetic,
             seed_offset=seed_offset, operating_threshold=operating_threshold)
         rep["binary_view"] = {"negative_classes": list(negative_classes), **brep}
         body += ["", f"**Binary view** (tumour = any class but {list(negative_classes)}; "

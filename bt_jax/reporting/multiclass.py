@@ -244,6 +244,9 @@ def table_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+BINARY_VIEW_NAMES = ("no_tumour", "tumour")  # the binary view's two classes, label order
+
+
 def binary_view(probs, class_names, negative_classes) -> np.ndarray:
     """P(tumour) = 1 - sum of P(negative classes), so a multi-class model can be scored and
     thresholded by the binary path (metrics.classification_report, threshold_for_sensitivity).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bt_jax.models.heads import predicted_labels
 from bt_jax.train.folds import FoldArrays
 
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))
@@ -52,7 +53,7 @@ def logistic_folds(features, labels, folds: FoldArrays, *, groups, inner_k: int 
                                     seed=seed + f)
         p = _class_columns(model, features[va], n_classes)
         prob[f, :len(va)] = p
-        acc[f] = np.mean(((p >= 0.5) if p.ndim == 1 else p.argmax(1)) == labels[va])
+        acc[f] = np.mean(predicted_labels(p) == labels[va])
     return {"val_acc": acc, "val_prob": prob, "C": chosen}
 
 
