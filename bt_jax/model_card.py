@@ -145,5 +145,4 @@ def binary_validation(entry: dict) -> tuple[np.ndarray, np.ndarray]:
         raise ModelCardError(f"a threshold for a target sensitivity needs a tumour vs no-tumour "
                              f"question, but this {len(classes)}-class model names no "
                              "data.negative_classes (retrain with them to get a binary view)")
-    return (~np.isin(y, [classes.index(c) for c in neg])).astype(int), \
-        multiclass.binary_view(p, classes, neg)
+    return multiclass.binary_labels(y, classes, neg), multiclass.binary_view(p, classes, neg)

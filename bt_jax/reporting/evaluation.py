@@ -87,12 +87,6 @@ def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, conf
     return (heading, body, imgs), rep
 
 
-def binary_labels(y_true, class_names, negative_classes) -> np.ndarray:
-    """1 where the true class is not one of the no-tumour classes."""
-    neg = [list(class_names).index(c) for c in negative_classes]
-    return (~np.isin(np.asarray(y_true), neg)).astype(int)
-
-
 def evaluate_multiclass(y_true, probs, *, out_dir: Path, title: str, class_names, config,
                         synthetic: bool, heading: str | None = None, seed_offset: int = 0,
                         operating_threshold: float | None = None, negative_classes=()):
@@ -130,7 +124,7 @@ def evaluate_multiclass(y_true, probs, *, out_dir: Path, title: str, class_names
         body += ["", f"> Only {rep['n']} cases: per-class intervals are wide; read them, not "
                      "the point values."]
     if negative_classes:
-        yb = binary_labels(y, names, negative_classes)
+        yb = multiclass.binary_labels(y, names, negative_classes)
         pb = multiclass.binary_view(probs, names, negative_classes)
         (_, bbody, bimgs), brep = evaluate_split(
             yb, pb, out_dir=out_dir / "binary", title=f"{title}, tumour vs no tumour",

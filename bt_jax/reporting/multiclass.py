@@ -247,6 +247,12 @@ def table_markdown(report: dict) -> str:
 BINARY_VIEW_NAMES = ("no_tumour", "tumour")  # the binary view's two classes, label order
 
 
+def binary_labels(y_true, class_names, negative_classes) -> np.ndarray:
+    """1 where the true class is not one of the no-tumour classes."""
+    neg = [list(class_names).index(c) for c in negative_classes]
+    return (~np.isin(np.asarray(y_true), neg)).astype(int)
+
+
 def binary_view(probs, class_names, negative_classes) -> np.ndarray:
     """P(tumour) = 1 - sum of P(negative classes), so a multi-class model can be scored and
     thresholded by the binary path (metrics.classification_report, threshold_for_sensitivity).
