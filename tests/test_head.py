@@ -104,21 +104,57 @@ def test_padding_does_not_change_the_result():
     assert int(res.best_epoch) == int(single.best_epoch)
 
 
-def test_compiles_once_per_shape():
+def _same(a, b, atol=1e-5):
+    for name in ("train_loss", "train_acc", "val_loss", "val_acc", "val_prob", "val_auc",
+                 "val_loss_best", "val_acc_best"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=atol, err_msg=name)
+    for name in ("best_epoch", "stopped_epoch", "epochs_run"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=atol), a.params, b.params)
+
+
+def test_capacity_does_not_change_the_result():
+    """A setting trained inside a larger allocation (more hidden units, more rows per
+    step, more steps), or beside other trials in one call, or with lanes run one by one
+    instead of in lockstep, gives the numbers it gives alone in an exact allocation."""
+    x, y = _blobs(n=110, seed=8)
+    folds = _folds(len(y), k=3, seed=8)
+    hps = [head.HeadHParams(units=8, dropout=0.3, lr=1e-2, batch_size=16, optimizer="sgd",
+                            momentum=0.9, epochs=4, patience=2),
+           head.HeadHParams(units=20, dropout=0.1, lr=3e-3, batch_size=32, optimizer="adam",
+                            epochs=4, patience=1)]
+    rng = jax.random.PRNGKey(5)
+    alone = [head.fit_folds(x, y, folds, hp, rng, lane_batch=3) for hp in hps]
+    big = head.head_lanes.Capacity(units=48, batch=40, steps=9, epochs=4)
+    for hp, ref in zip(hps, alone):
+        _same(head.fit_folds(x, y, folds, hp, rng, capacity=big, lane_batch=1), ref)
+        assert ref.params["hidden"]["kernel"].shape == (3, 64, hp.units)
+    together = head.fit_trials(x, y, folds, hps, rng, lane_batch=4)
+    for res, ref in zip(together, alone):
+        _same(res, ref)
+    with pytest.raises(ValueError, match="capacity"):
+        head.fit_folds(x, y, folds, hps[1], rng, capacity=big._replace(units=10))
+
+
+def test_one_program_serves_every_setting_of_a_capacity():
     x, y = _blobs(n=96, d=32, seed=5)
     folds = _folds(96, k=2)
+    cap = head.head_lanes.Capacity(units=32, batch=32, steps=4, epochs=2)
+    jitted = head.head_lanes.run_lanes_jit
     hp = head.HeadHParams(units=24, dropout=0.1, lr=1e-3, batch_size=16, epochs=2, patience=2)
-    before = head._fit_folds_jit._cache_size()
-    head.fit_folds(x, y, folds, hp, jax.random.PRNGKey(0))
-    assert head._fit_folds_jit._cache_size() == before + 1
+    head.fit_folds(x, y, folds, hp, jax.random.PRNGKey(0), capacity=cap, lane_batch=2)
+    before = jitted._cache_size()
     x2, y2 = _blobs(n=96, d=32, seed=6)
-    for new in (dict(lr=5e-2), dict(dropout=0.7, momentum=0.5, patience=1)):
+    for new in (dict(lr=5e-2), dict(dropout=0.7, momentum=0.5, patience=1, optimizer="sgd"),
+                dict(units=7, batch_size=32), dict(units=32, batch_size=20)):
         hp2 = head.HeadHParams(**{**hp.__dict__, **new})
-        head.fit_folds(x2, y2.astype(np.int64), folds, hp2, jax.random.PRNGKey(1))
-    assert head._fit_folds_jit._cache_size() == before + 1
-    head.fit_folds(x, y, folds, head.HeadHParams(**{**hp.__dict__, "units": 40}),
-                   jax.random.PRNGKey(0))
-    assert head._fit_folds_jit._cache_size() == before + 2
+        res = head.fit_folds(x2, y2.astype(np.int64), folds, hp2, jax.random.PRNGKey(1),
+                             capacity=cap, lane_batch=2)
+        assert res.params["hidden"]["kernel"].shape == (2, 32, hp2.units)
+        assert np.isfinite(res.val_loss_best).all()
+    assert jitted._cache_size() == before
+    head.fit_folds(x, y, folds, hp, jax.random.PRNGKey(0), lane_batch=2)  # exact allocation
+    assert jitted._cache_size() == before + 1
 
 
 def test_make_fold_arrays_never_trains_on_copies_of_held_out_images():
@@ -157,6 +193,9 @@ def test_hparams_and_optimizer_validation():
         head.HeadHParams(optimizer="rmsprop")
     with pytest.raises(ValueError, match="optimizer"):
         head.make_optimizer("lamb", 1e-3)
+    with pytest.raises(ValueError, match="same epochs"):
+        head.fit_trials(np.zeros((4, 3)), np.zeros(4), _folds(4, k=2),
+                        [HP, head.HeadHParams(epochs=2)], jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="features"):
         head.fit_one(np.zeros((4, 3)), np.zeros(5), [0], [1], HP, jax.random.PRNGKey(0))
 

@@ -1,25 +1,26 @@
-"""Method A's head on frozen pooled features: all k folds trained in one jitted, vmapped loop.
+"""Method A's head on frozen pooled features: k folds (and several trials) per compiled call.
 
     folds = make_fold_arrays(splits, n_originals, copy_source)      # padded (k, T)/(k, V) + masks
     hp = HeadHParams(units=1024, dropout=0.6775, lr=9.558e-5, batch_size=32, optimizer="adam")
     res = fit_folds(features, labels, folds, hp, jax.random.PRNGKey(0))
     res.val_acc.mean()                     # the search objective; res.val_auc, res.val_prob, ...
+    many = fit_trials(features, labels, folds, [hp, hp2, hp3], rng)  # trials x folds, one call
     final = fit_one(features, labels, train_idx, val_idx, hp, rng); predict_proba(final.params, x)
 
-One hyper-parameter setting trains as ONE compiled function: a `lax.while_loop` over
-epochs (it exits once early stopping fires; under vmap a stopped fold's epochs are
-masked no-ops) around a `lax.scan` over mini-batches, with early stopping on the
-validation loss and restore-best carried as pytree state (`callbacks.py`). Folds are a
-leading axis: `jax.jit(jax.vmap(fit_fold_fn))`. Shapes (units, batch size, optimiser,
-epochs, padded fold sizes) are static; lr, dropout, momentum and patience are traced, so
-a search compiles once per shape, not once per trial.
+A setting trains on a split as one "lane" of `head_lanes.run_lanes`: a `lax.while_loop`
+over epochs (it exits once early stopping fires) around a `lax.scan` over mini-batches,
+early stopping on the validation loss and restore-best carried as pytree state
+(`callbacks.py`). Folds, and trials, are a leading lane axis, vmapped. Every
+hyper-parameter is a traced value inside an allocation (`head_lanes.Capacity`: hidden
+width, rows per step, steps, epochs), so one compiled program serves every setting that
+fits it: a search compiles once per allocation, not once per trial.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -28,10 +29,11 @@ import numpy as np
 import optax
 
 from bt_jax.data.split import TrainIndices
-from bt_jax.models.heads import Head, class_probs, correct, n_outputs, per_example_loss
+from bt_jax.models.heads import Head, class_probs, n_outputs
 from bt_jax.train.folds import (FoldArrays, make_fold_arrays, pad_index_sets,  # noqa: F401
                                 train_with_copies)
-from bt_jax.train import callbacks
+from bt_jax.train import head_lanes
+from bt_jax.train.head_lanes import masked_auc  # noqa: F401  (public API)
 
 OPTIMIZERS = ("adam", "sgd")
 TRIAL_KEYS = ("units", "dropout", "lr", "batch_size", "optimizer")  # searched per trial
@@ -49,15 +51,6 @@ def make_optimizer(name: str, lr, momentum=0.0) -> optax.GradientTransformation:
     if name == "sgd":
         return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
     raise ValueError(f"make_optimizer: optimizer must be one of {OPTIMIZERS}, got {name!r}")
-
-
-class HeadShape(NamedTuple):
-    """The hyper-parameters that change compiled shapes/structure (static, hashable)."""
-    units: int
-    batch_size: int
-    optimizer: str
-    epochs: int
-    outputs: int = 1          # logits: 1 for two classes (sigmoid), C for C > 2 (softmax)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,16 +93,16 @@ class HeadHParams:
                    optimizer=str(params["optimizer"]), momentum=float(train.momentum),
                    epochs=int(train.epochs), patience=int(train.patience))
 
-    @property
-    def shape(self) -> HeadShape:
-        return HeadShape(int(self.units), int(self.batch_size), self.optimizer, int(self.epochs))
-
     def traced(self) -> dict:
-        # Explicit dtypes: weak-typed Python scalars would make a second cache entry.
-        return {"lr": jnp.asarray(self.lr, jnp.float32),
+        """The setting as traced lane values (head_lanes.HP_KEYS). Explicit dtypes: weak-typed
+        Python scalars would make a second cache entry."""
+        return {"units": jnp.asarray(self.units, jnp.int32),
+                "batch": jnp.asarray(self.batch_size, jnp.int32),
+                "lr": jnp.asarray(self.lr, jnp.float32),
                 "dropout": jnp.asarray(self.dropout, jnp.float32),
                 "momentum": jnp.asarray(self.momentum, jnp.float32),
-                "patience": jnp.asarray(self.patience, jnp.int32)}
+                "patience": jnp.asarray(self.patience, jnp.int32),
+                "adam": jnp.asarray(self.optimizer == "adam")}
 
 
 # ----------------------------------------------------------------------------- core
@@ -146,153 +139,20 @@ class FoldResults:
         return float(np.mean(self.val_acc_best))
 
 
-def head_step(model: Head, tx, params, opt_state, x, y, mask, dropout):
-    """One masked mini-batch update -> (params, opt_state, (loss_sum, correct, count)).
-
-    dropout: a PRNG key, or a precomputed (B, units) bool keep-mask.
-
-    An all-padding batch leaves params and optimiser state untouched (Adam would still
-    move on zero gradients and its step count would advance).
-    """
-    def loss_fn(p):
-        if jnp.issubdtype(dropout.dtype, jnp.bool_):
-            out = model.apply({"params": p}, x, train=True, keep_mask=dropout)
-        else:
-            out = model.apply({"params": p}, x, train=True, rngs={"dropout": dropout})
-        per = per_example_loss(out, y) * mask
-        return per.sum() / jnp.maximum(mask.sum(), 1), (per.sum(), out)
-
-    (_, (loss_sum, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    has = mask.any()
-    keep = lambda new, old: jnp.where(has, new, old)  # noqa: E731
-    params = jax.tree.map(keep, new_params, params)
-    opt_state = jax.tree.map(keep, new_opt, opt_state)
-    return params, opt_state, (loss_sum, jnp.sum(correct(logits, y) & mask), mask.sum())
+def _lane_hp(hps: Sequence[HeadHParams]) -> dict:
+    """Per-lane traced hyper-parameters of trials, stacked: {key: (n_trials,)}."""
+    rows = [hp.traced() for hp in hps]
+    return {k: jnp.stack([r[k] for r in rows]) for k in head_lanes.HP_KEYS}
 
 
-def eval_fn(model: Head, params, x, y, mask):
-    """Inference-mode masked sums over one set -> (loss_sum, correct, count, logits)."""
-    logits = model.apply({"params": params}, x)
-    per = per_example_loss(logits, y) * mask
-    return per.sum(), jnp.sum(correct(logits, y) & mask), mask.sum(), logits
-
-
-def masked_auc(scores, y, mask):
-    """ROC AUC by the Mann-Whitney pair count (ties count 1/2); NaN if a class is absent."""
-    pos, neg = mask & (y > 0.5), mask & (y <= 0.5)
-    diff = scores[:, None] - scores[None, :]
-    pairs = pos[:, None] & neg[None, :]
-    wins = jnp.sum(jnp.where(pairs, (diff > 0) + 0.5 * (diff == 0), 0.0))
-    n = pos.sum().astype(jnp.float32) * neg.sum()
-    return jnp.where(n > 0, wins / jnp.maximum(n, 1), jnp.nan)
-
-
-def _val_scores(logits, y, mask):
-    """(ROC AUC, probabilities with NaN in padding) of the validation set. C > 2 classes:
-    the macro mean of one-vs-rest AUCs (NaN if a class is absent) and (V, C) rows."""
-    prob = class_probs(logits)
-    if prob.ndim == 1:
-        return masked_auc(logits[:, 0], y, mask), jnp.where(mask, prob, jnp.nan)
-    yi = y.astype(jnp.int32)
-    aucs = jax.vmap(lambda p, c: masked_auc(p, (yi == c).astype(jnp.float32), mask),
-                    in_axes=(1, 0))(prob, jnp.arange(prob.shape[1]))
-    return aucs.mean(), jnp.where(mask[:, None], prob, jnp.nan)
-
-
-def _epoch_randomness(rng, mask, n_batches, bsz, units, keep):
-    """One epoch's shuffle (real entries in random order, padding last) and dropout masks.
-
-    Drawn in two calls per epoch rather than per batch: every threefry call site costs
-    compile time. With jax_threefry_partitionable (default since jax 0.5) element i of a
-    draw depends only on (key, i), so the real entries' order and the masks of the real
-    batches do not depend on how much padding follows: a padded fold trains exactly like
-    its unpadded run.
-    """
-    k_order, k_drop = jax.random.split(rng)
-    u = jax.random.uniform(k_order, mask.shape)
-    order = jnp.argsort(jnp.where(mask, u, 2.0), stable=True)
-    return order, jax.random.bernoulli(k_drop, keep, (n_batches, bsz, units))
-
-
-def _div(a, b):
-    return jnp.where(b > 0, a / jnp.maximum(b, 1), jnp.nan).astype(jnp.float32)
-
-
-def fit_fold_fn(shape: HeadShape, features, labels, train_idx, train_mask, val_idx, val_mask,
-                hp: dict, rng) -> dict:
-    """Whole training of one split (pure; jit/vmap at the call site). See FoldResults."""
-    units, bsz, opt_name, epochs, outputs = shape
-    model = Head(units, hp["dropout"], outputs)
-    tx = make_optimizer(opt_name, hp["lr"], hp["momentum"])
-    init_rng, loop_rng = jax.random.split(rng)
-    params = model.init(init_rng, features[:1])["params"]
-    n_batches = max(1, math.ceil(train_idx.shape[0] / bsz))
-    pad = n_batches * bsz - train_idx.shape[0]
-    train_idx = jnp.pad(train_idx, (0, pad))
-    train_mask = jnp.pad(train_mask, (0, pad))
-    xv, yv = features[val_idx], labels[val_idx]
-    nan_curve = jnp.full((epochs,), jnp.nan, jnp.float32)
-    carry0 = dict(params=params, opt=tx.init(params), es=callbacks.early_stopping_init(params),
-                  curves={k: nan_curve for k in ("train_loss", "train_acc", "val_loss",
-                                                 "val_acc")},
-                  epoch=jnp.asarray(0, jnp.int32))
-
-    def epoch_body(c):
-        order, keep_masks = _epoch_randomness(jax.random.fold_in(loop_rng, c["epoch"]),
-                                              train_mask, n_batches, bsz, units,
-                                              1.0 - hp["dropout"])
-
-        def batch_body(bc, xs):
-            params, opt, sums = bc
-            idx, m, keep_mask = xs
-            params, opt, s = head_step(model, tx, params, opt, features[idx], labels[idx], m,
-                                        keep_mask)
-            return (params, opt, jax.tree.map(jnp.add, sums, s)), None
-
-        idx = train_idx[order].reshape(n_batches, bsz)
-        m = train_mask[order].reshape(n_batches, bsz)
-        zero = (jnp.float32(0), jnp.int32(0), jnp.int32(0))
-        (params, opt, (tl, tc, tn)), _ = jax.lax.scan(
-            batch_body, (c["params"], c["opt"], zero), (idx, m, keep_masks))
-        vl, vc, vn, _ = eval_fn(model, params, xv, yv, val_mask)
-        val_loss = _div(vl, vn)
-        es = callbacks.early_stopping_update(c["es"], val_loss, c["epoch"], params,
-                                             patience=hp["patience"])
-        e = c["epoch"]
-        new = {"train_loss": _div(tl, tn), "train_acc": _div(tc, tn), "val_loss": val_loss,
-               "val_acc": _div(vc, vn)}
-        curves = {k: v.at[e].set(new[k]) for k, v in c["curves"].items()}
-        return dict(params=params, opt=opt, es=es, curves=curves, epoch=e + 1)
-
-    out = jax.lax.while_loop(lambda c: (c["epoch"] < epochs) & ~c["es"].stopped,
-                             epoch_body, carry0)
-    es = out["es"]
-    vl, vc, vn, logits = eval_fn(model, es.best_params, xv, yv, val_mask)
-    val_auc, val_prob = _val_scores(logits, yv, val_mask)
-    return dict(**out["curves"], best_epoch=es.best_epoch, stopped_epoch=es.stopped_epoch,
-                epochs_run=out["epoch"], val_loss_best=_div(vl, vn), val_acc_best=_div(vc, vn),
-                val_auc=val_auc, val_prob=val_prob,
-                params=es.best_params)
-
-
-def _fit_folds(shape, features, labels, ti, tm, vi, vm, hp, rngs):
-    fn = jax.vmap(lambda *a: fit_fold_fn(shape, features, labels, *a[:4], hp, a[4]))
-    return fn(ti, tm, vi, vm, rngs)
-
-
-_fit_fold_jit = jax.jit(fit_fold_fn, static_argnums=0)
-_fit_folds_jit = jax.jit(_fit_folds, static_argnums=0)
-
-
-def _host(out: dict) -> FoldResults:
+def _host(out: dict, units: int) -> FoldResults:
+    """Device outputs of one trial -> FoldResults, params cut to the trial's width."""
     params = out.pop("params")
+    params = {"hidden": {"kernel": params["hidden"]["kernel"][..., :units],
+                         "bias": params["hidden"]["bias"][..., :units]},
+              "out": {"kernel": params["out"]["kernel"][..., :units, :],
+                      "bias": params["out"]["bias"]}}
     return FoldResults(**jax.device_get(out), params=params)
-
-
-def _shape(hparams: HeadHParams, n_classes: int) -> HeadShape:
-    return hparams.shape._replace(outputs=n_outputs(n_classes))
 
 
 def _prep(features, labels, n_classes: int):
@@ -321,32 +181,78 @@ def _check_folds(folds: FoldArrays, n: int):
             raise ValueError(f"FoldArrays.{name}_mask: some fold has no {name} entries")
 
 
-def _fold_args(folds: FoldArrays):
-    return tuple(jnp.asarray(a) for a in (folds.train_idx, folds.train_mask, folds.val_idx,
-                                          folds.val_mask))
+def default_lane_batch(n_lanes: int) -> int:
+    """Lanes run in lockstep: all of them on GPU/TPU (vmap fills the device); one at a
+    time on a CPU, where lockstep buys nothing and a lane that stops early would keep
+    computing masked epochs until the slowest one stops (bench/bench_head.py)."""
+    return n_lanes if jax.default_backend() != "cpu" else 1
+
+
+def fit_trials(features, labels, folds: FoldArrays, hps: Sequence[HeadHParams], rng, *,
+               n_classes: int = 2, capacity: head_lanes.Capacity | None = None,
+               lane_batch: int | None = None, fold_rngs=None) -> list[FoldResults]:
+    """Several head settings, each on all k folds, in ONE compiled call (trials x folds
+    lanes). Each trial's results equal those of `fit_folds` for it alone: fold f uses
+    jax.random.split(rng, k)[f] whatever else shares the call. capacity: the allocation
+    (default: the smallest that fits these trials; pass one to reuse a program)."""
+    features, labels = _prep(features, labels, n_classes)
+    _check_folds(folds, features.shape[0])
+    hps = list(hps)
+    if not hps or len({hp.epochs for hp in hps}) != 1:
+        raise ValueError(f"fit_trials: need >= 1 setting, all with the same epochs; got "
+                         f"{[hp.epochs for hp in hps]}")
+    cap = capacity or head_lanes.capacity_for([hp.units for hp in hps],
+                                              [hp.batch_size for hp in hps],
+                                              folds.train_idx.shape[1], hps[0].epochs,
+                                              n_outputs(n_classes))
+    _check_capacity(cap, hps, folds, n_outputs(n_classes))
+    k, n = folds.k, len(hps)
+    lanes = {name: jnp.tile(jnp.asarray(getattr(folds, attr)), (n, 1))
+             for name, attr in (("ti", "train_idx"), ("tm", "train_mask"), ("vi", "val_idx"),
+                                ("vm", "val_mask"))}
+    shared = {}
+    if n == 1:   # one trial: every hyper-parameter is shared by its folds (real conds)
+        shared = hps[0].traced()
+    else:
+        lanes.update({key: jnp.repeat(v, k) for key, v in _lane_hp(hps).items()})
+    fold_rngs = jax.random.split(rng, k) if fold_rngs is None else fold_rngs
+    rngs = jnp.tile(fold_rngs, (n, 1))
+    lb = default_lane_batch(n * k) if lane_batch is None else int(lane_batch)
+    out = head_lanes.run_lanes_jit(cap, lb, features, labels, lanes, shared, rngs)
+    return [_host(jax.tree.map(lambda a, t=t: a[t * k:(t + 1) * k], out), hp.units)
+            for t, hp in enumerate(hps)]
+
+
+def _check_capacity(cap, hps, folds: FoldArrays, outputs: int):
+    need = head_lanes.capacity_for([hp.units for hp in hps], [hp.batch_size for hp in hps],
+                                   folds.train_idx.shape[1], hps[0].epochs, outputs)
+    if (cap.units < need.units or cap.batch < need.batch or cap.steps < need.steps
+            or cap.epochs != need.epochs or cap.outputs != outputs):
+        raise ValueError(f"capacity {cap} cannot serve these settings: need at least {need}")
 
 
 def fit_folds(features, labels, folds: FoldArrays, hparams: HeadHParams, rng, *,
-              n_classes: int = 2) -> FoldResults:
-    """All k folds at once: jit(vmap(fit_fold_fn)); fold f uses jax.random.split(rng, k)[f].
-    labels: 0/1 for two classes, class indices for n_classes > 2 (softmax head)."""
-    features, labels = _prep(features, labels, n_classes)
-    _check_folds(folds, features.shape[0])
-    rngs = jax.random.split(rng, folds.k)
-    return _host(_fit_folds_jit(_shape(hparams, n_classes), features, labels, *_fold_args(folds),
-                                hparams.traced(), rngs))
+              n_classes: int = 2, capacity: head_lanes.Capacity | None = None,
+              lane_batch: int | None = None) -> FoldResults:
+    """All k folds of one setting in one compiled call; fold f uses
+    jax.random.split(rng, k)[f]. labels: 0/1 for two classes, class indices for
+    n_classes > 2 (softmax head)."""
+    return fit_trials(features, labels, folds, [hparams], rng, n_classes=n_classes,
+                      capacity=capacity, lane_batch=lane_batch)[0]
 
 
 def fit_folds_sequential(features, labels, folds: FoldArrays, hparams: HeadHParams,
                          rng, *, n_classes: int = 2) -> FoldResults:
-    """Reference only (tests, bench): a Python loop over folds of the jitted single fold."""
-    features, labels = _prep(features, labels, n_classes)
-    _check_folds(folds, features.shape[0])
+    """Reference only (tests, bench): a Python loop of one-fold calls."""
     rngs = jax.random.split(rng, folds.k)
-    args = _fold_args(folds)
-    outs = [_fit_fold_jit(_shape(hparams, n_classes), features, labels, *(a[f] for a in args),
-                          hparams.traced(), rngs[f]) for f in range(folds.k)]
-    return _host(jax.tree.map(lambda *xs: jnp.stack(xs), *outs))
+    outs = []
+    for f in range(folds.k):
+        one = FoldArrays(*(np.asarray(a)[f:f + 1] for a in (folds.train_idx, folds.train_mask,
+                                                            folds.val_idx, folds.val_mask)))
+        res = fit_trials(features, labels, one, [hparams], None, n_classes=n_classes,
+                         fold_rngs=rngs[f:f + 1])[0]
+        outs.append(res.fold(0))
+    return jax.tree.map(lambda *xs: np.stack(xs), *outs)
 
 
 def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng, *,
@@ -356,15 +262,11 @@ def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng, *,
     train_idx: row indices incl. copies (see train_with_copies) or a TrainIndices;
     val_idx: non-empty validation rows (early stopping needs a validation loss).
     """
-    features, labels = _prep(features, labels, n_classes)
     if isinstance(train_idx, TrainIndices):
         train_idx = train_idx.indices
     (ti, tm), (vi, vm) = pad_index_sets([train_idx]), pad_index_sets([val_idx])
-    folds = FoldArrays(ti, tm, vi, vm)
-    _check_folds(folds, features.shape[0])
-    args = _fold_args(folds)
-    return _host(_fit_fold_jit(_shape(hparams, n_classes), features, labels, *(a[0] for a in args),
-                               hparams.traced(), rng))
+    return fit_trials(features, labels, FoldArrays(ti, tm, vi, vm), [hparams], None,
+                      n_classes=n_classes, fold_rngs=jnp.asarray(rng)[None])[0].fold(0)
 
 
 class TrainingDivergedError(RuntimeError):

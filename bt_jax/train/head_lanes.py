@@ -1,0 +1,240 @@
+"""The head-training program: many independent runs ("lanes") in one compiled call.
+
+A lane is one head setting trained on one split (a search trial's fold). `run_lanes`
+trains L lanes at once: `jax.vmap` over lanes (GPU/TPU: fills the device), or `lax.map`
+(one lane after another inside the same program: on a CPU a lane that early-stops stops
+costing), or chunks of both.
+
+Everything a trial may change is a traced per-lane value: lr, dropout, momentum,
+patience, the optimiser (Adam or SGD, a `lax.cond`), the hidden width and the batch size.
+Only the allocation is static (`Capacity`: hidden width, rows per step, steps per
+epoch, epochs, logits): a lane uses the first `units` hidden units (the rest are masked
+to zero and never move) and the first `batch_size` rows of each step (the rest are
+masked; steps past its epoch are skipped). So one program can serve a whole search
+space, and a lane trained inside a larger allocation gives the same numbers as with
+an exact one: initial weights and dropout masks are drawn so that element (unit j,
+position p) depends only on (key, j, p), never on the allocation
+(`tests/test_head.py::test_capacity_does_not_change_the_result`).
+
+    cap = Capacity(units=256, batch=64, steps=13, epochs=10)
+    out = run_lanes(cap, lane_batch, features, labels, lanes, shared, rngs)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bt_jax.models.heads import class_probs, correct, per_example_loss
+from bt_jax.train import callbacks
+
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-7   # Keras' Adam defaults
+HP_KEYS = ("units", "batch", "lr", "dropout", "momentum", "patience", "adam")
+CURVES = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+class Capacity(NamedTuple):
+    """What one compiled program allocates (static, hashable)."""
+    units: int      # hidden width; a lane uses its first `units`
+    batch: int      # rows per step; a lane uses its first `batch_size`
+    steps: int      # steps per epoch: enough for the smallest batch size served
+    epochs: int
+    outputs: int = 1
+
+
+def capacity_for(units, batch_sizes, n_train: int, epochs: int, outputs: int) -> Capacity:
+    """The smallest allocation serving every (units, batch size) given, for training
+    index arrays of length n_train."""
+    return Capacity(int(max(units)), int(max(batch_sizes)),
+                    max(1, math.ceil(n_train / int(min(batch_sizes)))), int(epochs),
+                    int(outputs))
+
+
+def init_params(rng, cap: Capacity, d: int, units):
+    """Glorot-uniform kernels for the lane's true width (Keras' initialiser), zero biases.
+    Drawn unit-major, so unit j's weights do not depend on cap.units."""
+    k1, k2 = jax.random.split(rng)
+    u = units.astype(jnp.float32)
+    lim1, lim2 = jnp.sqrt(6.0 / (d + u)), jnp.sqrt(6.0 / (u + cap.outputs))
+    w1 = jax.random.uniform(k1, (cap.units, d), jnp.float32, -1.0, 1.0).T * lim1
+    w2 = jax.random.uniform(k2, (cap.units, cap.outputs), jnp.float32, -1.0, 1.0) * lim2
+    return {"hidden": {"kernel": w1, "bias": jnp.zeros((cap.units,), jnp.float32)},
+            "out": {"kernel": w2, "bias": jnp.zeros((cap.outputs,), jnp.float32)}}
+
+
+def forward(params, x, unit_mask, keep=None, keep_p=None):
+    """Dense(relu) -> [dropout] -> Dense: `models.heads.Head` with masked hidden units."""
+    h = jax.nn.relu(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+    h = jnp.where(unit_mask, h, 0.0)
+    if keep is not None:
+        h = jnp.where(keep, h / keep_p, 0.0)   # inverted dropout, as Keras
+    return h @ params["out"]["kernel"] + params["out"]["bias"]
+
+
+def opt_init(params) -> dict:
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return {"mu": zeros, "nu": zeros, "trace": zeros, "count": jnp.zeros((), jnp.int32)}
+
+
+def opt_update(grads, state: dict, hp: dict):
+    """Adam (optax.adam, eps=1e-7) or heavy-ball SGD (optax.sgd), chosen by the traced
+    hp["adam"]: a `lax.cond`, so only the chosen update runs when the flag is shared by
+    every lane (under vmap with per-lane flags it becomes a select of both)."""
+    tmap = jax.tree.map
+
+    def adam(st):
+        mu = tmap(lambda m, g: ADAM_B1 * m + (1 - ADAM_B1) * g, st["mu"], grads)
+        nu = tmap(lambda v, g: ADAM_B2 * v + (1 - ADAM_B2) * g * g, st["nu"], grads)
+        count = st["count"] + 1
+        c1 = 1 - ADAM_B1 ** count.astype(jnp.float32)
+        c2 = 1 - ADAM_B2 ** count.astype(jnp.float32)
+        upd = tmap(lambda m, v: -hp["lr"] * (m / c1) / (jnp.sqrt(v / c2) + ADAM_EPS), mu, nu)
+        return upd, {**st, "mu": mu, "nu": nu, "count": count}
+
+    def sgd(st):
+        trace = tmap(lambda t, g: g + hp["momentum"] * t, st["trace"], grads)
+        return tmap(lambda t: -hp["lr"] * t, trace), {**st, "trace": trace,
+                                                       "count": st["count"] + 1}
+    return jax.lax.cond(hp["adam"], adam, sgd, state)
+
+
+def _epoch_draws(rng, mask, cap: Capacity, keep_p):
+    """One epoch's shuffle (real entries first, in random order) and dropout keep-masks
+    by (epoch position, unit). Element (j, p) of a draw depends only on (key, j, p)
+    (jax_threefry_partitionable), so neither depends on the allocation."""
+    k_order, k_drop = jax.random.split(rng)
+    u = jax.random.uniform(k_order, mask.shape)
+    order = jnp.argsort(jnp.where(mask, u, 2.0), stable=True)
+    n = cap.steps * cap.batch
+    keep = jax.vmap(lambda j: jax.random.bernoulli(jax.random.fold_in(k_drop, j), keep_p,
+                                                   (n,)))(jnp.arange(cap.units))
+    return order, keep.T                                          # (T,), (n, units)
+
+
+def _div(a, b):
+    return jnp.where(b > 0, a / jnp.maximum(b, 1), jnp.nan).astype(jnp.float32)
+
+
+def _loss_and_hits(params, x, y, m, unit_mask, keep=None, keep_p=None):
+    logits = forward(params, x, unit_mask, keep, keep_p)
+    per = per_example_loss(logits, y) * m
+    return per.sum(), (jnp.sum(correct(logits, y) & m), logits)
+
+
+def _train_epoch(cap, features, labels, ti, tm, hp, rng, params, opt, unit_mask):
+    """One epoch of masked mini-batch steps -> (params, opt, (loss_sum, correct, count))."""
+    keep_p = 1.0 - hp["dropout"]
+    order, keep = _epoch_draws(rng, tm, cap, keep_p)
+    pad = cap.steps * cap.batch - ti.shape[0]
+    idx, m = jnp.pad(ti[order], (0, pad)), jnp.pad(tm[order], (0, pad))
+    lanes = jnp.arange(cap.batch) < hp["batch"]
+
+    def step(carry, s):
+        params, opt, sums = carry
+        start = s * hp["batch"]
+        rows = jax.lax.dynamic_slice(idx, (start,), (cap.batch,))
+        rm = jax.lax.dynamic_slice(m, (start,), (cap.batch,)) & lanes
+        kp = jax.lax.dynamic_slice(keep, (start, 0), (cap.batch, cap.units))
+        x, y = features[rows], labels[rows]
+
+        def update(params, opt):
+            def loss(p):
+                total, aux = _loss_and_hits(p, x, y, rm, unit_mask, kp, keep_p)
+                return total / jnp.maximum(rm.sum(), 1), (total, aux[0])
+            (_, (total, hits)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            upd, opt = opt_update(grads, opt, hp)
+            return jax.tree.map(jnp.add, params, upd), opt, (total, hits, rm.sum())
+
+        def skip(params, opt):   # a step of padding only: Adam must not move or count it
+            return params, opt, (jnp.float32(0), jnp.int32(0), jnp.int32(0))
+        params, opt, s_sums = jax.lax.cond(rm.any(), update, skip, params, opt)
+        return (params, opt, jax.tree.map(jnp.add, sums, s_sums)), None
+
+    zero = (jnp.float32(0), jnp.int32(0), jnp.int32(0))
+    (params, opt, sums), _ = jax.lax.scan(step, (params, opt, zero), jnp.arange(cap.steps))
+    return params, opt, sums
+
+
+def _val_scores(logits, y, mask):
+    """(ROC AUC, probabilities with NaN in padding); C > 2: macro one-vs-rest AUC, (V, C)."""
+    prob = class_probs(logits)
+    if prob.ndim == 1:
+        return masked_auc(logits[:, 0], y, mask), jnp.where(mask, prob, jnp.nan)
+    yi = y.astype(jnp.int32)
+    aucs = jax.vmap(lambda p, c: masked_auc(p, (yi == c).astype(jnp.float32), mask),
+                    in_axes=(1, 0))(prob, jnp.arange(prob.shape[1]))
+    return aucs.mean(), jnp.where(mask[:, None], prob, jnp.nan)
+
+
+def masked_auc(scores, y, mask):
+    """ROC AUC by the Mann-Whitney pair count (ties count 1/2); NaN if a class is absent."""
+    pos, neg = mask & (y > 0.5), mask & (y <= 0.5)
+    diff = scores[:, None] - scores[None, :]
+    pairs = pos[:, None] & neg[None, :]
+    wins = jnp.sum(jnp.where(pairs, (diff > 0) + 0.5 * (diff == 0), 0.0))
+    n = pos.sum().astype(jnp.float32) * neg.sum()
+    return jnp.where(n > 0, wins / jnp.maximum(n, 1), jnp.nan)
+
+
+def lane_fn(cap: Capacity, features, labels, ti, tm, vi, vm, hp: dict, rng) -> dict:
+    """Whole training of one lane (pure): a `lax.while_loop` over epochs that exits when
+    early stopping fires, around a `lax.scan` over steps; restore-best at the end.
+    Returns curves (epochs,), best/stopped epoch, epochs run, validation loss/accuracy/
+    AUC/probabilities at the best params, and the best params (allocated shapes)."""
+    init_rng, loop_rng = jax.random.split(rng)
+    params = init_params(init_rng, cap, features.shape[1], hp["units"])
+    unit_mask = jnp.arange(cap.units) < hp["units"]
+    xv, yv = features[vi], labels[vi]
+    nan_curve = jnp.full((cap.epochs,), jnp.nan, jnp.float32)
+    carry0 = dict(params=params, opt=opt_init(params), es=callbacks.early_stopping_init(params),
+                  curves={k: nan_curve for k in CURVES}, epoch=jnp.asarray(0, jnp.int32))
+
+    def epoch_body(c):
+        params, opt, (tl, tc, tn) = _train_epoch(
+            cap, features, labels, ti, tm, hp, jax.random.fold_in(loop_rng, c["epoch"]),
+            c["params"], c["opt"], unit_mask)
+        vl, (vc, _) = _loss_and_hits(params, xv, yv, vm, unit_mask)
+        vn = vm.sum()
+        val_loss = _div(vl, vn)
+        es = callbacks.early_stopping_update(c["es"], val_loss, c["epoch"], params,
+                                             patience=hp["patience"])
+        e = c["epoch"]
+        new = {"train_loss": _div(tl, tn), "train_acc": _div(tc, tn), "val_loss": val_loss,
+               "val_acc": _div(vc, vn)}
+        curves = {k: v.at[e].set(new[k]) for k, v in c["curves"].items()}
+        return dict(params=params, opt=opt, es=es, curves=curves, epoch=e + 1)
+
+    out = jax.lax.while_loop(lambda c: (c["epoch"] < cap.epochs) & ~c["es"].stopped,
+                             epoch_body, carry0)
+    es = out["es"]
+    vl, (vc, logits) = _loss_and_hits(es.best_params, xv, yv, vm, unit_mask)
+    val_auc, val_prob = _val_scores(logits, yv, vm)
+    return dict(**out["curves"], best_epoch=es.best_epoch, stopped_epoch=es.stopped_epoch,
+                epochs_run=out["epoch"], val_loss_best=_div(vl, vm.sum()),
+                val_acc_best=_div(vc, vm.sum()), val_auc=val_auc, val_prob=val_prob,
+                params=es.best_params)
+
+
+def run_lanes(cap: Capacity, lane_batch: int, features, labels, lanes: dict, shared: dict,
+              rngs) -> dict:
+    """L lanes -> outputs with a leading lane axis. lanes: per-lane arrays (L, ...) with
+    ti/tm/vi/vm and any of HP_KEYS; shared: the other HP_KEYS as scalars (a shared
+    optimiser flag keeps its `lax.cond` a real branch). lane_batch lanes run in lockstep
+    (vmap); chunks run one after another (`lax.map`); lane_batch >= L: one vmap."""
+    def one(args):
+        lane, rng = args
+        hp = {**shared, **{k: lane[k] for k in HP_KEYS if k in lane}}
+        return lane_fn(cap, features, labels, lane["ti"], lane["tm"], lane["vi"], lane["vm"],
+                       hp, rng)
+    n = rngs.shape[0]
+    if lane_batch >= n:
+        return jax.vmap(one)((lanes, rngs))
+    if lane_batch == 1:
+        return jax.lax.map(one, (lanes, rngs))
+    return jax.lax.map(one, (lanes, rngs), batch_size=lane_batch)
+
+
+run_lanes_jit = jax.jit(run_lanes, static_argnums=(0, 1))
