@@ -17,6 +17,7 @@ import ml_collections
 PIPELINES = ("prepare", "search", "train", "staged", "predict", "evaluate")
 EQUALIZE = ("none", "hist", "clahe")
 BALANCE = ("none", "augment2a", "multipliers")
+ALLOCATIONS = ("auto", "exact", "space")
 OPTIMIZERS = ("adam", "sgd")
 BACKBONES = (
     "resnet50v2", "resnet50", "vgg16", "vgg19", "mobilenet", "densenet121",
@@ -121,6 +122,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.optimizers = ("adam", "sgd")
     c.search.dropout_min = 0.0
     c.search.dropout_max = 0.8
+    c.search.parallel_trials = 0          # trials trained per call (Optuna ask/tell); 0: auto
+                                          # (1 on CPU, 8 on GPU/TPU)
+    c.search.allocation = "auto"          # head programs: "exact" (one per units x batch size;
+                                          # no padding), "space" (one for the whole space), "auto"
 
     c.staged = ml_collections.ConfigDict()  # method B
     # "name:groups:epochs:lr"; groups '+'-joined layer-group selectors, "none" = head only,
@@ -202,6 +207,10 @@ def check_search(s) -> None:
     if unknown or not s.backbones:
         _fail("search.backbones", f"unknown {unknown} or empty; known: {BACKBONES}")
     _positive_ints("search.units", s.units)
+    if s.parallel_trials < 0:
+        _fail("search.parallel_trials", f"expected >= 0 (0: auto), got {s.parallel_trials}")
+    if s.allocation not in ALLOCATIONS:
+        _fail("search.allocation", f"expected one of {ALLOCATIONS}, got {s.allocation!r}")
     _positive_ints("search.batch_sizes", s.batch_sizes)
     bad = [o for o in s.optimizers if o not in OPTIMIZERS]
     if not s.optimizers or bad:

@@ -102,6 +102,34 @@ def test_basic_run_counts_failures_results_and_csv(tmp_path):
     assert more == [] and len(study2.trials) == 14
 
 
+def test_parallel_batches_keep_the_exact_count_and_a_failed_batch_fails_each_trial(tmp_path):
+    c = make_config(trials=10, seed=3)
+    batches = []
+
+    def objective_batch(ps):
+        batches.append(len(ps))
+        if len(batches) == 2:
+            raise ValueError("device lost")
+        return [(score(p), attrs(p, score(p))) for p in ps]
+    study = tuning.run_search(c, tmp_path, None, progress=False, available_backbones=BACKBONES,
+                              parallel=4, objective_batch=objective_batch)
+    states = _by_state(study)
+    assert len(states[TrialState.COMPLETE]) == 10 and len(states[TrialState.FAIL]) == 4
+    assert batches[:3] == [4, 4, 4] and sum(batches) == 14
+    assert {t.user_attrs["error"] for t in states[TrialState.FAIL]} == {"ValueError: device lost"}
+    for t in states[TrialState.COMPLETE]:
+        assert t.value == pytest.approx(score(t.params))
+    # The 4 params of a batch are 4 different proposals (each its own slot).
+    first = sorted(study.trials, key=lambda t: t.number)[:4]
+    assert len({tuple(sorted(t.params.items())) for t in first}) == 4
+    with pytest.raises(ValueError, match="objective_batch"):
+        tuning.run_search(c, tmp_path / "x", None, available_backbones=BACKBONES, parallel=2)
+    with pytest.raises(tuning.SearchError, match="2 trials failed"):
+        tuning.run_search(make_config(trials=3, seed=1), tmp_path / "y", None, progress=False,
+                          available_backbones=BACKBONES, parallel=2, max_failures=2,
+                          objective_batch=lambda ps: [(1.0, {})])
+
+
 def test_same_seed_same_params_and_resume_continues_the_same_sequence(tmp_path):
     def params(workdir, trials, seed=0):
         objective, _ = _objective()

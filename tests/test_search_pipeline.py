@@ -107,3 +107,30 @@ def test_fold_training_rows_never_hold_held_out_copies(phantom_dir, tmp_path):
         assert not np.isin(src, ds.splits.test).any()
         cls = ds.labels[src]
         assert cls.sum() != len(cls) - cls.sum()  # augment2a: the minority now outnumbers
+
+
+def test_parallel_trials_in_one_allocation_score_as_each_trial_alone(phantom_dir, tmp_path):
+    """search.parallel_trials=4 with the whole space in one program: each trial's fold
+    accuracies are those of the same setting trained alone in its exact allocation."""
+    c = base_config()
+    c.data.dir = str(phantom_dir)
+    c.preprocess.size = 32
+    c.split.k = 3
+    c.search.backbones = ("efficientnet_lite0",)
+    c.search.trials, c.search.parallel_trials, c.search.allocation = 4, 4, "space"
+    c.search.units = (8, 24)
+    c.search.batch_sizes = (16, 32)
+    c.train.epochs = 3
+    run = method_a.prepare(c, tmp_path, c.search.backbones)
+    assert method_a.search_capacity(run, 1, run.folds).units == 24
+    c.search.allocation = "auto"
+    assert method_a.search_capacity(run, 1, run.folds) is None     # CPU, one at a time
+    c.search.allocation = "space"
+    study = method_a.run_study(run, c, tmp_path, progress=False)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4 and len({t.datetime_complete for t in done}) >= 1
+    for t in done:
+        alone = method_a.cv_head(run, "efficientnet_lite0",
+                                 method_a.head.HeadHParams.from_trial(t.params, c.train))
+        np.testing.assert_allclose(t.user_attrs["fold_val_acc"], alone.val_acc_best, atol=1e-6)
+        assert t.value == pytest.approx(alone.val_acc_mean, abs=1e-6)

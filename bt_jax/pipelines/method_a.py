@@ -2,6 +2,7 @@
 
     run = prepare(config, W, backbones)          # data, copies, folds, features per backbone
     res = cv_head(run, backbone, hp)             # one head setting on all k folds (vmapped)
+    many = cv_heads(run, backbone, [hp1, hp2])   # several settings, one compiled call
     final = finish(run, backbone, hp)            # final head -> fine-tune -> model.json
     sections, metrics = evaluate_test(run, final)
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bt_jax import features, model_card
+from bt_jax import features, model_card, tuning
 from bt_jax.data import augment, dataset
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head, n_outputs
@@ -126,12 +127,70 @@ def prepare(config, workdir: Path, backbones) -> Run:
     return Run(config, workdir, ds, copies, folds, labels_all, feats, models)
 
 
-def cv_head(run: Run, backbone: str, hp: head.HeadHParams) -> head.FoldResults:
+def cv_head(run: Run, backbone: str, hp: head.HeadHParams, capacity=None) -> head.FoldResults:
     """One head setting trained on all k folds at once; refuses a diverged run."""
-    res = head.fit_folds(run.feats[backbone], run.labels_all, run.folds, hp,
-                         jax.random.PRNGKey(run.config.seed), n_classes=len(run.ds.classes))
-    head.check_converged(res, what=f"{backbone} head {hp}")
-    return res
+    return cv_heads(run, backbone, [hp], capacity)[0]
+
+
+def cv_heads(run: Run, backbone: str, hps, capacity=None, *, folds: FoldArrays | None = None,
+             key=None) -> list[head.FoldResults]:
+    """Several head settings, each on all k folds (default: run.folds, key from
+    config.seed), in one compiled call (capacity: the allocation that serves them, None:
+    the smallest); refuses a diverged run."""
+    key = jax.random.PRNGKey(run.config.seed) if key is None else key
+    out = head.fit_trials(run.feats[backbone], run.labels_all,
+                          run.folds if folds is None else folds, hps, key,
+                          n_classes=len(run.ds.classes), capacity=capacity)
+    for res, hp in zip(out, hps):
+        head.check_converged(res, what=f"{backbone} head {hp}")
+    return out
+
+
+def run_study(run: Run, config, workdir: Path, *, folds: FoldArrays | None = None, key=None,
+              progress: bool = True):
+    """The Optuna study of method A's space on `run`'s features, resumable in `workdir`:
+    each trial a k-fold head run (`folds`, default run.folds); `search.parallel_trials`
+    trials per compiled call, grouped by backbone."""
+    parallel = parallel_trials(config)
+    folds = run.folds if folds is None else folds
+    capacity = search_capacity(run, parallel, folds)
+
+    def objective_batch(ps: list[dict]):
+        results = [None] * len(ps)
+        for name in dict.fromkeys(p["backbone"] for p in ps):
+            idx = [i for i, p in enumerate(ps) if p["backbone"] == name]
+            hps = [head.HeadHParams.from_trial(ps[i], config.train) for i in idx]
+            for i, res in zip(idx, cv_heads(run, name, hps, capacity, folds=folds, key=key)):
+                results[i] = (res.val_acc_mean, cv_summary(res))
+        return results
+
+    return tuning.run_search(config, workdir, lambda p: objective_batch([p])[0],
+                             available_backbones=list(run.feats), progress=progress,
+                             parallel=parallel, objective_batch=objective_batch)
+
+
+def search_capacity(run: Run, parallel: int, folds: FoldArrays):
+    """The head allocation of a search (`search.allocation`): None ("exact": one program
+    per units x batch size, nothing padded) or one `head_lanes.Capacity` for the whole
+    space ("space": one program per backbone). "auto": exact on a CPU running one trial
+    at a time, where padded units and rows cost more than the compiles they save
+    (README benchmarks); the space on GPU/TPU or with parallel trials."""
+    c = run.config
+    policy = c.search.allocation
+    if policy == "auto":
+        policy = "exact" if jax.default_backend() == "cpu" and parallel <= 1 else "space"
+    if policy == "exact":
+        return None
+    return head.head_lanes.capacity_for(c.search.units, c.search.batch_sizes,
+                                        folds.train_idx.shape[1], c.train.epochs,
+                                        n_outputs(len(run.ds.classes)))
+
+
+def parallel_trials(config) -> int:
+    """`search.parallel_trials`, 0 = auto: 1 on a CPU (lanes in lockstep and padded
+    allocations are slower there), 8 on GPU/TPU."""
+    n = int(config.search.parallel_trials)
+    return n if n else (1 if jax.default_backend() == "cpu" else 8)
 
 
 def cv_summary(res: head.FoldResults) -> dict:

@@ -23,7 +23,7 @@ import numpy as np
 from bt_jax import tuning
 from bt_jax.data.split import Splits
 from bt_jax.models.heads import predicted_labels
-from bt_jax.pipelines import estimates
+from bt_jax.pipelines import estimates, method_a
 from bt_jax.train import head
 from bt_jax.train.folds import make_fold_arrays
 
@@ -50,16 +50,9 @@ def _outer_fold(run, outer: int) -> dict:
     n_classes = len(ds.classes)
     key = jax.random.PRNGKey(run.config.seed + 1000 * (outer + 1))
 
-    def objective(p: dict):
-        res = head.fit_folds(run.feats[p["backbone"]], run.labels_all, inner,
-                             head.HeadHParams.from_trial(p, run.config.train), key,
-                             n_classes=n_classes)
-        head.check_converged(res, what=f"nested outer fold {outer}, head {p}")
-        return res.val_acc_mean, {"val_auc": float(np.nanmean(res.val_auc))}
-
     cfg = _outer_config(run.config, outer)
-    study = tuning.run_search(cfg, run.workdir / "nested" / f"outer{outer}", objective,
-                              available_backbones=list(run.feats), progress=False)
+    study = method_a.run_study(run, cfg, run.workdir / "nested" / f"outer{outer}", folds=inner,
+                               key=key, progress=False)
     best = tuning.best_trial_params(study)
     hp = head.HeadHParams.from_trial(best, run.config.train)
     train_rows = np.asarray(inner.train_idx[0])[np.asarray(inner.train_mask[0])]

@@ -17,27 +17,28 @@ from pathlib import Path
 
 import optuna
 
-from bt_jax import tuning
-from bt_jax.pipelines import ensemble, estimates, method_a, nested, outputs
+from bt_jax import compilation, tuning
 from bt_jax.train import head
+from bt_jax.pipelines import ensemble, estimates, method_a, nested, outputs
 
 log = logging.getLogger(__name__)
 
 
 def run(config, workdir: Path):
     run = method_a.prepare(config, workdir, config.search.backbones)
-
-    def objective(p: dict):
-        res = method_a.cv_head(run, p["backbone"], head.HeadHParams.from_trial(p, config.train))
-        return res.val_acc_mean, method_a.cv_summary(res)
-
-    study = tuning.run_search(config, run.workdir, objective, available_backbones=list(run.feats))
+    with compilation.Tally() as tally:
+        study = method_a.run_study(run, config, run.workdir)
+    compiled = tally.summary()
+    log.info("search: %d XLA programs (%d compiled, %d from the cache), %.1f s compiling",
+             compiled["programs"], compiled["compiled"], compiled["cache_hits"],
+             compiled["seconds"])
     best = tuning.best_trial_params(study)
     log.info("best trial: %s", best)
     final = method_a.finish(run, best["backbone"], head.HeadHParams.from_trial(best, config.train))
     test_sections, metrics, _ = method_a.evaluate_test(run, final)
     data, *training = method_a.training_sections(run, final)
-    sections = [data, ("Search", _search_text(study, best), []), *training, *test_sections]
+    sections = [data, ("Search", _search_text(study, best, compiled), []), *training,
+                *test_sections]
     if config.eval.cv_repeats:
         metrics["cv"] = estimates.repeated_cv(run, best["backbone"], final.hp,
                                               config.eval.cv_repeats)
@@ -51,15 +52,18 @@ def run(config, workdir: Path):
     elif config.eval.ensemble_k:
         s_ens, metrics["ensemble"] = ensemble.run_ensemble(run, study)
         sections.append(s_ens)
-    metrics.update(best_trial=best, backbone=best["backbone"], synthetic=run.ds.synthetic,
+    metrics.update(best_trial=best, search_compilation=compiled, backbone=best["backbone"], synthetic=run.ds.synthetic,
                    n_test=int(len(run.ds.splits.test)), operating_point=final.operating_point)
     return outputs.write_run_outputs(run, final, metrics, sections,
                                      title=f"bt_jax method A: {best['backbone']}")
 
 
-def _search_text(study, best) -> str:
+def _search_text(study, best, compiled: dict) -> str:
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     return (f"{len(done)} completed trials ({len(failed)} failed). Best mean "
             f"k-fold validation accuracy {study.best_value:.3f} with "
-            + ", ".join(f"{k}={v}" for k, v in best.items()) + ". All trials: `trials.csv`.")
+            + ", ".join(f"{k}={v}" for k, v in best.items()) + ". All trials: `trials.csv`. "
+            f"This launch's search used {compiled['programs']} XLA programs "
+            f"({compiled['compiled']} compiled, {compiled['cache_hits']} loaded from the "
+            f"compilation cache), {compiled['seconds']:.1f} s.")

@@ -220,8 +220,17 @@ def _next_trial(s: _Session, config, available_backbones, planned: int):
 def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[float, dict]], *,
                available_backbones: Sequence[str], progress: bool = True,
                max_failures: int | None = None, poll_s: float = 1.0,
-               heartbeat_interval: int = 10, grace_period: int = 60) -> optuna.Study:
-    """Runs trials until the study holds `config.search.trials` COMPLETE ones; returns the study."""
+               heartbeat_interval: int = 10, grace_period: int = 60,
+               parallel: int = 1, objective_batch: Callable | None = None) -> optuna.Study:
+    """Runs trials until the study holds `config.search.trials` COMPLETE ones; returns the study.
+
+    parallel > 1: up to that many trials are asked at once (each takes its own slot, so
+    the count stays exact) and `objective_batch([params, ...]) -> [(value, attrs), ...]`
+    evaluates them together; if it raises, every trial of the batch ends FAIL."""
+    if parallel > 1 and objective_batch is None:
+        raise ValueError("run_search: parallel > 1 needs objective_batch")
+    if objective_batch is None or parallel <= 1:
+        objective_batch = lambda ps: [objective(p) for p in ps]  # noqa: E731
     space = search_space(config, available_backbones)
     planned = int(config.search.trials)
     max_failures = planned if max_failures is None else int(max_failures)
@@ -235,16 +244,16 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
         bar = tqdm(total=planned, desc="trial", unit="trial", dynamic_ncols=True)
     failures, last_error = 0, ""
     try:
-        while (nxt := _next_trial(s, config, available_backbones, planned)) != "done":
-            if nxt is None:
+        while (batch := _next_trials(s, config, available_backbones, planned,
+                                     max(1, parallel))) != "done":
+            if not batch:
                 _show(bar, s.storage.get_all_trials(s.study_id, deepcopy=False))
                 time.sleep(poll_s)
                 continue
-            trial, trial_id, params = nxt
-            error = _run_trial(s.study, s.storage, trial, trial_id, params, objective,
-                               heartbeat_interval)
-            if error:
-                failures, last_error = failures + 1, error
+            errors = [e for e in _run_trials(s.study, s.storage, batch, objective_batch,
+                                             heartbeat_interval) if e]
+            if errors:
+                failures, last_error = failures + len(errors), errors[-1]
             _show(bar, s.storage.get_all_trials(s.study_id, deepcopy=False))
             trials_dataframe_csv(s.study, csv_path)
             if failures >= max_failures:
@@ -262,36 +271,64 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
     return s.study
 
 
-def _run_trial(study, storage, trial, trial_id, params, objective, heartbeat_interval) -> str:
-    """Runs and records one trial; returns the error message, "" when it completed."""
+def _next_trials(s: _Session, config, available_backbones, planned: int, n: int):
+    """Up to n free slots as [(trial, trial_id, params)]; "done" when the study is complete;
+    [] when the last slots are RUNNING elsewhere."""
+    batch = []
+    while len(batch) < n:
+        nxt = _next_trial(s, config, available_backbones, planned)
+        if nxt in (None, "done"):
+            return "done" if nxt == "done" and not batch else batch
+        batch.append(nxt)
+    return batch
+
+
+def _run_trials(study, storage, batch, objective_batch, heartbeat_interval) -> list[str]:
+    """Runs and records a batch of trials; returns one error message per trial ("" when
+    it completed)."""
     t0 = time.perf_counter()
+    trials = [t for t, _, _ in batch]
     try:
-        with study_storage.heartbeat(storage, trial_id, heartbeat_interval):
-            value, attrs = _check_result(objective(dict(params)))
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        study.tell(trial, value)
-        log.info("trial %d %s -> %.4f (%.1f s)", trial.number, params, value,
-                 time.perf_counter() - t0)
-        return ""
-    except optuna.exceptions.UpdateFinishedTrialError:
-        log.warning("trial %d was failed by another worker (stale heartbeat); result dropped",
-                    trial.number)
-        return ""
+        with contextlib.ExitStack() as stack:
+            for _, trial_id, _ in batch:
+                stack.enter_context(study_storage.heartbeat(storage, trial_id,
+                                                            heartbeat_interval))
+            results = objective_batch([dict(p) for _, _, p in batch])
+            if not isinstance(results, (list, tuple)) or len(results) != len(batch):
+                raise TypeError(f"objective_batch must return one result per trial "
+                                f"({len(batch)}), got {results!r:.200}")
+            checked = [_check_result(r) for r in results]
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            trial.set_user_attr("error", error)
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            study.tell(trial, state=TrialState.FAIL)
-        log.warning("trial %d %s failed: %s", trial.number, params, error)
-        return error
+        for trial in trials:
+            _fail(study, trial, error)
+        return [error] * len(trials)
     except BaseException as e:  # KeyboardInterrupt, SystemExit: record, then stop
-        with contextlib.suppress(Exception):
-            trial.set_user_attr("interrupted", f"{type(e).__name__} in worker "
-                                               f"{trial.user_attrs.get('worker')}")
-            study.tell(trial, state=TrialState.FAIL)
+        for trial in trials:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("interrupted", f"{type(e).__name__} in worker "
+                                                   f"{trial.user_attrs.get('worker')}")
+                study.tell(trial, state=TrialState.FAIL)
         raise
+    seconds = (time.perf_counter() - t0) / len(batch)
+    for (trial, _, params), (value, attrs) in zip(batch, checked):
+        try:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            study.tell(trial, value)
+            log.info("trial %d %s -> %.4f (%.1f s)", trial.number, params, value, seconds)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("trial %d was failed by another worker (stale heartbeat); result "
+                        "dropped", trial.number)
+    return [""] * len(batch)
+
+
+def _fail(study, trial, error: str) -> None:
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        trial.set_user_attr("error", error)
+        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+        study.tell(trial, state=TrialState.FAIL)
+    log.warning("trial %d %s failed: %s", trial.number, trial.params, error)
 
 
 def _show(bar, trials: list[FrozenTrial]) -> None:
