@@ -1,15 +1,19 @@
-"""Head-search throughput: trials/minute for k folds, vmapped vs a per-fold loop.
+"""Head-search throughput: trials/minute for k folds: lanes in lockstep, one by one, Keras.
 
     python bench/bench_head.py                            # synthetic: 228 originals + augment2a copies, D=2048
-    python bench/bench_head.py --settings 6 --repeats 3 --stepwise
+    python bench/bench_head.py --settings 6 --repeats 3 --keras
     python bench/bench_head.py --features feats.npz       # arrays features (N, D), labels, groups
 
 A trial is one hyper-parameter setting trained on all k folds (method A: 10 epochs,
 early stopping patience 3). Three ways run on the same data and settings:
-  vmapped     `fit_folds`: jit(vmap(fit_fold_fn)), all folds in one compiled call;
-  sequential  `fit_folds_sequential`: Python loop over folds of the jitted single fold;
-  stepwise    (--stepwise) Keras-style: Python loops over epochs and batches around a
-              jitted train step, early stopping on the host (how method A ran originally).
+  lockstep    `fit_folds(lane_batch=k)`: the k folds vmapped in one compiled call (what
+              fills a GPU; a fold that stops early computes masked epochs until the last);
+  lanes       `fit_folds(lane_batch=1)`: the k folds one after another inside one
+              compiled call (`lax.map`): a fold that stops early stops costing;
+  space       `fit_folds` in one allocation for the whole search space (one program for
+              every setting: more units and rows computed than the setting uses);
+  keras       (--keras) a real `keras.Model.fit` per fold with EarlyStopping
+              (bench/keras_head.py), Keras 3 on the JAX backend.
 Each setting's first call includes compilation; compile time is estimated as the first
 call minus the median of `--repeats` further calls (new lr each, so no retrace).
 """
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -59,58 +62,6 @@ def sample_settings(n: int, seed: int, epochs: int, patience: int):
                         momentum=0.9, epochs=epochs, patience=patience) for _ in range(n)]
 
 
-def make_stepwise():
-    """Keras-style per-fold loop sharing head.head_step / eval_fn; returns fit(...)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from bt_jax.models.heads import Head
-    from bt_jax.train import head
-
-    @partial(jax.jit, static_argnums=0)
-    def step(shape, hp, params, opt, x, y, m, rng):
-        model = Head(shape.units, hp["dropout"])
-        tx = head.make_optimizer(shape.optimizer, hp["lr"], hp["momentum"])
-        return head.head_step(model, tx, params, opt, x, y, m, rng)
-
-    @partial(jax.jit, static_argnums=0)
-    def evaluate(units, params, x, y, m):
-        return head.eval_fn(Head(units), params, x, y, m)[:3]
-
-    def fit_fold(hp, features, labels, tr, va, rng):
-        shape, traced = hp.shape, hp.traced()
-        init_rng, rng = jax.random.split(rng)
-        params = Head(hp.units).init(init_rng, features[:1])["params"]
-        opt = head.make_optimizer(hp.optimizer, traced["lr"], traced["momentum"]).init(params)
-        xv, yv, mv = features[va], labels[va], jnp.ones(len(va), bool)
-        best, best_params, wait = math.inf, params, 0
-        order_rng = np.random.default_rng(int(jax.random.randint(rng, (), 0, 2 ** 30)))
-        for epoch in range(hp.epochs):
-            order = order_rng.permutation(tr)
-            for b in range(math.ceil(len(order) / hp.batch_size)):
-                idx = order[b * hp.batch_size:(b + 1) * hp.batch_size]
-                m = np.zeros(hp.batch_size, bool)
-                m[:len(idx)] = True
-                idx = np.pad(idx, (0, hp.batch_size - len(idx)))
-                params, opt, _ = step(shape, traced, params, opt, features[idx], labels[idx],
-                                      jnp.asarray(m), jax.random.fold_in(rng, epoch * 1000 + b))
-            loss_sum, _, count = evaluate(hp.units, params, xv, yv, mv)
-            val_loss = float(loss_sum) / float(count)        # host sync, as Keras callbacks
-            if val_loss < best:
-                best, best_params, wait = val_loss, params, 0
-            else:
-                wait += 1
-                if wait >= hp.patience:
-                    break
-        return evaluate(hp.units, best_params, xv, yv, mv)
-
-    def fit(features, labels, folds, hp, rng):
-        rngs = jax.random.split(rng, folds.k)
-        return [fit_fold(hp, features, labels, folds.train_idx[f][folds.train_mask[f]],
-                         folds.val_idx[f][folds.val_mask[f]], rngs[f]) for f in range(folds.k)]
-    return fit
-
-
 def time_setting(fn, features, labels, folds, hp, repeats: int):
     import dataclasses
     import jax
@@ -137,7 +88,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--stepwise", action="store_true", help="also time the Keras-style loop")
+    ap.add_argument("--keras", action="store_true", help="also time keras.Model.fit per fold")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--platform", default="", help="JAX platform (cpu | gpu); default: jax's")
     args = ap.parse_args(argv)
@@ -162,9 +113,14 @@ def main(argv=None) -> dict:
     folds = head.make_fold_arrays(splits, len(labels), source)
     features = jax.device_put(all_feats)
     settings = sample_settings(args.settings, args.seed, args.epochs, args.patience)
-    methods = {"vmapped": head.fit_folds, "sequential": head.fit_folds_sequential}
-    if args.stepwise:
-        methods["stepwise"] = make_stepwise()
+    space = head.head_lanes.capacity_for(UNITS, BATCHES, folds.train_idx.shape[1], args.epochs, 1)
+    methods = {"lockstep": partial(head.fit_folds, lane_batch=folds.k),
+               "lanes": partial(head.fit_folds, lane_batch=1),
+               "space": partial(head.fit_folds, lane_batch=1, capacity=space)}
+    if args.keras:
+        from keras_head import keras_cv
+        methods["keras"] = lambda f, y, folds, hp, rng: keras_cv(
+            np.asarray(f), np.asarray(y), folds, hp, seed=int(rng[-1]))
 
     rows = []
     for i, hp in enumerate(settings):
@@ -179,17 +135,17 @@ def main(argv=None) -> dict:
         first = sum(r[name]["first_s"] for r in rows)
         comp = sum(r[name]["compile_s"] for r in rows)
         n = len(rows)
-        # a 150-trial search over 30 shapes (5 units x 3 batches x 2 optimisers)
-        search = 150 * run / n + 30 * comp / n
+        # a 150-trial search over 15 shapes (5 units x 3 batch sizes; one for "space")
+        search = 150 * run / n + (1 if name == "space" else 15) * comp / n
         return {"trials_per_min": 60 * n / run, "trials_per_min_incl_compile": 60 * n / first,
                 "compile_s_mean": comp / n, "run_s_mean": run / n,
                 "search150_min": search / 60}
 
     summary = {name: totals(name) for name in methods}
-    base = summary["vmapped"]
+    base = summary["lockstep"]
     for name in methods:
-        summary[name]["vmapped_speedup"] = summary[name]["run_s_mean"] / base["run_s_mean"]
-        summary[name]["vmapped_speedup_incl_compile"] = (
+        summary[name]["lockstep_speedup"] = summary[name]["run_s_mean"] / base["run_s_mean"]
+        summary[name]["lockstep_speedup_incl_compile"] = (
             (summary[name]["run_s_mean"] + summary[name]["compile_s_mean"])
             / (base["run_s_mean"] + base["compile_s_mean"]))
 
@@ -205,8 +161,9 @@ def main(argv=None) -> dict:
     for n, s in summary.items():
         print(f"{n:>10}: {s['trials_per_min']:8.1f} trials/min steady, "
               f"{s['trials_per_min_incl_compile']:7.1f} incl. compile, compile {s['compile_s_mean']:.2f} s, "
-              f"150-trial search ~{s['search150_min']:.1f} min, vmapped is "
-              f"{s['vmapped_speedup']:.1f}x faster ({s['vmapped_speedup_incl_compile']:.1f}x incl. compile)")
+              f"150-trial search ~{s['search150_min']:.1f} min, lockstep takes "
+              f"{s['lockstep_speedup']:.2f}x its time ({s['lockstep_speedup_incl_compile']:.2f}x "
+              "incl. compile)")
     out = {"bench": "head", "platform": jax.default_backend(),
            "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
            "machine": platform.machine(), "python": platform.python_version(),

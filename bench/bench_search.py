@@ -1,6 +1,7 @@
 """A full method A search on real features: wall time, trials/minute, peak resident memory.
 
     python bench/bench_search.py [--data ../shared/data/brain_mri] [--trials 150]
+        [--parallel N] [--allocation auto|exact|space] [--keras-trials 10]
 
 Runs the `search` pipeline's steps (data set, augment2a copies, EfficientNet-Lite0
 features from the shipped ImageNet weights, a `--trials` Optuna study of vmapped 5-fold
@@ -8,6 +9,11 @@ head runs) in a temporary workdir, then prints wall time per phase, trials per m
 and the process's peak RSS (ru_maxrss), plus one JSON line. XLA compilations during the
 search (count and seconds) come from JAX's monitoring events, so the same script measures
 any version of the code side by side. No persistent compilation cache is used here.
+
+--keras-trials K: after the search, the first K trials' settings are run again the way a
+Keras notebook runs them (`keras.Model.fit` per fold with EarlyStopping, Keras 3 on the
+JAX backend; bench/keras_head.py) in the same process, and the ratio of trials/minute
+(ours including every compile, Keras including its per-model tracing) is printed.
 """
 
 import argparse
@@ -21,7 +27,6 @@ from pathlib import Path
 
 import jax
 
-from bt_jax import tuning
 from bt_jax.config import base_config
 from bt_jax.pipelines import method_a
 from bt_jax.train import head
@@ -34,6 +39,9 @@ def main():
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "brain_mri"))
     ap.add_argument("--trials", type=int, default=150)
     ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--parallel", type=int, default=0, help="search.parallel_trials (0: auto)")
+    ap.add_argument("--allocation", default="auto", help="search.allocation")
+    ap.add_argument("--keras-trials", type=int, default=0)
     a = ap.parse_args()
     c = base_config()
     c.pipeline = "search"
@@ -41,6 +49,8 @@ def main():
     c.search.backbones = (a.backbone,)
     c.model.name = a.backbone
     c.search.trials = a.trials
+    c.search.parallel_trials = a.parallel
+    c.search.allocation = a.allocation
     t = {}
     with tempfile.TemporaryDirectory() as w:
         w = Path(w)
@@ -49,29 +59,49 @@ def main():
         ds, copies, feats = run.ds, run.copies, run.feats[a.backbone]
         t["prepare_and_features_s"] = time.perf_counter() - t0
 
-        def objective(p):
-            res = method_a.cv_head(run, a.backbone, head.HeadHParams.from_trial(p, c.train))
-            return res.val_acc_mean, method_a.cv_summary(res)
-
         compiles = []
         jax.monitoring.register_event_duration_secs_listener(
             lambda e, d, **_: compiles.append(d) if e == "/jax/core/compile/backend_compile_duration"
             else None)
         t0 = time.perf_counter()
-        study = tuning.run_search(c, w, objective, available_backbones=[a.backbone], progress=False)
+        study = method_a.run_study(run, c, w, progress=False)
         t["search_s"] = time.perf_counter() - t0
         t["search_compile_s"] = sum(compiles)
+        n_compiles = len(compiles)
+        keras_rate = keras_trials(run, c, study, a.keras_trials, a.backbone)
     res = {"bench": "search", "backbone": a.backbone, "images": len(ds.labels),
            "copies": len(copies.union), "feature_dim": int(feats.shape[1]), "trials": a.trials,
            "best_cv_acc": round(study.best_value, 4),
            **{k: round(v, 1) for k, v in t.items()},
            "trials_per_min": round(a.trials / t["search_s"] * 60, 1),
-           "search_compiles": len(compiles),
+           "search_compiles": n_compiles, "parallel_trials": method_a.parallel_trials(c),
+           "allocation": a.allocation,
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "cpus": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__}
+    if keras_rate:
+        res.update(keras_trials=a.keras_trials, keras_trials_per_min=round(keras_rate, 2),
+                   keras_ratio=round(res["trials_per_min"] / keras_rate, 1))
     for k, v in res.items():
         print(f"{k:24s} {v}")
     print(json.dumps(res))
+
+
+def keras_trials(run, c, study, n: int, backbone: str) -> float:
+    """Trials/minute of the first n trials' settings run as Keras fit loops (0: skipped)."""
+    if n <= 0:
+        return 0.0
+    import numpy as np
+    from keras_head import keras_cv
+    trials = sorted(study.trials, key=lambda t: t.number)[:n]
+    feats, labels = np.asarray(run.feats[backbone]), np.asarray(run.labels_all)
+    seconds = 0.0
+    for t in trials:
+        hp = head.HeadHParams.from_trial(t.params, c.train)
+        acc, s = keras_cv(feats, labels, run.folds, hp, seed=c.seed)
+        seconds += s
+        print(f"keras trial {t.number}: {s:.1f} s, mean val acc {acc:.3f} (ours {t.value:.3f})",
+              flush=True)
+    return len(trials) / seconds * 60
 
 
 if __name__ == "__main__":
