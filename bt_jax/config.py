@@ -126,6 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
                                           # (1 on CPU, 8 on GPU/TPU)
     c.search.allocation = "auto"          # head programs: "exact" (one per units x batch size;
                                           # no padding), "space" (one for the whole space), "auto"
+                                          # (space unless a CPU would pad to a large one)
 
     c.staged = ml_collections.ConfigDict()  # method B
     # "name:groups:epochs:lr"; groups '+'-joined layer-group selectors, "none" = head only,

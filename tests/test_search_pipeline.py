@@ -123,9 +123,12 @@ def test_parallel_trials_in_one_allocation_score_as_each_trial_alone(phantom_dir
     c.train.epochs = 3
     run = method_a.prepare(c, tmp_path, c.search.backbones)
     assert method_a.search_capacity(run, 1, run.folds).units == 24
-    c.search.allocation = "auto"
-    assert method_a.search_capacity(run, 1, run.folds) is None     # CPU, one at a time
-    c.search.allocation = "space"
+    c.search.allocation = "auto"     # a small space: one program even on a CPU
+    assert method_a.search_capacity(run, 1, run.folds).units == 24
+    c.search.units = (8, 1024)       # a large one: exact allocations on a CPU
+    assert method_a.search_capacity(run, 1, run.folds) is None
+    assert method_a.search_capacity(run, 4, run.folds).units == 1024
+    c.search.units, c.search.allocation = (8, 24), "space"
     study = method_a.run_study(run, c, tmp_path, progress=False)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4 and len({t.datetime_complete for t in done}) >= 1

@@ -31,6 +31,7 @@ from bt_jax.weights import load
 from bt_jax.weights import registry as wreg
 
 log = logging.getLogger(__name__)
+SMALL_SPACE = 128 * 64   # hidden units x rows per step that a CPU pads cheaply
 
 
 @dataclasses.dataclass
@@ -172,18 +173,21 @@ def run_study(run: Run, config, workdir: Path, *, folds: FoldArrays | None = Non
 def search_capacity(run: Run, parallel: int, folds: FoldArrays):
     """The head allocation of a search (`search.allocation`): None ("exact": one program
     per units x batch size, nothing padded) or one `head_lanes.Capacity` for the whole
-    space ("space": one program per backbone). "auto": exact on a CPU running one trial
-    at a time, where padded units and rows cost more than the compiles they save
-    (README benchmarks); the space on GPU/TPU or with parallel trials."""
+    space ("space": one program per backbone). "auto": the space on GPU/TPU or with
+    parallel trials; on a CPU running one trial at a time, the space only when it is
+    small (units x rows per step <= SMALL_SPACE, e.g. the quickstart's), since padding
+    a trial to 1024 units x 64 rows costs more there than the ~7 s compiles it saves
+    (README benchmarks)."""
     c = run.config
+    cap = head.head_lanes.capacity_for(c.search.units, c.search.batch_sizes,
+                                       folds.train_idx.shape[1], c.train.epochs,
+                                       n_outputs(len(run.ds.classes)))
     policy = c.search.allocation
     if policy == "auto":
-        policy = "exact" if jax.default_backend() == "cpu" and parallel <= 1 else "space"
-    if policy == "exact":
-        return None
-    return head.head_lanes.capacity_for(c.search.units, c.search.batch_sizes,
-                                        folds.train_idx.shape[1], c.train.epochs,
-                                        n_outputs(len(run.ds.classes)))
+        small = cap.units * cap.batch <= SMALL_SPACE
+        policy = ("exact" if jax.default_backend() == "cpu" and parallel <= 1 and not small
+                  else "space")
+    return None if policy == "exact" else cap
 
 
 def parallel_trials(config) -> int:
