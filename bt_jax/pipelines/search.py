@@ -52,7 +52,7 @@ def run(config, workdir: Path):
     elif config.eval.ensemble_k:
         s_ens, metrics["ensemble"] = ensemble.run_ensemble(run, study)
         sections.append(s_ens)
-    metrics.update(best_trial=best, search_compilation=compiled, backbone=best["backbone"], synthetic=run.ds.synthetic,
+    metrics.update(best_trial=best, backbone=best["backbone"], synthetic=run.ds.synthetic,
                    n_test=int(len(run.ds.splits.test)), operating_point=final.operating_point)
     return outputs.write_run_outputs(run, final, metrics, sections,
                                      title=f"bt_jax method A: {best['backbone']}")
