@@ -97,6 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.momentum = 0.9
     c.train.epochs = 10
     c.train.patience = 3                  # early stopping on validation loss
+    c.train.lane_batch = 0                # head runs (folds x trials) computed in lockstep (vmap);
+                                          # 0: auto (all on GPU/TPU, one at a time on CPU)
     c.train.finetune_epochs = 5
     c.train.finetune_lr_factor = 0.1     # method A: fine-tune at lr / 10
     c.train.finetune_bn_train = False     # BatchNorm stays in inference mode while fine-tuning
@@ -228,6 +230,8 @@ def _check_training(c) -> None:
     """config.train (method A's head and fine-tune) and config.staged (method B)."""
     t = c.train
     _positive_ints("train.units", (t.units,))
+    if t.lane_batch < 0:
+        _fail("train.lane_batch", f"expected >= 0 (0: auto), got {t.lane_batch}")
     _positive_ints("train.batch_size", (t.batch_size,))
     if t.optimizer not in OPTIMIZERS:
         _fail("train.optimizer", f"expected one of {OPTIMIZERS}, got {t.optimizer!r}")

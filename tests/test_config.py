@@ -17,6 +17,9 @@ def test_base_config_validates():
     ("split.k", 1, "config.split.k"),
     ("augment.balance", "smote", "config.augment.balance"),
     ("augment.rotation", -5.0, "config.augment.rotation"),
+    ("search.parallel_trials", -1, "config.search.parallel_trials"),
+    ("search.allocation", "padded", "config.search.allocation"),
+    ("train.lane_batch", -2, "config.train.lane_batch"),
 ])
 def test_bad_values_name_the_key(key, value, msg):
     c = cfg.base_config()

@@ -74,7 +74,7 @@ def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
     per_repeat = []
     for r, folds in enumerate(_fold_sets(run, repeats)):
         res = head.fit_folds(feats, labels, folds, hp, jax.random.PRNGKey(c.seed + r),
-                             n_classes=len(names))
+                             n_classes=len(names), lane_batch=int(c.train.lane_batch) or None)
         lr = baseline.logistic_folds(feats, labels, folds, groups=groups, seed=c.seed + r)
         row = {"repeat": r}
         for name, prob in (("head", res.val_prob), ("logistic", lr["val_prob"])):

@@ -141,7 +141,8 @@ def cv_heads(run: Run, backbone: str, hps, capacity=None, *, folds: FoldArrays |
     key = jax.random.PRNGKey(run.config.seed) if key is None else key
     out = head.fit_trials(run.feats[backbone], run.labels_all,
                           run.folds if folds is None else folds, hps, key,
-                          n_classes=len(run.ds.classes), capacity=capacity)
+                          n_classes=len(run.ds.classes), capacity=capacity,
+                          lane_batch=lane_batch(run.config))
     for res, hp in zip(out, hps):
         head.check_converged(res, what=f"{backbone} head {hp}")
     return out
@@ -188,6 +189,11 @@ def search_capacity(run: Run, parallel: int, folds: FoldArrays):
         policy = ("exact" if jax.default_backend() == "cpu" and parallel <= 1 and not small
                   else "space")
     return None if policy == "exact" else cap
+
+
+def lane_batch(config) -> int | None:
+    """`train.lane_batch`: head runs computed in lockstep; None (auto) for 0."""
+    return int(config.train.lane_batch) or None
 
 
 def parallel_trials(config) -> int:
