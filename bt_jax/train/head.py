@@ -201,11 +201,12 @@ def fit_trials(features, labels, folds: FoldArrays, hps: Sequence[HeadHParams], 
     if not hps or len({hp.epochs for hp in hps}) != 1:
         raise ValueError(f"fit_trials: need >= 1 setting, all with the same epochs; got "
                          f"{[hp.epochs for hp in hps]}")
-    cap = capacity or head_lanes.capacity_for([hp.units for hp in hps],
-                                              [hp.batch_size for hp in hps],
-                                              folds.train_idx.shape[1], hps[0].epochs,
-                                              n_outputs(n_classes))
-    _check_capacity(cap, hps, folds, n_outputs(n_classes))
+    need = head_lanes.capacity_for([hp.units for hp in hps], [hp.batch_size for hp in hps],
+                                   folds.train_idx.shape[1], hps[0].epochs, n_outputs(n_classes))
+    cap = capacity or need
+    if (cap.units < need.units or cap.batch < need.batch or cap.steps < need.steps
+            or cap.epochs != need.epochs or cap.outputs != need.outputs):
+        raise ValueError(f"capacity {cap} cannot serve these settings: need at least {need}")
     k, n = folds.k, len(hps)
     lanes = {name: jnp.tile(jnp.asarray(getattr(folds, attr)), (n, 1))
              for name, attr in (("ti", "train_idx"), ("tm", "train_mask"), ("vi", "val_idx"),
@@ -221,14 +222,6 @@ def fit_trials(features, labels, folds: FoldArrays, hps: Sequence[HeadHParams], 
     out = head_lanes.run_lanes_jit(cap, lb, features, labels, lanes, shared, rngs)
     return [_host(jax.tree.map(lambda a, t=t: a[t * k:(t + 1) * k], out), hp.units)
             for t, hp in enumerate(hps)]
-
-
-def _check_capacity(cap, hps, folds: FoldArrays, outputs: int):
-    need = head_lanes.capacity_for([hp.units for hp in hps], [hp.batch_size for hp in hps],
-                                   folds.train_idx.shape[1], hps[0].epochs, outputs)
-    if (cap.units < need.units or cap.batch < need.batch or cap.steps < need.steps
-            or cap.epochs != need.epochs or cap.outputs != outputs):
-        raise ValueError(f"capacity {cap} cannot serve these settings: need at least {need}")
 
 
 def fit_folds(features, labels, folds: FoldArrays, hparams: HeadHParams, rng, *,
