@@ -10,7 +10,8 @@
 A setting trains on a split as one "lane" of `head_lanes.run_lanes`: a `lax.while_loop`
 over epochs (it exits once early stopping fires) around a `lax.scan` over mini-batches,
 early stopping on the validation loss and restore-best carried as pytree state
-(`callbacks.py`). Folds, and trials, are a leading lane axis, vmapped. Every
+(`callbacks.py`). Folds, and trials, are a leading lane axis: vmapped in lockstep on
+GPU/TPU, one after another inside the program on a CPU (`default_lane_batch`). Every
 hyper-parameter is a traced value inside an allocation (`head_lanes.Capacity`: hidden
 width, rows per step, steps, epochs), so one compiled program serves every setting that
 fits it: a search compiles once per allocation, not once per trial.
@@ -55,7 +56,7 @@ def make_optimizer(name: str, lr, momentum=0.0) -> optax.GradientTransformation:
 
 @dataclasses.dataclass(frozen=True)
 class HeadHParams:
-    """One setting of the head search; `shape` is static, `traced()` the rest."""
+    """One setting of the head search; `traced()` gives it as traced lane values."""
     units: int = 1024
     dropout: float = 0.5
     lr: float = 1e-4
