@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from fast_init import random_variables
 
-from bt_jax.inference import gradcam as explain
 from bt_jax.data import decode, phantoms, preprocess
+from bt_jax.inference import gradcam as explain
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head
 
@@ -58,10 +59,11 @@ def test_feature_and_module_targets_agree():
         explain.make_gradcam_fn(module, "module:backbone/nope")(variables, x)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "vgg16"])
+@pytest.mark.parametrize("name", [pytest.param("efficientnet_lite0", marks=pytest.mark.e2e),
+                                  "vgg16"])
 def test_registry_backbones(name):
     module = Classifier(backbone=mreg.get(name).make(), head=Head(4, 0.0))
-    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    variables = random_variables(module, 32)
     x = np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)
     cams, probs = explain.gradcam(module, variables, x, batch_size=2)
     logits, _ = module.apply(variables, x)

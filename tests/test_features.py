@@ -5,9 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from fast_init import random_variables
 
 from bt_jax import features
 from bt_jax.models import registry
@@ -17,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _tiny():
     module = registry.get("mobilenet").make()
-    variables = jax.jit(lambda r: module.init(r, jnp.zeros((1, 32, 32, 3))))(jax.random.PRNGKey(0))
-    return module, variables
+    return module, random_variables(module, 32)
 
 
 def test_padding_order_and_single_compilation():
@@ -45,6 +45,7 @@ def test_cache_reuses_and_keys_on_inputs(tmp_path):
     assert len(calls) == 2
 
 
+@pytest.mark.e2e
 def test_sharded_over_four_host_devices():
     code = (
         "import jax, jax.numpy as jnp, numpy as np\n"

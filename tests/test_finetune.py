@@ -66,6 +66,7 @@ def test_labels_cover_every_leaf_and_reject_typos(vgg_setup):
         partitions.trainable_labels(variables["params"], spec, ("block9",))
 
 
+@pytest.mark.e2e
 def test_checkpoint_resume_after_kill(vgg_setup, tmp_path):
     spec, model, variables, data = vgg_setup
     fs = finetune.FitSpec(epochs=2, batch_size=8, lr=1e-4, trainable="none", patience=5)

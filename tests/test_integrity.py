@@ -44,6 +44,7 @@ def test_preprocessing_cache_depends_on_min_size(phantom_dir, tmp_path, small_co
         dataset.prepare_dataset(small_config, tmp_path, progress=False)
 
 
+@pytest.mark.e2e
 def test_feature_cache_depends_on_dtype(phantom_dir, tmp_path, small_config, caplog):
     from bt_jax.pipelines import method_a
     c = small_config

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,6 +25,7 @@ def test_prepare_on_phantoms(tmp_path):
     assert json.loads((tmp_path / "w" / "config.json").read_text())["pipeline"] == "prepare"
 
 
+@pytest.mark.e2e
 def test_prepare_reference_set_with_overrides(tmp_path, real_data_dir):
     r = _launch(f"--config={ROOT}/configs/quickstart.py:quick", "--config.pipeline=prepare",
                 f"--config.data.dir={real_data_dir}", "--config.preprocess.equalize=clahe",

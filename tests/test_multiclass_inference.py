@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import evaluate as evaluate_config  # noqa: E402
 from configs import predict as predict_config  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # whole pipelines: `pytest -m e2e`
+
 SIZE = 32
 CLASSES = ("glioma", "meningioma", "pituitary", "no_tumour")
 PREPROCESS = {"crop": True, "crop_threshold": 45, "crop_margin": 0.02, "equalize": "hist",

@@ -48,6 +48,7 @@ def search4(tmp_path_factory):
     return w, r
 
 
+@pytest.mark.e2e
 def test_four_class_search_end_to_end(search4):
     w, r = search4
     m = json.loads((w / "metrics.json").read_text())
@@ -71,6 +72,7 @@ def test_four_class_search_end_to_end(search4):
     assert 0 <= cv["head"]["accuracy"]["value"] <= 1 and 0 <= cv["logistic"]["roc_auc"]["value"] <= 1
 
 
+@pytest.mark.e2e
 def test_four_class_binary_view_equals_a_hand_computation(search4):
     """The report's tumour-vs-no-tumour metrics are those of 1 - P(no_tumour) of the model's
     own class probabilities on the test images."""
@@ -107,6 +109,7 @@ def test_folds_balance_every_class_within_one_image(tmp_path):
     assert (per_fold.max(axis=0) - per_fold.min(axis=0) <= 1).all(), per_fold
 
 
+@pytest.mark.e2e
 def test_three_class_search_without_a_binary_view(tmp_path):
     r = _launch("configs/multiclass_search.py:quick", tmp_path,
                 "--config.data.classes=glioma,meningioma,pituitary",
@@ -134,6 +137,7 @@ def test_three_class_search_without_a_binary_view(tmp_path):
                                                              for r in rows)
 
 
+@pytest.mark.e2e
 def test_three_class_staged_end_to_end(tmp_path):
     r = _launch("configs/vgg19_staged.py:quick", tmp_path,
                 "--config.data.classes=glioma,no_tumour,pituitary", "--config.data.positive=",

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs import quickstart  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # whole pipelines: `pytest -m e2e`
+
 
 def test_nested_cv_keeps_each_outer_fold_out_of_its_search(tmp_path):
     c = quickstart.get_config("quick")

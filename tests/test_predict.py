@@ -6,9 +6,9 @@ from pathlib import Path
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from fast_init import random_variables
 
 from bt_jax import inference, model_card
 from bt_jax.data import scans
@@ -27,9 +27,7 @@ def make_model_dir(root: Path, *, backbone: str = "efficientnet_lite0", size: in
     if module is None:
         module = Classifier(backbone=mreg.get(backbone).make(), head=Head(units, 0.0))
     if variables is None:
-        # eager init: compiling it would cost more than running it once at this size
-        variables = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)),
-                                train=False)
+        variables = random_variables(module, size, seed, train=False)
     ck = Checkpoints(root / "checkpoints" / "finetune")
     ck.save_best(0, jax.device_get(dict(variables)), 0.5)
     card = {"format": 1, "bt_jax": "0.1.0", "backbone": backbone, "weights_digest": "random-init",
@@ -232,9 +230,8 @@ def test_predict_pipeline_writes_csv_and_gradcam(model_dir, tmp_path, capsys):
     import csv
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from configs import predict as predict_config
-
     from bt_jax import pipelines
+    from configs import predict as predict_config
     rng = np.random.default_rng(3)
     d = tmp_path / "in"
     d.mkdir()
@@ -264,10 +261,9 @@ def test_evaluate_pipeline_maps_classes_and_flags_training_duplicates(model_dir,
     import shutil
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from configs import evaluate as evaluate_config
-
     from bt_jax import pipelines
     from bt_jax.data import discover
+    from configs import evaluate as evaluate_config
     rng = np.random.default_rng(5)
     ext = tmp_path / "other_site"
     for cls in ("glioma", "meningioma", "notumor"):

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.e2e  # whole pipelines: `pytest -m e2e`
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ("quickstart", "predict", "evaluate", "vgg19_staged", "multiclass_search")
 

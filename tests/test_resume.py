@@ -72,6 +72,7 @@ def _killed_then_resumed(tmp_path, args, point):
     return outcome(tmp_path)
 
 
+@pytest.mark.e2e
 def test_search_killed_during_a_trial_resumes_to_the_same_result(reference, tmp_path):
     got = _killed_then_resumed(tmp_path, SEARCH, SEARCH_POINTS["search"])
     assert got == reference

@@ -34,6 +34,7 @@ def four_devices(tmp_path_factory):
     return _run_devices(tmp_path_factory.mktemp("dev4"), 4)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["finetune", "stage"])
 @pytest.mark.parametrize("batch_size", [8, 6])  # 6: each batch padded to 8 on 4 devices
 def test_four_devices_equal_one(four_devices, case, batch_size):
@@ -53,6 +54,7 @@ def test_four_devices_equal_one(four_devices, case, batch_size):
             np.testing.assert_allclose(four[k], one[k], atol=2e-5, rtol=1e-5, err_msg=k)
 
 
+@pytest.mark.e2e
 def test_padding_rows_would_shift_batchnorm(four_devices):
     """The control: counting the padding rows in the batch statistics (mask off) moves the
     running statistics far beyond the tolerance the masked run meets."""
@@ -71,6 +73,7 @@ def _accum_fit(name, batch_size, k):
     return scale_worker.flat(variables), scale_worker.flat(res.last), res.history
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case,k_steps", [("stage", 2), ("finetune", 3)])
 def test_grad_accumulation_equals_one_big_batch(case, k_steps):
     """K micro-batches make the update of one batch of 8 (BatchNorm in inference mode):

@@ -21,6 +21,7 @@ def finished(quick_search_run):
     return quick_search_run
 
 
+@pytest.mark.e2e
 def test_outputs(finished):
     w, r = finished
     m = json.loads((w / "metrics.json").read_text())
@@ -67,6 +68,7 @@ def test_outputs(finished):
     assert "Frozen vs fine-tuned on the same fold-0 validation images" in report
 
 
+@pytest.mark.e2e
 def test_study_has_planned_trials_and_csv(finished):
     w, _ = finished
     study = optuna.load_study(study_name="quickstart-search", storage=f"sqlite:///{w}/search.db")
@@ -76,6 +78,7 @@ def test_study_has_planned_trials_and_csv(finished):
     assert len((w / "trials.csv").read_text().splitlines()) == 4
 
 
+@pytest.mark.e2e
 def test_rerun_reads_the_feature_cache(finished):
     w, _ = finished
     first = json.loads((w / "timing.json").read_text())
@@ -109,6 +112,7 @@ def test_fold_training_rows_never_hold_held_out_copies(phantom_dir, tmp_path):
         assert cls.sum() != len(cls) - cls.sum()  # augment2a: the minority now outnumbers
 
 
+@pytest.mark.e2e
 def test_parallel_trials_in_one_allocation_score_as_each_trial_alone(phantom_dir, tmp_path):
     """search.parallel_trials=4 with the whole space in one program: each trial's fold
     accuracies are those of the same setting trained alone in its exact allocation."""

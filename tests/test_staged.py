@@ -31,6 +31,7 @@ def _stage_dirs(workdir, i, name):
     return sorted((workdir / "checkpoints").glob(f"stage_{i}_{name}-*"))
 
 
+@pytest.mark.e2e
 def test_staged_pipeline_quick(tmp_path):
     r = _launch(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
