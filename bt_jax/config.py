@@ -59,6 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.preprocess.clahe_clip = 2.0
     c.preprocess.clahe_tiles = 8
     c.preprocess.size = 224               # square output side (method B: 240)
+    c.preprocess.native_size = False      # True: each backbone at its native resolution instead
+                                          # (Lite0 224, Lite1 240, Lite2 260, Xception 299, ...)
 
     c.split = ml_collections.ConfigDict()
     c.split.test_fraction = 0.1           # held out once, never seen by search or training

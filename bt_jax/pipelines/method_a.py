@@ -43,6 +43,15 @@ class CopySet:
 
 
 @dataclasses.dataclass
+class View:
+    """The data at one input size: the config that says it (preprocess.size), the data
+    set and the augmented copies."""
+    config: object
+    ds: dataset.Dataset
+    copies: CopySet
+
+
+@dataclasses.dataclass
 class Run:
     """Everything the steps share: the data, its copies and folds, features per backbone."""
     config: object
@@ -53,10 +62,19 @@ class Run:
     labels_all: np.ndarray        # labels of originals then copies
     feats: dict                   # backbone -> (N + copies, D)
     models: dict                  # backbone -> (module, variables, weights digest)
+    views: dict = dataclasses.field(default_factory=dict)  # backbone -> View at its input size
 
     @property
     def note(self) -> str | None:
         return evaluation.note_for(self.ds.synthetic)
+
+    def at(self, backbone: str) -> Run:
+        """This run as `backbone` sees it: config, images and copies at its input size
+        (`preprocess.native_size`). Folds, labels and features are shared: the rows are
+        the same images at every size (checked by `prepare`)."""
+        v = self.views.get(backbone)
+        return self if v is None else dataclasses.replace(self, config=v.config, ds=v.ds,
+                                                          copies=v.copies)
 
 
 @dataclasses.dataclass
@@ -114,18 +132,49 @@ def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, wei
 
 
 def prepare(config, workdir: Path, backbones) -> Run:
-    """Steps 1-4: weights that resolve, data set, augmented copies, folds, features."""
+    """Steps 1-4: weights that resolve, data set, augmented copies, folds, features.
+    With `preprocess.native_size`, the data set and copies are made once per input size
+    among the backbones; their rows must be the same images in the same splits."""
     workdir = Path(workdir)
     available = resolve_backbones(config, backbones)
-    ds = dataset.prepare_dataset(config, workdir)
-    copies = make_copy_set(config, ds)
-    log.info("augmented copies: %d (policy %s)", len(copies.union), config.augment.balance)
+    views, by_size = {}, {}
+    for name in available:
+        cfg = load.sized_config(config, name)
+        if cfg.preprocess.size not in by_size:
+            ds = dataset.prepare_dataset(cfg, workdir)
+            by_size[cfg.preprocess.size] = View(cfg, ds, make_copy_set(cfg, ds))
+        views[name] = by_size[cfg.preprocess.size]
+    first, *others = by_size.values()
+    for other in others:
+        check_same_rows(first, other)
+    ds, copies = first.ds, first.copies
+    log.info("augmented copies: %d (policy %s); input sizes %s", len(copies.union),
+             config.augment.balance, {n: v.config.preprocess.size for n, v in views.items()})
     folds = make_fold_arrays(ds.splits, len(ds.labels), copies.union.source, copies.fold_rows)
     labels_all = np.concatenate([ds.labels, ds.labels[copies.union.source]])
     feats, models = {}, {}
     for name, wfile in available.items():
-        feats[name], models[name] = backbone_features(config, workdir, ds, copies, name, wfile)
-    return Run(config, workdir, ds, copies, folds, labels_all, feats, models)
+        v = views[name]
+        feats[name], models[name] = backbone_features(v.config, workdir, v.ds, v.copies, name,
+                                                      wfile)
+    return Run(first.config, workdir, ds, copies, folds, labels_all, feats, models, views)
+
+
+def check_same_rows(a: View, b: View) -> None:
+    """Features of backbones at different input sizes are compared row by row (one set of
+    folds serves all), so both views must hold the same images, splits and copies."""
+    sa, sb = a.config.preprocess.size, b.config.preprocess.size
+    same = (a.ds.names == b.ds.names and np.array_equal(a.ds.labels, b.ds.labels)
+            and np.array_equal(a.ds.splits.test, b.ds.splits.test)
+            and all(np.array_equal(x, y) for x, y in zip(a.ds.splits.folds, b.ds.splits.folds,
+                                                         strict=True))
+            and np.array_equal(a.copies.union.source, b.copies.union.source)
+            and np.array_equal(a.copies.union.rng, b.copies.union.rng))
+    if not same:
+        raise RuntimeError(
+            f"preprocess.native_size: the data set prepared at {sa} px and at {sb} px differ "
+            f"(images used, splits or augmented copies); e.g. a file that is too small or "
+            f"whose brain crop fails at one size only. Set preprocess.native_size=False.")
 
 
 def cv_head(run: Run, backbone: str, hp: head.HeadHParams, capacity=None) -> head.FoldResults:

@@ -34,6 +34,7 @@ def run(config, workdir: Path):
              compiled["seconds"])
     best = tuning.best_trial_params(study)
     log.info("best trial: %s", best)
+    run = run.at(best["backbone"])   # from here on, images at the chosen backbone's size
     final = method_a.finish(run, best["backbone"], head.HeadHParams.from_trial(best, config.train))
     test_sections, metrics, _ = method_a.evaluate_test(run, final)
     data, *training = method_a.training_sections(run, final)

@@ -76,6 +76,7 @@ def check_stage_groups(spec, stages, size: int) -> None:
 
 
 def run(config, workdir: Path):
+    config = load.sized_config(config, config.model.name)
     workdir = Path(workdir)
     stages = [parse_stage(s) for s in config.staged.stages]
     spec = mreg.get(config.model.name)

@@ -18,6 +18,24 @@ from bt_jax.weights import registry as wreg
 RANDOM_DIGEST = "random-init"
 
 
+def input_size(config, name: str) -> int:
+    """The side images are preprocessed to for backbone `name`: its native resolution
+    (the one its ImageNet weights were trained at) with `preprocess.native_size`, else
+    `preprocess.size`."""
+    return mreg.get(name).default_size if config.preprocess.native_size else config.preprocess.size
+
+
+def sized_config(config, name: str):
+    """`config`, or a copy whose preprocess.size is `input_size(config, name)`: what a
+    pipeline running backbone `name` reads (model.json records the size it trained at)."""
+    size = input_size(config, name)
+    if size == config.preprocess.size:
+        return config
+    out = config.copy_and_resolve_references()
+    out.preprocess.size = size
+    return out
+
+
 def _dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 

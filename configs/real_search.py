@@ -1,0 +1,41 @@
+"""Method A over the three backbones with real ImageNet weights offline (EfficientNet-Lite0,
+Lite1, Lite2, from their pip packages), each at its native resolution (224, 240, 260 px).
+
+    python launch.py --config=configs/real_search.py \
+        --config.data.dir=../shared/data/brain_mri --workdir=runs/real
+    python launch.py --config=configs/real_search.py:quick ...   # tiny, for tests
+
+The search chooses the backbone with the head; the data set is prepared once per size
+(the same images, splits and augmented copies at each), and the final model, its
+fine-tuning and model.json use the chosen backbone's size.
+"""
+
+from bt_jax.config import base_config
+
+LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def get_config(arg: str = ""):
+    c = base_config()
+    c.name = "real_search"
+    c.pipeline = "search"
+    c.model.name = LITE[0]
+    c.search.backbones = LITE
+    c.preprocess.native_size = True
+    c.search.trials = 60
+    c.search.lr_max = 1e-3  # fine-tuning runs at lr/10; above ~1e-4 Adam wrecks Lite weights
+    c.train.finetune_epochs = 3
+    if arg == "quick":
+        c.search.backbones = LITE[:2]
+        c.data.phantoms.n_per_class = 12
+        c.data.phantoms.size = 128
+        c.split.k = 3
+        c.search.trials = 3
+        c.search.units = (16, 32)
+        c.search.batch_sizes = (16,)
+        c.train.epochs = 3
+        c.train.finetune_epochs = 1
+        c.eval.bootstrap = 200
+        c.eval.cv_repeats = 2
+        c.eval.ensemble_k = 2
+    return c
