@@ -207,3 +207,22 @@ def test_masked_auc_handles_ties_and_missing_class():
     assert float(head.masked_auc(s, y, m)) == pytest.approx(
         roc_auc_score(np.array(y)[:5], np.array(s)[:5]))
     assert np.isnan(float(head.masked_auc(s, jnp.ones(6), m)))
+
+
+def test_fit_one_in_a_shared_allocation():
+    """Single heads (final head, ensemble members) of different settings on the same rows
+    share one program when given the search's allocation, with the numbers they get alone;
+    a setting the allocation cannot serve trains in its own."""
+    x, y = _blobs(n=100, d=16, seed=9)
+    tr, va = np.arange(70), np.arange(70, 100)
+    cap = head.head_lanes.capacity_for([32], [16, 32], len(tr), 3, 1)
+    hps = [head.HeadHParams(units=u, dropout=0.1, lr=3e-3, batch_size=b, epochs=3, patience=2)
+           for u, b in ((8, 16), (32, 32))]
+    rng = jax.random.PRNGKey(3)
+    head.fit_one(x, y, tr, va, hps[0], rng, capacity=cap)
+    before = head.head_lanes.run_lanes_jit._cache_size()
+    shared = head.fit_one(x, y, tr, va, hps[1], rng, capacity=cap)
+    assert head.head_lanes.run_lanes_jit._cache_size() == before
+    _same(shared, head.fit_one(x, y, tr, va, hps[1], rng))
+    wide = head.HeadHParams(**{**hps[1].__dict__, "units": 64})
+    assert head.fit_one(x, y, tr, va, wide, rng, capacity=cap).params["hidden"]["kernel"].shape == (16, 64)

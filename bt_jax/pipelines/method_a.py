@@ -240,6 +240,13 @@ def search_capacity(run: Run, parallel: int, folds: FoldArrays):
     return None if policy == "exact" else cap
 
 
+def head_capacity(run: Run):
+    """The allocation of single heads after the search (final head, ensemble members,
+    nested CV's outer heads): the search's, so that when the search trains its whole
+    space in one program, all of these share one more (same results either way)."""
+    return search_capacity(run, parallel_trials(run.config), run.folds)
+
+
 def lane_batch(config) -> int | None:
     """`train.lane_batch`: head runs computed in lockstep; None (auto) for 0."""
     return int(config.train.lane_batch) or None
@@ -265,7 +272,8 @@ def _fold0_rows(run: Run) -> tuple[np.ndarray, np.ndarray]:
 def final_head(run: Run, backbone: str, hp: head.HeadHParams) -> head.FoldResults:
     train_rows, val_rows = _fold0_rows(run)
     res = head.fit_one(run.feats[backbone], run.labels_all, train_rows, val_rows, hp,
-                       jax.random.PRNGKey(run.config.seed + 1), n_classes=len(run.ds.classes))
+                       jax.random.PRNGKey(run.config.seed + 1), n_classes=len(run.ds.classes),
+                       capacity=head_capacity(run), lane_batch=lane_batch(run.config))
     head.check_converged(res, what=f"final {backbone} head")
     return res
 

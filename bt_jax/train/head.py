@@ -205,8 +205,7 @@ def fit_trials(features, labels, folds: FoldArrays, hps: Sequence[HeadHParams], 
     need = head_lanes.capacity_for([hp.units for hp in hps], [hp.batch_size for hp in hps],
                                    folds.train_idx.shape[1], hps[0].epochs, n_outputs(n_classes))
     cap = capacity or need
-    if (cap.units < need.units or cap.batch < need.batch or cap.steps < need.steps
-            or cap.epochs != need.epochs or cap.outputs != need.outputs):
+    if not cap.serves(need):
         raise ValueError(f"capacity {cap} cannot serve these settings: need at least {need}")
     k, n = folds.k, len(hps)
     lanes = {name: jnp.tile(jnp.asarray(getattr(folds, attr)), (n, 1))
@@ -250,17 +249,25 @@ def fit_folds_sequential(features, labels, folds: FoldArrays, hparams: HeadHPara
 
 
 def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng, *,
-            n_classes: int = 2) -> FoldResults:
+            n_classes: int = 2, capacity: head_lanes.Capacity | None = None,
+            lane_batch: int | None = None) -> FoldResults:
     """One split (method A's final training: e.g. epochs=10, patience=3); no fold axis.
 
     train_idx: row indices incl. copies (see train_with_copies) or a TrainIndices;
     val_idx: non-empty validation rows (early stopping needs a validation loss).
+    capacity: an allocation to train in (the result does not depend on it) so that heads
+    of different settings on the same rows share one compiled program; ignored when it
+    cannot serve this setting (e.g. a resumed study's trial from a larger space).
     """
     if isinstance(train_idx, TrainIndices):
         train_idx = train_idx.indices
     (ti, tm), (vi, vm) = pad_index_sets([train_idx]), pad_index_sets([val_idx])
+    need = head_lanes.capacity_for([hparams.units], [hparams.batch_size], ti.shape[1],
+                                   hparams.epochs, n_outputs(n_classes))
+    capacity = capacity if capacity is not None and capacity.serves(need) else None
     return fit_trials(features, labels, FoldArrays(ti, tm, vi, vm), [hparams], None,
-                      n_classes=n_classes, fold_rngs=jnp.asarray(rng)[None])[0].fold(0)
+                      n_classes=n_classes, fold_rngs=jnp.asarray(rng)[None], capacity=capacity,
+                      lane_batch=lane_batch)[0].fold(0)
 
 
 class TrainingDivergedError(RuntimeError):

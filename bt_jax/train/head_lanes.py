@@ -44,6 +44,12 @@ class Capacity(NamedTuple):
     epochs: int
     outputs: int = 1
 
+    def serves(self, need: Capacity) -> bool:
+        """Whether this allocation can train what `need` (capacity_for) describes."""
+        return (self.units >= need.units and self.batch >= need.batch
+                and self.steps >= need.steps and self.epochs == need.epochs
+                and self.outputs == need.outputs)
+
 
 def capacity_for(units, batch_sizes, n_train: int, epochs: int, outputs: int) -> Capacity:
     """The smallest allocation serving every (units, batch size) given, for training
