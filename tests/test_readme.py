@@ -7,6 +7,7 @@ working directory (so relative workdirs like runs/quickstart stay relative, as t
 `--config.external.positive_classes=glioma,meningioma,pituitary`, is passed as written.
 """
 
+import json
 import re
 import shlex
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 pytestmark = pytest.mark.e2e  # whole pipelines: `pytest -m e2e`
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ("quickstart", "predict", "evaluate", "vgg19_staged", "multiclass_search")
+QUICK = ("quickstart", "predict", "evaluate", "vgg19_staged", "multiclass_search", "real_search")
 
 
 def readme_commands() -> list[str]:
@@ -95,6 +96,9 @@ def test_every_readme_command_runs_as_typed(tmp_path, real_data_dir):
     assert (tmp_path / "runs" / "quickstart" / "model.json").exists()
     assert (tmp_path / "runs" / "two_hosts" / "model.json").exists()
     assert (tmp_path / "runs" / "pred" / "predictions.csv").exists()
+    real = json.loads((tmp_path / "runs" / "real" / "model.json").read_text())  # native sizes
+    assert real["preprocess"]["size"] == {"efficientnet_lite0": 224,
+                                          "efficientnet_lite1": 240}[real["backbone"]]
     ext = (tmp_path / "runs" / "external" / "metrics.json").read_text()
     assert '"glioma": 1' in ext and '"pituitary": 1' in ext and '"notumor": 0' in ext
 
