@@ -1,18 +1,20 @@
 """Prediction on a folder of scans (images/s of the whole `predict` path), per depthwise impl.
 
-    python bench/bench_predict.py                                  # 1,000 scans, shift vs conv
-    python bench/bench_predict.py --files 300 --depthwise shift    # quicker, ours only
+    python bench/bench_predict.py                        # 1,000 scans: now vs the issue's path
+    python bench/bench_predict.py --files 300 --runs shift:16   # quicker, today's default only
 
 What is timed is what `python launch.py --config=configs/predict.py` does for a folder:
 `inference.load_model` (model.json + orbax checkpoint), then `inference.predict_files`
-(threaded read + brain crop + equalise + resize, fixed batches of 32 through the jitted
-EfficientNet-Lite0 classifier at 224 px, the progress bar on stderr), compile included.
+(threaded read + brain crop + equalise + resize of the next chunk while the jitted
+EfficientNet-Lite0 classifier runs on this one in fixed batches at 224 px, the progress
+bar on stderr), compile included.
 The model is EfficientNet-Lite0 + a 128-unit head with random weights (speed does not
 depend on the values); the scans are the reference set's files (../shared/data/brain_mri)
 copied under new names until there are `--files` of them, or synthetic phantoms when the
-set is absent. `--depthwise conv` is the grouped-convolution graph every backbone used
-before models/depthwise.py (the path the issue measured); "shift" is the CPU default now.
-All implementations run in one process on the same files, one after the other.
+set is absent. Each run is `depthwise:batch`: "conv:32" is the path the issue measured
+(grouped convolutions, batch 32); "shift:16" is the CPU default now (shifted
+multiply-adds, `predict.batch_size=16`); "shift:32" separates the two changes. All runs
+are in one process on the same files, one after the other.
 """
 
 from __future__ import annotations
@@ -77,10 +79,9 @@ def write_scans(folder: Path, n: int) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=1000)
-    ap.add_argument("--depthwise", nargs="+", default=["shift", "conv"],
-                    choices=["auto", "shift", "conv"])
+    ap.add_argument("--runs", nargs="+", default=["shift:16", "shift:32", "conv:32"],
+                    help="depthwise impl (auto|shift|conv) : batch size")
     ap.add_argument("--backbone", default="efficientnet_lite0")
-    ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {jax.device_count()} x "
           f"{jax.devices()[0].device_kind}, jax {jax.__version__}")
@@ -89,22 +90,23 @@ def main():
         model_dir = write_model(tmp / "model", args.backbone, 128)
         origin = write_scans(tmp / "scans", args.files)
         files = inference.find_inputs(str(tmp / "scans"))
-        print(f"# {len(files)} scans from the {origin}; {args.backbone} at {SIZE} px, batch {args.batch}")
+        print(f"# {len(files)} scans from the {origin}; {args.backbone} at {SIZE} px")
         results = {}
-        for impl in args.depthwise:
+        for run in args.runs:
+            impl, batch = run.split(":")
             t0 = time.perf_counter()
             model = inference.load_model(model_dir, depthwise=impl)
             t_load = time.perf_counter() - t0
-            rows = inference.predict_files(model, files, batch_size=args.batch)
+            rows = inference.predict_files(model, files, batch_size=int(batch))
             wall = time.perf_counter() - t0
             ok = sum(r["status"] == "ok" for r in rows)
-            results[impl] = len(rows) / wall
-            print(f"{impl:6s} {len(rows)} scans ({ok} ok) in {wall:6.1f} s (load {t_load:.1f} s): "
-                  f"{results[impl]:6.1f} images/s", flush=True)
-        if "conv" in results:
-            for impl, v in results.items():
-                if impl != "conv":
-                    print(f"{impl} / conv: {v / results['conv']:.2f}x")
+            results[run] = len(rows) / wall
+            print(f"{run:9s} {len(rows)} scans ({ok} ok) in {wall:6.1f} s (load {t_load:.1f} s): "
+                  f"{results[run]:6.1f} images/s", flush=True)
+        base = args.runs[-1]
+        for run, v in results.items():
+            if run != base:
+                print(f"{run} / {base}: {v / results[base]:.2f}x")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

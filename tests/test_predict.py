@@ -113,6 +113,10 @@ def test_folder_of_1000_images_compiles_once(model, tmp_path):
     assert len(rows) == 1000 and all(r["status"] == "ok" for r in rows)
     p = np.array([r["p_tumour"] for r in rows])
     assert ((p >= 0) & (p <= 1)).all()
+    # chunks are loaded ahead of the model: rows still follow the files, each its own
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    alone = inference.predict_files(model, files[255:258], batch_size=64, progress=False)
+    np.testing.assert_allclose([r["p_tumour"] for r in alone], p[255:258], atol=1e-6)
 
 
 def test_dicom_rescale_window_and_inversion(tmp_path):

@@ -48,7 +48,7 @@ def is_predicted(row: dict) -> bool:
     return row["p_tumour"] != "" or row.get("predicted_class", "") != ""
 
 
-def predict_array(model: LoadedModel, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+def predict_array(model: LoadedModel, images: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
     """P(positive) (N,) of preprocessed images (N, S, S, 3) in [0, 1], or class
     probabilities (N, C) for a multi-class model; fixed batches, last padded."""
     s = model.preprocess.size
@@ -101,12 +101,13 @@ def _load_one(path: Path, params, min_size, frame, colour_policy):
         return {"status": "error", "note": f"{type(e).__name__}: {e}"}, None
 
 
-def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: int = 16,
+def predict_files(model: LoadedModel, files, *, batch_size: int = 16, min_size: int = 16,
                   dicom_frame: int | None = None, colour_policy: str = "flag",
                   on_batch=None, workers: int = 4, progress: bool = True) -> list[dict]:
     """One row per file (CSV_FIELDS), in order. Files are read and preprocessed in chunks
-    (threads; OpenCV releases the GIL), so memory stays bounded for large folders. With
-    `progress`, a tqdm bar on stderr counts the scans done.
+    (threads; OpenCV releases the GIL), the next chunk while the model runs on this one,
+    so memory stays bounded for large folders. With `progress`, a tqdm bar on stderr
+    counts the scans done.
 
     colour_policy: "flag" predicts strongly coloured images and notes it; "skip" does not.
     on_batch(rows, images): called with each chunk's predicted rows and their preprocessed
@@ -122,9 +123,12 @@ def predict_files(model: LoadedModel, files, *, batch_size: int = 32, min_size: 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
             tqdm(total=len(files), desc="predict", unit="scan", disable=not progress,
                  leave=False) as bar:
-        for i in range(0, len(files), chunk):
+        starts = range(0, len(files), chunk)
+        pending = [pool.submit(load, f) for f in files[:chunk]]
+        for i in starts:
             part = files[i:i + chunk]
-            loaded = list(pool.map(load, part))
+            loaded = [p.result() for p in pending]
+            pending = [pool.submit(load, f) for f in files[i + chunk:i + 2 * chunk]]
             ok = [j for j, (_, img) in enumerate(loaded) if img is not None]
             prob = (predict_array(model, np.stack([loaded[j][1] for j in ok]),
                                   batch_size=batch_size) if ok else np.zeros(0))
