@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_jax import io
+from bt_jax.data import preprocess
 from bt_jax.errors import UserError
 from bt_jax.models import registry as mreg
 from bt_jax.reporting import metrics, multiclass
@@ -84,7 +85,7 @@ def write_model_card(workdir, *, config, ds, backbone: str, digest: str, head: d
     workdir = Path(workdir)
     card = {"format": MODEL_FORMAT, "bt_jax": package_version(), "backbone": backbone,
             "weights_digest": digest, "dtype": config.model.dtype, "head": head,
-            "preprocess": config.preprocess.to_dict(), "classes": list(ds.classes),
+            "preprocess": preprocess.PreprocessParams.record(config.preprocess), "classes": list(ds.classes),
             "positive": ds.positive, "threshold": float(config.eval.threshold),
             **({"negative_classes": list(ds.negative_classes)} if ds.multiclass else {}),
             "checkpoint": str(Path(checkpoint_dir).relative_to(workdir) / "best"),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bt_jax.config import base_config
+from bt_jax.data.preprocess import PreprocessParams
 from bt_jax.pipelines import method_a
 from bt_jax.weights import load
 
@@ -28,6 +29,9 @@ def test_sized_config_copies_only_when_the_size_changes():
     assert (c1.preprocess.size, c.preprocess.size) == (240, 224)  # the user's config untouched
     assert load.sized_config(c, "inceptionv3").preprocess.size == 299
     assert load.sized_config(c, L0) is c
+    # model.json and cache keys hold what is done to an image: the size, not the switch
+    rec = PreprocessParams.record(c1.preprocess)
+    assert "native_size" not in rec and PreprocessParams(**rec).size == 240
 
 
 @pytest.mark.e2e

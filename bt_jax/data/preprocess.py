@@ -34,6 +34,12 @@ class PreprocessParams:
     def from_config(cls, c) -> "PreprocessParams":
         return cls(**{f.name: getattr(c, f.name) for f in dataclasses.fields(cls)})
 
+    @classmethod
+    def record(cls, c) -> dict:
+        """What config.preprocess `c` does to an image, as model.json and cache keys hold
+        it (the resolved size, not how it was chosen)."""
+        return dataclasses.asdict(cls.from_config(c))
+
     def key(self) -> str:
         blob = json.dumps({"v": PREPROCESS_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

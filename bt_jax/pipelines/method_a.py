@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from bt_jax import features, model_card, tuning
-from bt_jax.data import augment, dataset
+from bt_jax.data import augment, dataset, preprocess
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head, n_outputs
 from bt_jax.reporting import calibration, evaluation, plots
@@ -120,7 +120,7 @@ def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, wei
         depthwise=config.model.depthwise,
         path=weights_file if weights_file != load.RANDOM_DIGEST else "")
     parts = {"backbone": name, "weights": digest, "dtype": config.model.dtype,
-             "preprocess": config.preprocess.to_dict(), "images": ds.content_key,
+             "preprocess": preprocess.PreprocessParams.record(config.preprocess), "images": ds.content_key,
              "augment": config.augment.to_dict(), "copy_sources": copies.union.source.tolist(),
              "copy_numbers": copies.union.copy.tolist()}
 
@@ -310,7 +310,7 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
                           weight_decay=c.train.finetune_weight_decay,
                           augment_all=c.train.finetune_augment)
     fingerprint = {"backbone": backbone, "weights": digest, "dtype": c.model.dtype,
-                   "preprocess": c.preprocess.to_dict(), "images": run.ds.content_key,
+                   "preprocess": preprocess.PreprocessParams.record(c.preprocess), "images": run.ds.content_key,
                    "augment": c.augment.to_dict(), "head": dataclasses.asdict(hp),
                    "head_seed": c.seed + 1, "fit": dataclasses.asdict(fs),
                    "train_src": data.train_src.tolist(), "val": data.val_idx.tolist()}

@@ -22,7 +22,7 @@ import numpy as np
 
 from bt_jax import io
 from bt_jax.config import ConfigError, parse_stage
-from bt_jax.data import augment, dataset
+from bt_jax.data import augment, dataset, preprocess
 from bt_jax import model_card
 from bt_jax.reporting import evaluation, plots
 from bt_jax.models import registry as mreg
@@ -95,7 +95,7 @@ def run(config, workdir: Path):
     rows, sections, stage_reports = [], [], {}
     ck = None
     fingerprint = {"backbone": config.model.name, "weights": digest, "dtype": config.model.dtype,
-                   "preprocess": config.preprocess.to_dict(), "images": ds.content_key,
+                   "preprocess": preprocess.PreprocessParams.record(config.preprocess), "images": ds.content_key,
                    "augment": config.augment.to_dict(), "head": config.staged.head_hidden,
                    "head_dropout": config.staged.head_dropout, "seed": config.seed,
                    "train_src": data.train_src.tolist(), "val": data.val_idx.tolist()}
