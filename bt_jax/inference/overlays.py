@@ -16,7 +16,8 @@ import numpy as np
 
 from bt_jax import io
 from bt_jax.data import preprocess, scans
-from bt_jax.inference import gradcam, scoring
+from bt_jax.reporting import calibration
+from bt_jax.inference import gradcam
 from bt_jax.inference.loading import LoadedModel, load_model
 
 
@@ -46,16 +47,19 @@ def probability_title(model: LoadedModel, prob, class_index: int | None = None) 
 
 def write_overlays(model: LoadedModel, images: np.ndarray, items: list[dict], out_dir, *,
                    root: Path | None = None, target: str = "features", alpha: float = 0.4,
-                   batch_size: int = 16, fn=None, class_index: int | None = None) -> list[Path]:
+                   batch_size: int = 16, fn=None, class_index: int | None = None,
+                   cams: np.ndarray | None = None) -> list[Path]:
     """One PNG per image: the preprocessed scan, its Grad-CAM and items[i]["title"]
     (items[i]["note"], if any, in red below). Returns the paths in order. class_index:
     the class whose evidence is shown (model.class_label(name); None: binary models'
-    positive class, multi-class models' predicted class per image)."""
+    positive class, multi-class models' predicted class per image). cams: already
+    computed heat maps (then nothing is run)."""
     if not len(items):
         return []
-    fn = fn or gradcam.make_gradcam_fn(model.module, target, class_index)
-    cams, _ = gradcam.gradcam(model.module, model.variables, images, batch_size=batch_size,
-                              fn=fn)
+    if cams is None:
+        fn = fn or gradcam.make_gradcam_fn(model.module, target, class_index)
+        cams, _ = gradcam.gradcam(model.module, model.variables, images,
+                                  batch_size=batch_size, fn=fn)
     return [gradcam.save_overlay(img, cam, Path(out_dir) / overlay_name(it["file"], root),
                                  title=it["title"], alpha=alpha, note=it.get("note") or None)
             for img, cam, it in zip(images, cams, items)]
@@ -82,9 +86,15 @@ def write_test_examples(workdir, n: int, *, out_dir: Path | None = None) -> list
         return []
     images = np.stack([preprocess.preprocess_image(
         scans.read_scan(Path(man["data_dir"]) / f["file"])[0], model.preprocess)[0] for f in pick])
-    probs = scoring.predict_array(model, images, batch_size=len(images))
+    # One compiled call gives the heat maps and the probabilities (with model.json's
+    # temperature, as predict reports them; only two-class models have one).
+    cams, probs = gradcam.gradcam(model.module, model.variables, images,
+                                  batch_size=len(images))
+    temperature = float(model.card.get("temperature", 1.0))
+    if temperature != 1.0:
+        probs = calibration.apply_temperature(probs, temperature)
     items = [{"file": f["file"], "title": f"{f['file']} (true: {f['class']})\n"
                                           + probability_title(model, p)}
              for f, p in zip(pick, probs)]
     return write_overlays(model, images, items, out_dir or workdir / "gradcam_examples",
-                          root=Path("."), batch_size=len(images))
+                          root=Path("."), cams=cams)

@@ -39,6 +39,10 @@ from bt_jax.train.partitions import count_trainable, lr_schedule, make_tx, train
 from bt_jax.train.checkpoint import Checkpoints
 
 log = logging.getLogger(__name__)
+# Early stopping keeps the best weights with one select per parameter: run eagerly, that
+# compiles one tiny program per parameter shape (~10 s for Lite0 on a 2-core CPU).
+_early_stopping_update = jax.jit(callbacks.early_stopping_update,
+                                 static_argnames=("patience", "min_delta", "mode"))
 
 
 @flax.struct.dataclass
@@ -267,7 +271,7 @@ def _score_start(loop: Loop, validate, fs: FitSpec, ckpt, desc: str) -> Loop:
     them on validation loss restores them instead of keeping a worse network."""
     init = jax.tree.map(jnp.copy, _weights(loop.state))
     vl0, va0 = validate(init)
-    es = callbacks.early_stopping_update(loop.es, vl0, -1, init, patience=fs.patience)
+    es = _early_stopping_update(loop.es, vl0, -1, init, patience=fs.patience)
     loop.es = es.replace(wait=jnp.zeros_like(es.wait))
     loop.history["initial_val_loss"], loop.history["initial_val_acc"] = float(vl0), float(va0)
     if ckpt is not None:
@@ -301,7 +305,7 @@ def _end_epoch(loop: Loop, epoch: int, train: tuple[float, float], val: tuple[fl
         loop.history[k].append(float(v))
     cur = _weights(loop.state)
     improved = vl < float(loop.es.best)
-    loop.es = callbacks.early_stopping_update(loop.es, vl, epoch, cur, patience=fs.patience)
+    loop.es = _early_stopping_update(loop.es, vl, epoch, cur, patience=fs.patience)
     if fs.plateau_factor > 0:
         mode = _plateau_mode(fs)
         loop.pl = callbacks.plateau_update(loop.pl, va if mode == "max" else vl,
