@@ -75,19 +75,19 @@ def run_ensemble(run, study: optuna.Study) -> tuple[tuple, dict]:
     train_rows = run.folds.train_idx[0][run.folds.train_mask[0]]
     ens = ensemble_topk(study, run.feats, run.labels_all, train_rows, ds.splits.fold_val(0),
                         ds.splits.test, k=c.eval.ensemble_k, config=c, seed=c.seed + 1,
-                        capacity=method_a.head_capacity(run), lane_batch=method_a.lane_batch(c))
+                        fit=lambda name, hp, key: method_a.fold0_head(run, name, hp, key))
     return evaluate_ensemble(ens, ds.labels[ds.splits.test], out_dir=run.workdir / "eval" / "ensemble",
                              class_names=ds.label_names, config=c, synthetic=ds.synthetic)
 
 
 def ensemble_topk(study: optuna.Study, feats: dict, labels_all, train_rows, val_rows, test_idx, *,
-                  k: int, config, seed: int, capacity=None,
-                  lane_batch: int | None = None) -> EnsembleResult:
+                  k: int, config, seed: int, fit=None) -> EnsembleResult:
     """Trains the top-k trials' heads on frozen features and averages their test probabilities.
 
     feats: {backbone: (N, D) features of originals then copies}, labels_all: (N,) labels;
     train_rows/val_rows/test_idx index those rows. k > completed trials uses them all (noted).
-    capacity, lane_batch: how the heads are allocated and run (`head.fit_one`).
+    fit(backbone, hp, key) -> FoldResults: how a member is trained on those rows (default
+    `head.fit_one`; the pipeline's reuses the search's compiled program).
     """
     if int(k) < 1:
         raise ValueError(f"k: expected >= 1 trials to ensemble, got {k} "
@@ -110,9 +110,9 @@ def ensemble_topk(study: optuna.Study, feats: dict, labels_all, train_rows, val_
             notes.append(f"trial {t.number} left out: no features for backbone {name!r}.")
             continue
         hp = head.HeadHParams.from_trial(t.params, config.train)
-        res = head.fit_one(feats[name], labels_all, train_rows, val_rows, hp,
-                           jax.random.PRNGKey(seed + i), capacity=capacity,
-                           lane_batch=lane_batch)
+        key = jax.random.PRNGKey(seed + i)
+        res = (fit(name, hp, key) if fit is not None else
+               head.fit_one(feats[name], labels_all, train_rows, val_rows, hp, key))
         prob = np.asarray(head.predict_proba(res.params, feats[name][test_idx]), np.float64)
         members.append(Member(trial=int(t.number), value=float(t.value), params=dict(t.params),
                               seed=int(seed + i), val_loss=float(res.val_loss_best),

@@ -24,19 +24,28 @@ from bt_jax.data import split
 from bt_jax.pipelines import method_a
 from bt_jax.reporting import metrics, multiclass
 from bt_jax.train import baseline, head
-from bt_jax.train.folds import make_fold_arrays, row_sources
+from bt_jax.train.folds import FoldArrays, make_fold_arrays, row_sources
 
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
-def _fold_sets(run, repeats: int):
+def _fold_sets(run, repeats: int) -> list[FoldArrays]:
+    """The search's folds, then repeats - 1 new ones; all padded to one width (masked
+    entries, which change no number), so every repeat runs the same compiled head."""
     ds, n = run.ds, len(run.ds.labels)
-    for r in range(repeats):
-        if r == 0:
-            yield run.folds
-        else:
-            s = split.refold(ds.splits, ds.labels, ds.groups, seed=run.config.seed + 7919 * r)
-            yield make_fold_arrays(s, n, run.copies.union.source)
+    sets = [run.folds] + [
+        make_fold_arrays(split.refold(ds.splits, ds.labels, ds.groups,
+                                      seed=run.config.seed + 7919 * r),
+                         n, run.copies.union.source)
+        for r in range(1, repeats)]
+    tw = max(f.train_idx.shape[1] for f in sets)
+    vw = max(f.val_idx.shape[1] for f in sets)
+
+    def pad(idx, mask, width):
+        extra = ((0, 0), (0, width - idx.shape[1]))
+        return np.pad(np.asarray(idx), extra), np.pad(np.asarray(mask), extra)
+    return [FoldArrays(*pad(f.train_idx, f.train_mask, tw), *pad(f.val_idx, f.val_mask, vw))
+            for f in sets]
 
 
 def scores(y, p, names, **boot) -> dict:

@@ -269,13 +269,20 @@ def _fold0_rows(run: Run) -> tuple[np.ndarray, np.ndarray]:
     return run.folds.train_idx[0][run.folds.train_mask[0]], run.ds.splits.fold_val(0)
 
 
-def final_head(run: Run, backbone: str, hp: head.HeadHParams) -> head.FoldResults:
-    train_rows, val_rows = _fold0_rows(run)
-    res = head.fit_one(run.feats[backbone], run.labels_all, train_rows, val_rows, hp,
-                       jax.random.PRNGKey(run.config.seed + 1), n_classes=len(run.ds.classes),
-                       capacity=head_capacity(run), lane_batch=lane_batch(run.config))
-    head.check_converged(res, what=f"final {backbone} head")
+def fold0_head(run: Run, backbone: str, hp: head.HeadHParams, key) -> head.FoldResults:
+    """A head trained on fold 0's training rows and early-stopped on its validation rows
+    (the final head, ensemble members). It runs as fold 0 of a k-fold call in the
+    search's allocation, i.e. in a program the search already compiled; the other folds'
+    lanes are dropped (on a CPU they cost less than the ~5-10 s compile they save)."""
+    res = head.fit_trials(run.feats[backbone], run.labels_all, run.folds, [hp], key,
+                          n_classes=len(run.ds.classes), capacity=head_capacity(run),
+                          lane_batch=lane_batch(run.config))[0].fold(0)
+    head.check_converged(res, what=f"fold-0 {backbone} head {hp}")
     return res
+
+
+def final_head(run: Run, backbone: str, hp: head.HeadHParams) -> head.FoldResults:
+    return fold0_head(run, backbone, hp, jax.random.PRNGKey(run.config.seed + 1))
 
 
 def _fit_data(run: Run) -> finetune.FitData:
