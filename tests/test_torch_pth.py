@@ -204,6 +204,8 @@ def test_missing_and_not_a_pth(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         read_pth(tmp_path / "nope.pth")
     junk = tmp_path / "junk.pth"
-    junk.write_bytes(os.urandom(64))
-    with pytest.raises(TorchPthError, match="junk.pth"):
-        read_pth(junk)
+    rng = np.random.default_rng(0)
+    for _ in range(300):   # random bytes raise all kinds of unpickling errors: each is named
+        junk.write_bytes(rng.integers(0, 256, int(rng.integers(1, 200)), np.uint8).tobytes())
+        with pytest.raises(TorchPthError, match="junk.pth"):
+            read_pth(junk)

@@ -214,7 +214,8 @@ def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except TorchPthError:
         raise
     except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, struct.error,
-            ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            ValueError, TypeError, KeyError, IndexError, AttributeError,
+            OverflowError, MemoryError, UnicodeDecodeError) as e:  # what junk bytes raise
         raise TorchPthError(f"{origin}: truncated or corrupt PyTorch file "
                             f"({type(e).__name__}: {e})") from e
     if not out:
