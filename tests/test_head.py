@@ -226,3 +226,15 @@ def test_fit_one_in_a_shared_allocation():
     _same(shared, head.fit_one(x, y, tr, va, hps[1], rng))
     wide = head.HeadHParams(**{**hps[1].__dict__, "units": 64})
     assert head.fit_one(x, y, tr, va, wide, rng, capacity=cap).params["hidden"]["kernel"].shape == (16, 64)
+
+
+def test_capacity_if_serving_falls_back_to_an_exact_allocation():
+    cap = head.head_lanes.capacity_for([32, 128], [16, 32], 100, 5, 1)
+    inside = head.HeadHParams(units=64, batch_size=32, epochs=5)
+    assert head.capacity_if_serving(cap, [inside], 100) == cap
+    for outside in (head.HeadHParams(units=1024, batch_size=32, epochs=5),  # wider
+                    head.HeadHParams(units=64, batch_size=8, epochs=5),     # more steps
+                    head.HeadHParams(units=64, batch_size=32, epochs=6)):   # more epochs
+        assert head.capacity_if_serving(cap, [outside], 100) is None
+    assert head.capacity_if_serving(None, [inside], 100) is None
+    assert head.capacity_if_serving(cap, [inside], 100, n_classes=4) is None  # 4 outputs

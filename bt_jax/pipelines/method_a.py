@@ -274,8 +274,11 @@ def fold0_head(run: Run, backbone: str, hp: head.HeadHParams, key) -> head.FoldR
     (the final head, ensemble members). It runs as fold 0 of a k-fold call in the
     search's allocation, i.e. in a program the search already compiled; the other folds'
     lanes are dropped (on a CPU they cost less than the ~5-10 s compile they save)."""
+    n_classes = len(run.ds.classes)
+    cap = head.capacity_if_serving(head_capacity(run), [hp], run.folds.train_idx.shape[1],
+                                   n_classes)
     res = head.fit_trials(run.feats[backbone], run.labels_all, run.folds, [hp], key,
-                          n_classes=len(run.ds.classes), capacity=head_capacity(run),
+                          n_classes=n_classes, capacity=cap,
                           lane_batch=lane_batch(run.config))[0].fold(0)
     head.check_converged(res, what=f"fold-0 {backbone} head {hp}")
     return res

@@ -248,6 +248,18 @@ def fit_folds_sequential(features, labels, folds: FoldArrays, hparams: HeadHPara
     return jax.tree.map(lambda *xs: np.stack(xs), *outs)
 
 
+def capacity_if_serving(capacity: head_lanes.Capacity | None, hps, n_train: int,
+                        n_classes: int = 2) -> head_lanes.Capacity | None:
+    """`capacity` when it can train these settings on training index arrays of length
+    n_train, else None (an exact allocation): for callers that offer a shared program
+    without knowing every setting, e.g. a given head outside the searched space."""
+    if capacity is None:
+        return None
+    need = head_lanes.capacity_for([hp.units for hp in hps], [hp.batch_size for hp in hps],
+                                   n_train, hps[0].epochs, n_outputs(n_classes))
+    return capacity if capacity.serves(need) else None
+
+
 def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng, *,
             n_classes: int = 2, capacity: head_lanes.Capacity | None = None,
             lane_batch: int | None = None) -> FoldResults:
@@ -262,9 +274,7 @@ def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng, *,
     if isinstance(train_idx, TrainIndices):
         train_idx = train_idx.indices
     (ti, tm), (vi, vm) = pad_index_sets([train_idx]), pad_index_sets([val_idx])
-    need = head_lanes.capacity_for([hparams.units], [hparams.batch_size], ti.shape[1],
-                                   hparams.epochs, n_outputs(n_classes))
-    capacity = capacity if capacity is not None and capacity.serves(need) else None
+    capacity = capacity_if_serving(capacity, [hparams], ti.shape[1], n_classes)
     return fit_trials(features, labels, FoldArrays(ti, tm, vi, vm), [hparams], None,
                       n_classes=n_classes, fold_rngs=jnp.asarray(rng)[None], capacity=capacity,
                       lane_batch=lane_batch)[0].fold(0)
