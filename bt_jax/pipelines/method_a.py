@@ -241,9 +241,10 @@ def search_capacity(run: Run, parallel: int, folds: FoldArrays):
 
 
 def head_capacity(run: Run):
-    """The allocation of single heads after the search (final head, ensemble members,
-    nested CV's outer heads): the search's, so that when the search trains its whole
-    space in one program, all of these share one more (same results either way)."""
+    """The allocation of the heads trained after the search on run.folds (final head,
+    ensemble members, via `fold0_head`): the search's, so that they run in a program
+    the search already compiled (same results either way). Nested CV passes its inner
+    folds' allocation to `head.fit_one` instead."""
     return search_capacity(run, parallel_trials(run.config), run.folds)
 
 
