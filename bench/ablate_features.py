@@ -2,16 +2,18 @@
 
     python bench/ablate_features.py [--data ../shared/data/brain_mri] [--repeats 3]
 
-Every variant is scored by the estimator of the README's results table
-(`pipelines.estimates.repeated_cv`: repeated group-aware stratified 5-fold CV over the
-non-test images, out-of-fold probabilities averaged over repeats, bootstrap 95% CIs) for
-a fixed head setting and for L2 logistic regression with C chosen by inner CV. Variants:
-each offline backbone at its native resolution (EfficientNet-Lite0 224, Lite1 240, Lite2
-260); test-time flip averaging of the pooled features (original + horizontal flip);
-an earlier stage's pooled features concatenated with the last; the three backbones'
-features concatenated. The data set, splits, duplicate groups and augment2a copy plan
-are the same for every variant (pHash groups are computed on the decoded scans, not on
-the resized ones; asserted below), so rows line up across resolutions.
+Every variant is a backbone name or feature recipe the pipelines take as they are
+(`search.backbones`, `model.name`; models/composite.py), and its features come from
+`method_a.prepare` as a search computes them. Each is scored by the estimator of the
+README's results table (`pipelines.estimates.repeated_cv`: repeated group-aware
+stratified 5-fold CV over the non-test images, out-of-fold probabilities averaged over
+repeats, bootstrap 95% CIs) for a fixed head setting and for L2 logistic regression with
+C chosen by inner CV. Variants: each offline backbone at its native resolution
+(EfficientNet-Lite0 224, Lite1 240, Lite2 260); flip averaging (original + horizontal
+flip); an earlier stage's pooled features beside the last ("early"); the three backbones
+concatenated (one 260 px input, rescaled to each one's native size). With
+`preprocess.native_size` the data set, splits, duplicate groups and augment2a copy plan
+are the same rows at every size (`method_a.check_same_rows`).
 """
 
 from __future__ import annotations
@@ -22,36 +24,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 from bt_jax.config import base_config
 from bt_jax.pipelines import estimates, method_a
 from bt_jax.train import head
 
 ROOT = Path(__file__).resolve().parents[1]
-NATIVE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
-EARLY = "stage6"   # the 192-channel (Lite0) stage before the last block group
-
-
-def pooled(module, variables, images, batch=32) -> dict:
-    """{"last", "early", "last_flip", "early_flip"}: GAP features of every image."""
-    @jax.jit
-    def fn(x):
-        res = {}
-        for tag, xi in (("", x), ("_flip", x[:, :, ::-1])):
-            _, out = module.apply(variables, xi, train=False)
-            res["last" + tag] = out["pre_logits"].astype(jnp.float32)
-            res["early" + tag] = out[EARLY].astype(jnp.float32).mean(axis=(1, 2))
-        return res
-    parts = []
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch]
-        pad = batch - len(x)
-        out = jax.device_get(fn(np.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0)))))
-        parts.append({k: v[:len(x)] for k, v in out.items()})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+L0, L1, L2 = "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
+CONCAT = f"{L0}+{L1}+{L2}"
+VARIANTS = {
+    "Lite0 224": L0,
+    "Lite0 224, flip-averaged": f"{L0}+flip",
+    "Lite0 224, stage6 + last": f"{L0}+early",
+    "Lite1 240": L1,
+    "Lite2 260": L2,
+    "Lite0+1+2 concatenated": CONCAT,
+    "Lite0+1+2 concatenated, flip-averaged": f"{CONCAT}+flip",
+    "Lite0+1+2 concatenated, stage6 + last": f"{CONCAT}+early",
+}
 
 
 def main():
@@ -60,39 +49,19 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     hp = head.HeadHParams(units=128, dropout=0.3, lr=3e-4, batch_size=32, optimizer="adam")
-    runs, feats, t0 = {}, {}, time.perf_counter()
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as w:
-        for name, size in NATIVE.items():
-            c = base_config()
-            c.data.dir, c.preprocess.size, c.eval.bootstrap = a.data, size, 1000
-            c.search.backbones, c.model.name = (name,), name
-            run = method_a.prepare(c, Path(w) / name, (name,))
-            module, variables, _ = run.models[name]
-            allx = np.concatenate([run.ds.images, run.copies.images])
-            feats[name] = pooled(module, variables, allx)
-            runs[name] = run
-        base = runs["efficientnet_lite0"]
-        for run in runs.values():   # the same rows, folds and copies at every resolution
-            assert (run.copies.union.source == base.copies.union.source).all()
-            assert all((x == y).all() for x, y in zip(run.ds.splits.folds, base.ds.splits.folds))
-        f0 = feats["efficientnet_lite0"]
-        flip = {n: (f["last"] + f["last_flip"]) / 2 for n, f in feats.items()}
-        variants = {
-            "Lite0 224": f0["last"],
-            "Lite0 224, flip-averaged": flip["efficientnet_lite0"],
-            f"Lite0 224, {EARLY} + last": np.concatenate([f0["early"], f0["last"]], 1),
-            "Lite1 240": feats["efficientnet_lite1"]["last"],
-            "Lite2 260": feats["efficientnet_lite2"]["last"],
-            "Lite0+1+2 concatenated": np.concatenate([f["last"] for f in feats.values()], 1),
-            "Lite0+1+2 concatenated, flip-averaged": np.concatenate(list(flip.values()), 1),
-        }
+        c = base_config()
+        c.data.dir, c.preprocess.native_size, c.eval.bootstrap = a.data, True, 1000
+        c.search.backbones, c.model.name = tuple(VARIANTS.values()), L0
+        base = method_a.prepare(c, Path(w), tuple(VARIANTS.values()))
         t_feats = time.perf_counter() - t0
         rows = []
-        for label, x in variants.items():
-            base.feats[label] = x
+        for label, name in VARIANTS.items():
             t1 = time.perf_counter()
-            est = estimates.repeated_cv(base, label, hp, a.repeats)
-            row = {"variant": label, "dim": int(x.shape[1]), "seconds": round(time.perf_counter() - t1)}
+            est = estimates.repeated_cv(base, name, hp, a.repeats)
+            row = {"variant": label, "dim": int(base.feats[name].shape[1]),
+                   "seconds": round(time.perf_counter() - t1)}
             for model in ("head", "logistic"):
                 for m in ("accuracy", "roc_auc"):
                     e = est[model][m]
@@ -103,7 +72,7 @@ def main():
     print("| variant | D | head accuracy | head ROC AUC | logistic accuracy | logistic ROC AUC |")
     print("|---|---:|---|---|---|---|")
     for r in rows:
-        cell = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
+        cell = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
         print(f"| {r['variant']} | {r['dim']} | {cell(r['head_accuracy'])} | "
               f"{cell(r['head_roc_auc'])} | {cell(r['logistic_accuracy'])} | "
               f"{cell(r['logistic_roc_auc'])} |")

@@ -24,10 +24,36 @@ BACKBONES = (
     "efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
     "xception", "inceptionv3",
 )
+# Feature recipes: backbone names and options joined by '+', e.g.
+# "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2" (features concatenated) or
+# "efficientnet_lite1+flip+early" (models/composite.py). Anywhere a backbone is named.
+RECIPE_OPTIONS = ("flip", "early")
 
 
 class ConfigError(UserError, ValueError):
     """A config value is unknown, out of range or inconsistent; the message names the key."""
+
+
+def split_recipe(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(backbones, options) of a backbone name or feature recipe ('+'-joined): ValueError
+    naming the part that is neither a backbone nor an option, a repeat, or no backbone."""
+    parts = name.split("+")
+    bad = [p for p in parts if p not in BACKBONES and p not in RECIPE_OPTIONS]
+    if bad or len(set(parts)) != len(parts):
+        raise ValueError(f"backbone {name!r}: {'unknown part(s) ' + str(bad) if bad else 'a part repeats'}"
+                         f"; expected backbones {BACKBONES} and options {RECIPE_OPTIONS} joined by '+'")
+    backbones = tuple(p for p in parts if p in BACKBONES)
+    if not backbones:
+        raise ValueError(f"backbone {name!r}: no backbone among its parts")
+    return backbones, tuple(o for o in RECIPE_OPTIONS if o in parts)
+
+
+def _recipe_error(name: str) -> str | None:
+    try:
+        split_recipe(name)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -209,9 +235,11 @@ def check_search(s) -> None:
         _fail("search.trials", f"expected >= 1, got {s.trials}")
     if s.nested_trials < 0:
         _fail("search.nested_trials", f"expected >= 0 (0: search.trials), got {s.nested_trials}")
-    unknown = [b for b in s.backbones if b not in BACKBONES]
-    if unknown or not s.backbones:
-        _fail("search.backbones", f"unknown {unknown} or empty; known: {BACKBONES}")
+    if not s.backbones:
+        _fail("search.backbones", f"empty; known: {BACKBONES}")
+    for b in s.backbones:
+        if _recipe_error(b):
+            _fail("search.backbones", _recipe_error(b))
     _positive_ints("search.units", s.units)
     if s.parallel_trials < 0:
         _fail("search.parallel_trials", f"expected >= 0 (0: auto), got {s.parallel_trials}")
@@ -425,8 +453,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key in ("rotation", "shift", "zoom", "shear", "brightness"):
         if getattr(c.augment, key) < 0:
             _fail(f"augment.{key}", f"ranges are non-negative, got {getattr(c.augment, key)}")
-    if c.model.name not in BACKBONES:
-        _fail("model.name", f"expected one of {BACKBONES}, got {c.model.name!r}")
+    if _recipe_error(c.model.name):
+        _fail("model.name", _recipe_error(c.model.name))
+    if c.pipeline == "staged" and "+" in c.model.name:
+        _fail("model.name", f"method B's Flatten head reads one backbone's last map; "
+                            f"{c.model.name!r} is a feature recipe (method A only)")
     check_search(c.search)
     _check_training(c)
     if c.model.dtype not in ("float32", "bfloat16"):

@@ -49,7 +49,7 @@ def check_card(card: dict, where: str) -> None:
     for key in ("backbone", "head", "preprocess", "classes", "positive", "checkpoint"):
         if key not in card:
             raise ModelCardError(f"{where}: field {key!r} missing")
-    if card["backbone"] not in mreg.BACKBONES:
+    if not mreg.is_known(card["backbone"]):
         raise ModelCardError(f"{where}: backbone {card['backbone']!r} unknown to this version "
                              f"(known: {', '.join(sorted(mreg.BACKBONES))})")
     if card["head"].get("type") not in HEAD_TYPES:

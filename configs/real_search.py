@@ -5,14 +5,17 @@ Lite1, Lite2, from their pip packages), each at its native resolution (224, 240,
         --config.data.dir=../shared/data/brain_mri --workdir=runs/real
     python launch.py --config=configs/real_search.py:quick ...   # tiny, for tests
 
-The search chooses the backbone with the head; the data set is prepared once per size
-(the same images, splits and augmented copies at each), and the final model, its
-fine-tuning and model.json use the chosen backbone's size.
+The search chooses the backbone with the head, among the three and two feature recipes
+(models/composite.py): the three concatenated, and the three concatenated with an earlier
+stage pooled too (each branch gets the 260 px input rescaled to its own native size).
+The data set is prepared once per size (the same images, splits and augmented copies at
+each), and the final model, its fine-tuning and model.json use the chosen backbone's size.
 """
 
 from bt_jax.config import base_config
 
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+CONCAT = "+".join(LITE)
 
 
 def get_config(arg: str = ""):
@@ -20,7 +23,7 @@ def get_config(arg: str = ""):
     c.name = "real_search"
     c.pipeline = "search"
     c.model.name = LITE[0]
-    c.search.backbones = LITE
+    c.search.backbones = LITE + (CONCAT, CONCAT + "+early")
     c.preprocess.native_size = True
     c.search.trials = 60
     c.search.lr_max = 1e-3  # fine-tuning runs at lr/10; above ~1e-4 Adam wrecks Lite weights

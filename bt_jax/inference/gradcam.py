@@ -10,7 +10,7 @@ The score followed is the positive class's (binary) or, for a C > 2 class head, 
 chosen class's logit; class_index None follows each image's predicted class (argmax).
 
 target "features" (default) is the backbone's last convolutional map, out["features"], for
-every registry backbone. Its path to the logit is known (pre_logits = global average pool of
+every registry backbone (a feature recipe's maps: one CAM over all of them, `_cam`). Its path to the logit is known (pre_logits = global average pool of
 it, then the head), so the backbone runs once to the map and the gradient of the logit with
 respect to the map is one `jax.grad` of pool -> head. Any other layer is reached with
 "module:<flax path>" (e.g. "module:backbone/stage6"): its output gets a zero perturbation
@@ -45,12 +45,21 @@ def _bb_variables(variables) -> dict:
 
 def _cam(acts, grads, size: int):
     """Grad-CAM: channel weights = spatial mean of the gradient; ReLU of the weighted sum,
-    upsampled to the input size and scaled to [0, 1] per image (0 where nothing is positive)."""
-    w = grads.mean(axis=(1, 2))                                   # (B, C)
-    cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", acts, w))
+    upsampled to the input size and scaled to [0, 1] per image (0 where nothing is positive).
+    Several maps (a feature recipe's): each weighted sum is resized to the finest map's
+    grid and they are added before the ReLU, as if their channels were one map's."""
+    maps = [jnp.einsum("bhwc,bc->bhw", a, g.mean(axis=(1, 2)))
+            for a, g in zip(_maps(acts), _maps(grads), strict=True)]
+    grid = max(m.shape[1] for m in maps)
+    cam = jax.nn.relu(sum(m if m.shape[1] == grid else
+                          jax.image.resize(m, (m.shape[0], grid, grid), "bilinear") for m in maps))
     cam = jax.image.resize(cam, (cam.shape[0], size, size), "bilinear")
     top = cam.max(axis=(1, 2), keepdims=True)
     return jnp.where(top > 0, cam / jnp.maximum(top, 1e-12), 0.0)
+
+
+def _maps(a) -> list:
+    return list(a) if isinstance(a, (tuple, list)) else [a]
 
 
 def score_cotangent(logits, class_index: int | None = None):
@@ -76,12 +85,17 @@ def gradcam_features_fn(module, variables, x, class_index: int | None = None):
         raise ValueError(f"target 'features': this model's head reads {module.head_input!r}; "
                          "use target 'module:<path>'")
     _, out = module.backbone.apply(_bb_variables(variables), x, train=False)
-    acts = out["features"].astype(jnp.float32)
+    acts = tuple(m.astype(jnp.float32) for m in _maps(out["features"]))
     head_vars = {"params": variables["params"]["head"]}
     pooled = module.head_input == "pre_logits"
+    if not pooled and len(acts) > 1:
+        raise ValueError("target 'features': a feature recipe's maps feed pooled heads only")
 
-    def logits_of(a):
-        return module.head.apply(head_vars, a.mean(axis=(1, 2)) if pooled else a)
+    def logits_of(maps):   # pre_logits = the pooled maps concatenated (one map: its pool)
+        if not pooled:
+            return module.head.apply(head_vars, maps[0])
+        return module.head.apply(head_vars, jnp.concatenate([m.mean(axis=(1, 2)) for m in maps],
+                                                            axis=-1))
 
     logits, vjp = jax.vjp(logits_of, acts)
     (grads,) = vjp(score_cotangent(logits, class_index))

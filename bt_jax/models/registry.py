@@ -25,7 +25,17 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from bt_jax.models import densenet, efficientnet, inception, mobilenet, resnet, vgg, xception
+from bt_jax import config as cfg
+from bt_jax.models import (
+    composite,
+    densenet,
+    efficientnet,
+    inception,
+    mobilenet,
+    resnet,
+    vgg,
+    xception,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +63,9 @@ class BackboneSpec:
     port_torch: Callable | None = None
     torch_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
     depthwise: bool = False     # has DepthwiseConv layers (EfficientNet, MobileNet, Xception)
+    early_output: str | None = None   # out[...] map a recipe's "early" option pools too
+    early_dim: int = 0                # its channels
+    recipe: tuple = ()          # a feature recipe's branch specs (models/composite.py)
 
 
 def _keras_names(stem: str) -> dict[str, str]:
@@ -65,9 +78,12 @@ def _lite(name: str, make, port, file: str) -> BackboneSpec:
     return BackboneSpec(
         name=name, make=make, default_size=efficientnet.LITE[name][2], feature_dim=1280,
         groups=efficientnet.GROUPS, layer_group=efficientnet.layer_group, port_keras=None,
-        keras_files={}, port_torch=port, torch_files={"top": file}, depthwise=True)
+        keras_files={}, port_torch=port, torch_files={"top": file}, depthwise=True,
+        early_output=EARLY_EFFICIENTNET,
+        early_dim=efficientnet.scaled_stages(efficientnet.LITE[name][0])[5][3])
 
 
+EARLY_EFFICIENTNET = "stage6"   # the stage before the last block group (192 channels in Lite0)
 _RESNET_GROUPS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 _VGG_GROUPS = ("block1", "block2", "block3", "block4", "block5", "top")
 
@@ -103,7 +119,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         name="efficientnetb0", make=efficientnet.EfficientNetB0, default_size=224, feature_dim=1280,
         groups=efficientnet.GROUPS, layer_group=efficientnet.layer_group,
         port_keras=efficientnet.port_efficientnetb0_keras,
-        keras_files={"notop": "efficientnetb0_notop.h5", "top": "efficientnetb0.h5"}, depthwise=True),
+        keras_files={"notop": "efficientnetb0_notop.h5", "top": "efficientnetb0.h5"}, depthwise=True,
+        early_output=EARLY_EFFICIENTNET, early_dim=efficientnet.scaled_stages()[5][3]),
     "efficientnet_lite0": _lite("efficientnet_lite0", efficientnet.EfficientNetLite0,
                                 efficientnet.port_efficientnet_lite0_torch,
                                 "efficientnet-lite0-57934424.pth"),
@@ -126,11 +143,62 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 
 def get(name: str) -> BackboneSpec:
-    """The spec of backbone `name`; a KeyError lists the known names."""
-    try:
+    """The spec of backbone `name` or of a feature recipe ("a+b+flip", config.split_recipe);
+    a KeyError names the problem and lists the known names."""
+    if name in BACKBONES:
         return BACKBONES[name]
+    if "+" in name:
+        return _recipe_spec(name)
+    raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))} "
+                   f"and recipes of them ('+'-joined, options {cfg.RECIPE_OPTIONS})")
+
+
+def is_known(name: str) -> bool:
+    try:
+        get(name)
     except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}") from None
+        return False
+    return True
+
+
+@functools.cache
+def _recipe_spec(name: str) -> BackboneSpec:
+    """A FeatureStack of the recipe's backbones. Its layer groups are each branch's groups
+    prefixed by the branch name ("efficientnet_lite1_block7" is in "efficientnet_lite1")."""
+    try:
+        names, options = cfg.split_recipe(name)
+    except ValueError as e:
+        raise KeyError(str(e)) from None
+    specs = tuple(BACKBONES[n] for n in names)
+    if "early" in options:
+        lacking = [s.name for s in specs if s.early_output is None]
+        if lacking:
+            raise KeyError(f"backbone {name!r}: option 'early' needs a known earlier stage; "
+                           f"{lacking} have none (EfficientNet family only)")
+    by_name = {s.name: s for s in specs}
+
+    def make(include_top=False, num_classes=1000, dtype=jnp.float32, depthwise="auto", **kwargs):
+        if include_top:
+            raise ValueError(f"{name}: a feature recipe has no ImageNet classifier")
+        branches = tuple(composite.Branch(
+            s.name, functools.partial(make_module, s, dtype=dtype, depthwise=depthwise),
+            s.default_size, s.early_output) for s in specs)
+        return composite.FeatureStack(branches=branches, flip="flip" in options,
+                                      early="early" in options, **kwargs)
+
+    def layer_group(path) -> str:
+        path = tuple(path)
+        if path and path[0] in ("params", "batch_stats"):
+            path = path[1:]
+        return f"{path[0]}_{by_name[path[0]].layer_group(path[1:])}"
+
+    early = "early" in options
+    return BackboneSpec(
+        name=name, make=make, default_size=max(s.default_size for s in specs),
+        feature_dim=sum(s.feature_dim + (s.early_dim if early else 0) for s in specs),
+        groups=tuple(f"{s.name}_{g}" for s in specs for g in s.groups),
+        layer_group=layer_group, port_keras=None, keras_files={},
+        depthwise=any(s.depthwise for s in specs), recipe=specs)
 
 
 def group_matches(group: str, selector: str) -> bool:
@@ -176,11 +244,13 @@ def select_groups(params, spec: BackboneSpec, selectors: Iterable[str]):
 
 
 def make_module(spec: BackboneSpec, *, include_top: bool = False, num_classes: int = 1000,
-                dtype=jnp.float32, depthwise: str = "auto"):
+                dtype=jnp.float32, depthwise: str = "auto", **kwargs):
     """spec.make(...), with the depthwise implementation for backbones that have such layers
-    (the parameters are the same whichever implementation; see models/depthwise.py)."""
+    (the parameters are the same whichever implementation; see models/depthwise.py).
+    kwargs go to the module (e.g. name=)."""
     extra = {"depthwise": depthwise} if spec.depthwise else {}
-    return spec.make(include_top=include_top, num_classes=num_classes, dtype=dtype, **extra)
+    return spec.make(include_top=include_top, num_classes=num_classes, dtype=dtype, **extra,
+                     **kwargs)
 
 
 def make_template(spec: BackboneSpec, rng, *, include_top: bool = False, size: int | None = None,

@@ -9,6 +9,8 @@ only need the architecture); its digest says so and reports carry it. `depthwise
 
 from __future__ import annotations
 
+import hashlib
+
 import jax
 import jax.numpy as jnp
 
@@ -42,7 +44,19 @@ def _dtype(name: str):
 
 def load_backbone(name: str, weights, *, size: int, dtype: str = "float32", path: str | None = None,
                   depthwise: str = "auto"):
+    """(module, variables, digest). A feature recipe loads each of its backbones' weights
+    from the cache or installed packages (`path` names one backbone's file, so it is not
+    used) under the branch's name; its digest is the recipe's name and theirs."""
     spec = mreg.get(name)
+    if spec.recipe and not weights.random_init:
+        parts = {s.name: load_backbone(s.name, weights, size=size, dtype=dtype, path="",
+                                       depthwise=depthwise) for s in spec.recipe}
+        variables = {col: {b: v[col] for b, (_, v, _) in parts.items() if col in v}
+                     for col in ("params", "batch_stats")}
+        blob = name + "".join(f":{b}={d}" for b, (_, _, d) in parts.items())
+        return (mreg.make_module(spec, dtype=_dtype(dtype), depthwise=depthwise),
+                {k: v for k, v in variables.items() if v},
+                hashlib.sha256(blob.encode()).hexdigest()[:16])
     if weights.random_init:
         module = mreg.make_module(spec, dtype=_dtype(dtype), depthwise=depthwise)
         variables = jax.jit(lambda r: module.init(r, jnp.zeros((1, size, size, 3)), train=False))(
@@ -60,6 +74,14 @@ def available(names, weights, preferred_path_for: str = "") -> tuple[dict, dict]
     for name in names:
         if weights.random_init:
             found[name] = RANDOM_DIGEST
+            continue
+        recipe = mreg.get(name).recipe
+        if recipe:   # loaded branch by branch (load_backbone); here: do all resolve?
+            sub, why = available([s.name for s in recipe], weights)
+            if why:
+                errors[name] = "; ".join(f"{b}: {m}" for b, m in why.items())
+            else:
+                found[name] = "+".join(sub.values())
             continue
         try:
             found[name] = str(wreg.resolve_weights(
