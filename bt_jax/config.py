@@ -154,6 +154,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.dropout_max = 0.8
     c.search.parallel_trials = 0          # trials trained per call (Optuna ask/tell); 0: auto
                                           # (1 on CPU, 8 on GPU/TPU)
+    c.search.seed_backbones = True        # with several backbones, slot i first tries backbone i
+                                          # at train.*'s head (clipped into the space), then TPE
     c.search.allocation = "auto"          # head programs: "exact" (one per units x batch size;
                                           # no padding), "space" (one for the whole space), "auto"
                                           # (space unless a CPU would pad to a large one)

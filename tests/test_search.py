@@ -141,8 +141,10 @@ def test_same_seed_same_params_and_resume_continues_the_same_sequence(tmp_path):
     assert params(tmp_path / "b", 4) == fresh[:4]
     # Extending the study (like a relaunch after a stop) proposes what one run would have.
     assert params(tmp_path / "b", 8) == fresh
-    other = params(tmp_path / "c", 2, seed=1)
-    assert other[0] != fresh[0] and other[1] != fresh[1]
+    # another seed: the same first trial per backbone (seed_backbones), then other points
+    b = len(BACKBONES)
+    other = params(tmp_path / "c", b + 2, seed=1)
+    assert other[:b] == fresh[:b] and other[b] != fresh[b] and other[b + 1] != fresh[b + 1]
 
 
 def test_a_failed_trial_is_proposed_again_so_resume_equals_an_uninterrupted_run(tmp_path):
@@ -220,6 +222,25 @@ def test_space_checks(tmp_path):
     with pytest.raises(tuning.SearchError, match="no cross-process trial lock for 'mysql'"):
         c.search.storage = "mysql://u@127.0.0.1/db"
         tuning.run_search(c, tmp_path, objective, available_backbones=BACKBONES, progress=False)
+
+
+def test_several_backbones_are_each_tried_first_at_the_train_head(tmp_path):
+    c = make_config(trials=5)
+    c.train.units, c.train.lr, c.train.dropout, c.train.batch_size = 1000, 1.0, 0.5, 48
+    objective, calls = _objective()
+    study = tuning.run_search(c, tmp_path / "a", objective, available_backbones=BACKBONES,
+                              progress=False)
+    first = sorted(study.trials, key=lambda t: t.number)[:len(BACKBONES)]
+    want = {"units": max(c.search.units), "lr": c.search.lr_max, "dropout": 0.5,
+            "batch_size": min(c.search.batch_sizes, key=lambda b: (abs(b - 48), b)),
+            "optimizer": c.train.optimizer}
+    assert [t.params["backbone"] for t in first] == list(c.search.backbones)
+    assert all({k: t.params[k] for k in want} == want for t in first)
+    assert len({tuple(sorted(p.items())) for p in calls}) == 5   # then TPE: new points
+    # off, or a single backbone: TPE from the first trial
+    assert tuning.seed_params(c, BACKBONES[:1], 0) is None
+    c.search.seed_backbones = False
+    assert tuning.seed_params(c, BACKBONES, 0) is None
 
 
 def test_params_to_config():

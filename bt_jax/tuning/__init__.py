@@ -10,4 +10,5 @@ locks, worker ids and the reaping of trials left by dead workers.
 
 from bt_jax.tuning.storage import SearchError, storage_url, study_name  # noqa: F401
 from bt_jax.tuning.study import (best_trial_params, params_to_config, run_search,  # noqa: F401
-                                 search_space, suggest, top_trials, trials_dataframe_csv)
+                                 search_space, seed_params, suggest, top_trials,
+                                 trials_dataframe_csv)

@@ -106,6 +106,30 @@ def suggest(trial: optuna.Trial, config, available_backbones: Sequence[str]) -> 
     return params
 
 
+def seed_params(config, available_backbones: Sequence[str], slot: int) -> dict | None:
+    """The fixed params of slot `slot`, or None (TPE samples it). With
+    `search.seed_backbones` and several backbones, slots 0..B-1 try backbone i at the head
+    of `config.train` (each value clipped or snapped into the space): TPE's random start
+    can draw a backbone only at poor settings (e.g. SGD at lr 1e-5) and then leave it
+    unexplored, so every backbone is first scored at one sound setting."""
+    space = search_space(config, available_backbones)
+    backbones = space["backbone"].choices
+    if not config.search.seed_backbones or len(backbones) < 2 or slot >= len(backbones):
+        return None
+    t = config.train
+
+    def nearest(name, value):
+        return min(space[name].choices, key=lambda c: (abs(float(c) - float(value)), c))
+
+    def clip(name, value):
+        return float(min(max(value, space[name].low), space[name].high))
+    return {"backbone": backbones[slot], "units": nearest("units", t.units),
+            "lr": clip("lr", t.lr), "batch_size": nearest("batch_size", t.batch_size),
+            "optimizer": t.optimizer if t.optimizer in space["optimizer"].choices
+            else space["optimizer"].choices[0],
+            "dropout": clip("dropout", t.dropout)}
+
+
 def params_to_config(config, params: dict):
     """A copy of `config` with the trial's backbone (model.name) and head settings (train.*)."""
     c = config.copy_and_resolve_references()
@@ -209,7 +233,10 @@ def _next_trial(s: _Session, config, available_backbones, planned: int):
         # failed is re-proposed with the same params on relaunch, so a resumed study ends
         # with the trials an uninterrupted one would have.
         s.study.sampler = _sampler(config.seed, done + running)
+        seed = seed_params(config, available_backbones, done + running)
         with study_storage.quiet_optuna():
+            if seed and not any(t.state == TrialState.WAITING for t in trials):
+                s.study.enqueue_trial(seed)   # ask() takes it (we hold the lock)
             trial = s.study.ask()
         trial.set_user_attr("worker", s.worker)
         trial_id = s.storage.get_trial_id_from_study_id_trial_number(s.study_id, trial.number)
