@@ -239,9 +239,8 @@ def check_search(s) -> None:
         _fail("search.nested_trials", f"expected >= 0 (0: search.trials), got {s.nested_trials}")
     if not s.backbones:
         _fail("search.backbones", f"empty; known: {BACKBONES}")
-    for b in s.backbones:
-        if _recipe_error(b):
-            _fail("search.backbones", _recipe_error(b))
+    for err in filter(None, map(_recipe_error, s.backbones)):
+        _fail("search.backbones", err)
     _positive_ints("search.units", s.units)
     if s.parallel_trials < 0:
         _fail("search.parallel_trials", f"expected >= 0 (0: auto), got {s.parallel_trials}")
@@ -455,8 +454,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key in ("rotation", "shift", "zoom", "shear", "brightness"):
         if getattr(c.augment, key) < 0:
             _fail(f"augment.{key}", f"ranges are non-negative, got {getattr(c.augment, key)}")
-    if _recipe_error(c.model.name):
-        _fail("model.name", _recipe_error(c.model.name))
+    if err := _recipe_error(c.model.name):
+        _fail("model.name", err)
     if c.pipeline == "staged" and "+" in c.model.name:
         _fail("model.name", f"method B's Flatten head reads one backbone's last map; "
                             f"{c.model.name!r} is a feature recipe (method A only)")

@@ -10,9 +10,10 @@ The score followed is the positive class's (binary) or, for a C > 2 class head, 
 chosen class's logit; class_index None follows each image's predicted class (argmax).
 
 target "features" (default) is the backbone's last convolutional map, out["features"], for
-every registry backbone (a feature recipe's maps: one CAM over all of them, `_cam`). Its path to the logit is known (pre_logits = global average pool of
-it, then the head), so the backbone runs once to the map and the gradient of the logit with
-respect to the map is one `jax.grad` of pool -> head. Any other layer is reached with
+every registry backbone (a feature recipe's maps: one CAM over all of them, `_cam`). Its
+path to the logit is known (pre_logits = global average pool of it, then the head), so
+the backbone runs once to the map and the gradient of the logit with respect to the map
+is one `jax.grad` of pool -> head. Any other layer is reached with
 "module:<flax path>" (e.g. "module:backbone/stage6"): its output gets a zero perturbation
 added through `nn.intercept_methods` and the gradient with respect to that perturbation is
 the gradient with respect to the layer's output. Both run in inference mode (BatchNorm uses
