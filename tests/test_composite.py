@@ -32,8 +32,12 @@ def test_recipe_names_are_validated_with_the_key_and_the_part():
     c = cfg.base_config()
     c.model.name = f"{L0}+{L1}+{L2}"
     cfg.validate(c)
-    with pytest.raises(KeyError, match="option 'early'.*vgg16"):
+    # known only to the registry: a user error (launch.py prints one line), still a KeyError
+    from bt_jax.errors import UserError
+    with pytest.raises(mreg.RecipeError, match="option 'early'.*vgg16") as e:
         mreg.get("vgg16+early")
+    assert isinstance(e.value, UserError) and isinstance(e.value, KeyError)
+    assert not mreg.is_known("vgg16+early")
 
 
 def test_recipe_spec_sizes_widths_and_groups():

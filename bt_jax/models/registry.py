@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from bt_jax import config as cfg
+from bt_jax.errors import UserError
 from bt_jax.models import (
     composite,
     densenet,
@@ -161,6 +162,14 @@ def is_known(name: str) -> bool:
     return True
 
 
+class RecipeError(UserError, KeyError):
+    """A feature recipe that cannot be built (e.g. option 'early' on a backbone without a
+    known earlier stage): a user's setting, so launch.py prints one line."""
+
+    def __str__(self) -> str:   # KeyError would quote the message
+        return str(self.args[0])
+
+
 @functools.cache
 def _recipe_spec(name: str) -> BackboneSpec:
     """A FeatureStack of the recipe's backbones. Its layer groups are each branch's groups
@@ -168,12 +177,12 @@ def _recipe_spec(name: str) -> BackboneSpec:
     try:
         names, options = cfg.split_recipe(name)
     except ValueError as e:
-        raise KeyError(str(e)) from None
+        raise RecipeError(str(e)) from None
     specs = tuple(BACKBONES[n] for n in names)
     if "early" in options:
         lacking = [s.name for s in specs if s.early_output is None]
         if lacking:
-            raise KeyError(f"backbone {name!r}: option 'early' needs a known earlier stage; "
+            raise RecipeError(f"backbone {name!r}: option 'early' needs a known earlier stage; "
                            f"{lacking} have none (EfficientNet family only)")
     by_name = {s.name: s for s in specs}
 
