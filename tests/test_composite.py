@@ -13,7 +13,7 @@ from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head, class_probs
 from bt_jax.train import partitions
 from bt_jax.weights import load
-from tests.fast_init import random_variables
+from fast_init import random_variables
 
 L0, L1, L2 = "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
 SIZE = 64
@@ -140,7 +140,7 @@ def test_a_searched_recipe_is_fine_tuned_saved_and_predicted(tmp_path):
     """The quick method A run with a recipe as its backbone: model.json names it, and the
     model predict loads gives the stored validation probabilities for the same scans."""
     from bt_jax import inference, io
-    from tests.conftest import launch_quick_search
+    from conftest import launch_quick_search
     recipe = f"{L0}+flip+early"
     w = tmp_path / "run"
     r = launch_quick_search(w, f"--config.search.backbones=('{recipe}',)",

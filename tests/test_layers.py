@@ -90,3 +90,16 @@ def test_functions_are_short_or_say_why():
                 if len(body) > 60 and not any("# long:" in line for line in body[:4]):
                     long.append(f"{p.relative_to(PKG)}:{node.lineno} {node.name} ({len(body)} lines)")
     assert not long, long
+
+
+def test_tests_import_helpers_as_ci_runs_them():
+    """CI runs plain `pytest` (rootdir-relative imports): a helper imported as `tests.x` only
+    resolves when the repository root happens to be on sys.path, as it is under `python -m`."""
+    bad = []
+    for path in (PKG.parent / "tests").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.name}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
+    assert not bad, "import test helpers by module name (`from fast_init import ...`):\n" + \
+        "\n".join(bad)
