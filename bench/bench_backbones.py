@@ -5,6 +5,7 @@
     python bench/bench_backbones.py --no-keras              # ours only (no keras installed)
     python bench/bench_backbones.py --models efficientnet_lite0 efficientnetb0 mobilenet xception \
         --depthwise shift conv --train-step efficientnet_lite0      # depthwise impls side by side
+    python bench/bench_backbones.py --pointwise dot conv    # 1x1 convs as matmuls vs convolutions
 
 Ours: `registry.get(name).make()` with random init, `jax.jit` of `apply(..., train=False)`
 returning the last feature map (what Keras' include_top=False model returns); the input
@@ -22,6 +23,8 @@ may run as TF32 there).
 Backbones with depthwise layers run once per `--depthwise` implementation (models/depthwise.py:
 "shift", "conv" = grouped convolution, "auto"); their roofline uses the model FLOPs of the
 "conv" graph for every impl (same work, XLA counts the shift form's multiply-adds differently).
+`--pointwise` picks how `models.common.Conv` computes 1x1 convolutions (dot = one matmul over
+positions, the CPU default; conv = XLA's convolution); several are timed side by side.
 `--train-step` times one fine-tune step per impl: forward (train-mode BatchNorm, dropout) +
 backward + Adam update of the whole backbone with a 2-class top, jitted with donated state;
 its roofline counts 3x the forward's model FLOPs.
@@ -38,6 +41,8 @@ import statistics
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")   # before any keras import; Keras 3 defaults to TF
+
+from bt_jax.models.common import POINTWISE_IMPLS, pointwise
 
 DEFAULT_MODELS = ("resnet50v2", "vgg19", "efficientnet_lite0")
 DEPTHWISE = ("efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -226,6 +231,18 @@ def row(impl, name, batch, size, sec, times, flops, compile_s, roof, extra=None,
     return r
 
 
+def _impls(name: str, a) -> list[tuple[str, str, str]]:
+    """(label, depthwise impl, pointwise impl) to time for `name`: every `--depthwise` for
+    backbones with depthwise layers x every `--pointwise`; "-" when there is one of each."""
+    dws = a.depthwise if name in DEPTHWISE else ["auto"]
+    out = []
+    for dw in dws:
+        for pw in a.pointwise:
+            parts = ([dw] if name in DEPTHWISE else []) + ([f"pw-{pw}"] if len(a.pointwise) > 1 else [])
+            out.append(("/".join(parts) or "-", dw, pw))
+    return out
+
+
 def _model_flops(results: dict, conv_flops) -> float:
     """The model's FLOPs: XLA's count of the "conv" graph (the shift form counts its
     multiply-adds differently); compiled (not run) just for the count when conv was not timed."""
@@ -247,6 +264,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--no-keras", action="store_true", help="time our models only")
     p.add_argument("--depthwise", nargs="+", default=["auto"], choices=("auto", "shift", "conv"),
                    help="DepthwiseConv impls to time, side by side, for backbones that have them")
+    p.add_argument("--pointwise", nargs="+", default=["auto"], choices=POINTWISE_IMPLS,
+                   help="1x1 convolution impls (models/common.Conv: dot = matmul, conv) to time")
     p.add_argument("--train-step", nargs="*", default=[], metavar="MODEL",
                    help="also time a fine-tune step (fwd + bwd + Adam) of these, per impl")
     p.add_argument("--train-repeats", type=int, default=2)
@@ -260,10 +279,10 @@ def main(argv=None) -> list[dict]:
     print(json.dumps({"bench": "machine", **info}), flush=True)
     rows = []
     for name in a.models:
-        impls = a.depthwise if name in DEPTHWISE else ["-"]
         results = {}
-        for impl in impls:
-            fn, flops, comp = ours(name, a.batch, a.size, "auto" if impl == "-" else impl)
+        for impl, dw, pw in _impls(name, a):
+            with pointwise(pw):
+                fn, flops, comp = ours(name, a.batch, a.size, dw)
             results[impl] = (*median_time(fn, warmup=a.warmup, repeats=a.repeats), flops, comp)
             del fn
         model_flops = _model_flops(results, lambda: ours(name, a.batch, a.size, "conv")[1])
@@ -287,8 +306,9 @@ def main(argv=None) -> list[dict]:
         del fns
     for name in a.train_step:
         results = {}
-        for impl in (a.depthwise if name in DEPTHWISE else ["-"]):
-            fn, flops, comp = train_step(name, a.batch, a.size, "auto" if impl == "-" else impl)
+        for impl, dw, pw in _impls(name, a):
+            with pointwise(pw):
+                fn, flops, comp = train_step(name, a.batch, a.size, dw)
             results[impl] = (*median_time(fn, warmup=1, repeats=a.train_repeats), flops, comp)
             del fn
         # 3x the forward's model FLOPs (backward ~2x forward): XLA's count of the conv graph's

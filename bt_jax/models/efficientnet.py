@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax.models.common import batch_norm, global_avg_pool, layer_of
+from bt_jax.models.common import Conv, batch_norm, global_avg_pool, layer_of
 from bt_jax.models.depthwise import DepthwiseConv
 from bt_jax.porting.keras_h5 import keras_to_flax, read_keras_h5, short_name
 from bt_jax.porting.merge import PortError, merge_with_classifier
@@ -73,8 +73,8 @@ def block_names(depth: float = 1.0) -> list[tuple[int, str]]:
 
 
 def _conv(features, kernel, stride=1, *, name, dtype, use_bias=False):
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                   use_bias=use_bias, dtype=dtype, name=name)
+    return Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                use_bias=use_bias, dtype=dtype, name=name)
 
 
 def _mbconv(x, name, kernel, f_in, f_out, expand, stride, se_ratio, act, drop_rate, train, dtype,

@@ -72,7 +72,7 @@ def conv_names() -> list[str]:
 
 
 def _conv_bn(x, name, filters, kernel, stride, padding, train, dtype):
-    x = nn.Conv(filters, kernel, strides=(stride, stride), padding=padding, use_bias=False,
+    x = C.Conv(filters, kernel, strides=(stride, stride), padding=padding, use_bias=False,
                 dtype=dtype, name=f"{name}_conv")(x)
     x = C.batch_norm(f"{name}_bn", train, eps=_EPS, dtype=dtype, use_scale=False)(x)
     return nn.relu(x)

@@ -37,7 +37,7 @@ KERAS_TOP = ("predictions",)
 
 def _sep(x, features, name, dtype, depthwise):
     x = DepthwiseConv((3, 3), padding="SAME", dtype=dtype, impl=depthwise, name=f"{name}_dw")(x)
-    return nn.Conv(features, (1, 1), use_bias=False, dtype=dtype, name=f"{name}_pw")(x)
+    return C.Conv(features, (1, 1), use_bias=False, dtype=dtype, name=f"{name}_pw")(x)
 
 
 class Xception(nn.Module):

@@ -1,0 +1,87 @@
+"""models.common.Conv: its 1x1 convolutions as matmuls ("dot") equal nn.Conv ("conv") in
+parameters, values and gradients; larger kernels are nn.Conv itself; whole backbones agree."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from fast_init import random_variables
+
+from bt_jax.models import common as C
+from bt_jax.models import registry as R
+
+# (kernel, stride, padding, bias): the backbones' 1x1 (EfficientNet SAME, ResNet/Xception
+# strided shortcuts VALID, explicit zero pads) and a 3x3 that must stay a convolution.
+CASES = [((1, 1), 1, "SAME", False), ((1, 1), 2, "VALID", True), ((1, 1), 2, "SAME", False),
+         ((1, 1), 1, ((0, 0), (0, 0)), True), ((1, 1), (2, 1), "VALID", True),
+         ((3, 3), 2, "SAME", True)]
+
+
+def _run(module, impl, v, x, ct):
+    def f(v, x):
+        with C.pointwise(impl):
+            return module.apply(v, x)
+    y, pull = jax.vjp(jax.jit(f), v, x)
+    return (y, *pull(ct))
+
+
+@pytest.mark.parametrize("kernel,stride,padding,bias", CASES)
+def test_dot_equals_conv_in_parameters_values_and_gradients(kernel, stride, padding, bias):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 6))      # odd height, even width
+    strides = stride if isinstance(stride, tuple) else (stride, stride)
+    ours = C.Conv(5, kernel, strides, padding, use_bias=bias, name="c")
+    ref = nn.Conv(5, kernel, strides, padding, use_bias=bias, name="c")
+    with C.pointwise("dot"):
+        v = ours.init(jax.random.PRNGKey(1), x)
+    # same names, shapes and initial values: checkpoints and ported weights load unchanged
+    jax.tree.map(np.testing.assert_array_equal, v, ref.init(jax.random.PRNGKey(1), x))
+    v = jax.tree.map(lambda a: a + 0.1, v)                          # non-zero bias
+    ct = jax.random.normal(jax.random.PRNGKey(2), ref.apply(v, x).shape)
+    got, want = _run(ours, "dot", v, x, ct), _run(ours, "conv", v, x, ct)
+    assert got[0].shape == ref.apply(v, x).shape
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_dot_is_a_matmul_only_for_one_by_one_kernels():
+    x = jnp.ones((1, 6, 6, 4))
+    hlo = {}
+    for kernel in ((1, 1), (3, 3)):
+        m = C.Conv(3, kernel, name="c")
+        v = m.init(jax.random.PRNGKey(0), x)
+        with C.pointwise("dot"):
+            hlo[kernel] = jax.jit(m.apply).lower(v, x).as_text()
+    assert "convolution" not in hlo[(1, 1)] and "dot_general" in hlo[(1, 1)]
+    assert "convolution" in hlo[(3, 3)]
+    with pytest.raises(ValueError, match="pointwise impl.*'matmul'"), C.pointwise("matmul"):
+        pass
+
+
+def test_bfloat16_computes_in_bfloat16():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 8))
+    m = C.Conv(4, (1, 1), dtype=jnp.bfloat16, name="c")
+    v = m.init(jax.random.PRNGKey(1), x)
+    with C.pointwise("dot"):
+        y = jax.jit(m.apply)(v, x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), nn.Conv(4, (1, 1)).apply(v, x),
+                               rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50v2", "xception"])
+def test_backbones_give_the_same_features_either_way(name):
+    spec = R.get(name)
+    model = R.make_module(spec)
+    v = random_variables(model, 96, seed=3)
+    x = jax.random.uniform(jax.random.PRNGKey(4), (2, 96, 96, 3))
+    out = {}
+    for impl in ("dot", "conv"):
+        def f(v, x, impl=impl):
+            with C.pointwise(impl):
+                return model.apply(v, x, train=False)[1]["pre_logits"]
+        out[impl] = np.asarray(jax.jit(f)(v, x))
+    scale = np.abs(out["conv"]).max()
+    np.testing.assert_allclose(out["dot"], out["conv"], rtol=1e-4, atol=1e-4 * scale)
