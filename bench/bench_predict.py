@@ -14,7 +14,9 @@ copied under new names until there are `--files` of them, or synthetic phantoms 
 set is absent. Each run is `depthwise:batch`: "conv:32" is the path the issue measured
 (grouped convolutions, batch 32); "shift:16" is the CPU default now (shifted
 multiply-adds, `predict.batch_size=16`); "shift:32" separates the two changes. All runs
-are in one process on the same files, one after the other.
+are in one process on the same files, one after the other. An optional third part picks
+how 1x1 convolutions run (models/common.Conv): "conv:32:conv" is the issue's path exactly,
+"shift:16:conv" last session's default (before 1x1 convolutions became matmuls on CPU).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bt_jax import inference  # noqa: E402
 from bt_jax.data import phantoms  # noqa: E402
 from bt_jax.models import registry as mreg  # noqa: E402
+from bt_jax.models.common import pointwise  # noqa: E402
 from bt_jax.models.heads import Classifier, Head  # noqa: E402
 from bt_jax.train.checkpoint import Checkpoints  # noqa: E402
 
@@ -78,8 +81,10 @@ def write_scans(folder: Path, n: int) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=1000)
-    ap.add_argument("--runs", nargs="+", default=["shift:16", "shift:32", "conv:32"],
-                    help="depthwise impl (auto|shift|conv) : batch size")
+    ap.add_argument("--runs", nargs="+",
+                    default=["shift:16", "shift:16:conv", "shift:32", "conv:32:conv"],
+                    help="depthwise impl (auto|shift|conv) : batch size [: pointwise impl "
+                         "(auto|dot|conv), default auto]")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     args = ap.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {jax.device_count()} x "
@@ -92,11 +97,12 @@ def main():
         print(f"# {len(files)} scans from the {origin}; {args.backbone} at {SIZE} px")
         results = {}
         for run in args.runs:
-            impl, batch = run.split(":")
+            impl, batch, pw = (run.split(":") + ["auto"])[:3]
             t0 = time.perf_counter()
-            model = inference.load_model(model_dir, depthwise=impl)
-            t_load = time.perf_counter() - t0
-            rows = inference.predict_files(model, files, batch_size=int(batch))
+            with pointwise(pw):         # read while the forward is traced, in predict_files
+                model = inference.load_model(model_dir, depthwise=impl)
+                t_load = time.perf_counter() - t0
+                rows = inference.predict_files(model, files, batch_size=int(batch))
             wall = time.perf_counter() - t0
             ok = sum(r["status"] == "ok" for r in rows)
             results[run] = len(rows) / wall
