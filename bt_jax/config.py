@@ -201,8 +201,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.inputs = ""                         # an image/DICOM file, a folder, or a glob
     c.explain = False                     # write a Grad-CAM overlay PNG per image
     c.predict = ml_collections.ConfigDict()
-    c.predict.batch_size = 16             # fixed compiled batch (last one padded); 16 beats 32
-                                          # on a CPU (Lite0: 33 vs 29 images/s, README benchmarks)
+    c.predict.batch_size = 16             # fixed compiled batch (last one padded); on a CPU as
+                                          # fast as 32 with half the memory (README benchmarks)
     c.predict.dicom_frame = -1            # multi-frame DICOM: -1 refuses them, else frame index
     c.predict.colour = "flag"             # strongly coloured images: "flag" (predict + note) | "skip"
     c.predict.output = "predictions.csv"  # relative to the workdir
