@@ -74,13 +74,14 @@ def _pointwise_as_dot(m: nn.Conv) -> bool:
 class Conv(nn.Conv):
     """nn.Conv (same parameters, names and initialisers) whose 1x1 convolutions run as one
     matmul over all positions on CPU. XLA:CPU's convolution kernel is 1.4-2.5x slower than
-    its dot on the 1x1 shapes of EfficientNet and ResNet (both backbones ~1.4x faster
-    end to end, bench/bench_backbones.py); 3x3 and larger stay convolutions, which win there.
+    its dot on the 1x1 shapes of EfficientNet, ResNet, MobileNet and Xception (those
+    backbones 1.4-1.9x faster end to end, bench/bench_backbones.py); 3x3 and larger stay
+    convolutions, which win there.
     A 1x1 kernel needs no padding ('SAME' and 'VALID' agree), so a stride is a slice."""
 
     @nn.compact
     def __call__(self, inputs):
-        if not _pointwise_as_dot(self):
+        if inputs.ndim != 4 or not _pointwise_as_dot(self):    # (B, H, W, C) only
             return super().__call__(inputs)
         kernel = self.param("kernel", self.kernel_init, (1, 1, inputs.shape[-1], self.features),
                             self.param_dtype)
