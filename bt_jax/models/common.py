@@ -48,17 +48,22 @@ _POINTWISE: contextvars.ContextVar = contextvars.ContextVar("bt_jax_pointwise", 
 
 
 @contextlib.contextmanager
+def _set_within(var: contextvars.ContextVar, value):
+    """`var` = value inside the block, its previous value after (the trace-time switches)."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
 def pointwise(impl: str):
     """Within this block, `Conv` computes 1x1 convolutions as `impl`: "dot" (a matmul over
     positions), "conv" (XLA's convolution) or "auto" (dot on CPU, conv elsewhere). Read while
     tracing, like `batch_rows`: a function jitted under one setting keeps it."""
     if impl not in POINTWISE_IMPLS:
         raise ValueError(f"pointwise impl: expected one of {POINTWISE_IMPLS}, got {impl!r}")
-    token = _POINTWISE.set(impl)
-    try:
-        yield
-    finally:
-        _POINTWISE.reset(token)
+    return _set_within(_POINTWISE, impl)
 
 
 def _pointwise_as_dot(m: nn.Conv) -> bool:
@@ -104,17 +109,12 @@ def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype, use_b
 _BN_ROWS: contextvars.ContextVar = contextvars.ContextVar("bt_jax_bn_rows", default=None)
 
 
-@contextlib.contextmanager
 def batch_rows(rows):
     """Within this block, training-mode BatchNorm computes its batch mean and variance over
     `rows` ((B,) bool) only: the padding that fills a fixed or device-divisible batch must
     not shift the statistics. A context rather than an argument so that the ten backbones
     keep Keras' call signatures; it is read while tracing, inside the caller's `apply`."""
-    token = _BN_ROWS.set(rows)
-    try:
-        yield
-    finally:
-        _BN_ROWS.reset(token)
+    return _set_within(_BN_ROWS, rows)
 
 
 class BatchNorm(nn.BatchNorm):
