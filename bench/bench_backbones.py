@@ -104,8 +104,12 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / sec / 1e9
 
 
-def ours(name: str, batch: int, size: int, depthwise: str = "auto"):
-    """(callable, flops per batch, compile seconds) of our jitted forward."""
+YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def ours(name: str, batch: int, size: int, depthwise: str = "auto", options=None):
+    """(callable, flops per batch, compile seconds) of our jitted forward; options: XLA
+    compiler options for this program."""
     import jax
     from bt_jax.models import registry
     spec = registry.get(name)
@@ -117,13 +121,13 @@ def ours(name: str, batch: int, size: int, depthwise: str = "auto"):
         return model.apply(v, x, train=False)[1]["features"]
 
     t = time.perf_counter()
-    compiled = jax.jit(fwd).lower(variables, x).compile()
+    compiled = jax.jit(fwd).lower(variables, x).compile(compiler_options=options)
     compile_s = time.perf_counter() - t
     flops = xla_flops(fwd, variables, x, compiled=compiled)
     return (lambda: compiled(variables, x).block_until_ready()), flops, compile_s
 
 
-def train_step(name: str, batch: int, size: int, depthwise: str = "auto"):
+def train_step(name: str, batch: int, size: int, depthwise: str = "auto", options=None):
     """(callable running one step, flops per step, compile seconds): forward in training mode,
     backward and an Adam update of every parameter, the fine-tuning step of a whole backbone."""
     import jax
@@ -152,7 +156,8 @@ def train_step(name: str, batch: int, size: int, depthwise: str = "auto"):
 
     rng = jax.random.PRNGKey(2)
     t = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(state, x, y, rng).compile()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, x, y, rng).compile(
+        compiler_options=options)
     compile_s = time.perf_counter() - t
     flops = xla_flops(step, state, x, y, rng, compiled=compiled)
     holder = [state]
@@ -231,15 +236,19 @@ def row(impl, name, batch, size, sec, times, flops, compile_s, roof, extra=None,
     return r
 
 
-def _impls(name: str, a) -> list[tuple[str, str, str]]:
-    """(label, depthwise impl, pointwise impl) to time for `name`: every `--depthwise` for
-    backbones with depthwise layers x every `--pointwise`; "-" when there is one of each."""
+def _impls(name: str, a) -> list[tuple[str, str, str, dict | None]]:
+    """(label, depthwise impl, pointwise impl, XLA options) to time for `name`: every
+    `--depthwise` for backbones with depthwise layers x every `--pointwise` x every `--ynn`;
+    "-" when there is one of each."""
     dws = a.depthwise if name in DEPTHWISE else ["auto"]
     out = []
     for dw in dws:
         for pw in a.pointwise:
-            parts = ([dw] if name in DEPTHWISE else []) + ([f"pw-{pw}"] if len(a.pointwise) > 1 else [])
-            out.append(("/".join(parts) or "-", dw, pw))
+            for ynn in a.ynn:
+                parts = (([dw] if name in DEPTHWISE else [])
+                         + ([f"pw-{pw}"] if len(a.pointwise) > 1 else [])
+                         + ([f"ynn-{ynn}"] if len(a.ynn) > 1 else []))
+                out.append(("/".join(parts) or "-", dw, pw, YNN_OFF if ynn == "off" else None))
     return out
 
 
@@ -266,6 +275,8 @@ def main(argv=None) -> list[dict]:
                    help="DepthwiseConv impls to time, side by side, for backbones that have them")
     p.add_argument("--pointwise", nargs="+", default=["auto"], choices=POINTWISE_IMPLS,
                    help="1x1 convolution impls (models/common.Conv: dot = matmul, conv) to time")
+    p.add_argument("--ynn", nargs="+", default=["on"], choices=("on", "off"),
+                   help="XLA:CPU's YNNPACK fusions on (XLA's default) or off, per program")
     p.add_argument("--train-step", nargs="*", default=[], metavar="MODEL",
                    help="also time a fine-tune step (fwd + bwd + Adam) of these, per impl")
     p.add_argument("--train-repeats", type=int, default=2)
@@ -280,9 +291,9 @@ def main(argv=None) -> list[dict]:
     rows = []
     for name in a.models:
         results = {}
-        for impl, dw, pw in _impls(name, a):
+        for impl, dw, pw, opts in _impls(name, a):
             with pointwise(pw):
-                fn, flops, comp = ours(name, a.batch, a.size, dw)
+                fn, flops, comp = ours(name, a.batch, a.size, dw, opts)
             results[impl] = (*median_time(fn, warmup=a.warmup, repeats=a.repeats), flops, comp)
             del fn
         model_flops = _model_flops(results, lambda: ours(name, a.batch, a.size, "conv")[1])
@@ -306,9 +317,9 @@ def main(argv=None) -> list[dict]:
         del fns
     for name in a.train_step:
         results = {}
-        for impl, dw, pw in _impls(name, a):
+        for impl, dw, pw, opts in _impls(name, a):
             with pointwise(pw):
-                fn, flops, comp = train_step(name, a.batch, a.size, dw)
+                fn, flops, comp = train_step(name, a.batch, a.size, dw, opts)
             results[impl] = (*median_time(fn, warmup=1, repeats=a.train_repeats), flops, comp)
             del fn
         # 3x the forward's model FLOPs (backward ~2x forward): XLA's count of the conv graph's

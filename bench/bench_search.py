@@ -10,8 +10,9 @@ and the process's peak RSS (ru_maxrss), plus one JSON line. XLA compilations dur
 search (count and seconds) come from JAX's monitoring events, so the same script measures
 any version of the code side by side. No persistent compilation cache is used here.
 
---keras-trials K: after the search, the first K trials' settings are run again the way a
-Keras notebook runs them (`keras.Model.fit` per fold with EarlyStopping, Keras 3 on the
+--keras-trials K: after the search, K of its trials' settings, spread evenly over the
+whole study (TPE's later trials favour wider, slower heads than its random start, so
+the first K would flatter Keras), are run again the way a Keras notebook runs them (`keras.Model.fit` per fold with EarlyStopping, Keras 3 on the
 JAX backend; bench/keras_head.py) in the same process, and the ratio of trials/minute
 (ours including every compile, Keras including its per-model tracing) is printed.
 """
@@ -87,12 +88,14 @@ def main():
 
 
 def keras_trials(run, c, study, n: int, backbone: str) -> float:
-    """Trials/minute of the first n trials' settings run as Keras fit loops (0: skipped)."""
+    """Trials/minute of n of the study's trial settings, evenly spaced over the study,
+    run as Keras fit loops (0: skipped)."""
     if n <= 0:
         return 0.0
     import numpy as np
     from keras_head import keras_cv
-    trials = sorted(study.trials, key=lambda t: t.number)[:n]
+    done = sorted((t for t in study.trials if t.value is not None), key=lambda t: t.number)
+    trials = [done[i] for i in np.unique(np.linspace(0, len(done) - 1, n).round().astype(int))]
     feats, labels = np.asarray(run.feats[backbone]), np.asarray(run.labels_all)
     seconds = 0.0
     for t in trials:

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -140,7 +141,7 @@ def test_one_program_serves_every_setting_of_a_capacity():
     x, y = _blobs(n=96, d=32, seed=5)
     folds = _folds(96, k=2)
     cap = head.head_lanes.Capacity(units=32, batch=32, steps=4, epochs=2)
-    jitted = head.head_lanes.run_lanes_jit
+    jitted = head.head_lanes.jitted()
     hp = head.HeadHParams(units=24, dropout=0.1, lr=1e-3, batch_size=16, epochs=2, patience=2)
     head.fit_folds(x, y, folds, hp, jax.random.PRNGKey(0), capacity=cap, lane_batch=2)
     before = jitted._cache_size()
@@ -155,6 +156,32 @@ def test_one_program_serves_every_setting_of_a_capacity():
     assert jitted._cache_size() == before
     head.fit_folds(x, y, folds, hp, jax.random.PRNGKey(0), lane_batch=2)  # exact allocation
     assert jitted._cache_size() == before + 1
+
+
+@pytest.mark.parametrize("adam", [True, False])
+def test_fused_optimizer_step_equals_optax(adam):
+    """The head's one-pass update (traced Adam/SGD choice, bias corrections folded into
+    scalars) takes the steps optax.adam(eps=1e-7) / optax.sgd(momentum) take."""
+    rng = np.random.default_rng(0)
+    shapes = {"hidden": {"kernel": (7, 5), "bias": (5,)}, "out": {"kernel": (5, 1), "bias": (1,)}}
+    leaf = lambda s: jnp.asarray(rng.normal(size=s), jnp.float32)
+    is_shape = lambda s: isinstance(s, tuple)
+    params = jax.tree.map(leaf, shapes, is_leaf=is_shape)
+    grads = [jax.tree.map(leaf, shapes, is_leaf=is_shape) for _ in range(6)]
+    lr, momentum = 3e-3, 0.8
+    ref_opt = (optax.adam(lr, b1=0.9, b2=0.999, eps=1e-7) if adam
+               else optax.sgd(lr, momentum=momentum))
+    hp = {"adam": jnp.asarray(adam), "lr": jnp.float32(lr), "momentum": jnp.float32(momentum)}
+    ref, ref_state = params, ref_opt.init(params)
+    ours, state = params, head.head_lanes.opt_init(params)
+    step = jax.jit(head.head_lanes.opt_apply)
+    for g in grads:
+        upd, ref_state = ref_opt.update(g, ref_state, ref)
+        ref = optax.apply_updates(ref, upd)
+        ours, state = step(ours, g, state, hp)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, ref)
+    assert not np.allclose(ours["hidden"]["kernel"], params["hidden"]["kernel"])
+    assert int(state["count"]) == len(grads)
 
 
 def test_make_fold_arrays_never_trains_on_copies_of_held_out_images():
@@ -220,9 +247,9 @@ def test_fit_one_in_a_shared_allocation():
            for u, b in ((8, 16), (32, 32))]
     rng = jax.random.PRNGKey(3)
     head.fit_one(x, y, tr, va, hps[0], rng, capacity=cap)
-    before = head.head_lanes.run_lanes_jit._cache_size()
+    before = head.head_lanes.jitted()._cache_size()
     shared = head.fit_one(x, y, tr, va, hps[1], rng, capacity=cap)
-    assert head.head_lanes.run_lanes_jit._cache_size() == before
+    assert head.head_lanes.jitted()._cache_size() == before
     _same(shared, head.fit_one(x, y, tr, va, hps[1], rng))
     wide = head.HeadHParams(**{**hps[1].__dict__, "units": 64})
     assert head.fit_one(x, y, tr, va, wide, rng, capacity=cap).params["hidden"]["kernel"].shape == (16, 64)

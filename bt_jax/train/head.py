@@ -8,7 +8,7 @@
     final = fit_one(features, labels, train_idx, val_idx, hp, rng); predict_proba(final.params, x)
 
 A setting trains on a split as one "lane" of `head_lanes.run_lanes`: a `lax.while_loop`
-over epochs (it exits once early stopping fires) around a `lax.scan` over mini-batches,
+over epochs (it exits once early stopping fires) around a `lax.fori_loop` over mini-batches,
 early stopping on the validation loss and restore-best carried as pytree state
 (`callbacks.py`). Folds, and trials, are a leading lane axis: vmapped in lockstep on
 GPU/TPU, one after another inside the program on a CPU (`default_lane_batch`). Every
@@ -212,7 +212,7 @@ def fit_trials(features, labels, folds: FoldArrays, hps: Sequence[HeadHParams], 
              for name, attr in (("ti", "train_idx"), ("tm", "train_mask"), ("vi", "val_idx"),
                                 ("vm", "val_mask"))}
     shared = {}
-    if n == 1:   # one trial: every hyper-parameter is shared by its folds (real conds)
+    if n == 1:   # one trial: every hyper-parameter is shared by its folds
         shared = hps[0].traced()
     else:
         lanes.update({key: jnp.repeat(v, k) for key, v in _lane_hp(hps).items()})
