@@ -25,6 +25,9 @@ Backbones with depthwise layers run once per `--depthwise` implementation (model
 "conv" graph for every impl (same work, XLA counts the shift form's multiply-adds differently).
 `--pointwise` picks how `models.common.Conv` computes 1x1 convolutions (dot = one matmul over
 positions, the CPU default; conv = XLA's convolution); several are timed side by side.
+`--ynn` times each with XLA:CPU's YNNPACK fusions on, off, or as bt_jax sets them ("auto",
+the default: off for forward programs on CPU, on for the fine-tune step;
+`models.common.forward_compiler_options`).
 `--train-step` times one fine-tune step per impl: forward (train-mode BatchNorm, dropout) +
 backward + Adam update of the whole backbone with a 2-class top, jitted with donated state;
 its roofline counts 3x the forward's model FLOPs.
@@ -42,7 +45,7 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")   # before any keras import; Keras 3 defaults to TF
 
-from bt_jax.models.common import POINTWISE_IMPLS, pointwise
+from bt_jax.models.common import POINTWISE_IMPLS, YNN_OFF, forward_compiler_options, pointwise
 
 DEFAULT_MODELS = ("resnet50v2", "vgg19", "efficientnet_lite0")
 DEPTHWISE = ("efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -104,12 +107,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / sec / 1e9
 
 
-YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-def ours(name: str, batch: int, size: int, depthwise: str = "auto", options=None):
+def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="auto"):
     """(callable, flops per batch, compile seconds) of our jitted forward; options: XLA
-    compiler options for this program."""
+    compiler options for this program ("auto": what bt_jax's feature extraction and
+    predict use, `models.common.forward_compiler_options`)."""
     import jax
     from bt_jax.models import registry
     spec = registry.get(name)
@@ -121,13 +122,15 @@ def ours(name: str, batch: int, size: int, depthwise: str = "auto", options=None
         return model.apply(v, x, train=False)[1]["features"]
 
     t = time.perf_counter()
+    if options == "auto":
+        options = forward_compiler_options()
     compiled = jax.jit(fwd).lower(variables, x).compile(compiler_options=options)
     compile_s = time.perf_counter() - t
     flops = xla_flops(fwd, variables, x, compiled=compiled)
     return (lambda: compiled(variables, x).block_until_ready()), flops, compile_s
 
 
-def train_step(name: str, batch: int, size: int, depthwise: str = "auto", options=None):
+def train_step(name: str, batch: int, size: int, depthwise: str = "auto", options="auto"):
     """(callable running one step, flops per step, compile seconds): forward in training mode,
     backward and an Adam update of every parameter, the fine-tuning step of a whole backbone."""
     import jax
@@ -156,6 +159,7 @@ def train_step(name: str, batch: int, size: int, depthwise: str = "auto", option
 
     rng = jax.random.PRNGKey(2)
     t = time.perf_counter()
+    options = None if options == "auto" else options   # the fine-tune step keeps XLA's defaults
     compiled = jax.jit(step, donate_argnums=0).lower(state, x, y, rng).compile(
         compiler_options=options)
     compile_s = time.perf_counter() - t
@@ -248,7 +252,8 @@ def _impls(name: str, a) -> list[tuple[str, str, str, dict | None]]:
                 parts = (([dw] if name in DEPTHWISE else [])
                          + ([f"pw-{pw}"] if len(a.pointwise) > 1 else [])
                          + ([f"ynn-{ynn}"] if len(a.ynn) > 1 else []))
-                out.append(("/".join(parts) or "-", dw, pw, YNN_OFF if ynn == "off" else None))
+                opts = {"auto": "auto", "on": None, "off": YNN_OFF}[ynn]
+                out.append(("/".join(parts) or "-", dw, pw, opts))
     return out
 
 
@@ -275,8 +280,9 @@ def main(argv=None) -> list[dict]:
                    help="DepthwiseConv impls to time, side by side, for backbones that have them")
     p.add_argument("--pointwise", nargs="+", default=["auto"], choices=POINTWISE_IMPLS,
                    help="1x1 convolution impls (models/common.Conv: dot = matmul, conv) to time")
-    p.add_argument("--ynn", nargs="+", default=["on"], choices=("on", "off"),
-                   help="XLA:CPU's YNNPACK fusions on (XLA's default) or off, per program")
+    p.add_argument("--ynn", nargs="+", default=["auto"], choices=("auto", "on", "off"),
+                   help="XLA:CPU's YNNPACK fusions per program: on (XLA's default), off, or "
+                        "auto (bt_jax's choice: off for forward programs on CPU)")
     p.add_argument("--train-step", nargs="*", default=[], metavar="MODEL",
                    help="also time a fine-tune step (fwd + bwd + Adam) of these, per impl")
     p.add_argument("--train-repeats", type=int, default=2)

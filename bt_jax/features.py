@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bt_jax import io
+from bt_jax.models.common import forward_compiler_options
 from bt_jax.sharding import batched_apply, data_mesh  # noqa: F401  (data_mesh: public)
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def make_extract_fn(module, *, mesh: Mesh | None = None, output: str = "pre_logi
     batch = NamedSharding(mesh, P("data"))
     repl = NamedSharding(mesh, P())
     return jax.jit(lambda v, x: extract_fn(module, v, x, output),
-                   in_shardings=(repl, batch), out_shardings=batch)
+                   in_shardings=(repl, batch), out_shardings=batch,
+                   compiler_options=forward_compiler_options())
 
 
 def extract_features(module, variables, images: np.ndarray, *, batch_size: int = 32,

@@ -29,6 +29,7 @@ from bt_jax import io
 from bt_jax.data import preprocess
 from bt_jax.model_card import ModelCardError, binary_validation, read_card
 from bt_jax.models import registry as mreg
+from bt_jax.models.common import forward_compiler_options
 from bt_jax.models.heads import Classifier, FlattenHead, Head, class_probs
 from bt_jax.reporting import metrics, multiclass
 from bt_jax.sharding import data_mesh
@@ -102,7 +103,8 @@ class LoadedModel:
         return jax.jit(functools.partial(_predict, self.module,
                                          float(self.card.get("temperature", 1.0))),
                        in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))),
-                       out_shardings=NamedSharding(mesh, P("data")))
+                       out_shardings=NamedSharding(mesh, P("data")),
+                       compiler_options=forward_compiler_options())
 
 
 def _predict(module, temperature, variables, x):

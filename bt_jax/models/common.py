@@ -98,6 +98,19 @@ class Conv(nn.Conv):
         return y if bias is None else y + bias
 
 
+# XLA:CPU hands some convolutions and matmuls to YNNPACK by default, where they ran
+# slower than XLA's own kernels: VGG19's forward 0.70x, ResNet50V2's 0.87x, the head's
+# 16-row matmul 13x slower (bench/bench_backbones.py --ynn on off; bench/bench_head.py).
+# Programs that only run the network forward, and the head program, opt out, per program
+# and on CPU only; the fine-tune step keeps YNNPACK (Lite0's step was 1.4x faster with it).
+YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def forward_compiler_options() -> dict | None:
+    """`jax.jit(..., compiler_options=...)` for inference programs on the default backend."""
+    return dict(YNN_OFF) if jax.default_backend() == "cpu" else None
+
+
 def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype, use_bias: bool = True,
          padding="VALID") -> Conv:
     """A Keras-like Conv2D (HWIO kernel, bias on by default as in Keras)."""

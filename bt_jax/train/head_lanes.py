@@ -29,6 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from bt_jax.models.common import YNN_OFF
 from bt_jax.models.heads import class_probs, correct, per_example_loss
 from bt_jax.train import callbacks
 
@@ -250,9 +251,8 @@ def run_lanes(cap: Capacity, lane_batch: int, features, labels, lanes: dict, sha
 
 
 # XLA:CPU hands the head's few-row matmuls (rows = batch size) to YNNPACK, where the
-# forward 16x1280 @ 1280x1024 took 1.9 ms against 0.14 ms with XLA's own dot; the head
-# program opts out of YNNPACK fusions (per program: the backbones keep them).
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# forward 16x1280 @ 1280x1024 took 1.9 ms against 0.14 ms with XLA's own dot: the head
+# program opts out of YNNPACK (models.common.YNN_OFF).
 _JITTED: dict[str, object] = {}
 
 
@@ -260,7 +260,7 @@ def jitted():
     """`run_lanes` jitted for the default backend (static: cap, lane_batch)."""
     backend = jax.default_backend()
     if backend not in _JITTED:
-        opts = CPU_COMPILER_OPTIONS if backend == "cpu" else None
+        opts = YNN_OFF if backend == "cpu" else None
         _JITTED[backend] = jax.jit(run_lanes, static_argnums=(0, 1), compiler_options=opts)
     return _JITTED[backend]
 
