@@ -129,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
                                           # 0: auto (all on GPU/TPU, one at a time on CPU)
     c.train.finetune_epochs = 5
     c.train.finetune_lr_factor = 0.1     # method A: fine-tune at lr / 10
+    c.train.finetune_batch_size = 0       # method A's fine-tune batch; 0: the head's batch size
     c.train.finetune_bn_train = False     # BatchNorm stays in inference mode while fine-tuning
     # The fine-tuning recipe (method A as published: "constant", 1.0, 0.0, False):
     c.train.finetune_schedule = "warmup_cosine"  # or "constant"; warm-up, then cosine to 0
@@ -273,6 +274,9 @@ def _check_training(c) -> None:
         _fail("train.lr", f"expected > 0, got {t.lr}")
     if not 0 <= t.momentum < 1:
         _fail("train.momentum", f"expected [0, 1), got {t.momentum}")
+    if t.finetune_batch_size < 0:
+        _fail("train.finetune_batch_size", f"expected >= 0 (0: the head's), got "
+                                           f"{t.finetune_batch_size}")
     for key in ("epochs", "patience", "finetune_epochs"):
         if getattr(t, key) < 1:
             _fail(f"train.{key}", f"expected >= 1, got {getattr(t, key)}")

@@ -32,3 +32,19 @@ def test_second_process_loads_compiled_programs(tmp_path):
     second = _run(tmp_path / "jax")
     assert second["cache_hits"] == second["programs"] == first["programs"]
     assert second["compiled"] == 0  # every program loaded, none compiled again
+
+
+def test_compile_on_first_call_compiles_once_and_gives_the_jitted_result():
+    import jax
+    import jax.numpy as jnp
+
+    from bt_jax import compilation
+    jitted = jax.jit(lambda s, x: (s + x.sum(), x * 2), donate_argnums=0)
+    step = compilation.CompileOnFirstCall(jitted)
+    x = jnp.arange(6.0).reshape(2, 3)
+    s, y = step(jnp.float32(1), x)
+    first = step.compiled
+    s, y = step(s, x + 1)
+    assert step.compiled is first                       # one program for one shape
+    assert float(s) == 1 + 15 + 21 and float(y.sum()) == 2 * 21
+    assert isinstance(compilation.release_freed_memory(), bool)

@@ -70,6 +70,7 @@ def test_feature_cache_depends_on_dtype(phantom_dir, tmp_path, small_config, cap
     ("search.dropout_max", 1.0, "config.search.dropout_max"),
     ("search.lr_min", 1.0, "config.search.lr_min: need 0 < lr_min <= lr_max"),
     ("train.finetune_lr_factor", 0.0, "config.train.finetune_lr_factor: expected > 0"),
+    ("train.finetune_batch_size", -1, "config.train.finetune_batch_size: expected >= 0"),
     ("train.epochs", 0, "config.train.epochs: expected >= 1"),
     ("train.patience", 0, "config.train.patience"),
     ("train.momentum", 1.0, "config.train.momentum: expected [0, 1)"),

@@ -310,7 +310,8 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
     full = {"params": {"backbone": variables["params"], "head": jax.device_get(frozen.params)},
             "batch_stats": {"backbone": variables.get("batch_stats", {})}}
     data = _fit_data(run)
-    fs = finetune.FitSpec(epochs=c.train.finetune_epochs, batch_size=hp.batch_size,
+    fs = finetune.FitSpec(epochs=c.train.finetune_epochs,
+                          batch_size=c.train.finetune_batch_size or hp.batch_size,
                           lr=hp.lr * c.train.finetune_lr_factor, optimizer=hp.optimizer,
                           momentum=hp.momentum, patience=c.train.patience,
                           bn_train=c.train.finetune_bn_train, trainable="all", seed=c.seed,

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from bt_jax import sharding
+from bt_jax import compilation, sharding
 from bt_jax.data import augment
 from bt_jax.models import common, registry
 from bt_jax.models.heads import class_probs, correct, per_example_loss
@@ -136,6 +136,12 @@ def finetune_step(model, tx, labels, bn_train: bool, aug: augment.AugmentParams,
     return new, sums
 
 
+def _eval_jit(model):
+    """eval_step jitted as an inference program (models.common.forward_compiler_options)."""
+    return jax.jit(functools.partial(eval_step, model),
+                   compiler_options=common.forward_compiler_options())
+
+
 def eval_step(model, variables, x, y):
     """Per row, inference mode: (loss, correct, P(positive) (B,) or class probs (B, C))."""
     logits, _ = model.apply(variables, x, train=False)
@@ -192,7 +198,7 @@ class FitResult:
 
 def evaluate(model, variables, images, labels, idx, *, batch_size: int = 32, fn=None, mesh=None):
     """(mean loss, accuracy, probs) over images[idx] (`sharding.batched_apply`)."""
-    fn = fn or jax.jit(functools.partial(eval_step, model))
+    fn = fn or _eval_jit(model)
     idx = np.asarray(idx, np.int64)
     if not len(idx):
         return float("nan"), float("nan"), np.zeros(0)
@@ -337,9 +343,10 @@ def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpe
     loop = _resume(_new_loop(variables, tx, fs), ckpt, desc)
     loop.state = sharding.replicate(loop.state, mesh)  # a checkpoint from any device count
     resumed_from = loop.start - 1
-    step = jax.jit(functools.partial(finetune_step, model, tx, labels, fs.bn_train, data.aug_params),
-                   donate_argnums=0, out_shardings=NamedSharding(mesh, P()))
-    ev = jax.jit(functools.partial(eval_step, model))
+    step = compilation.CompileOnFirstCall(jax.jit(
+        functools.partial(finetune_step, model, tx, labels, fs.bn_train, data.aug_params),
+        donate_argnums=0, out_shardings=NamedSharding(mesh, P())))
+    ev = _eval_jit(model)
 
     def validate(weights):
         vl, va, _ = evaluate(model, weights, data.images, data.labels, data.val_idx,
