@@ -129,8 +129,9 @@ def dead_local_worker(worker: str) -> bool:
 
 
 def reap_dead_trials(study: optuna.Study, storage, study_id: int) -> None:
-    """Fails RUNNING trials whose worker is gone; call under the lock."""
-    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    """Fails RUNNING trials whose worker is gone; call under the lock. Reads go through
+    the study (Optuna's cache keeps finished trials; RUNNING ones are read afresh)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in running:
         worker = t.user_attrs.get("worker")
         if worker and dead_local_worker(worker):
@@ -144,8 +145,7 @@ def reap_dead_trials(study: optuna.Study, storage, study_id: int) -> None:
     before = {t.number for t in running}
     with quiet_optuna():
         optuna.storages.fail_stale_trials(study)
-    after = {t.number for t in storage.get_all_trials(
-        study_id, deepcopy=False, states=(TrialState.RUNNING,))}
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     for number in sorted(before - after):
         log.warning("trial %d is no longer RUNNING (finished, or failed for a stale heartbeat)",
                     number)

@@ -222,7 +222,7 @@ def _next_trial(s: _Session, config, available_backbones, planned: int):
     complete, or None when the last slots are RUNNING elsewhere (one may still fail)."""
     with s.lock():
         study_storage.reap_dead_trials(s.study, s.storage, s.study_id)
-        trials = s.storage.get_all_trials(s.study_id, deepcopy=False)
+        trials = s.study.get_trials(deepcopy=False)   # finished trials come from a cache
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if done >= planned:
@@ -274,14 +274,14 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
         while (batch := _next_trials(s, config, available_backbones, planned,
                                      max(1, parallel))) != "done":
             if not batch:
-                _show(bar, s.storage.get_all_trials(s.study_id, deepcopy=False))
+                _show(bar, s.study.get_trials(deepcopy=False))
                 time.sleep(poll_s)
                 continue
             errors = [e for e in _run_trials(s.study, s.storage, batch, objective_batch,
                                              heartbeat_interval) if e]
             if errors:
                 failures, last_error = failures + len(errors), errors[-1]
-            _show(bar, s.storage.get_all_trials(s.study_id, deepcopy=False))
+            _show(bar, s.study.get_trials(deepcopy=False))
             trials_dataframe_csv(s.study, csv_path)
             if failures >= max_failures:
                 raise SearchError(
