@@ -96,8 +96,8 @@ def opt_apply(params, grads, state: dict, hp: dict):
     Written as one elementwise expression per parameter, so XLA makes one pass over each
     weight matrix (reading parameter, moments and gradient once) instead of a pass per
     moment, per update and per add, and no `lax.cond` that copies the state it passes
-    through: for a 1280x1024 kernel on a 2-core CPU that was 2.4x the step time
-    (bench/bench_head.py). Adam's bias corrections are folded into two scalars:
+    through: for a 1280x1024 kernel on a 2-core CPU that was 2.4x the step time (a
+    profile; README benchmarks, "Head search"). Adam's bias corrections are folded into two scalars:
     lr*m_hat/(sqrt(v_hat)+eps) = [lr*sqrt(c2)/c1] * m / (sqrt(v) + eps*sqrt(c2)).
     """
     adam, count = hp["adam"], state["count"] + 1
