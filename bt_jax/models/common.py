@@ -99,8 +99,9 @@ class Conv(nn.Conv):
 
 
 # XLA:CPU hands some convolutions and matmuls to YNNPACK by default, where they ran
-# slower than XLA's own kernels: VGG19's forward 0.70x, ResNet50V2's 0.87x, the head's
-# 16-row matmul 13x slower (bench/bench_backbones.py --ynn on off; bench/bench_head.py).
+# slower than XLA's own kernels: VGG19's forward 0.65-0.70x, ResNet50V2's 0.87-0.89x, the
+# head's 16-row matmul 13x slower (bench/bench_backbones.py --ynn on off; a profile of
+# the head program).
 # Programs that only run the network forward, and the head program, opt out, per program
 # and on CPU only; the fine-tune step keeps YNNPACK (Lite0's step was 1.4x faster with it).
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
