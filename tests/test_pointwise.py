@@ -98,6 +98,8 @@ def test_forward_programs_without_ynnpack_give_the_same_features():
         return model.apply(v, x, train=False)[1]["pre_logits"]
     opts = C.forward_compiler_options()
     assert opts == (C.YNN_OFF if jax.default_backend() == "cpu" else None)
+    # an XLA without the option gets its defaults, not a failing compile
+    assert not C._xla_knows((("xla_cpu_no_such_option_bt_jax", "1"),))
     plain = np.asarray(jax.jit(f)(v, x))
     tuned = np.asarray(jax.jit(f, compiler_options=opts)(v, x))
     np.testing.assert_allclose(tuned, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())

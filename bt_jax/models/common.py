@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 
 import flax.linen as nn
 import jax
@@ -108,8 +109,22 @@ YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def forward_compiler_options() -> dict | None:
-    """`jax.jit(..., compiler_options=...)` for inference programs on the default backend."""
-    return dict(YNN_OFF) if jax.default_backend() == "cpu" else None
+    """`jax.jit(..., compiler_options=...)` for inference programs (and the head program)
+    on the default backend: YNN_OFF on a CPU whose XLA knows the option, else None."""
+    known = jax.default_backend() == "cpu" and _xla_knows(tuple(YNN_OFF.items()))
+    return dict(YNN_OFF) if known else None
+
+
+@functools.cache
+def _xla_knows(options_items) -> bool:
+    """Whether this XLA accepts these (experimental) options: a jax release that renamed or
+    dropped them gets XLA's defaults instead of a failing compile."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options_items)).lower(
+            jnp.float32(0)).compile()
+        return True
+    except Exception:   # noqa: BLE001  (XLA raises its own error types for unknown options)
+        return False
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype, use_bias: bool = True,

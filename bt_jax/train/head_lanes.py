@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bt_jax.models.common import YNN_OFF
+from bt_jax.models.common import forward_compiler_options
 from bt_jax.models.heads import class_probs, correct, per_example_loss
 from bt_jax.train import callbacks
 
@@ -252,7 +252,7 @@ def run_lanes(cap: Capacity, lane_batch: int, features, labels, lanes: dict, sha
 
 # XLA:CPU hands the head's few-row matmuls (rows = batch size) to YNNPACK, where the
 # forward 16x1280 @ 1280x1024 took 1.9 ms against 0.14 ms with XLA's own dot: the head
-# program opts out of YNNPACK (models.common.YNN_OFF).
+# program opts out of YNNPACK as inference programs do (models.common).
 _JITTED: dict[str, object] = {}
 
 
@@ -260,8 +260,8 @@ def jitted():
     """`run_lanes` jitted for the default backend (static: cap, lane_batch)."""
     backend = jax.default_backend()
     if backend not in _JITTED:
-        opts = YNN_OFF if backend == "cpu" else None
-        _JITTED[backend] = jax.jit(run_lanes, static_argnums=(0, 1), compiler_options=opts)
+        _JITTED[backend] = jax.jit(run_lanes, static_argnums=(0, 1),
+                                   compiler_options=forward_compiler_options())
     return _JITTED[backend]
 
 
