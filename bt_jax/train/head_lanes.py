@@ -11,9 +11,9 @@ and the batch size.
 Only the allocation is static (`Capacity`: hidden width, rows per step, steps per
 epoch, epochs, logits): a lane uses the first `units` hidden units (the rest are masked
 to zero and never move) and the first `batch_size` rows of each step (the rest are
-masked; a lane runs only its own number of steps per epoch). So one program can serve a whole search
-space, and a lane trained inside a larger allocation gives the same numbers as with
-an exact one: initial weights and dropout masks are drawn so that element (unit j,
+masked; a lane runs only its own number of steps per epoch). So one program can serve
+a whole search space, and a lane trained inside a larger allocation gives the same
+numbers as with an exact one: initial weights and dropout masks are drawn so that element (unit j,
 position p) depends only on (key, j, p), never on the allocation
 (`tests/test_head.py::test_capacity_does_not_change_the_result`).
 
@@ -97,8 +97,8 @@ def opt_apply(params, grads, state: dict, hp: dict):
     weight matrix (reading parameter, moments and gradient once) instead of a pass per
     moment, per update and per add, and no `lax.cond` that copies the state it passes
     through: for a 1280x1024 kernel on a 2-core CPU that was 2.4x the step time (a
-    profile; README benchmarks, "Head search"). Adam's bias corrections are folded into two scalars:
-    lr*m_hat/(sqrt(v_hat)+eps) = [lr*sqrt(c2)/c1] * m / (sqrt(v) + eps*sqrt(c2)).
+    profile; README benchmarks, "Head search"). Adam's bias corrections are folded into
+    two scalars: lr*m_hat/(sqrt(v_hat)+eps) = [lr*sqrt(c2)/c1] * m / (sqrt(v) + eps*sqrt(c2)).
     """
     adam, count = hp["adam"], state["count"] + 1
     c1 = 1 - ADAM_B1 ** count.astype(jnp.float32)
