@@ -17,7 +17,7 @@ import ml_collections
 PIPELINES = ("prepare", "search", "train", "staged", "predict", "evaluate")
 EQUALIZE = ("none", "hist", "clahe")
 BALANCE = ("none", "augment2a", "multipliers")
-ALLOCATIONS = ("auto", "exact", "space")
+ALLOCATIONS = ("auto", "exact", "space", "bucket")
 OPTIMIZERS = ("adam", "sgd")
 BACKBONES = (
     "resnet50v2", "resnet50", "vgg16", "vgg19", "mobilenet", "densenet121",
@@ -158,8 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.seed_backbones = True        # with several backbones, slot i first tries backbone i
                                           # at train.*'s head (clipped into the space), then TPE
     c.search.allocation = "auto"          # head programs: "exact" (one per units x batch size;
-                                          # no padding), "space" (one for the whole space), "auto"
-                                          # (space unless a CPU would pad to a large one)
+                                          # no padding), "space" (one for the whole space),
+                                          # "bucket" (widths <= 256 share one per batch size),
+                                          # "auto" (space; bucket where a CPU pads a large one)
 
     c.staged = ml_collections.ConfigDict()  # method B
     # "name:groups:epochs:lr"; groups '+'-joined layer-group selectors, "none" = head only,

@@ -32,6 +32,7 @@ from bt_jax.weights import registry as wreg
 
 log = logging.getLogger(__name__)
 SMALL_SPACE = 128 * 64   # hidden units x rows per step that a CPU pads cheaply
+BUCKET_UNITS = 256       # hidden widths whose steps cost about the same on a CPU
 
 
 @dataclasses.dataclass
@@ -204,13 +205,15 @@ def run_study(run: Run, config, workdir: Path, *, folds: FoldArrays | None = Non
     trials per compiled call, grouped by backbone."""
     parallel = parallel_trials(config)
     folds = run.folds if folds is None else folds
-    capacity = search_capacity(run, parallel, folds)
+    allocations = search_allocations(run, parallel, folds)
 
     def objective_batch(ps: list[dict]):
         results = [None] * len(ps)
         for name in dict.fromkeys(p["backbone"] for p in ps):
             idx = [i for i, p in enumerate(ps) if p["backbone"] == name]
             hps = [head.HeadHParams.from_trial(ps[i], config.train) for i in idx]
+            capacity = head.capacity_if_serving(allocations, hps, folds.train_idx.shape[1],
+                                                len(run.ds.classes))
             for i, res in zip(idx, cv_heads(run, name, hps, capacity, folds=folds, key=key)):
                 results[i] = (res.val_acc_mean, cv_summary(res))
         return results
@@ -220,32 +223,44 @@ def run_study(run: Run, config, workdir: Path, *, folds: FoldArrays | None = Non
                              parallel=parallel, objective_batch=objective_batch)
 
 
-def search_capacity(run: Run, parallel: int, folds: FoldArrays):
-    """The head allocation of a search (`search.allocation`): None ("exact": one program
-    per units x batch size, nothing padded) or one `head_lanes.Capacity` for the whole
-    space ("space": one program per backbone). "auto": the space on GPU/TPU or with
-    parallel trials; on a CPU running one trial at a time, the space only when it is
-    small (units x rows per step <= SMALL_SPACE, e.g. the quickstart's), since padding
-    a trial to 1024 units x 64 rows costs more there than the ~7 s compiles it saves
-    (README benchmarks)."""
+def search_allocations(run: Run, parallel: int, folds: FoldArrays) -> tuple:
+    """The head allocations of a search (`search.allocation`) as `head_lanes.Capacity`s; a
+    trial trains in the first that serves it, else in its exact allocation (a program of
+    its own per units x batch size, nothing padded):
+    - "exact": none;
+    - "space": one for the whole space (one program per backbone);
+    - "bucket": one per batch size for the hidden widths <= BUCKET_UNITS (padded to the
+      widest of them), exact for wider heads: on a CPU a narrow head's step costs little
+      more at 256 units than at 32, far less than a ~4 s compile, while padding a 1024-unit
+      head's batch costs it 1.3-2x (README benchmarks, "Head search");
+    - "auto": the space on GPU/TPU, with parallel trials, or when it is small (units x
+      rows per step <= SMALL_SPACE, e.g. the quickstart's); "bucket" otherwise."""
     c = run.config
-    cap = head.head_lanes.capacity_for(c.search.units, c.search.batch_sizes,
-                                       folds.train_idx.shape[1], c.train.epochs,
-                                       n_outputs(len(run.ds.classes)))
-    policy = c.search.allocation
+    s = c.search
+
+    def cap(units, batch_sizes):
+        return head.head_lanes.capacity_for(units, batch_sizes, folds.train_idx.shape[1],
+                                           c.train.epochs, n_outputs(len(run.ds.classes)))
+    space = cap(s.units, s.batch_sizes)
+    policy = s.allocation
     if policy == "auto":
-        small = cap.units * cap.batch <= SMALL_SPACE
-        policy = ("exact" if jax.default_backend() == "cpu" and parallel <= 1 and not small
+        small = space.units * space.batch <= SMALL_SPACE
+        policy = ("bucket" if jax.default_backend() == "cpu" and parallel <= 1 and not small
                   else "space")
-    return None if policy == "exact" else cap
+    if policy == "space":
+        return (space,)
+    narrow = [u for u in s.units if u <= BUCKET_UNITS]
+    if policy == "exact" or len(narrow) < 2:
+        return ()
+    return tuple(cap(narrow, [b]) for b in sorted(set(s.batch_sizes)))
 
 
-def head_capacity(run: Run):
-    """The allocation of the heads trained after the search on run.folds (final head,
+def head_allocations(run: Run) -> tuple:
+    """The allocations of the heads trained after the search on run.folds (final head,
     ensemble members, via `fold0_head`): the search's, so that they run in a program
     the search already compiled (same results either way). Nested CV passes its inner
-    folds' allocation to `head.fit_one` instead."""
-    return search_capacity(run, parallel_trials(run.config), run.folds)
+    folds' allocations to `head.fit_one` instead."""
+    return search_allocations(run, parallel_trials(run.config), run.folds)
 
 
 def lane_batch(config) -> int | None:
@@ -276,7 +291,7 @@ def fold0_head(run: Run, backbone: str, hp: head.HeadHParams, key) -> head.FoldR
     search's allocation, i.e. in a program the search already compiled; the other folds'
     lanes are dropped (on a CPU they cost less than the ~5-10 s compile they save)."""
     n_classes = len(run.ds.classes)
-    cap = head.capacity_if_serving(head_capacity(run), [hp], run.folds.train_idx.shape[1],
+    cap = head.capacity_if_serving(head_allocations(run), [hp], run.folds.train_idx.shape[1],
                                    n_classes)
     res = head.fit_trials(run.feats[backbone], run.labels_all, run.folds, [hp], key,
                           n_classes=n_classes, capacity=cap,

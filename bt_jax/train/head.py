@@ -248,28 +248,29 @@ def fit_folds_sequential(features, labels, folds: FoldArrays, hparams: HeadHPara
     return jax.tree.map(lambda *xs: np.stack(xs), *outs)
 
 
-def capacity_if_serving(capacity: head_lanes.Capacity | None, hps, n_train: int,
+def capacity_if_serving(capacity, hps, n_train: int,
                         n_classes: int = 2) -> head_lanes.Capacity | None:
-    """`capacity` when it can train these settings on training index arrays of length
-    n_train, else None (an exact allocation): for callers that offer a shared program
+    """The allocation to train these settings in, on training index arrays of length
+    n_train: `capacity` (a `Capacity`, or a sequence of them: the first that serves) when
+    it can, else None (an exact allocation): for callers that offer shared programs
     without knowing every setting, e.g. a given head outside the searched space."""
     if capacity is None:
         return None
     need = head_lanes.capacity_for([hp.units for hp in hps], [hp.batch_size for hp in hps],
                                    n_train, hps[0].epochs, n_outputs(n_classes))
-    return capacity if capacity.serves(need) else None
+    offered = [capacity] if isinstance(capacity, head_lanes.Capacity) else capacity
+    return next((c for c in offered if c.serves(need)), None)
 
 
 def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng, *,
-            n_classes: int = 2, capacity: head_lanes.Capacity | None = None,
-            lane_batch: int | None = None) -> FoldResults:
+            n_classes: int = 2, capacity=None, lane_batch: int | None = None) -> FoldResults:
     """One split (method A's final training: e.g. epochs=10, patience=3); no fold axis.
 
     train_idx: row indices incl. copies (see train_with_copies) or a TrainIndices;
     val_idx: non-empty validation rows (early stopping needs a validation loss).
-    capacity: an allocation to train in (the result does not depend on it) so that heads
-    of different settings on the same rows share one compiled program; ignored when it
-    cannot serve this setting (e.g. a resumed study's trial from a larger space).
+    capacity: an allocation (or several: the first that serves) to train in (the result
+    does not depend on it) so that heads of different settings on the same rows share one
+    compiled program; ignored when it cannot serve this setting (e.g. a resumed study's trial from a larger space).
     """
     if isinstance(train_idx, TrainIndices):
         train_idx = train_idx.indices

@@ -205,6 +205,7 @@ def _open_study(config, workdir: Path, space: dict, heartbeat_interval: int,
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                              heartbeat_interval=heartbeat_interval,
                                              grace_period=grace_period)
+        study_storage.tune_sqlite(storage, url)
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                     load_if_exists=True, sampler=_sampler(config.seed, 0))
         if study.direction != optuna.study.StudyDirection.MAXIMIZE:
