@@ -5,8 +5,9 @@
 
 Runs the `search` pipeline's steps (data set, augment2a copies, EfficientNet-Lite0
 features from the shipped ImageNet weights, a `--trials` Optuna study of vmapped 5-fold
-head runs) in a temporary workdir, then prints wall time per phase, trials per minute
-and the process's peak RSS (ru_maxrss), plus one JSON line. XLA compilations during the
+head runs) in a temporary workdir, then prints wall time per phase (the search split
+into the head programs, compiles included, and the rest: Optuna, its storage, trials.csv),
+trials per minute and the process's peak RSS (ru_maxrss), plus one JSON line. XLA compilations during the
 search (count and seconds) come from JAX's monitoring events, so the same script measures
 any version of the code side by side. No persistent compilation cache is used here.
 
@@ -24,6 +25,7 @@ import platform
 import resource
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -64,15 +66,30 @@ def main():
         jax.monitoring.register_event_duration_secs_listener(
             lambda e, d, **_: compiles.append(d) if e == "/jax/core/compile/backend_compile_duration"
             else None)
+        in_heads = [0.0]   # seconds inside the head programs (compiles included)
+        cv_heads = method_a.cv_heads
+
+        def timed_cv_heads(*args, **kw):
+            t1 = time.perf_counter()
+            try:
+                return cv_heads(*args, **kw)
+            finally:
+                in_heads[0] += time.perf_counter() - t1
+        method_a.cv_heads = timed_cv_heads
         t0 = time.perf_counter()
         study = method_a.run_study(run, c, w, progress=False)
         t["search_s"] = time.perf_counter() - t0
+        method_a.cv_heads = cv_heads
+        t["search_heads_s"] = in_heads[0]
+        t["search_optuna_storage_s"] = t["search_s"] - in_heads[0]
         t["search_compile_s"] = sum(compiles)
         n_compiles = len(compiles)
         keras_rate = keras_trials(run, c, study, a.keras_trials, a.backbone)
     res = {"bench": "search", "backbone": a.backbone, "images": len(ds.labels),
            "copies": len(copies.union), "feature_dim": int(feats.shape[1]), "trials": a.trials,
            "best_cv_acc": round(study.best_value, 4),
+           "trials_by_units": dict(sorted(Counter(t.params["units"] for t in study.trials
+                                                  if t.value is not None).items())),
            **{k: round(v, 1) for k, v in t.items()},
            "trials_per_min": round(a.trials / t["search_s"] * 60, 1),
            "search_compiles": n_compiles, "parallel_trials": method_a.parallel_trials(c),
