@@ -31,7 +31,7 @@ from pathlib import Path
 import jax
 
 from bt_jax.config import base_config
-from bt_jax.pipelines import method_a
+from bt_jax.pipelines import allocation, method_a
 from bt_jax.train import head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def main():
                                                   if t.value is not None).items())),
            **{k: round(v, 1) for k, v in t.items()},
            "trials_per_min": round(a.trials / t["search_s"] * 60, 1),
-           "search_compiles": n_compiles, "parallel_trials": method_a.parallel_trials(c),
+           "search_compiles": n_compiles, "parallel_trials": allocation.parallel_trials(c),
            "allocation": a.allocation,
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "cpus": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__}

@@ -10,7 +10,7 @@ import pytest
 from bt_jax.config import base_config
 from conftest import launch_quick_search
 from bt_jax.data import dataset
-from bt_jax.pipelines import method_a
+from bt_jax.pipelines import allocation, method_a
 from bt_jax.train.folds import make_fold_arrays, row_sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,15 +126,15 @@ def test_parallel_trials_in_one_allocation_score_as_each_trial_alone(phantom_dir
     c.search.batch_sizes = (16, 32)
     c.train.epochs = 3
     run = method_a.prepare(c, tmp_path, c.search.backbones)
-    assert [a.units for a in method_a.search_allocations(run, 1, run.folds)] == [24]
+    assert [a.units for a in allocation.search_allocations(run, 1, run.folds)] == [24]
     c.search.allocation = "auto"     # a small space: one program even on a CPU
-    assert [a.units for a in method_a.search_allocations(run, 1, run.folds)] == [24]
+    assert [a.units for a in allocation.search_allocations(run, 1, run.folds)] == [24]
     c.search.units = (8, 64, 1024)   # a large one on a CPU: narrow widths share one per batch
-    assert [(a.units, a.batch) for a in method_a.search_allocations(run, 1, run.folds)] == \
+    assert [(a.units, a.batch) for a in allocation.search_allocations(run, 1, run.folds)] == \
         [(64, 16), (64, 32)]
-    assert [a.units for a in method_a.search_allocations(run, 4, run.folds)] == [1024]
+    assert [a.units for a in allocation.search_allocations(run, 4, run.folds)] == [1024]
     c.search.allocation = "exact"
-    assert method_a.search_allocations(run, 1, run.folds) == ()
+    assert allocation.search_allocations(run, 1, run.folds) == ()
     c.search.units, c.search.allocation = (8, 24), "space"
     study = method_a.run_study(run, c, tmp_path, progress=False)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

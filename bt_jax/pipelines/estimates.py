@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from bt_jax.data import split
-from bt_jax.pipelines import method_a
+from bt_jax.pipelines import allocation
 from bt_jax.reporting import metrics, multiclass
 from bt_jax.train import baseline, head
 from bt_jax.train.folds import FoldArrays, make_fold_arrays, row_sources
@@ -84,7 +84,7 @@ def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
     per_repeat = []
     for r, folds in enumerate(_fold_sets(run, repeats)):
         res = head.fit_folds(feats, labels, folds, hp, jax.random.PRNGKey(c.seed + r),
-                             n_classes=len(names), lane_batch=method_a.lane_batch(c))
+                             n_classes=len(names), lane_batch=allocation.lane_batch(c))
         lr = baseline.logistic_folds(feats, labels, folds, groups=groups, seed=c.seed + r)
         row = {"repeat": r}
         for name, prob in (("head", res.val_prob), ("logistic", lr["val_prob"])):

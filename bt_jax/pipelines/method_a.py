@@ -23,6 +23,7 @@ from bt_jax import features, model_card, tuning
 from bt_jax.data import augment, dataset, preprocess
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head, n_outputs
+from bt_jax.pipelines import allocation
 from bt_jax.reporting import calibration, evaluation, plots
 from bt_jax.train import finetune, head
 from bt_jax.train.checkpoint import open_checkpoints
@@ -31,8 +32,6 @@ from bt_jax.weights import load
 from bt_jax.weights import registry as wreg
 
 log = logging.getLogger(__name__)
-SMALL_SPACE = 128 * 64   # hidden units x rows per step that a CPU pads cheaply
-BUCKET_UNITS = 256       # hidden widths whose steps cost about the same on a CPU
 
 
 @dataclasses.dataclass
@@ -192,7 +191,7 @@ def cv_heads(run: Run, backbone: str, hps, capacity=None, *, folds: FoldArrays |
     out = head.fit_trials(run.feats[backbone], run.labels_all,
                           run.folds if folds is None else folds, hps, key,
                           n_classes=len(run.ds.classes), capacity=capacity,
-                          lane_batch=lane_batch(run.config))
+                          lane_batch=allocation.lane_batch(run.config))
     for res, hp in zip(out, hps):
         head.check_converged(res, what=f"{backbone} head {hp}")
     return out
@@ -203,9 +202,9 @@ def run_study(run: Run, config, workdir: Path, *, folds: FoldArrays | None = Non
     """The Optuna study of method A's space on `run`'s features, resumable in `workdir`:
     each trial a k-fold head run (`folds`, default run.folds); `search.parallel_trials`
     trials per compiled call, grouped by backbone."""
-    parallel = parallel_trials(config)
+    parallel = allocation.parallel_trials(config)
     folds = run.folds if folds is None else folds
-    allocations = search_allocations(run, parallel, folds)
+    allocations = allocation.search_allocations(run, parallel, folds)
 
     def objective_batch(ps: list[dict]):
         results = [None] * len(ps)
@@ -221,58 +220,6 @@ def run_study(run: Run, config, workdir: Path, *, folds: FoldArrays | None = Non
     return tuning.run_search(config, workdir, lambda p: objective_batch([p])[0],
                              available_backbones=list(run.feats), progress=progress,
                              parallel=parallel, objective_batch=objective_batch)
-
-
-def search_allocations(run: Run, parallel: int, folds: FoldArrays) -> tuple:
-    """The head allocations of a search (`search.allocation`) as `head_lanes.Capacity`s; a
-    trial trains in the first that serves it, else in its exact allocation (a program of
-    its own per units x batch size, nothing padded):
-    - "exact": none;
-    - "space": one for the whole space (one program per backbone);
-    - "bucket": one per batch size for the hidden widths <= BUCKET_UNITS (padded to the
-      widest of them), exact for wider heads: on a CPU a narrow head's step costs little
-      more at 256 units than at 32, far less than a ~4 s compile, while padding a 1024-unit
-      head's batch costs it 1.3-2x (README benchmarks, "Head search");
-    - "auto": the space on GPU/TPU, with parallel trials, or when it is small (units x
-      rows per step <= SMALL_SPACE, e.g. the quickstart's); "bucket" otherwise."""
-    c = run.config
-    s = c.search
-
-    def cap(units, batch_sizes):
-        return head.head_lanes.capacity_for(units, batch_sizes, folds.train_idx.shape[1],
-                                           c.train.epochs, n_outputs(len(run.ds.classes)))
-    space = cap(s.units, s.batch_sizes)
-    policy = s.allocation
-    if policy == "auto":
-        small = space.units * space.batch <= SMALL_SPACE
-        policy = ("bucket" if jax.default_backend() == "cpu" and parallel <= 1 and not small
-                  else "space")
-    if policy == "space":
-        return (space,)
-    narrow = [u for u in s.units if u <= BUCKET_UNITS]
-    if policy == "exact" or len(narrow) < 2:
-        return ()
-    return tuple(cap(narrow, [b]) for b in sorted(set(s.batch_sizes)))
-
-
-def head_allocations(run: Run) -> tuple:
-    """The allocations of the heads trained after the search on run.folds (final head,
-    ensemble members, via `fold0_head`): the search's, so that they run in a program
-    the search already compiled (same results either way). Nested CV passes its inner
-    folds' allocations to `head.fit_one` instead."""
-    return search_allocations(run, parallel_trials(run.config), run.folds)
-
-
-def lane_batch(config) -> int | None:
-    """`train.lane_batch`: head runs computed in lockstep; None (auto) for 0."""
-    return int(config.train.lane_batch) or None
-
-
-def parallel_trials(config) -> int:
-    """`search.parallel_trials`, 0 = auto: 1 on a CPU (lanes in lockstep and padded
-    allocations are slower there), 8 on GPU/TPU."""
-    n = int(config.search.parallel_trials)
-    return n if n else (1 if jax.default_backend() == "cpu" else 8)
 
 
 def cv_summary(res: head.FoldResults) -> dict:
@@ -291,11 +238,12 @@ def fold0_head(run: Run, backbone: str, hp: head.HeadHParams, key) -> head.FoldR
     search's allocation, i.e. in a program the search already compiled; the other folds'
     lanes are dropped (on a CPU they cost less than the ~5-10 s compile they save)."""
     n_classes = len(run.ds.classes)
-    cap = head.capacity_if_serving(head_allocations(run), [hp], run.folds.train_idx.shape[1],
+    cap = head.capacity_if_serving(allocation.head_allocations(run), [hp],
+                                   run.folds.train_idx.shape[1],
                                    n_classes)
     res = head.fit_trials(run.feats[backbone], run.labels_all, run.folds, [hp], key,
                           n_classes=n_classes, capacity=cap,
-                          lane_batch=lane_batch(run.config))[0].fold(0)
+                          lane_batch=allocation.lane_batch(run.config))[0].fold(0)
     head.check_converged(res, what=f"fold-0 {backbone} head {hp}")
     return res
 

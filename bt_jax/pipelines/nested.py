@@ -23,7 +23,7 @@ import numpy as np
 from bt_jax import tuning
 from bt_jax.data.split import Splits
 from bt_jax.models.heads import predicted_labels
-from bt_jax.pipelines import estimates, method_a
+from bt_jax.pipelines import allocation, estimates, method_a
 from bt_jax.train import head
 from bt_jax.train.folds import make_fold_arrays
 
@@ -58,8 +58,8 @@ def _outer_fold(run, outer: int) -> dict:
     train_rows = np.asarray(inner.train_idx[0])[np.asarray(inner.train_mask[0])]
     val_rows = np.asarray(inner.val_idx[0])[np.asarray(inner.val_mask[0])]
     res = head.fit_one(run.feats[best["backbone"]], run.labels_all, train_rows, val_rows, hp,
-                       key, n_classes=n_classes, lane_batch=method_a.lane_batch(run.config),
-                       capacity=method_a.search_allocations(run, method_a.parallel_trials(cfg), inner))
+                       key, n_classes=n_classes, lane_batch=allocation.lane_batch(run.config),
+                       capacity=allocation.search_allocations(run, allocation.parallel_trials(cfg), inner))
     head.check_converged(res, what=f"nested outer fold {outer}, final head")
     rows = ds.splits.fold_val(outer)
     prob = np.asarray(head.predict_proba(res.params, run.feats[best["backbone"]][rows]),
