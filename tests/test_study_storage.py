@@ -38,7 +38,8 @@ def test_a_study_on_a_network_filesystem_keeps_sqlite_defaults(tmp_path, monkeyp
 def test_filesystem_type_takes_the_deepest_mount(tmp_path, monkeypatch):
     tmp_path = tmp_path.resolve()
     mounts = (f"rootfs / ext4 rw 0 0\nserver:/x {tmp_path} nfs4 rw 0 0\n"
-              f"tmpfs {tmp_path}/a\\040b tmpfs rw 0 0\n")
+              f"tmpfs {tmp_path}/a\\040b tmpfs rw 0 0\n"
+              f"/dev/sdb {tmp_path}/e ext4 rw 0 0\noverlay {tmp_path}/e overlay rw 0 0\n")
     real_read = study_storage.Path.read_text
     monkeypatch.setattr(study_storage.Path, "read_text",
                         lambda self, *a, **k: mounts if str(self) == "/proc/mounts"
@@ -47,3 +48,4 @@ def test_filesystem_type_takes_the_deepest_mount(tmp_path, monkeypatch):
     assert study_storage.filesystem_type(tmp_path / "a b" / "c") == "tmpfs"
     assert study_storage.filesystem_type(tmp_path / "d") == "nfs4"
     assert study_storage.filesystem_type(tmp_path.parent) == "ext4"
+    assert study_storage.filesystem_type(tmp_path / "e") == "overlay"   # the later mount hides

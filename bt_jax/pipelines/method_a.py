@@ -239,8 +239,7 @@ def fold0_head(run: Run, backbone: str, hp: head.HeadHParams, key) -> head.FoldR
     lanes are dropped (on a CPU they cost less than the ~5-10 s compile they save)."""
     n_classes = len(run.ds.classes)
     cap = head.capacity_if_serving(allocation.head_allocations(run), [hp],
-                                   run.folds.train_idx.shape[1],
-                                   n_classes)
+                                   run.folds.train_idx.shape[1], n_classes)
     res = head.fit_trials(run.feats[backbone], run.labels_all, run.folds, [hp], key,
                           n_classes=n_classes, capacity=cap,
                           lane_batch=allocation.lane_batch(run.config))[0].fold(0)

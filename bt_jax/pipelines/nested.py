@@ -59,7 +59,8 @@ def _outer_fold(run, outer: int) -> dict:
     val_rows = np.asarray(inner.val_idx[0])[np.asarray(inner.val_mask[0])]
     res = head.fit_one(run.feats[best["backbone"]], run.labels_all, train_rows, val_rows, hp,
                        key, n_classes=n_classes, lane_batch=allocation.lane_batch(run.config),
-                       capacity=allocation.search_allocations(run, allocation.parallel_trials(cfg), inner))
+                       capacity=allocation.search_allocations(
+                           run, allocation.parallel_trials(cfg), inner))
     head.check_converged(res, what=f"nested outer fold {outer}, final head")
     rows = ds.splits.fold_val(outer)
     prob = np.asarray(head.predict_proba(res.params, run.feats[best["backbone"]][rows]),

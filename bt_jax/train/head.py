@@ -248,8 +248,8 @@ def fit_folds_sequential(features, labels, folds: FoldArrays, hparams: HeadHPara
     return jax.tree.map(lambda *xs: np.stack(xs), *outs)
 
 
-def capacity_if_serving(capacity, hps, n_train: int,
-                        n_classes: int = 2) -> head_lanes.Capacity | None:
+def capacity_if_serving(capacity: head_lanes.Capacity | Sequence[head_lanes.Capacity] | None,
+                        hps, n_train: int, n_classes: int = 2) -> head_lanes.Capacity | None:
     """The allocation to train these settings in, on training index arrays of length
     n_train: `capacity` (a `Capacity`, or a sequence of them: the first that serves) when
     it can, else None (an exact allocation): for callers that offer shared programs
@@ -270,7 +270,8 @@ def fit_one(features, labels, train_idx, val_idx, hparams: HeadHParams, rng, *,
     val_idx: non-empty validation rows (early stopping needs a validation loss).
     capacity: an allocation (or several: the first that serves) to train in (the result
     does not depend on it) so that heads of different settings on the same rows share one
-    compiled program; ignored when it cannot serve this setting (e.g. a resumed study's trial from a larger space).
+    compiled program; ignored when it cannot serve this setting (e.g. a resumed study's
+    trial from a larger space).
     """
     if isinstance(train_idx, TrainIndices):
         train_idx = train_idx.indices

@@ -61,15 +61,23 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file behind a sqlite:/// URL; None for other databases and in-memory ones."""
+    u = sqlalchemy.engine.make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
 def make_lock(url: str, name: str) -> Callable[[], contextlib.AbstractContextManager]:
     """A cross-process mutex for one study on the database behind `url`."""
-    u = sqlalchemy.engine.make_url(url)
-    backend = u.get_backend_name()
+    backend = sqlalchemy.engine.make_url(url).get_backend_name()
     if backend == "sqlite":
-        if not u.database or u.database == ":memory:":
+        db = sqlite_file(url)
+        if db is None:
             lock = threading.Lock()   # an in-memory database lives in this process only
             return lambda: lock
-        path = Path(u.database).with_suffix(".lock")
+        path = db.with_suffix(".lock")
         return lambda: file_lock(path)
     if backend == "postgresql":
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
@@ -94,13 +102,15 @@ NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "fuse.ss
 def filesystem_type(path: Path) -> str:
     """The type of the mounted filesystem holding `path` (Linux /proc/mounts; "" if unknown)."""
     try:
-        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+        lines = Path("/proc/mounts").read_text().splitlines()
     except OSError:
         return ""
+    mounts = [(where.replace("\\040", " "), kind) for _, where, kind, *_ in
+              (line.split() for line in lines)]
     path = Path(path).resolve()
-    best = max((m for m in mounts if path.is_relative_to(m[0].replace("\\040", " "))),
-               key=lambda m: len(m[0]), default=None)
-    return best[1] if best else ""
+    under = [(len(where), kind) for where, kind in mounts if path.is_relative_to(where)]
+    # the deepest mount point; of two at one place, the later (it hides the earlier)
+    return max(reversed(under), key=lambda u: u[0])[1] if under else ""
 
 
 def tune_sqlite(storage: optuna.storages.RDBStorage, url: str) -> None:
@@ -113,9 +123,8 @@ def tune_sqlite(storage: optuna.storages.RDBStorage, url: str) -> None:
     trials, and never corrupts the file. WAL needs shared memory between the processes
     that open the file, which network filesystems do not give, so a file there keeps
     SQLite's defaults."""
-    u = sqlalchemy.engine.make_url(url)
-    if (u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:"
-            or filesystem_type(Path(u.database).parent) in NETWORK_FS):
+    db = sqlite_file(url)
+    if db is None or filesystem_type(db.parent) in NETWORK_FS:
         return
 
     @sqlalchemy.event.listens_for(storage.engine, "connect")
