@@ -6,9 +6,9 @@
 Runs the `search` pipeline's steps (data set, augment2a copies, EfficientNet-Lite0
 features from the shipped ImageNet weights, a `--trials` Optuna study of vmapped 5-fold
 head runs) in a temporary workdir, then prints wall time per phase (the search split
-into the head programs, compiles included, and the rest: Optuna, its storage, trials.csv),
-trials per minute and the process's peak RSS (ru_maxrss), plus one JSON line. XLA compilations during the
-search (count and seconds) come from JAX's monitoring events, so the same script measures
+into the head programs, compiles included, and the rest: Optuna, its storage,
+trials.csv), trials per minute and the process's peak RSS (ru_maxrss), plus one JSON
+line. XLA compilations during the search (count and seconds) come from JAX's monitoring events, so the same script measures
 any version of the code side by side. No persistent compilation cache is used here.
 
 --keras-trials K: after the search, K of its trials' settings, spread evenly over the
@@ -77,9 +77,11 @@ def main():
                 in_heads[0] += time.perf_counter() - t1
         method_a.cv_heads = timed_cv_heads
         t0 = time.perf_counter()
-        study = method_a.run_study(run, c, w, progress=False)
+        try:
+            study = method_a.run_study(run, c, w, progress=False)
+        finally:
+            method_a.cv_heads = cv_heads
         t["search_s"] = time.perf_counter() - t0
-        method_a.cv_heads = cv_heads
         t["search_heads_s"] = in_heads[0]
         t["search_optuna_storage_s"] = t["search_s"] - in_heads[0]
         t["search_compile_s"] = sum(compiles)
