@@ -8,8 +8,8 @@ features from the shipped ImageNet weights, a `--trials` Optuna study of vmapped
 head runs) in a temporary workdir, then prints wall time per phase (the search split
 into the head programs, compiles included, and the rest: Optuna, its storage,
 trials.csv), trials per minute and the process's peak RSS (ru_maxrss), plus one JSON
-line. XLA compilations during the search (count and seconds) come from JAX's monitoring events, so the same script measures
-any version of the code side by side. No persistent compilation cache is used here.
+line. XLA compilations during the search (count and seconds) come from JAX's monitoring
+events, so the same script measures any version of the code side by side. No persistent compilation cache is used here.
 
 --keras-trials K: after the search, K of its trials' settings, spread evenly over the
 whole study (TPE's later trials favour wider, slower heads than its random start, so
