@@ -48,7 +48,7 @@ class AugmentParams:
 
 
 def make_augment_params(aug) -> AugmentParams:
-    """From `config.augment` (see bt_jax/config.py)."""
+    """From `config.augment` (see bt_jax/config/schema.py)."""
     return AugmentParams(rotation=float(aug.rotation), shift=float(aug.shift),
                          zoom=float(aug.zoom), shear=float(aug.shear), hflip=bool(aug.hflip),
                          vflip=bool(aug.vflip), brightness=float(aug.brightness))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from bt_jax import inference
-from bt_jax.pipelines import method_a
+from bt_jax.pipelines import method_a_report
 from bt_jax.reporting import html, report
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def write_reports(workdir, metrics: dict, sections: list, *, title: str, synthet
 
 def write_run_outputs(run, final, metrics: dict, sections: list, *, title: str) -> dict:
     """Method A's outputs; prints the headline with its interval."""
-    metrics["frozen_vs_finetuned"] = method_a.frozen_vs_finetuned(final)
+    metrics["frozen_vs_finetuned"] = method_a_report.frozen_vs_finetuned(final)
     write_reports(run.workdir, metrics, sections, title=title, synthetic=run.ds.synthetic)
     acc = metrics["final"]["accuracy"]
     print(f"test accuracy {acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}] on "

@@ -19,7 +19,7 @@ import optuna
 
 from bt_jax import compilation, tuning
 from bt_jax.train import head
-from bt_jax.pipelines import ensemble, estimates, method_a, nested, outputs
+from bt_jax.pipelines import ensemble, estimates, method_a, method_a_report, nested, outputs
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ def run(config, workdir: Path):
     log.info("best trial: %s", best)
     run = run.at(best["backbone"])   # from here on, images at the chosen backbone's size
     final = method_a.finish(run, best["backbone"], head.HeadHParams.from_trial(best, config.train))
-    test_sections, metrics, _ = method_a.evaluate_test(run, final)
-    data, *training = method_a.training_sections(run, final)
+    test_sections, metrics, _ = method_a_report.evaluate_test(run, final)
+    data, *training = method_a_report.training_sections(run, final)
     sections = [data, ("Search", _search_text(study, best, compiled), []), *training,
                 *test_sections]
     if config.eval.cv_repeats:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bt_jax.pipelines import estimates, method_a, outputs
+from bt_jax.pipelines import estimates, method_a, method_a_report, outputs
 from bt_jax.train import head
 
 
@@ -24,12 +24,12 @@ def run(config, workdir: Path):
     hp = head.HeadHParams.from_config(config.train)
     cv = method_a.cv_head(run, name, hp)
     final = method_a.finish(run, name, hp)
-    sections, metrics, _ = method_a.evaluate_test(run, final)
+    sections, metrics, _ = method_a_report.evaluate_test(run, final)
     summary = method_a.cv_summary(cv)
     cv_text = (f"{run.ds.splits.k}-fold validation accuracy {cv.val_acc_mean:.3f} (folds: "
                + ", ".join(f"{a:.3f}" for a in summary["fold_val_acc"])
                + f"), mean validation AUC {summary['val_auc']:.3f}.")
-    data, *training = method_a.training_sections(run, final)
+    data, *training = method_a_report.training_sections(run, final)
     sections = [data, ("Cross-validation", cv_text, []), *training, *sections]
     if config.eval.cv_repeats:
         metrics["cv_repeated"] = estimates.repeated_cv(run, name, hp, config.eval.cv_repeats)

@@ -68,10 +68,7 @@ from bt_jax.tuning.storage import SearchError, storage_url, study_name  # noqa: 
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "sgd")
 RESERVED_ATTRS = ("worker", "error", "traceback", "interrupted")
-
-
 
 
 # ---------------------------------------------------------------- space

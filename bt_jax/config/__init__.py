@@ -1,0 +1,20 @@
+"""The one config schema: every key, its default, and validation.
+
+    from bt_jax import config as cfg
+    c = cfg.base_config()          # every key with its default
+    c.data.dir = "../shared/data/brain_mri"
+    cfg.validate(c)                # raises ConfigError naming the bad key
+
+Files in `configs/` start from `base_config()`, change what they need and lock the
+result. Library code reads `config.group.key` directly; there are no hidden defaults.
+`schema.py` lists the keys, `checks.py` validates them.
+"""
+
+from bt_jax.config.checks import check_classes, check_search, normalise, parse_stage, validate
+from bt_jax.config.schema import (ALLOCATIONS, BACKBONES, BALANCE, EQUALIZE, OPTIMIZERS,
+                                  PIPELINES, RECIPE_OPTIONS, ConfigError, base_config,
+                                  recipe_error, split_recipe)
+
+__all__ = ["ALLOCATIONS", "BACKBONES", "BALANCE", "EQUALIZE", "OPTIMIZERS", "PIPELINES",
+           "RECIPE_OPTIONS", "ConfigError", "base_config", "check_classes", "check_search",
+           "normalise", "parse_stage", "recipe_error", "split_recipe", "validate"]
