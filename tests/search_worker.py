@@ -17,6 +17,8 @@ import random
 import time
 from pathlib import Path
 
+import optuna
+
 from bt_jax import config as config_lib
 from bt_jax import tuning
 
@@ -45,6 +47,20 @@ def make_config(trials: int, seed: int = 0, storage: str = "", name: str = "test
     c.search.storage = storage
     c.search.backbones = BACKBONES
     return c
+
+
+def load_study(config, workdir):
+    """The study a worker with this config and workdir searches in (tests read it back)."""
+    return optuna.load_study(study_name=tuning.study_name(config),
+                             storage=tuning.storage_url(config, workdir))
+
+
+def by_state(study) -> dict:
+    """Trials grouped by state."""
+    out = {}
+    for t in study.get_trials(deepcopy=False):
+        out.setdefault(t.state, []).append(t)
+    return out
 
 
 def main() -> None:
