@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from search_worker import BACKBONES, attrs, by_state, load_study, make_config, score  # noqa: E402
 
 
-
 def _objective(fail_on_calls=()):
     calls = []
 
