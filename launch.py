@@ -12,6 +12,10 @@ import logging
 import os
 import sys
 
+from bt_jax import hugepages
+
+hugepages.reexec_if_needed()   # before JAX loads: XLA's buffers on huge pages (bt_jax/hugepages.py)
+
 import jax
 from absl import app, flags
 from ml_collections import config_flags

@@ -1,6 +1,7 @@
 """Shared fixtures: the real reference set when present, synthetic data otherwise."""
 
 import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,11 @@ FAST_COMPILE = "--xla_backend_optimization_level=1"
 def pytest_configure(config):
     # Tests must never reach a real cache or network.
     os.environ.setdefault("BT_JAX_TEST", "1")
+    # Workers and subprocesses start with glibc's huge-page tunable, as launch.py runs do
+    # (bt_jax/hugepages.py).
+    from bt_jax import hugepages
+    if hugepages.wanted(os.environ, platform.system(), platform.libc_ver(), hugepages.thp_mode()):
+        os.environ.update(hugepages.env_with_tunable(os.environ))
     # The default suite is compile-bound (small shapes, ~200 programs): XLA:CPU's backend
     # optimisation level 1 compiles ~25% faster with the same numbers (no fast-math either
     # way) and about the same run time; the whole suite 7:30 vs 8:50 on 2 cores. The e2e
