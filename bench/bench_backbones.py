@@ -365,4 +365,6 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from bt_jax import hugepages
+    hugepages.reexec_if_needed()   # as launch.py runs (BT_JAX_HUGEPAGES=0: without)
     main()

@@ -175,4 +175,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from bt_jax import hugepages
+    hugepages.reexec_if_needed()   # as launch.py runs (BT_JAX_HUGEPAGES=0: without)
     main()

@@ -127,4 +127,6 @@ def keras_trials(run, c, study, n: int, backbone: str) -> float:
 
 
 if __name__ == "__main__":
+    from bt_jax import hugepages
+    hugepages.reexec_if_needed()   # as launch.py runs (BT_JAX_HUGEPAGES=0: without)
     main()
