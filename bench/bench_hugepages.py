@@ -20,8 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from bt_jax import hugepages
+
 HERE = Path(__file__).resolve().parent
-SETTINGS = {"4k": None, "huge": "glibc.malloc.hugetlb=1"}
+SETTINGS = ("4k", "huge")
 
 
 def child(kind: str, model: str, batch: int, repeats: int) -> dict:
@@ -45,8 +47,8 @@ def child(kind: str, model: str, batch: int, repeats: int) -> dict:
 
 def run(setting: str, kind: str, model: str, batch: int, repeats: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    if SETTINGS[setting]:
-        env["GLIBC_TUNABLES"] = SETTINGS[setting]
+    if setting == "huge":
+        env = hugepages.env_with_tunable(env)
     out = subprocess.run([sys.executable, __file__, "--child", kind, model, str(batch),
                           str(repeats)], env=env, capture_output=True, text=True, check=True)
     return {"bench": "hugepages", "setting": setting, "kind": kind, "model": model,
@@ -70,7 +72,7 @@ def main():
           f"{'sys s/call':>10s} {'user s/call':>11s}")
     for r in range(a.rounds):
         for kind, model in jobs:
-            for setting in (("4k", "huge") if r % 2 == 0 else ("huge", "4k")):
+            for setting in (SETTINGS if r % 2 == 0 else SETTINGS[::-1]):
                 res = run(setting, kind, model, a.batch, a.repeats)
                 print(f"{model:20s} {kind:10s} {setting:7s} {res['images_per_s']:9.2f} "
                       f"{res['faults_per_call']:12d} {res['sys_s_per_call']:10.3f} "

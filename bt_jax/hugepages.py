@@ -55,10 +55,16 @@ def env_with_tunable(env) -> dict:
     return {**env, "GLIBC_TUNABLES": tunables}
 
 
+def wanted_here(env=None) -> bool:
+    """`wanted` for this machine and env (default: this process's environment)."""
+    env = os.environ if env is None else env
+    return wanted(env, platform.system(), platform.libc_ver(), thp_mode())
+
+
 def reexec_if_needed() -> None:
     """Replaces this process (same pid, arguments and interpreter flags) by one started
-    with TUNABLE, when `wanted`; returns otherwise."""
-    if wanted(os.environ, platform.system(), platform.libc_ver(), thp_mode()):
+    with TUNABLE, when `wanted_here`; returns otherwise."""
+    if wanted_here():
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, sys.orig_argv, env_with_tunable(os.environ))

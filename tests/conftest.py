@@ -1,7 +1,6 @@
 """Shared fixtures: the real reference set when present, synthetic data otherwise."""
 
 import os
-import platform
 from pathlib import Path
 
 import pytest
@@ -65,7 +64,7 @@ def pytest_configure(config):
     # Workers and subprocesses start with glibc's huge-page tunable, as launch.py runs do
     # (bt_jax/hugepages.py).
     from bt_jax import hugepages
-    if hugepages.wanted(os.environ, platform.system(), platform.libc_ver(), hugepages.thp_mode()):
+    if hugepages.wanted_here():
         os.environ.update(hugepages.env_with_tunable(os.environ))
     # The default suite is compile-bound (small shapes, ~200 programs): XLA:CPU's backend
     # optimisation level 1 compiles ~25% faster with the same numbers (no fast-math either

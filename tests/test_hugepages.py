@@ -1,7 +1,6 @@
 """bt_jax.hugepages: when launch.py restarts itself with glibc's huge-page tunable."""
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +57,7 @@ def _child(env):
 
 def test_restart_keeps_pid_and_arguments_and_sets_the_tunable_once():
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "BT_JAX_HUGEPAGES")}
-    if not H.wanted(env, platform.system(), platform.libc_ver(), H.thp_mode()):
+    if not H.wanted_here(env):
         pytest.skip("this machine has no glibc >= 2.35 with transparent huge pages")
     same_pid, tunables, args = _child(env)
     assert same_pid, "the restart must keep the pid (kill and resume find the run by it)"
