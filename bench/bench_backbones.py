@@ -17,7 +17,10 @@ Keras' own EfficientNet builder with Lite0's changes (ReLU6, no squeeze-excitati
 is the same architecture; EfficientNetB0 (`--models efficientnetb0`) compares against
 `keras.applications.EfficientNetB0` directly.
 FLOPs come from XLA's cost analysis of each compiled forward; the roofline fraction is
-model GFLOP/s over the measured GFLOP/s of a jitted float32 2048x2048 matmul (on GPU the
+model GFLOP/s over the measured GFLOP/s of a jitted float32 2048x2048 matmul, timed at the
+start of the run ("roofline") and, for bt_jax's forwards, also paired with each model call
+("paired": the median of `--repeats` back-to-back model-call/matmul ratios, which a drifting
+shared machine disturbs far less) (on GPU the
 FLOPs come from a CPU compile, as XLA:GPU counts none for cuDNN convolutions, and f32 matmuls
 may run as TF32 there).
 Backbones with depthwise layers run once per `--depthwise` implementation (models/depthwise.py:
@@ -96,15 +99,37 @@ def xla_flops(fn, *args, compiled=None) -> float:
     return flops_of(jax.jit(fn).lower(*cpu_args).compile())
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Float32 n x n x n matmul throughput: the machine's practical FLOP roofline."""
+def matmul_fn(n: int = 2048):
+    """(callable running one jitted float32 n x n x n matmul, its FLOPs): the roofline probe."""
     import jax
     import jax.numpy as jnp
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
     f = jax.jit(jnp.dot)
-    sec, _ = median_time(lambda: f(a, b).block_until_ready(), warmup=2, repeats=repeats)
-    return 2 * n ** 3 / sec / 1e9
+    return (lambda: f(a, b).block_until_ready()), 2 * n ** 3
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Float32 n x n x n matmul throughput: the machine's practical FLOP roofline."""
+    fn, flops = matmul_fn(n)
+    sec, _ = median_time(fn, warmup=2, repeats=repeats)
+    return flops / sec / 1e9
+
+
+def paired_roofline(fn, flops: float, probe, probe_flops: float, repeats: int) -> float:
+    """Median over `repeats` back-to-back (model call, matmul) pairs of model FLOP/s over
+    matmul FLOP/s. On a shared VM the machine's speed drifts within minutes (the run-start
+    matmul moved 106-140 GFLOP/s between runs); a pair sees the same moment."""
+    fracs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        t_model = time.perf_counter() - t
+        t = time.perf_counter()
+        probe()
+        t_probe = time.perf_counter() - t
+        fracs.append((flops / t_model) / (probe_flops / t_probe))
+    return statistics.median(fracs)
 
 
 def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="auto"):
@@ -291,6 +316,7 @@ def main(argv=None) -> list[dict]:
 
     info = machine_info()
     roof = matmul_gflops(a.matmul_n)
+    probe = matmul_fn(a.matmul_n)
     info["matmul_n"] = a.matmul_n
     info["matmul_f32_gflops"] = round(roof, 1)
     print(json.dumps({"bench": "machine", **info}), flush=True)
@@ -300,14 +326,16 @@ def main(argv=None) -> list[dict]:
         for impl, dw, pw, opts in _impls(name, a):
             with pointwise(pw):
                 fn, flops, comp = ours(name, a.batch, a.size, dw, opts)
-            results[impl] = (*median_time(fn, warmup=a.warmup, repeats=a.repeats), flops, comp)
-            del fn
+            results[impl] = (*median_time(fn, warmup=a.warmup, repeats=a.repeats), flops, comp,
+                             fn)
         model_flops = _model_flops(results, lambda: ours(name, a.batch, a.size, "conv")[1])
-        for impl, (sec, times, flops, comp) in results.items():
+        for impl, (sec, times, flops, comp, fn) in results.items():
             label = "bt_jax" if impl == "-" else f"bt_jax/{impl}"
+            paired = paired_roofline(fn, model_flops, *probe, a.repeats)
             rows.append(row(label, name, a.batch, a.size, sec, times, model_flops, comp, roof,
-                            {"xla_flops_this_graph": flops}))
+                            {"xla_flops_this_graph": flops, "roofline_paired": round(paired, 3)}))
             print(json.dumps(rows[-1]), flush=True)
+        results.clear()   # frees the compiled programs
         if a.no_keras or name not in KERAS_REFERENCE:
             continue
         fns, kflops, kcomp = keras_fns(name, a.batch, a.size)
@@ -341,12 +369,13 @@ def main(argv=None) -> list[dict]:
           f"f32 matmul {a.matmul_n}^3: {roof:.1f} GFLOP/s; batch {a.batch}, {a.size}x{a.size}, "
           f"median of {a.repeats} after {a.warmup} warm-up")
     hdr = (f"{'bench':<17}{'model':<20}{'impl':<14}{'img/s':>9}{'GFLOP/img':>11}{'GFLOP/s':>9}"
-           f"{'roofline':>10}  keras call")
+           f"{'roofline':>10}{'paired':>8}  keras call")
     print(hdr + "\n" + "-" * len(hdr))
     for r in rows:
         print(f"{r['bench']:<17}{r['model']:<20}{r['impl']:<14}{r['images_per_s']:>9.2f}"
               f"{r['gflops_per_image']:>11.2f}{r['achieved_gflops']:>9.1f}"
-              f"{r['roofline_fraction']:>10.2f}  {r.get('keras_call', '')}")
+              f"{r['roofline_fraction']:>10.2f}{r.get('roofline_paired', float('nan')):>8.2f}"
+              f"  {r.get('keras_call', '')}")
     by = {}
     for r in rows:
         by.setdefault((r["bench"], r["model"]), {})[r["impl"]] = r["images_per_s"]

@@ -22,8 +22,12 @@ PADDINGS = ["SAME", "VALID", ((1, 1), (1, 1)), ((0, 1), (0, 1))]
 
 
 def _vjp(impl, x, w, stride, padding, ct):
-    y, pull = jax.vjp(lambda x, w: depthwise_conv(x, w, (stride, stride), padding, impl=impl), x, w)
-    return (y, *pull(ct))
+    """(plain forward, forward under vjp, dx, dw): inference and training run different
+    forwards (training keeps a padded copy of x for the kernel gradient)."""
+    def f(x, w):
+        return depthwise_conv(x, w, (stride, stride), padding, impl=impl)
+    y, pull = jax.vjp(f, x, w)
+    return (f(x, w), y, *pull(ct))
 
 
 # Explicit pads come with 3x3 kernels only (MobileNet); SAME and VALID with 3x3 and 5x5.
@@ -39,8 +43,27 @@ def test_shift_matches_conv_values_and_gradients(kernel, stride, padding):
     f = jax.jit(_vjp, static_argnums=(0, 3, 4))   # as the models run it (eager compiles per op)
     pad = padding if isinstance(padding, str) else tuple(padding)
     got, ref = f("shift", x, w, stride, pad, ct), f("conv", x, w, stride, pad, ct)
-    for name, a, b in zip(("y", "dx", "dw"), got, ref):
+    for name, a, b in zip(("y", "y_vjp", "dx", "dw"), got, ref):
         assert a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((1, 2, 3, 4), 5, 1, "SAME"),                  # kernel larger than the input
+    ((1, 3, 2, 4), 5, 2, "SAME"),
+    ((1, 4, 5, 4), 3, 1, ((3, 2), (0, 4))),       # rows/columns that read only padding
+], ids=["k5-on-2x3", "k5s2-on-3x2", "padding-only-rows"])
+def test_shift_matches_conv_at_the_borders(shape, kernel, stride, padding):
+    """The padding-free forward cuts the output into border and interior regions; tiny
+    inputs and wide explicit pads give regions with few taps or none."""
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 1, shape[-1]))
+    ct = jax.random.normal(jax.random.PRNGKey(2),
+                           depthwise_conv(x, w, (stride, stride), padding, impl="conv").shape)
+    f = jax.jit(_vjp, static_argnums=(0, 3, 4))
+    pad = padding if isinstance(padding, str) else tuple(padding)
+    for name, a, b in zip(("y", "y_vjp", "dx", "dw"), f("shift", x, w, stride, pad, ct),
+                          f("conv", x, w, stride, pad, ct)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
