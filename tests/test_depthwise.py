@@ -30,15 +30,11 @@ def _vjp(impl, x, w, stride, padding, ct):
     return (f(x, w), y, *pull(ct))
 
 
-# Explicit pads come with 3x3 kernels only (MobileNet); SAME and VALID with 3x3 and 5x5.
-CASES = [(k, s, p) for k in (3, 5) for s in (1, 2) for p in (PADDINGS if k == 3 else PADDINGS[:2])]
-
-
-@pytest.mark.parametrize("kernel,stride,padding", CASES, ids=[f"k{k}s{s}-{p}" for k, s, p in CASES])
-def test_shift_matches_conv_values_and_gradients(kernel, stride, padding):
-    kx, kw, kc = jax.random.split(jax.random.PRNGKey(kernel * 10 + stride), 3)
-    x = jax.random.normal(kx, (2, 9, 8, 6))       # odd height, even width
-    w = jax.random.normal(kw, (kernel, kernel, 1, 6))
+def _assert_shift_matches_conv(shape, kernel, stride, padding, key):
+    """shift == conv for the plain forward, the forward under vjp and both gradients."""
+    kx, kw, kc = jax.random.split(key, 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (kernel, kernel, 1, shape[-1]))
     ct = jax.random.normal(kc, depthwise_conv(x, w, (stride, stride), padding, impl="conv").shape)
     f = jax.jit(_vjp, static_argnums=(0, 3, 4))   # as the models run it (eager compiles per op)
     pad = padding if isinstance(padding, str) else tuple(padding)
@@ -46,6 +42,16 @@ def test_shift_matches_conv_values_and_gradients(kernel, stride, padding):
     for name, a, b in zip(("y", "y_vjp", "dx", "dw"), got, ref):
         assert a.shape == b.shape, name
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+# Explicit pads come with 3x3 kernels only (MobileNet); SAME and VALID with 3x3 and 5x5.
+CASES = [(k, s, p) for k in (3, 5) for s in (1, 2) for p in (PADDINGS if k == 3 else PADDINGS[:2])]
+
+
+@pytest.mark.parametrize("kernel,stride,padding", CASES, ids=[f"k{k}s{s}-{p}" for k, s, p in CASES])
+def test_shift_matches_conv_values_and_gradients(kernel, stride, padding):
+    _assert_shift_matches_conv((2, 9, 8, 6), kernel, stride, padding,   # odd height, even width
+                               jax.random.PRNGKey(kernel * 10 + stride))
 
 
 @pytest.mark.parametrize("shape,kernel,stride,padding", [
@@ -56,15 +62,7 @@ def test_shift_matches_conv_values_and_gradients(kernel, stride, padding):
 def test_shift_matches_conv_at_the_borders(shape, kernel, stride, padding):
     """The padding-free forward cuts the output into border and interior regions; tiny
     inputs and wide explicit pads give regions with few taps or none."""
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 1, shape[-1]))
-    ct = jax.random.normal(jax.random.PRNGKey(2),
-                           depthwise_conv(x, w, (stride, stride), padding, impl="conv").shape)
-    f = jax.jit(_vjp, static_argnums=(0, 3, 4))
-    pad = padding if isinstance(padding, str) else tuple(padding)
-    for name, a, b in zip(("y", "y_vjp", "dx", "dw"), f("shift", x, w, stride, pad, ct),
-                          f("conv", x, w, stride, pad, ct)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+    _assert_shift_matches_conv(shape, kernel, stride, padding, jax.random.PRNGKey(0))
 
 
 def test_module_is_nn_conv_with_groups_bias_and_bfloat16():
