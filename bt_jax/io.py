@@ -46,6 +46,12 @@ def _overlay(path) -> Path:
     return _OVERLAY[0] / Path(path).absolute().relative_to(Path(path).absolute().anchor)
 
 
+def private_path(path) -> Path:
+    """Where this process writes `path` when it must read it back itself (a memory-mapped
+    file): `path` on process 0, its private overlay copy on the others."""
+    return Path(path) if is_writer() else _overlay(path)
+
+
 def resolve(path) -> Path:
     """Where this process reads `path`: its own overlay copy if it wrote one, else `path`."""
     if _OVERLAY:

@@ -33,6 +33,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bt_jax.data.store import prefetch
+
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +110,19 @@ def batched_apply(fn: Callable, variables, *arrays: np.ndarray, batch_size: int 
     if progress:
         from tqdm import tqdm
         steps = tqdm(steps, desc=desc, unit="batch", leave=False)
+
+    def host_batches():  # read (e.g. from the on-disk image store) one batch ahead
+        for s in steps:
+            batch = []
+            for a in arrays:
+                x = np.asarray(a[s:s + bs])
+                if len(x) < bs:
+                    x = np.concatenate([x, np.zeros((bs - len(x),) + x.shape[1:], x.dtype)])
+                batch.append(x)
+            yield s, batch
+
     chunks = []
-    for s in steps:
-        batch = []
-        for a in arrays:
-            x = np.asarray(a[s:s + bs])
-            if len(x) < bs:
-                x = np.concatenate([x, np.zeros((bs - len(x),) + x.shape[1:], x.dtype)])
-            batch.append(x)
+    for s, batch in prefetch(host_batches()):
         out = to_host(fn(variables, *shard_rows(batch, mesh)))
         keep = min(bs, n - s)
         chunks.append(jax.tree.map(lambda o, keep=keep: o[:keep], out))

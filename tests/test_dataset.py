@@ -44,7 +44,9 @@ def test_reference_set(real_data_dir, tmp_path, small_config):
     assert s["files_seen"] == 253 and s["used"] == 228
     assert s["duplicate_groups"] == 22 and s["files_in_duplicate_groups"] == 47
     assert ds.labels.sum() == 141 and (1 - ds.labels).sum() == 87
-    assert ds.images.shape == (228, 64, 64, 3) and 0 <= ds.images.min() and ds.images.max() <= 1
+    assert ds.images.shape == (228, 64, 64, 3)
+    x = np.asarray(ds.images)
+    assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     assert not m["synthetic"]
     assert len(ds.splits.test) == pytest.approx(23, abs=3)
     _check_splits(ds, m)

@@ -16,6 +16,7 @@ from bt_jax.config.schema import (
     BACKBONES,
     BALANCE,
     EQUALIZE,
+    STORE_DTYPES,
     OPTIMIZERS,
     PIPELINES,
     ConfigError,
@@ -155,6 +156,11 @@ def parse_stage(text: str) -> dict:
     return {"name": name, "trainable": trainable, "epochs": epochs, "lr": lr}
 
 
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        _fail(key, f"expected one of {allowed}, got {value!r}")
+
+
 def _fail(key: str, msg: str) -> None:
     raise ConfigError(f"config.{key}: {msg}")
 
@@ -239,8 +245,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         check_classes(c, classes)
     elif c.augment.balance == "multipliers":
         _fail("data.classes", "augment.multipliers are keyed by class: name the classes")
-    if c.preprocess.equalize not in EQUALIZE:
-        _fail("preprocess.equalize", f"expected one of {EQUALIZE}, got {c.preprocess.equalize!r}")
+    _one_of("data.store_dtype", c.data.store_dtype, STORE_DTYPES)
+    _one_of("preprocess.equalize", c.preprocess.equalize, EQUALIZE)
     if not 32 <= c.preprocess.size <= 1024:
         _fail("preprocess.size", f"expected 32..1024, got {c.preprocess.size}")
     if not 0 <= c.preprocess.crop_margin < 0.5:

@@ -14,6 +14,7 @@ from bt_jax.errors import UserError
 
 PIPELINES = ("prepare", "search", "train", "staged", "predict", "evaluate")
 EQUALIZE = ("none", "hist", "clahe")
+STORE_DTYPES = ("uint16", "uint8")
 BALANCE = ("none", "augment2a", "multipliers")
 ALLOCATIONS = ("auto", "exact", "space", "bucket")
 OPTIMIZERS = ("adam", "sgd")
@@ -68,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.positive = "yes"               # the tumour class of two (label 1); "" with more classes
     c.data.negative_classes = ()          # C > 2: the "no tumour" classes -> a binary tumour view
     c.data.extensions = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+    c.data.store_dtype = "uint16"         # on-disk image store: "uint16" (keeps 16-bit depth) | "uint8" (half the disk)
     c.data.min_size = 16                  # images smaller than this (either side) are skipped
     c.data.near_duplicate_bits = 6        # pHash Hamming distance that flags near-duplicates
     c.data.group_near_duplicates = True   # keep near-duplicates on one side of every split

@@ -4,6 +4,7 @@
     out = augment_batch(images, jax.random.split(rng, len(images)), params)   # jitted, params static
     plan = plan_copies(splits.train_all(), labels, policy="augment2a", seed=0)
     copies, copy_labels, source = make_copies(images, labels, plan, params)
+    lazy = CopyRows(ds.images, plan, params)          # the same copies, made when read
     in_fold = copies_for(plan, splits.fold_train(2))                          # bool mask over copies
     every = union_plans([plan_copies(splits.fold_train(f), ...) for f in range(k)])  # exact per fold
 
@@ -314,6 +315,46 @@ def iter_copies(images, plan: CopyPlan, params: AugmentParams, *,
         if as_uint8:
             out = np.round(out * 255.0).astype(np.uint8)
         yield start, out
+
+
+class CopyRows:
+    """The plan's copies as a lazy array (like `store.ImageRows`): `rows[i:j]` reads the
+    sources (from disk when `images` is a store) and augments them `chunk` at a time, so
+    copies of 100,000 scans never sit in memory. Equal to `make_copies` row for row."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, images, plan: CopyPlan, params: AugmentParams, *, chunk: int = 32):
+        self.images, self.plan, self.params, self.chunk = images, plan, params, chunk
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.plan),) + tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        rows = np.arange(len(self.plan))[idx]
+        if np.ndim(rows) == 0:
+            return self[np.atleast_1d(rows)][0]
+        flat = rows.ravel()
+        out = np.empty((len(flat),) + self.shape[1:], np.float32)
+        for s in range(0, len(flat), self.chunk):  # padded chunks: one compiled shape
+            sel = flat[s:s + self.chunk]
+            padded = np.concatenate([sel, np.repeat(sel[-1:], self.chunk - len(sel))])
+            x = np.asarray(self.images[self.plan.source[padded]], np.float32)
+            aug = augment_batch(jnp.asarray(x), jnp.asarray(self.plan.rng[padded]), self.params)
+            out[s:s + len(sel)] = np.asarray(aug)[:len(sel)]
+        return out.reshape(rows.shape + self.shape[1:])
+
+    def subset(self, idx) -> "CopyRows":
+        return CopyRows(self.images, self.plan.take(np.asarray(idx)), self.params,
+                        chunk=self.chunk)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
 
 def make_copies(images, labels, plan: CopyPlan, params: AugmentParams, *, chunk: int = 32):

@@ -1,14 +1,16 @@
 """The prepared data set: discover -> decode -> preprocess (cached) -> de-duplicate -> split.
 
     ds = prepare_dataset(config, workdir)      # writes workdir/manifest.{json,csv}
-    ds.images[ds.splits.test]                  # (n_test, S, S, 3) float32 in [0, 1]
+    ds.images[ds.splits.test]                  # (n_test, S, S, 3) float32 in [0, 1], read from disk
     ds.labels                                  # 1 = config.data.positive, 0 = other
     # with C > 2 classes: ds.labels = ds.class_index (0..C-1), ds.multiclass is True
 
 Only one copy of each exact-duplicate group is used (the others are listed in the
 manifest with the split of their kept copy), so a duplicate can never straddle a split.
-Per-file results are cached under workdir/cache/preprocessed/<params key>/<file sha256>,
-so a rerun, or a run on a folder with a few new files, decodes only what is new.
+Per-file results (crop, hashes, skip reasons) are cached under
+workdir/cache/preprocessed/<params key>/<file sha256>.json and the images in one on-disk
+store beside them (`store.py`), so a rerun, or a run on a folder with a few new files,
+decodes only what is new, and memory does not grow with the number of scans.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ import numpy as np
 
 from bt_jax import io
 from bt_jax.config import ConfigError, check_classes
-from bt_jax.data import decode, discover, manifest, phantoms, preprocess, split
+from bt_jax.data import decode, discover, manifest, phantoms, preprocess, split, store
+from bt_jax.data.store import ImageStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class Dataset:
-    images: np.ndarray          # (N, S, S, 3) float32, used (unique) images only
+    images: store.ImageRows     # (N, S, S, 3) float32 read from disk by index, used images only
     labels: np.ndarray          # (N,) int32 target: 1 = positive of two; the class index of C > 2
     class_index: np.ndarray     # (N,) int32 index into classes
     names: list[str]            # relative paths of used images
@@ -65,35 +68,96 @@ class Dataset:
 
     @property
     def content_key(self) -> str:
-        """Identifies the used images, in order (for feature caches downstream)."""
-        return hashlib.sha256("|".join(self.sha256).encode()).hexdigest()[:16]
+        """Identifies the used images, in order, as stored (for feature caches downstream)."""
+        stored = getattr(self.images, "stored_dtype", np.dtype(np.uint16))
+        blob = "|".join(self.sha256) + ("" if stored == np.uint16 else f"|{stored.name}")
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cache: Path,
-             min_size: int) -> tuple[dict, np.ndarray | None, bool]:
-    """Returns (meta, image or None, cache_hit). Decoding errors become a skip reason."""
-    meta_p, img_p = cache / f"{rec.sha256}.json", cache / f"{rec.sha256}.npy"
-    if meta_p.exists() and (img_p.exists() or not json.loads(meta_p.read_text())["ok"]):
+             min_size: int, store: ImageStore | None) -> tuple[dict, np.ndarray | None, bool]:
+    """Returns (meta, image or None, cache_hit). The image is None when it failed, or when
+    `store` already holds it (a hit). Decoding errors become a skip reason."""
+    meta_p = cache / f"{rec.sha256}.json"
+    if meta_p.exists():
         meta = json.loads(meta_p.read_text())
-        img = np.load(img_p).astype(np.float32) / 65535.0 if meta["ok"] else None
-        return meta, img, True
+        if not meta["ok"] or (store is not None and rec.sha256 in store.row_of):
+            return meta, None, True
+        legacy = cache / f"{rec.sha256}.npy"  # the per-file cache of earlier versions
+        if legacy.exists():
+            return meta, np.load(legacy).astype(np.float32) / 65535.0, True
     if not rec.is_image_ext:
         meta = {"ok": False, "reason": f"not an image extension ({rec.path.suffix or 'none'})"}
         return meta, None, False  # not cached: depends on the name, not the content
+    img = None
     try:
         raw, info = decode.decode_file(rec.path, min_size=min_size)
         out, pinfo = preprocess.preprocess_image(raw, params)
         meta = {"ok": True, "reason": "", **info, **pinfo,
                 "pixel_hash": decode.pixel_hash(raw), "phash": str(decode.perceptual_hash(raw))}
-        q = np.round(out * 65535).astype(np.uint16)  # 16-bit keeps 16-bit scans' depth
-        io.atomic_write(img_p, lambda f: np.save(f, q), binary=True, cache=True)
-        img = q.astype(np.float32) / 65535.0
+        img = out
     except (decode.DecodeError, OSError) as e:
-        meta, img = {"ok": False, "reason": str(e)}, None
+        meta = {"ok": False, "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
-        meta, img = {"ok": False, "reason": f"{type(e).__name__}: {e}"}, None
+        meta = {"ok": False, "reason": f"{type(e).__name__}: {e}"}
     io.atomic_write(meta_p, lambda f: json.dump(meta, f), cache=True)
     return meta, img, False
+
+
+def _known_failure(rec: discover.FileRecord, cache: Path) -> bool:
+    meta_p = cache / f"{rec.sha256}.json"
+    return not rec.is_image_ext or (meta_p.exists() and not json.loads(meta_p.read_text())["ok"])
+
+
+def _preprocess_all(recs, params, cache: Path, min_size: int, dtype: str,
+                    progress: bool) -> tuple[list[dict], ImageStore, int]:
+    """(meta per record, the store holding every usable one, cache hits). Reuses the
+    newest store when it holds them all; else writes a new one, copying what it can."""
+    old = store.ImageStore.latest(cache / f"store-{dtype}")
+    shape = (params.size, params.size, 3)
+    # A row for every file that may turn out usable: known failures need none.
+    want = [r for r in recs if not _known_failure(r, cache)]
+    complete = old is not None and all(r.sha256 in old.row_of for r in want) \
+        and old.array.shape[1:] == shape
+    writer = None if complete else store.StoreWriter(cache / f"store-{dtype}", len(want),
+                                                     shape, dtype)
+    row_of = {r.sha256: i for i, r in enumerate(want)}
+    metas, hits = [], 0
+
+    def work(rec):
+        return _process(rec, params, cache, min_size, old)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            bar = None
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=len(recs), desc="preprocess", unit="img", leave=False)
+            for s in range(0, len(recs), 256):  # chunks: only a chunk's images in memory
+                chunk = recs[s:s + 256]
+                for rec, (meta, img, hit) in zip(chunk, pool.map(work, chunk)):
+                    metas.append(meta)
+                    hits += hit
+                    if writer is not None and meta["ok"]:
+                        if img is None:
+                            writer.copy(row_of[rec.sha256], old, rec.sha256)
+                        else:
+                            writer.put(row_of[rec.sha256], img)
+                if bar is not None:
+                    bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
+        if writer is None:
+            return metas, old, hits
+        ok = {r.sha256 for r, m in zip(recs, metas) if m["ok"]}
+        new = writer.commit([r.sha256 if r.sha256 in ok else "" for r in want])
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    store.remove_others(new.path.parent, new)
+    log.info("image store: %d images (%s) at %s", len(ok), dtype, new.path)
+    return metas, new, hits
 
 
 def resolve_data_dir(config, workdir: Path) -> tuple[Path, bool]:
@@ -128,25 +192,19 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     cache = workdir / "cache" / "preprocessed" / f"{params.key()}-min{int(config.data.min_size)}"
     cache.mkdir(parents=True, exist_ok=True)
 
-    def work(rec):
-        return _process(rec, params, cache, config.data.min_size)
-
     # Byte-identical files are processed once (the name matters only for the extension).
     first = {}
     for i, f in enumerate(files):
         first.setdefault((f.sha256, f.is_image_ext), i)
     todo = sorted(first.values())
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        it = pool.map(work, [files[i] for i in todo])
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(it, total=len(todo), desc="preprocess", unit="img", leave=False)
-        done = dict(zip(todo, it))
+    metas, images_store, hits = _preprocess_all([files[i] for i in todo], params, cache,
+                                                config.data.min_size, config.data.store_dtype,
+                                                progress)
+    done = dict(zip(todo, metas))
     results = [done[first[(f.sha256, f.is_image_ext)]] for f in files]
-    hits = sum(hit for _, _, hit in done.values())
     log.info("preprocessed %d distinct files (%d reused from cache %s)", len(todo), hits, cache)
 
-    rows = manifest.dedupe(files, [m for m, _, _ in results], config.data.near_duplicate_bits)
+    rows = manifest.dedupe(files, results, config.data.near_duplicate_bits)
     used = [i for i, r in enumerate(rows) if r["status"] == "used"]
     if not used:
         reasons = manifest.summary(rows)["skip_reasons"]
@@ -164,7 +222,7 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
                                val_fraction=config.split.val_fraction, k=config.split.k,
                                seed=config.seed)
     manifest.assign_splits(rows, used, splits)
-    images = np.stack([results[i][1] for i in used])
+    images = images_store.rows([files[i].sha256 for i in used])
     ds = Dataset(images=images, labels=labels, class_index=cls_idx,
                  names=[files[i].rel for i in used], sha256=[files[i].sha256 for i in used],
                  classes=classes, positive=config.data.positive if len(classes) == 2 else "",

@@ -39,7 +39,7 @@ class CopySet:
     """Augmented copies of training images: rows n.. of every feature array."""
     union: augment.CopyPlan
     fold_rows: list[np.ndarray]   # per fold: rows (into union) of that fold's own plan
-    images: np.ndarray
+    images: augment.CopyRows      # made from the stored originals when read (nothing held)
 
 
 @dataclasses.dataclass
@@ -108,8 +108,7 @@ def make_copy_set(config, ds: dataset.Dataset) -> CopySet:
                                        ds.label_of)
              for f in range(ds.splits.k)]
     union = augment.union_plans(plans)
-    images, _, _ = augment.make_copies(ds.images, ds.labels, union,
-                                       augment.make_augment_params(config.augment))
+    images = augment.CopyRows(ds.images, union, augment.make_augment_params(config.augment))
     return CopySet(union, [augment.positions(union, p) for p in plans], images)
 
 
@@ -124,10 +123,11 @@ def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, wei
              "augment": config.augment.to_dict(), "copy_sources": copies.union.source.tolist(),
              "copy_numbers": copies.union.copy.tolist()}
 
-    def compute():
-        allx = np.concatenate([ds.images, copies.images])
-        return features.extract_features(module, variables, allx, batch_size=32, progress=True,
-                                         desc=f"features {name}")
+    def compute():  # originals, then copies: each streamed from the store in batches
+        parts = [features.extract_features(module, variables, x, batch_size=32, progress=True,
+                                           desc=f"features {name}")
+                 for x in (ds.images, copies.images) if len(x)]
+        return np.concatenate(parts)
     return features.cached(workdir, parts, compute, name=name), (module, variables, digest)
 
 
@@ -256,7 +256,9 @@ def _fit_data(run: Run) -> finetune.FitData:
     train_rows, val_rows = _fold0_rows(run)
     n = len(run.ds.labels)
     src, is_copy = row_sources(train_rows, n, run.copies.union.source)
-    keys = np.where(is_copy[:, None], run.copies.union.rng[np.clip(train_rows - n, 0, None)], 0)
+    rng = run.copies.union.rng
+    keys = (np.where(is_copy[:, None], rng[np.clip(train_rows - n, 0, None)], 0) if len(rng)
+            else np.zeros((len(train_rows), 2), np.uint32))  # augment.balance "none": no copies
     return finetune.FitData(images=run.ds.images, labels=run.ds.labels, train_src=src,
                             train_keys=keys.astype(np.uint32), train_aug=is_copy,
                             val_idx=val_rows,

@@ -30,7 +30,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bt_jax import compilation, sharding
-from bt_jax.data import augment
+from bt_jax.data import augment, store
 from bt_jax.models import common, registry
 from bt_jax.models.heads import class_probs, correct, per_example_loss
 from bt_jax.sharding import batched_apply
@@ -177,7 +177,7 @@ class FitSpec:
 @dataclasses.dataclass
 class FitData:
     """Images on the host; training rows index into them, optionally augmented."""
-    images: np.ndarray                # (N, S, S, 3) float32 in [0, 1]
+    images: Any                       # (N, S, S, 3) float32 in [0, 1]: store.ImageRows or array
     labels: np.ndarray                # (N,) int
     train_src: np.ndarray             # (T,) int rows of images
     train_keys: np.ndarray            # (T, 2) uint32
@@ -203,8 +203,8 @@ def evaluate(model, variables, images, labels, idx, *, batch_size: int = 32, fn=
     if not len(idx):
         return float("nan"), float("nan"), np.zeros(0)
     v = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    loss, correct, prob = batched_apply(fn, v, images[idx], labels[idx], batch_size=batch_size,
-                                        mesh=mesh)
+    loss, correct, prob = batched_apply(fn, v, store.take(images, idx), labels[idx],
+                                        batch_size=batch_size, mesh=mesh)
     return float(loss.mean()), float(correct.mean()), prob
 
 
@@ -290,14 +290,18 @@ def _train_epoch(step, state: TrainState, data: FitData, fs: FitSpec, epoch: int
     """One pass over the shuffled training rows -> (state, mean loss, accuracy). Every
     process draws the same order and keys (seeded by seed and epoch) and places the rows
     of its own devices."""
-    sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    sums = None
     key = jax.random.fold_in(jax.random.PRNGKey(fs.seed), epoch)
     batches = _batches(data, fs, mesh.devices.size, np.random.default_rng([fs.seed, epoch]),
                        epoch)
-    for b, batch in enumerate(batches):
+    # The next batch is read from the store while this one trains; metrics stay summed
+    # on the device and are read once per epoch.
+    for b, batch in enumerate(store.prefetch(batches)):
         state, m = step(state, sharding.shard_rows(batch, mesh, axis=1), jax.random.fold_in(key, b))
-        for k in sums:
-            sums[k] += float(m[k])
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+    if sums is None:
+        return state, float("nan"), float("nan")
+    sums = {k: float(v) for k, v in jax.device_get(sums).items()}
     c = max(sums["count"], 1.0)
     return state, sums["loss"] / c, sums["correct"] / c
 
