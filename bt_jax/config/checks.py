@@ -76,9 +76,12 @@ def _check_training(c) -> None:
     if t.finetune_batch_size < 0:
         _fail("train.finetune_batch_size", f"expected >= 0 (0: the head's), got "
                                            f"{t.finetune_batch_size}")
-    for key in ("epochs", "patience", "finetune_epochs"):
+    for key in ("epochs", "patience"):
         if getattr(t, key) < 1:
             _fail(f"train.{key}", f"expected >= 1, got {getattr(t, key)}")
+    if t.finetune_epochs < 0:
+        _fail("train.finetune_epochs", f"expected >= 0 (0: frozen-only, no fine-tuning), got "
+                                       f"{t.finetune_epochs}")
     if t.finetune_schedule not in ("constant", "warmup_cosine"):
         _fail("train.finetune_schedule", f"expected 'constant' or 'warmup_cosine', got "
                                          f"{t.finetune_schedule!r}")

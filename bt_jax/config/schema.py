@@ -127,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.patience = 3                  # early stopping on validation loss
     c.train.lane_batch = 0                # head runs (folds x trials) computed in lockstep (vmap);
                                           # 0: auto (all on GPU/TPU, one at a time on CPU)
-    c.train.finetune_epochs = 5
+    c.train.finetune_epochs = 5           # 0: frozen-only (the head on frozen features is the final model)
     c.train.finetune_lr_factor = 0.1     # method A: fine-tune at lr / 10
     c.train.finetune_batch_size = 0       # method A's fine-tune batch; 0: the head's batch size
     c.train.finetune_bn_train = False     # BatchNorm stays in inference mode while fine-tuning

@@ -291,8 +291,38 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
                    "head_seed": c.seed + 1, "fit": dataclasses.asdict(fs),
                    "train_src": data.train_src.tolist(), "val": data.val_idx.tolist()}
     ck = open_checkpoints(run.workdir / "checkpoints", "finetune", fingerprint)
+    if fs.epochs == 0:  # frozen-only: the head on frozen features is the final model
+        return model, _frozen_only(run, backbone, frozen, full, ck), fs, ck
     tuned = finetune.fit(model, full, mreg.get(backbone), data, fs, ckpt=ck, desc="fine-tune")
     return model, tuned, fs, ck
+
+
+def head_val_metrics(run: Run, backbone: str, frozen: head.FoldResults) -> tuple[float, float, np.ndarray]:
+    """(loss, accuracy, probabilities) of the frozen-backbone head on fold 0's validation
+    rows, from the cached features (no image is read)."""
+    _, val_rows = _fold0_rows(run)
+    prob = np.asarray(head.predict_proba(frozen.params, run.feats[backbone][val_rows]))
+    y = run.ds.labels[val_rows]
+    if prob.ndim == 2:
+        p_true, hit = prob[np.arange(len(y)), y], prob.argmax(1) == y
+    else:
+        p_true, hit = np.where(y == 1, prob, 1 - prob), (prob >= 0.5) == (y == 1)
+    return float(-np.log(np.clip(p_true, 1e-7, 1)).mean()), float(hit.mean()), prob
+
+
+def _frozen_only(run: Run, backbone: str, frozen: head.FoldResults, full: dict,
+                 ck) -> finetune.FitResult:
+    """`train.finetune_epochs=0`: the backbone as loaded + the final head, checkpointed
+    like a fine-tune's starting point, so model.json, predict and evaluate work as usual."""
+    vl, va, _ = head_val_metrics(run, backbone, frozen)
+    if not ck.is_done():
+        ck.save_best(-1, full, vl)
+        ck.mark_done({"best_epoch": -1, "stopped_epoch": -1, "frozen_only": True})
+    log.info("fine-tune: skipped (train.finetune_epochs=0); the final model is the frozen "
+             "backbone + head (fold-0 val loss %.4f acc %.3f)", vl, va)
+    history = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
+    history.update(initial_val_loss=vl, initial_val_acc=va)
+    return finetune.FitResult(variables=full, history=history, best_epoch=-1, stopped_epoch=-1)
 
 
 def finish(run: Run, backbone: str, hp: head.HeadHParams) -> Final:
@@ -300,8 +330,11 @@ def finish(run: Run, backbone: str, hp: head.HeadHParams) -> Final:
     frozen = final_head(run, backbone, hp)
     model, tuned, fs, ck = fine_tune(run, backbone, hp, frozen)
     _, val_rows = _fold0_rows(run)
-    _, _, val_prob = finetune.evaluate(model, tuned.variables, run.ds.images, run.ds.labels,
-                                       val_rows, batch_size=hp.batch_size)
+    if fs.epochs == 0:  # the same network as the head on frozen features
+        val_prob = head_val_metrics(run, backbone, frozen)[2]
+    else:
+        _, _, val_prob = finetune.evaluate(model, tuned.variables, run.ds.images, run.ds.labels,
+                                           val_rows, batch_size=hp.batch_size)
     c, ds = run.config, run.ds
     temperature = 1.0
     if c.eval.temperature_scaling and ds.multiclass:

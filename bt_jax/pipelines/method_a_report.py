@@ -22,24 +22,29 @@ def evaluate_test(run: Run, final: Final) -> tuple[list, dict, dict]:
     ds, c = run.ds, run.config
     test = ds.splits.test
     y = ds.labels[test]
-    tuned = finetune.evaluate(final.model, final.tuned.variables, ds.images, ds.labels, test,
-                              batch_size=final.hp.batch_size)[2]
+    head_only = np.asarray(head.predict_proba(final.head.params, run.feats[final.backbone][test]))
+    frozen_only = final.fit_spec.epochs == 0
+    # Frozen-only: the final model is the head on frozen features, whose test features
+    # are cached; no image is read again.
+    tuned = head_only if frozen_only else finetune.evaluate(
+        final.model, final.tuned.variables, ds.images, ds.labels, test,
+        batch_size=final.hp.batch_size)[2]
     if final.temperature != 1.0:
         tuned = calibration.apply_temperature(tuned, final.temperature)
-    probs = {"finetuned": tuned,
-             "head_only": np.asarray(head.predict_proba(final.head.params,
-                                                        run.feats[final.backbone][test]))}
-    titles = {"finetuned": "Test split, fine-tuned (final model)",
+    probs = {"finetuned": tuned, "head_only": head_only}
+    titles = {"finetuned": ("Test split, final model (frozen backbone + head; no fine-tuning)"
+                            if frozen_only else "Test split, fine-tuned (final model)"),
               "head_only": "Test split, frozen backbone + head"}
     sections, out = [], {}
-    for key in ("finetuned", "head_only"):
+    for key in ("finetuned",) + (() if frozen_only and final.temperature == 1.0 else ("head_only",)):
         s, out[key] = evaluation.evaluate_split(
             y, probs[key], out_dir=run.workdir / "eval" / key, title=titles[key],
             class_names=ds.label_names, config=c, synthetic=ds.synthetic,
             operating_threshold=final.operating_point["threshold"],
             negative_classes=ds.negative_classes)
         sections.append(s)
-    return sections, {"final": out["finetuned"], "head_only": out["head_only"]}, probs
+    return sections, {"final": out["finetuned"],
+                      "head_only": out.get("head_only", out["finetuned"])}, probs
 
 
 def training_sections(run: Run, final: Final) -> list:
@@ -59,6 +64,10 @@ def training_sections(run: Run, final: Final) -> list:
          "train/accuracy": _curve(f.train_acc), "val/accuracy": _curve(f.val_acc)},
         plot_dir / "head_curves.png", f"Final head on frozen {final.backbone} features",
         best_epoch=int(f.best_epoch), note=run.note)
+    if final.fit_spec.epochs == 0:
+        return [("Data", data, [balance]), ("Final head", _hp_text(final.hp), [head_png]),
+                ("Fine-tuning", "None: `train.finetune_epochs=0` (frozen-only), so the final "
+                 "model is the ImageNet backbone as loaded + the head above.", [])]
     t = final.tuned
     kept = (f"best epoch {t.best_epoch}." if t.best_epoch >= 0 else
             "no epoch beat the starting point on validation loss, so the final model keeps "
@@ -94,7 +103,8 @@ def frozen_vs_finetuned(final: Final) -> dict:
     tuned = ({"val_loss": h["val_loss"][best], "val_acc": h["val_acc"][best]} if best >= 0
              else dict(frozen))
     return {"validation": "fold 0", "n": len(final.val_rows), "frozen": frozen,
-            "finetuned": tuned, "best_epoch": int(best)}
+            "finetuned": tuned, "best_epoch": int(best),
+            "frozen_only": final.fit_spec.epochs == 0}
 
 
 def _hp_text(hp: head.HeadHParams) -> str:
