@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -204,7 +205,9 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     results = [done[first[(f.sha256, f.is_image_ext)]] for f in files]
     log.info("preprocessed %d distinct files (%d reused from cache %s)", len(todo), hits, cache)
 
+    t0 = time.perf_counter()
     rows = manifest.dedupe(files, results, config.data.near_duplicate_bits)
+    log.info("de-duplicated %d images in %.1f s", len(rows), time.perf_counter() - t0)
     used = [i for i, r in enumerate(rows) if r["status"] == "used"]
     if not used:
         reasons = manifest.summary(rows)["skip_reasons"]
@@ -230,4 +233,5 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
                  synthetic=synthetic, root=root, records=rows, cache_hits=hits,
                  hidden=discover.hidden_entries(root, classes), groups=groups)
     manifest.write(workdir, ds, params)
+    log.info("manifest written: %d used of %d files", len(used), len(files))
     return ds

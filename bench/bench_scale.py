@@ -1,0 +1,143 @@
+"""Method A at real sizes: wall time and peak memory (RSS) of each stage as N grows.
+
+    python bench/bench_scale.py --n 1000,10000,100000 --root /tmp/scale     # phantoms
+    python bench/bench_scale.py --n 0 --real ../shared/data/brain_mri_types --root /tmp/scale
+    python bench/bench_scale.py --n 1000 --dry-run                          # the commands only
+
+Each data set runs as a user would: `launch.py --config=configs/quickstart.py` with 224 px
+images, `pipeline=prepare` (discover, preprocess into the on-disk image store,
+de-duplicate, split), then the frozen-only search (`train.finetune_epochs=0`, 2 trials:
+features, k-fold head search, final head, CV estimates, report) in the same workdir, each
+under `/usr/bin/time -v` (peak RSS of the process). Stage times come from the run's log
+(the time between the lines each stage writes). One JSON line per data set goes to --out;
+`bench/tables.py` turns them into the docs' table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench_backbones import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+# Log line (regex) that ends each stage; a stage runs from the previous one's end.
+PREPARE_MARKS = [("preprocess", r"preprocessed \d+ distinct files"),
+                 ("deduplicate", r"de-duplicated \d+ images"),
+                 ("split+manifest", r"manifest written")]
+SEARCH_MARKS = [("load+features", r"augmented copies|features \S+: (computed|reusing)"),
+                ("features", r"features \S+: (computed|reusing)"),
+                ("search", r"search .* done: \d+ complete"),
+                ("final head+report", r"writing metrics and reports"),
+                ("report", r"^$")]  # to the end of the run
+
+
+def _stamp(line: str) -> float | None:
+    m = re.match(r"[IWE](\d{4}) (\d\d):(\d\d):(\d\d\.\d+)", line)
+    if not m:
+        return None
+    h, mi, s = int(m[2]), int(m[3]), float(m[4])
+    return h * 3600 + mi * 60 + s
+
+
+def stage_times(log: str, marks, start: float, end: float) -> dict:
+    """Seconds per stage: from the previous mark (or `start`) to the last line matching
+    this stage's mark (absl timestamps; `start`/`end`: seconds since midnight)."""
+    lines = [(t, ln) for ln in log.splitlines() if (t := _stamp(ln)) is not None]
+    out, prev = {}, start
+    for name, pattern in marks:
+        hits = [t for t, ln in lines if pattern != r"^$" and re.search(pattern, ln)]
+        t = hits[-1] if hits else (end if pattern == r"^$" else None)
+        if t is None:
+            continue
+        out[name] = round(max(0.0, t - prev), 1)
+        prev = t
+    return out
+
+
+def timed(cmd: list[str], dry: bool) -> dict:
+    """Runs `cmd` under /usr/bin/time -v: wall seconds, peak RSS (GiB), its log."""
+    print("$", " ".join(cmd), flush=True)
+    if dry:
+        return {"wall_s": 0.0, "peak_rss_gib": 0.0, "log": "", "start": 0.0, "end": 0.0}
+    now = datetime.datetime.now()
+    start = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6
+    t0 = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)[1])
+    return {"wall_s": round(wall, 1), "peak_rss_gib": round(rss / 2**20, 2),
+            "log": p.stderr, "start": start, "end": start + wall}
+
+
+def run_one(name: str, data_args: list[str], workdir: Path, dry: bool) -> dict:
+    base = [sys.executable, "launch.py", "--config=configs/quickstart.py",
+            f"--workdir={workdir}", "--config.preprocess.size=224", *data_args]
+    prep = timed(base + ["--config.pipeline=prepare"], dry)
+    search = timed(base + ["--config.train.finetune_epochs=0", "--config.search.trials=2"], dry)
+    n_used = None
+    if not dry:
+        n_used = json.loads((workdir / "manifest.json").read_text())["summary"]["used"]
+    return {"bench": "scale", "data": name, "n_used": n_used,
+            "prepare": {"wall_s": prep["wall_s"], "peak_rss_gib": prep["peak_rss_gib"],
+                        "stages": stage_times(prep["log"], PREPARE_MARKS, prep["start"],
+                                              prep["end"])},
+            "frozen_only_search": {"wall_s": search["wall_s"],
+                                   "peak_rss_gib": search["peak_rss_gib"],
+                                   "stages": stage_times(search["log"], SEARCH_MARKS,
+                                                         search["start"], search["end"])}}
+
+
+def write_phantoms(n: int, workdir: Path, dry: bool) -> float:
+    """The synthetic scans, written before timing (not part of a user's run)."""
+    code = ("from pathlib import Path; from bt_jax.data import phantoms; "
+            f"phantoms.write_phantoms(Path({str(workdir / 'synthetic_phantoms')!r}), "
+            f"n_per_class={n // 2}, size=256, seed=0)")
+    t0 = time.perf_counter()
+    print(f"$ phantoms: {n} scans", flush=True)
+    if not dry:
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    return round(time.perf_counter() - t0, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", default="1000,10000", help="phantom counts (0: none)")
+    ap.add_argument("--real", default="", help="a real class-folder data set to add")
+    ap.add_argument("--root", default="/tmp/bt_jax_scale", help="workdirs go here")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.jsonl"))
+    ap.add_argument("--dry-run", action="store_true")
+    a = ap.parse_args()
+    runs = [(f"phantoms {n}", n) for n in map(int, a.n.split(",")) if n]
+    if a.real:
+        runs.append((Path(a.real).name, 0))
+    info = machine_info()
+    for name, n in runs:
+        workdir = Path(a.root) / name.replace(" ", "_")
+        if n:
+            data_args = [f"--config.data.phantoms.n_per_class={n // 2}"]
+            phantom_s = write_phantoms(n, workdir, a.dry_run)
+        else:
+            data_args = [f"--config.data.dir={Path(a.real).resolve()}", "--config.data.classes=()",
+                         "--config.data.positive=", "--config.data.negative_classes=notumor"]
+            phantom_s = None
+        rec = run_one(name, data_args, workdir, a.dry_run)
+        rec.update(phantoms_written_s=phantom_s, date=datetime.date.today().isoformat(),
+                   machine=info)
+        print(json.dumps(rec), flush=True)
+        if not a.dry_run:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            with open(a.out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()

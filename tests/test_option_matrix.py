@@ -1,0 +1,94 @@
+"""Every documented option value runs end to end (quick sizes, as users launch them).
+
+The matrix is generated from the schema's allowed values: `augment.balance` (every value
+of BALANCE) x {2 classes, 4 classes} x the training pipelines {search, train, staged},
+with fine-tuning off (`train.finetune_epochs=0`, frozen-only) and on in alternation, so a
+new value joins by itself. The default suite runs the combination that crashed method A
+(no augmented copies); the rest are e2e.
+"""
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bt_jax.config import BALANCE
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = {2: ("configs/quickstart.py:quick", ()),
+           4: ("configs/multiclass_search.py:quick", ())}
+STAGED = "configs/vgg19_staged.py:quick"
+PIPELINES = ("search", "train", "staged")
+MULTIPLIERS = {2: {"no": 2, "yes": 3},
+               4: {"glioma": 2, "meningioma": 2, "no_tumour": 1, "pituitary": 3}}
+
+
+def _with_multipliers(config: str, mult: dict, tmp_path) -> str:
+    """A config file on top of `config` with these multipliers (keys are class names, so
+    they cannot be added from the command line)."""
+    path, _, arg = config.partition(":")
+    module = Path(path).stem
+    f = tmp_path / f"mult_{module}.py"
+    f.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport ml_collections\n"
+                 f"from configs import {module}\n\n\ndef get_config(arg=''):\n"
+                 f"    c = {module}.get_config(arg)\n"
+                 f"    c.augment.multipliers = ml_collections.ConfigDict({mult!r})\n"
+                 "    return c\n")
+    return f"{f}:{arg}"
+
+
+def _cases():
+    for i, (balance, n_cls, pipeline) in enumerate(itertools.product(BALANCE, CLASSES, PIPELINES)):
+        finetune = 0 if i % 2 == 0 else 1
+        default = (balance == "none" and n_cls == 2 and pipeline == "search")
+        marks = () if default else (pytest.mark.e2e,)
+        yield pytest.param(balance, n_cls, pipeline, finetune, marks=marks,
+                           id=f"{balance}-{n_cls}cls-{pipeline}-ft{finetune}")
+
+
+def _command(balance, n_cls, pipeline, finetune, workdir):
+    base, _ = CLASSES[n_cls]
+    args = ["--config.weights.random_init=True", f"--config.augment.balance={balance}"]
+    if pipeline == "staged":  # method B's config, with the class layout of this case
+        args += [f"--config.data.phantoms.n_per_class={12 if n_cls == 4 else 16}"]
+        if n_cls == 4:
+            args += ["--config.data.classes=glioma,meningioma,no_tumour,pituitary",
+                     "--config.data.positive=", "--config.data.negative_classes=no_tumour"]
+        config = STAGED
+    else:
+        args += [f"--config.pipeline={pipeline}", f"--config.train.finetune_epochs={finetune}"]
+        config = base
+    config = f"{ROOT}/{config}"
+    if balance == "multipliers":
+        config = _with_multipliers(config, MULTIPLIERS[n_cls], workdir.parent)
+    return [sys.executable, str(ROOT / "launch.py"), f"--config={config}",
+            f"--workdir={workdir}", *args]
+
+
+@pytest.mark.parametrize("balance,n_cls,pipeline,finetune", list(_cases()))
+def test_option_runs_end_to_end(balance, n_cls, pipeline, finetune, tmp_path):
+    r = subprocess.run(_command(balance, n_cls, pipeline, finetune, tmp_path / "w"),
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-4000:]
+    tmp_path = tmp_path / "w"
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(man["classes"]) == n_cls
+    if pipeline == "staged":
+        assert (tmp_path / "report.md").exists()
+        return
+    acc = m["final"]["accuracy"]["value"]
+    assert 0 <= acc <= 1 and (tmp_path / "model.json").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert m["frozen_vs_finetuned"]["frozen_only"] is (finetune == 0)
+    if finetune == 0:
+        assert "no fine-tuning" in report and "`train.finetune_epochs=0`" in report
+        # the final model is the head on frozen features: the same test numbers
+        assert m["final"]["accuracy"]["value"] == m["head_only"]["accuracy"]["value"]
+    else:
+        assert "Fine-tuning" in report and "no fine-tuning" not in report
+    copies = [ln for ln in r.stderr.splitlines() if "augmented copies:" in ln]
+    assert copies and (("augmented copies: 0 " in copies[-1]) is (balance == "none")), copies
