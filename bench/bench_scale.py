@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PREPARE_MARKS = [("preprocess", r"preprocessed \d+ distinct files"),
                  ("deduplicate", r"de-duplicated \d+ images"),
                  ("split+manifest", r"manifest written")]
-SEARCH_MARKS = [("load+features", r"augmented copies|features \S+: (computed|reusing)"),
-                ("features", r"features \S+: (computed|reusing)"),
+SEARCH_MARKS = [("start+data", r"augmented copies"),
+                ("features", r": computed \(\d+, \d+\) features|: reusing cached features"),
                 ("search", r"search .* done: \d+ complete"),
-                ("final head+report", r"writing metrics and reports"),
+                ("final+CV", r"writing metrics and reports"),
                 ("report", r"^$")]  # to the end of the run
 
 

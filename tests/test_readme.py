@@ -1,9 +1,12 @@
-"""Every `python launch.py` command in README.md runs as typed (at quick sizes), in order.
+"""Every `python launch.py` command in README.md and docs/*.md runs as typed (at quick
+sizes), in order: README first, then the docs files by name.
 
 Only these changes are made to a command: a config file gets its `:quick` variant, the
 example inputs (scans/, /data/other_site) point into a temporary folder, which is also the
 working directory (so relative workdirs like runs/quickstart stay relative, as typed), and
-../shared/data/brain_mri points at the reference set. Everything else, e.g.
+../shared/data/brain_mri points at the reference set, ../shared/data/brain_mri_types at a
+sample of it (12 scans per class) and phantom counts above 1,000 per class become 16.
+Everything else, e.g.
 `--config.external.positive_classes=glioma,meningioma,pituitary`, is passed as written.
 """
 
@@ -24,8 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = ("quickstart", "predict", "evaluate", "vgg19_staged", "multiclass_search", "real_search")
 
 
+TYPES = ROOT.parent / "shared" / "data" / "brain_mri_types"
+
+
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    return commands_in((ROOT / "README.md").read_text())
+
+
+def docs_commands() -> list[str]:
+    return [c for doc in sorted((ROOT / "docs").glob("*.md")) for c in commands_in(doc.read_text())]
+
+
+def commands_in(text: str) -> list[str]:
     text = re.sub(r"<!-- ci:install-test -->.*?<!-- /ci:install-test -->", "", text, flags=re.S)
     cmds = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
@@ -49,6 +62,15 @@ def _example_inputs(tmp: Path) -> None:
     for cls in ("glioma", "meningioma", "pituitary", "notumor"):
         for i in range(3):
             scan(tmp / "other_site" / cls / f"{cls}{i}.jpg")
+        # the four-class folder at a test's size: real scans when present
+        real = sorted((TYPES / cls).glob("*.jpg"))[:12] if (TYPES / cls).is_dir() else []
+        for i in range(12):
+            dst = tmp / "types_sample" / cls / f"{cls}{i}.jpg"
+            if real:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(real[i].read_bytes())
+            else:
+                scan(dst)
 
 
 def localise(cmd: str, tmp: Path, data_dir: Path) -> list[str]:
@@ -61,7 +83,11 @@ def localise(cmd: str, tmp: Path, data_dir: Path) -> list[str]:
             tok = tok.replace("configs/", f"{ROOT}/configs/")
         tok = tok.replace("=scans/", f"={tmp}/scans/").replace("=/data/other_site",
                                                                f"={tmp}/other_site")
+        tok = tok.replace("../shared/data/brain_mri_types", str(tmp / "types_sample"))
         tok = tok.replace("../shared/data/brain_mri", str(data_dir))
+        m = re.fullmatch(r"--config\.data\.phantoms\.n_per_class=(\d+)", tok)
+        if m and int(m.group(1)) > 1000:
+            tok = "--config.data.phantoms.n_per_class=16"
         out.append(tok)
     assert out[:2] == ["python", "launch.py"]
     return [sys.executable, str(ROOT / "launch.py"), *out[2:]]
@@ -79,7 +105,7 @@ def test_every_readme_command_runs_as_typed(tmp_path, real_data_dir):
     has finished (the two processes of the multi-host example)."""
     _example_inputs(tmp_path)
     background = []
-    for cmd in readme_commands():
+    for cmd in readme_commands() + docs_commands():
         args = localise(cmd.rstrip("&").strip(), tmp_path, real_data_dir)
         if cmd.endswith("&"):
             background.append((cmd, subprocess.Popen(args, cwd=tmp_path, text=True,
@@ -101,6 +127,8 @@ def test_every_readme_command_runs_as_typed(tmp_path, real_data_dir):
                                           "efficientnet_lite1": 240}[real["backbone"]]
     ext = (tmp_path / "runs" / "external" / "metrics.json").read_text()
     assert '"glioma": 1' in ext and '"pituitary": 1' in ext and '"notumor": 0' in ext
+    big = json.loads((tmp_path / "runs" / "big" / "metrics.json").read_text())
+    assert big["frozen_vs_finetuned"]["frozen_only"] and len(big["final"]["class_names"]) == 4
 
 
 @pytest.mark.parametrize("cmd", ["python launch.py --config=configs/quickstart.py "

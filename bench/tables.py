@@ -1,0 +1,89 @@
+"""The docs' benchmark tables, generated from the benches' JSON lines (no figure typed by hand).
+
+    python bench/tables.py                 # rewrites every generated table in docs/
+    python bench/tables.py --check         # exit 1 if a table differs from its JSON
+
+A table lives between `<!-- table:NAME -->` and `<!-- /table:NAME -->` in a docs file;
+NAME picks the renderer below and its JSON lines in bench/results/NAME.jsonl. The newest
+line per data set is shown, with its date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def _latest(name: str, key: str) -> list[dict]:
+    path = RESULTS / f"{name}.jsonl"
+    if not path.exists():
+        return []
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            rows[rec[key]] = rec  # later lines replace earlier ones
+    return list(rows.values())
+
+
+def _machine(recs: list[dict]) -> str:
+    ms = {(r["machine"]["cpu"], r["machine"]["cores"], r["machine"]["jax"]) for r in recs}
+    dates = sorted({r["date"] for r in recs})
+    where = "; ".join(f"{cpu}, {cores} cores, JAX {jax}" for cpu, cores, jax in sorted(ms))
+    return f"Measured {', '.join(dates)} on {where}."
+
+
+def scale_table() -> str:
+    recs = sorted(_latest("scale", "data"), key=lambda r: r["n_used"] or 0)
+    if not recs:
+        return "_No measurement yet: run `python bench/bench_scale.py`._"
+    stages = ["preprocess", "deduplicate", "split+manifest"]
+    search = ["start+data", "features", "search", "final+CV", "report"]
+    head = ("| data | used scans | " + " | ".join(stages) + " | prepare peak RSS | "
+            + " | ".join(search) + " | search peak RSS | total |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in recs:
+        p, s = r["prepare"], r["frozen_only_search"]
+        cells = [r["data"], f"{r['n_used']:,}"]
+        cells += [f"{p['stages'].get(k, 0):.0f} s" for k in stages]
+        cells += [f"**{p['peak_rss_gib']:.2f} GiB**"]
+        cells += [f"{s['stages'].get(k, 0):.0f} s" for k in search]
+        cells += [f"**{s['peak_rss_gib']:.2f} GiB**", f"{(p['wall_s'] + s['wall_s']) / 60:.1f} min"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + _machine(recs)
+
+
+RENDERERS = {"scale": scale_table}
+
+
+def render(text: str) -> str:
+    def one(m):
+        return f"<!-- table:{m[1]} -->\n{RENDERERS[m[1]]()}\n<!-- /table:{m[1]} -->"
+    return re.sub(r"<!-- table:(\w+) -->.*?<!-- /table:\1 -->", one, text, flags=re.S)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args()
+    stale = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        old = doc.read_text()
+        new = render(old)
+        if new != old:
+            stale.append(doc.name)
+            if not a.check:
+                doc.write_text(new)
+    if a.check and stale:
+        sys.exit(f"tables out of date in {stale}: run python bench/tables.py")
+    print(("out of date: " if a.check else "rewritten: ") + (", ".join(stale) or "none"))
+
+
+if __name__ == "__main__":
+    main()
