@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bt_jax import compilation, io, pipelines, sharding
-from bt_jax.errors import UserError
+from bt_jax.errors import EnvironmentProblem, UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -57,6 +57,13 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         print(f"hint: {e.hint or _HINT} (--verbose shows the traceback)", file=sys.stderr)
         sys.exit(2)
+    except EnvironmentProblem as e:
+        if _VERBOSE.value or os.environ.get("BT_JAX_VERBOSE"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

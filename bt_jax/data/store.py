@@ -33,13 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from bt_jax import io
+from bt_jax.errors import EnvironmentProblem
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = {"uint16": (np.uint16, 65535.0), "uint8": (np.uint8, 255.0)}
 
 
-class DiskSpaceError(OSError):
+class DiskSpaceError(EnvironmentProblem, OSError):
     """The cache cannot hold the store: raised before any work, naming both sizes."""
+
+    hint = "finished work is kept in the workdir; run the same command again to resume"
 
 
 def _scale(dtype) -> float:
@@ -150,9 +153,13 @@ def check_free_space(directory: Path, need_bytes: int, what: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory).free
     if need_bytes > free:
-        raise DiskSpaceError(f"{what} needs {need_bytes / 2**30:.2f} GiB in {directory}, "
-                             f"only {free / 2**30:.2f} GiB free; free some space or point "
-                             "--workdir at a bigger disk")
+        raise DiskSpaceError(f"{what} needs {_size(need_bytes)} in {directory}, only "
+                             f"{_size(free)} free; free some space or point --workdir at a "
+                             "bigger disk")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 class StoreWriter:
