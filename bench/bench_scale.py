@@ -2,6 +2,7 @@
 
     python bench/bench_scale.py --n 1000,10000,100000 --root /tmp/scale     # phantoms
     python bench/bench_scale.py --n 0 --real ../shared/data/brain_mri_types --root /tmp/scale
+    python bench/bench_scale.py --n 0 --train 1000,4000 --staged 300,1200   # training memory
     python bench/bench_scale.py --n 1000 --dry-run                          # the commands only
 
 Each data set runs as a user would: `launch.py --config=configs/quickstart.py` with 224 px
@@ -11,6 +12,11 @@ features, k-fold head search, final head, CV estimates, report) in the same work
 under `/usr/bin/time -v` (peak RSS of the process). Stage times come from the run's log
 (the time between the lines each stage writes). One JSON line per data set goes to --out;
 `bench/tables.py` turns them into the docs' table.
+
+`--train N1,N2` / `--staged N1,N2`: peak RSS of the training loops at several sizes, to
+show it does not grow with N: method A's `train` pipeline with one fine-tune epoch (Lite0,
+224 px, batch 16), and method B's five stages (VGG19, random weights, 112 px, batch 32,
+one epoch each, no augmented copies), both on phantoms.
 """
 
 from __future__ import annotations
@@ -96,6 +102,28 @@ def run_one(name: str, data_args: list[str], workdir: Path, dry: bool) -> dict:
                                                          search["start"], search["end"])}}
 
 
+STAGES_1_EPOCH = ("baseline:none:1:3e-4,stage1:block5_conv3+block5_conv4:1:1e-4,"
+                  "stage2:block5:1:5e-5,stage3:block4+block5:1:2e-5,final:all:1:1e-5")
+
+
+def run_training(kind: str, n: int, root: Path, dry: bool) -> dict:
+    """Peak RSS (and wall time) of method A with fine-tuning, or of method B, on n phantoms."""
+    w = root / f"{kind}_{n}"
+    phantoms = [f"--config.data.phantoms.n_per_class={n // 2}", "--config.data.dir="]
+    if kind == "method_a_finetune":
+        cmd = ["--config=configs/quickstart.py", "--config.pipeline=train",
+               "--config.train.finetune_epochs=1", "--config.train.finetune_batch_size=16",
+               "--config.preprocess.size=224"]
+    else:
+        cmd = ["--config=configs/vgg19_staged.py", "--config.preprocess.size=112",
+               "--config.weights.random_init=True", "--config.staged.batch_size=32",
+               "--config.augment.balance=none", f"--config.staged.stages={STAGES_1_EPOCH}"]
+    r = timed([sys.executable, "launch.py", *cmd, f"--workdir={w}", *phantoms], dry)
+    used = None if dry else json.loads((w / "manifest.json").read_text())["summary"]["used"]
+    return {"bench": "scale_train", "data": f"{kind} phantoms {n}", "kind": kind, "n_used": used,
+            "wall_s": r["wall_s"], "peak_rss_gib": r["peak_rss_gib"]}
+
+
 def write_phantoms(n: int, workdir: Path, dry: bool) -> float:
     """The synthetic scans, written before timing (not part of a user's run)."""
     code = ("from pathlib import Path; from bt_jax.data import phantoms; "
@@ -112,6 +140,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="1000,10000", help="phantom counts (0: none)")
     ap.add_argument("--real", default="", help="a real class-folder data set to add")
+    ap.add_argument("--train", default="", help="phantom counts: method A with fine-tuning")
+    ap.add_argument("--staged", default="", help="phantom counts: method B's stages")
     ap.add_argument("--root", default="/tmp/bt_jax_scale", help="workdirs go here")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.jsonl"))
     ap.add_argument("--dry-run", action="store_true")
@@ -132,11 +162,21 @@ def main() -> None:
         rec = run_one(name, data_args, workdir, a.dry_run)
         rec.update(phantoms_written_s=phantom_s, date=datetime.date.today().isoformat(),
                    machine=info)
-        print(json.dumps(rec), flush=True)
-        if not a.dry_run:
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            with open(a.out, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+        _emit(rec, a)
+    for kind, counts in (("method_a_finetune", a.train), ("method_b_stages", a.staged)):
+        for n in [int(x) for x in counts.split(",") if x]:
+            rec = run_training(kind, n, Path(a.root), a.dry_run)
+            rec.update(date=datetime.date.today().isoformat(), machine=info)
+            _emit(rec, a, name="scale_train")
+
+
+def _emit(rec: dict, a, name: str = "scale") -> None:
+    print(json.dumps(rec), flush=True)
+    if not a.dry_run:
+        out = Path(a.out).with_name(f"{name}.jsonl")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 if __name__ == "__main__":

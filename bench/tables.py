@@ -59,7 +59,20 @@ def scale_table() -> str:
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
 
-RENDERERS = {"scale": scale_table}
+def scale_train_table() -> str:
+    recs = _latest("scale_train", "data")
+    if not recs:
+        return "_No measurement yet: run `python bench/bench_scale.py --train ... --staged ...`._"
+    names = {"method_a_finetune": "method A, 1 fine-tune epoch (Lite0, 224 px, batch 16)",
+             "method_b_stages": "method B, 5 stages x 1 epoch (VGG19, 112 px, batch 32)"}
+    lines = ["| run | used scans | wall time | peak RSS |", "|---|---|---|---|"]
+    for r in sorted(recs, key=lambda r: (r["kind"], r["n_used"] or 0)):
+        lines.append(f"| {names[r['kind']]} | {r['n_used']:,} | {r['wall_s'] / 60:.1f} min | "
+                     f"**{r['peak_rss_gib']:.2f} GiB** |")
+    return "\n".join(lines) + "\n\n" + _machine(recs)
+
+
+RENDERERS = {"scale": scale_table, "scale_train": scale_train_table}
 
 
 def render(text: str) -> str:
