@@ -20,13 +20,31 @@ def test_base_config_validates():
     ("search.parallel_trials", -1, "config.search.parallel_trials"),
     ("search.allocation", "padded", "config.search.allocation"),
     ("train.lane_batch", -2, "config.train.lane_batch"),
+    # each key of a group of related checks is named on its own
+    ("eval.cv_repeats", -1, "config.eval.cv_repeats"),
+    ("eval.calibration_bins", 1, "config.eval.calibration_bins"),
+    ("eval.bootstrap", -1, "config.eval.bootstrap"),
+    ("eval.ensemble_k", -1, "config.eval.ensemble_k"),
+    ("predict.batch_size", 0, "config.predict.batch_size"),
+    ("gradcam.batch_size", 0, "config.gradcam.batch_size"),
+    ("train.finetune_backbone_lr_factor", 0.0, "config.train.finetune_backbone_lr_factor"),
+    ("train.finetune_weight_decay", -0.1, "config.train.finetune_weight_decay"),
+    ("train.finetune_warmup_epochs", -1.0, "config.train.finetune_warmup_epochs"),
+    ("train.finetune_epochs", -1, "config.train.finetune_epochs"),
+    ("data.store_dtype", "float16", "config.data.store_dtype"),
 ])
 def test_bad_values_name_the_key(key, value, msg):
     c = cfg.base_config()
     group, _, leaf = key.rpartition(".")
     setattr(c[group] if group else c, leaf, value)
-    with pytest.raises(cfg.ConfigError, match=msg):
+    with pytest.raises(cfg.ConfigError, match="^" + msg.replace(".", r"\.") + ":"):
         cfg.validate(c)
+
+
+def test_frozen_only_is_valid():
+    c = cfg.base_config()
+    c.train.finetune_epochs = 0
+    cfg.validate(c)
 
 
 def test_multipliers_must_cover_classes():

@@ -85,11 +85,11 @@ def _check_training(c) -> None:
     if t.finetune_schedule not in ("constant", "warmup_cosine"):
         _fail("train.finetune_schedule", f"expected 'constant' or 'warmup_cosine', got "
                                          f"{t.finetune_schedule!r}")
-    if t.finetune_backbone_lr_factor <= 0 or t.finetune_weight_decay < 0 \
-            or t.finetune_warmup_epochs < 0:
-        _fail("train.finetune_backbone_lr_factor", "expected backbone lr factor > 0, weight "
-              f"decay >= 0, warm-up epochs >= 0; got {t.finetune_backbone_lr_factor}, "
-              f"{t.finetune_weight_decay}, {t.finetune_warmup_epochs}")
+    if t.finetune_backbone_lr_factor <= 0:
+        _fail("train.finetune_backbone_lr_factor", f"expected > 0, got "
+                                                   f"{t.finetune_backbone_lr_factor}")
+    _at_least("train.finetune_weight_decay", t.finetune_weight_decay, 0)
+    _at_least("train.finetune_warmup_epochs", t.finetune_warmup_epochs, 0)
     if t.finetune_lr_factor <= 0:
         _fail("train.finetune_lr_factor", f"expected > 0, got {t.finetune_lr_factor}")
     _positive_ints("train.grad_accum_steps", (t.grad_accum_steps,))
@@ -126,8 +126,8 @@ def _check_apply(c) -> None:
     if c.pipeline in ("predict", "evaluate") and not c.inputs:
         _fail("inputs", "give an image, a folder or a glob of scans"
                         + (" (evaluate: a folder of class sub-folders)" if c.pipeline == "evaluate" else ""))
-    if c.predict.batch_size < 1 or c.gradcam.batch_size < 1:
-        _fail("predict.batch_size", "predict.batch_size and gradcam.batch_size must be >= 1")
+    _at_least("predict.batch_size", c.predict.batch_size, 1)
+    _at_least("gradcam.batch_size", c.gradcam.batch_size, 1)
     if c.predict.colour not in ("flag", "skip"):
         _fail("predict.colour", f"expected 'flag' or 'skip', got {c.predict.colour!r}")
     if c.threshold.value > 1:
@@ -157,6 +157,11 @@ def parse_stage(text: str) -> dict:
         raise ConfigError(f"config.staged.stages: {text!r}: need epochs >= 1 and lr > 0")
     trainable = groups if groups in ("none", "all") else tuple(g for g in groups.split("+") if g)
     return {"name": name, "trainable": trainable, "epochs": epochs, "lr": lr}
+
+
+def _at_least(key: str, value, low) -> None:
+    if value < low:
+        _fail(key, f"expected >= {low}, got {value}")
 
 
 def _one_of(key: str, value, allowed) -> None:
@@ -282,12 +287,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("eval.threshold", f"expected [0, 1], got {c.eval.threshold}")
     if not 0 <= c.eval.target_sensitivity <= 1:
         _fail("eval.target_sensitivity", f"expected [0, 1], got {c.eval.target_sensitivity}")
-    if c.eval.cv_repeats < 0 or c.eval.calibration_bins < 2:
-        _fail("eval.cv_repeats", f"cv_repeats must be >= 0 and calibration_bins >= 2, got "
-                                 f"{c.eval.cv_repeats}, {c.eval.calibration_bins}")
-    if c.eval.bootstrap < 0 or c.eval.ensemble_k < 0:
-        _fail("eval.bootstrap", f"bootstrap and ensemble_k must be >= 0, got "
-                                f"{c.eval.bootstrap}, {c.eval.ensemble_k}")
+    for key, low in (("cv_repeats", 0), ("calibration_bins", 2), ("bootstrap", 0),
+                     ("ensemble_k", 0)):
+        _at_least(f"eval.{key}", getattr(c.eval, key), low)
     _check_apply(c)
     if c.augment.balance == "multipliers" and classes:
         missing = [k for k in classes if k not in c.augment.multipliers]
