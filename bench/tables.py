@@ -1,11 +1,12 @@
-"""The docs' benchmark tables, generated from the benches' JSON lines (no figure typed by hand).
+"""The docs' generated tables: benchmarks from the benches' JSON lines, and the
+configuration reference from the schema (no figure or default typed by hand).
 
     python bench/tables.py                 # rewrites every generated table in docs/
-    python bench/tables.py --check         # exit 1 if a table differs from its JSON
+    python bench/tables.py --check         # exit 1 if a table differs from its source
 
 A table lives between `<!-- table:NAME -->` and `<!-- /table:NAME -->` in a docs file;
-NAME picks the renderer below and its JSON lines in bench/results/NAME.jsonl. The newest
-line per data set is shown, with its date and machine.
+NAME picks the renderer below. Bench tables read bench/results/NAME.jsonl (the newest line
+per data set, with its date and machine); `config` reads `bt_jax/config/schema.py`.
 """
 
 from __future__ import annotations
@@ -72,7 +73,55 @@ def scale_train_table() -> str:
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
 
-RENDERERS = {"scale": scale_table, "scale_train": scale_train_table}
+def _schema_comments() -> dict[str, str]:
+    """key -> the comment on its line in schema.py (and comment-only lines below it)."""
+    out, last = {}, None
+    for line in (ROOT / "bt_jax" / "config" / "schema.py").read_text().splitlines():
+        m = re.match(r"\s*c\.([\w.]+) = .*?(?:#\s*(.*))?$", line)
+        if m:
+            last = m[1]
+            out[last] = (m[2] or "").strip()
+        elif last and re.match(r"\s{20,}#", line):  # a comment continued under the last key
+            out[last] += " " + line.strip().lstrip("#").strip()
+        else:
+            last = None
+    return out
+
+
+def _allowed() -> dict[str, tuple]:
+    from bt_jax.config import schema
+    return {"pipeline": schema.PIPELINES, "preprocess.equalize": schema.EQUALIZE,
+            "augment.balance": schema.BALANCE, "search.allocation": schema.ALLOCATIONS,
+            "train.optimizer": schema.OPTIMIZERS, "staged.optimizer": schema.OPTIMIZERS,
+            "search.optimizers": schema.OPTIMIZERS, "data.store_dtype": schema.STORE_DTYPES,
+            "model.name": schema.BACKBONES + ("recipes: backbones and " +
+                                              "/".join(schema.RECIPE_OPTIONS) + " joined by +",),
+            "search.backbones": schema.BACKBONES}
+
+
+def config_table() -> str:
+    sys.path.insert(0, str(ROOT))
+    from bt_jax.config import base_config
+    comments, allowed = _schema_comments(), _allowed()
+
+    def leaves(c, prefix=""):
+        for k, v in c.items():
+            if hasattr(v, "items") and not isinstance(v, dict) and f"{prefix}{k}" != "augment.multipliers":
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    order = {k: i for i, k in enumerate(comments)}  # the schema's own order
+    for key, value in sorted(leaves(base_config()), key=lambda kv: order.get(kv[0], len(order))):
+        v = value.to_dict() if hasattr(value, "to_dict") else value
+        ok = ", ".join(f"`{a}`" for a in allowed[key]) if key in allowed else ""
+        cell, note = (str(x).replace("|", "\\|") for x in (repr(v), comments.get(key, "")))
+        lines.append(f"| `{key}` | `{cell}` | {ok} | {note} |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"scale": scale_table, "scale_train": scale_train_table, "config": config_table}
 
 
 def render(text: str) -> str:
