@@ -34,13 +34,17 @@ def test_rows_read_by_any_index_as_float32(tmp_path):
     np.testing.assert_array_equal(rows[np.array([True, False, True, False, False])], want[[0, 2]])
     np.testing.assert_array_equal(store.take(rows, [4, 0]).__array__(), want[[4, 0]])
     np.testing.assert_allclose(np.asarray(rows), imgs[[3, 1, 4, 1, 5]], atol=1 / 65535)
-    assert isinstance(s.array, np.memmap)  # nothing held in memory but the map
+    # never mapped into the process (a map's pages would count in its resident memory)
+    with open("/proc/self/maps") as f:
+        assert str(s.path) not in f.read()
+    np.testing.assert_array_equal(np.load(s.path, mmap_mode="r")[[3, 1]],  # a plain .npy
+                                  np.round(imgs[[3, 1]] * 65535).astype(np.uint16))
 
 
 def test_uint8_store_is_within_half_a_step(tmp_path):
     imgs = _images(4)
     s = _write(tmp_path, imgs, "uint8")
-    assert s.array.dtype == np.uint8 and s.rows(["sha0"]).stored_dtype == np.uint8
+    assert s.file.dtype == np.uint8 and s.rows(["sha0"]).stored_dtype == np.uint8
     np.testing.assert_allclose(s.rows([f"sha{i}" for i in range(4)])[:], imgs, atol=0.5 / 255 + 1e-7)
 
 
@@ -50,6 +54,11 @@ def test_incomplete_or_mismatched_stores_are_never_read(tmp_path):
     meta = json.loads(s.path.with_suffix(".json").read_text())
     meta["shape"][0] = 4  # an index that does not describe its array
     s.path.with_suffix(".json").write_text(json.dumps(meta))
+    assert store.ImageStore.latest(tmp_path) is None
+    meta["shape"][0] = 3
+    s.path.with_suffix(".json").write_text(json.dumps(meta))
+    with open(s.path, "r+b") as f:  # an array cut short
+        f.truncate(s.path.stat().st_size - 10)
     assert store.ImageStore.latest(tmp_path) is None
     s.path.with_suffix(".json").unlink()  # an array without its index (killed before it)
     assert store.ImageStore.latest(tmp_path) is None

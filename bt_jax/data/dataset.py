@@ -119,7 +119,7 @@ def _preprocess_all(recs, params, cache: Path, min_size: int, dtype: str,
     # A row for every file that may turn out usable: known failures need none.
     want = [r for r in recs if not _known_failure(r, cache)]
     complete = old is not None and all(r.sha256 in old.row_of for r in want) \
-        and old.array.shape[1:] == shape
+        and old.shape[1:] == shape
     writer = None if complete else store.StoreWriter(cache / f"store-{dtype}", len(want),
                                                      shape, dtype)
     row_of = {r.sha256: i for i, r in enumerate(want)}

@@ -9,9 +9,10 @@
     images.subset(idx)                        # a lazy view of some rows (nothing read)
     for batch in prefetch(batches): ...       # the next batch read while this one computes
 
-Images are kept as uint16 (16-bit scans keep their depth) or uint8 in one memory-mapped
-`.npy` per store, so memory does not grow with the number of scans: only the rows a batch
-asks for are read. A store is written under a temporary name and renamed once complete;
+Images are kept as uint16 (16-bit scans keep their depth) or uint8 in one `.npy` per store
+(`np.load(path, mmap_mode="r")` opens it for a look), read and written row by row with
+pread/pwrite, never mapped, so memory does not grow with the number of scans: only the
+rows a batch asks for are read, into fresh arrays. A store is written under a temporary name and renamed once complete;
 its `.json` (row -> file sha256, dtype, shape) is written after it, so a store without its
 index, or whose size does not match, is never read. A new store (new files in the folder)
 copies the rows it can from the previous one and decodes only the rest.
@@ -54,8 +55,58 @@ def quantise(image01: np.ndarray, dtype) -> np.ndarray:
     return np.round(np.asarray(image01) * _scale(dtype)).astype(dtype)
 
 
+class RowFile:
+    """An (M, ...) `.npy` file read and written row by row with pread/pwrite. Never mapped
+    into memory: rows read are copied into fresh arrays (the kernel's page cache keeps
+    hot files fast without counting in the process's resident memory, as a memory map's
+    pages would), so a 30 GB store costs a batch's worth of RAM."""
+
+    def __init__(self, path: Path, writable: bool = False):
+        self.path = Path(path)
+        self.fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"{path}: a Fortran-ordered array is not an image store")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (sorted, unique) as one array; runs of consecutive rows in one read each."""
+        out = np.empty((len(rows),) + self.shape[1:], self.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for run in np.split(np.arange(len(rows)), breaks):
+            if not len(run):
+                continue
+            n = len(run) * self.row_bytes
+            buf = os.pread(self.fd, n, self.offset + int(rows[run[0]]) * self.row_bytes)
+            if len(buf) != n:
+                raise OSError(f"{self.path}: short read (file truncated?)")
+            flat[run[0]:run[-1] + 1] = np.frombuffer(buf, np.uint8).reshape(len(run), -1)
+        return out
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        data = np.ascontiguousarray(values, self.dtype).tobytes()
+        if len(data) != self.row_bytes:
+            raise ValueError(f"row of {len(data)} bytes, the store holds {self.row_bytes}")
+        os.pwrite(self.fd, data, self.offset + row * self.row_bytes)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self):
+        self.close()
+
+
 class ImageRows:
-    """Float32 images in [0, 1] backed by rows of a memory-mapped store; array-like.
+    """Float32 images in [0, 1] backed by rows of an on-disk store; array-like.
 
     `len`, `shape`, `dtype`, `ndim`; indexing with an int, a slice, a bool mask or an integer
     array of any shape reads those rows only. `subset(idx)` is a lazy view (nothing read).
@@ -64,13 +115,13 @@ class ImageRows:
 
     dtype = np.dtype(np.float32)
 
-    def __init__(self, array: np.ndarray, rows: np.ndarray):
-        self._array, self._rows = array, np.asarray(rows, np.int64)
-        self._scale = _scale(array.dtype)
+    def __init__(self, file: RowFile, rows: np.ndarray):
+        self._file, self._rows = file, np.asarray(rows, np.int64)
+        self._scale = _scale(file.dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (len(self._rows),) + tuple(self._array.shape[1:])
+        return (len(self._rows),) + tuple(self._file.shape[1:])
 
     @property
     def ndim(self) -> int:
@@ -79,7 +130,7 @@ class ImageRows:
     @property
     def stored_dtype(self) -> np.dtype:
         """What the store holds (uint16 or uint8): part of what the numbers depend on."""
-        return self._array.dtype
+        return self._file.dtype
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -88,7 +139,7 @@ class ImageRows:
         flat = rows.ravel()
         # Sorted unique rows: one forward pass over the file, each row read once.
         uniq, inv = np.unique(flat, return_inverse=True)
-        data = np.asarray(self._array[uniq])[inv.ravel()]
+        data = self._file.read(uniq)[inv.ravel()]
         out = data.astype(np.float32) / self._scale
         return out.reshape(rows.shape + out.shape[1:])
 
@@ -99,14 +150,14 @@ class ImageRows:
                           self._rows[np.asarray(idx)])
 
     def subset(self, idx) -> ImageRows:
-        return ImageRows(self._array, self._rows[np.asarray(idx)])
+        return ImageRows(self._file, self._rows[np.asarray(idx)])
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]
         return out if dtype is None else out.astype(dtype)
 
     def __repr__(self) -> str:
-        return f"ImageRows(shape={self.shape}, stored as {self._array.dtype})"
+        return f"ImageRows(shape={self.shape}, stored as {self._file.dtype})"
 
 
 def take(images, idx):
@@ -115,19 +166,23 @@ def take(images, idx):
 
 
 class ImageStore:
-    """One complete store: a memory-mapped (M, S, S, 3) array and the sha256 of each row."""
+    """One complete store: an (M, S, S, 3) row file and the sha256 of each row."""
 
     def __init__(self, path: Path, shas: list[str]):
         self.path = Path(path)
-        self.array = np.load(self.path, mmap_mode="r")
+        self.file = RowFile(self.path)
         self.shas = list(shas)
         self.row_of = {s: i for i, s in enumerate(self.shas) if s}
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.file.shape
+
     def rows(self, shas: Iterable[str]) -> ImageRows:
-        return ImageRows(self.array, np.array([self.row_of[s] for s in shas], np.int64))
+        return ImageRows(self.file, np.array([self.row_of[s] for s in shas], np.int64))
 
     def image(self, sha: str) -> np.ndarray:
-        return np.asarray(self.array[self.row_of[sha]])
+        return self.file.read(np.array([self.row_of[sha]]))[0]
 
     @staticmethod
     def latest(directory: Path) -> ImageStore | None:
@@ -138,11 +193,14 @@ class ImageStore:
             try:
                 doc = json.loads(meta.read_text())
                 store = ImageStore(meta.with_suffix(".npy"), doc["shas"])
+                size = store.path.stat().st_size
             except (OSError, ValueError, KeyError) as e:
                 log.warning("image store %s unreadable (%s): ignored", meta, e)
                 continue
-            if (list(store.array.shape) == doc["shape"] and store.array.dtype.name == doc["dtype"]
-                    and len(store.shas) == doc["shape"][0]):
+            f = store.file
+            if (list(f.shape) == doc["shape"] and f.dtype.name == doc["dtype"]
+                    and len(store.shas) == doc["shape"][0]
+                    and size == f.offset + f.shape[0] * f.row_bytes):
                 return store
             log.warning("image store %s does not match its index: ignored", meta)
         return None
@@ -163,8 +221,8 @@ def _size(n: int) -> str:
 
 
 class StoreWriter:
-    """Fills a new store row by row in a temporary memory-mapped file; `commit` renames it
-    into place and writes its index. Nothing is read from it before then."""
+    """Fills a new store row by row in a temporary file; `commit` renames it into place
+    and writes its index. Nothing is read from it before then."""
 
     def __init__(self, directory: Path, n_rows: int, shape: tuple[int, ...], dtype: str):
         self.directory = Path(directory)
@@ -173,26 +231,27 @@ class StoreWriter:
         need = n_rows * int(np.prod(shape)) * self.dtype.itemsize
         check_free_space(self.final_dir, need, f"the image store ({n_rows} images)")
         fd, self.tmp = tempfile.mkstemp(dir=self.final_dir, prefix=".images.", suffix=".tmp")
-        os.close(fd)
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype,
-                                               shape=(n_rows,) + tuple(shape))
+        with os.fdopen(fd, "wb") as f:  # the .npy header, then a sparse file of rows
+            np.lib.format.write_array_header_2_0(
+                f, {"descr": self.dtype.str, "fortran_order": False,
+                    "shape": (n_rows,) + tuple(shape)})
+            f.truncate(f.tell() + need)
+        self.file = RowFile(Path(self.tmp), writable=True)
 
     def put(self, row: int, image01: np.ndarray) -> None:
-        self.array[row] = quantise(image01, self.dtype)
+        self.file.write(row, quantise(image01, self.dtype))
 
     def copy(self, row: int, store: ImageStore, sha: str) -> None:
         src = store.image(sha)
         if src.dtype == self.dtype:
-            self.array[row] = src
+            self.file.write(row, src)
         else:  # another store dtype: through [0, 1]
-            self.array[row] = quantise(src.astype(np.float32) / _scale(src.dtype), self.dtype)
+            self.file.write(row, quantise(src.astype(np.float32) / _scale(src.dtype), self.dtype))
 
     def commit(self, shas: list[str]) -> ImageStore:
-        shape = list(self.array.shape)
-        self.array.flush()
-        del self.array
-        with open(self.tmp, "rb") as f:
-            os.fsync(f.fileno())
+        shape = list(self.file.shape)
+        os.fsync(self.file.fd)
+        self.file.close()
         fp = hashlib.sha256(json.dumps([shas, shape, self.dtype.name]).encode()).hexdigest()[:16]
         path = self.final_dir / f"images-{fp}.npy"
         os.chmod(self.tmp, 0o644)
@@ -207,7 +266,7 @@ class StoreWriter:
         return ImageStore(path, shas)
 
     def abort(self) -> None:
-        self.__dict__.pop("array", None)
+        self.file.close()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
 
