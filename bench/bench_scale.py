@@ -25,6 +25,7 @@ import argparse
 import datetime
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -84,6 +85,15 @@ def timed(cmd: list[str], dry: bool) -> dict:
             "log": p.stderr, "start": start, "end": start + wall}
 
 
+def fresh(workdir: Path, dry: bool) -> None:
+    """Everything but the phantoms goes, so every stage is timed from scratch."""
+    if dry or not workdir.exists():
+        return
+    for p in workdir.iterdir():
+        if p.name != "synthetic_phantoms":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def run_one(name: str, data_args: list[str], workdir: Path, dry: bool) -> dict:
     base = [sys.executable, "launch.py", "--config=configs/quickstart.py",
             f"--workdir={workdir}", "--config.preprocess.size=224", *data_args]
@@ -109,6 +119,7 @@ STAGES_1_EPOCH = ("baseline:none:1:3e-4,stage1:block5_conv3+block5_conv4:1:1e-4,
 def run_training(kind: str, n: int, root: Path, dry: bool) -> dict:
     """Peak RSS (and wall time) of method A with fine-tuning, or of method B, on n phantoms."""
     w = root / f"{kind}_{n}"
+    fresh(w, dry)
     phantoms = [f"--config.data.phantoms.n_per_class={n // 2}", "--config.data.dir="]
     if kind == "method_a_finetune":
         cmd = ["--config=configs/quickstart.py", "--config.pipeline=train",
@@ -159,6 +170,7 @@ def main() -> None:
             data_args = [f"--config.data.dir={Path(a.real).resolve()}", "--config.data.classes=()",
                          "--config.data.positive=", "--config.data.negative_classes=notumor"]
             phantom_s = None
+        fresh(workdir, a.dry_run)
         rec = run_one(name, data_args, workdir, a.dry_run)
         rec.update(phantoms_written_s=phantom_s, date=datetime.date.today().isoformat(),
                    machine=info)

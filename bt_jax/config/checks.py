@@ -254,6 +254,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     elif c.augment.balance == "multipliers":
         _fail("data.classes", "augment.multipliers are keyed by class: name the classes")
     _one_of("data.store_dtype", c.data.store_dtype, STORE_DTYPES)
+    if not 0 < c.data.nifti_min_area <= 1:
+        _fail("data.nifti_min_area", f"expected (0, 1], got {c.data.nifti_min_area}")
     _one_of("preprocess.equalize", c.preprocess.equalize, EQUALIZE)
     if not 32 <= c.preprocess.size <= 1024:
         _fail("preprocess.size", f"expected 32..1024, got {c.preprocess.size}")

@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.classes = ("no", "yes")        # sub-folder names, in label order; () = every sub-folder, sorted
     c.data.positive = "yes"               # the tumour class of two (label 1); "" with more classes
     c.data.negative_classes = ()          # C > 2: the "no tumour" classes -> a binary tumour view
-    c.data.extensions = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+    c.data.extensions = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz")
+    c.data.nifti_min_area = 0.5           # NIfTI: axial slices whose brain area >= this x the largest slice's
     c.data.store_dtype = "uint16"         # on-disk image store: "uint16" (keeps 16-bit depth) | "uint8" (half the disk)
     c.data.min_size = 16                  # images smaller than this (either side) are skipped
     c.data.near_duplicate_bits = 6        # pHash Hamming distance that flags near-duplicates

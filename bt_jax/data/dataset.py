@@ -28,7 +28,7 @@ import numpy as np
 
 from bt_jax import io
 from bt_jax.config import ConfigError, check_classes
-from bt_jax.data import decode, discover, manifest, phantoms, preprocess, split, store
+from bt_jax.data import decode, discover, manifest, phantoms, preprocess, split, store, volumes
 from bt_jax.data.store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cach
              min_size: int, store: ImageStore | None) -> tuple[dict, np.ndarray | None, bool]:
     """Returns (meta, image or None, cache_hit). The image is None when it failed, or when
     `store` already holds it (a hit). Decoding errors become a skip reason."""
+    if rec.error:  # e.g. a 4D NIfTI file: recorded as skipped with its reason
+        return {"ok": False, "reason": rec.error}, None, False
     meta_p = cache / f"{rec.sha256}.json"
     if meta_p.exists():
         meta = json.loads(meta_p.read_text())
@@ -92,7 +94,11 @@ def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cach
         return meta, None, False  # not cached: depends on the name, not the content
     img = None
     try:
-        raw, info = decode.decode_file(rec.path, min_size=min_size)
+        if volumes.is_volume(rec.path):  # a slice "<file>#z=<z>" of a NIfTI volume
+            raw, info = volumes.read_slice(rec.path)
+            decode.check_usable(raw, min_size)
+        else:
+            raw, info = decode.decode_file(rec.path, min_size=min_size)
         out, pinfo = preprocess.preprocess_image(raw, params)
         meta = {"ok": True, "reason": "", **info, **pinfo,
                 "pixel_hash": decode.pixel_hash(raw), "phash": str(decode.perceptual_hash(raw))}
@@ -107,7 +113,7 @@ def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cach
 
 def _known_failure(rec: discover.FileRecord, cache: Path) -> bool:
     meta_p = cache / f"{rec.sha256}.json"
-    return not rec.is_image_ext or (meta_p.exists() and not json.loads(meta_p.read_text())["ok"])
+    return not rec.is_image_ext or bool(rec.error) or (meta_p.exists() and not json.loads(meta_p.read_text())["ok"])
 
 
 def _preprocess_all(recs, params, cache: Path, min_size: int, dtype: str,
@@ -188,6 +194,8 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     classes = tuple(config.data.classes) or discover.class_folders(root)
     check_classes(config, classes)
     files = discover.discover(root, classes, tuple(config.data.extensions))
+    # NIfTI volumes -> their axial slices (one split group per volume, see manifest)
+    files = volumes.expand(files, workdir / "cache", config.data.nifti_min_area)
     params = preprocess.PreprocessParams.from_config(config.preprocess)
     # min_size decides which files are skipped as tiny: part of what the cache holds.
     cache = workdir / "cache" / "preprocessed" / f"{params.key()}-min{int(config.data.min_size)}"

@@ -97,12 +97,17 @@ def decode_file(path: str | Path, *, min_size: int = 16) -> tuple[np.ndarray, di
     """Decodes and checks that the image is usable (big enough, not blank)."""
     data = Path(path).read_bytes()
     img, info = decode_bytes(data)
+    check_usable(img, min_size)
+    return img, info
+
+
+def check_usable(img: np.ndarray, min_size: int) -> None:
+    """DecodeError if an image is too small or blank (every pixel the same)."""
     h, w = img.shape[:2]
     if min(h, w) < min_size:
         raise DecodeError(f"image too small ({w}x{h}, need at least {min_size} px a side)")
     if float(img.max()) - float(img.min()) < 1e-3:
         raise DecodeError(f"blank image (every pixel is {float(img.max()):.3f})")
-    return img, info
 
 
 def pixel_hash(img: np.ndarray) -> str:

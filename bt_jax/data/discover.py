@@ -35,6 +35,7 @@ class FileRecord:
     sha256: str         # of the file bytes
     size: int           # bytes
     is_image_ext: bool  # extension among the accepted ones
+    error: str = ""     # why it cannot be used at all (e.g. a 4D NIfTI file); "" if none
 
 
 def _hash(path: Path) -> str:
@@ -107,7 +108,7 @@ def discover(root: Path, classes: tuple[str, ...], extensions: tuple[str, ...]) 
         for p in sorted(visible_files(root / cls)):
             out.append(FileRecord(path=p, rel=p.relative_to(root).as_posix(), cls=cls,
                                   label=label, sha256=_hash(p), size=p.stat().st_size,
-                                  is_image_ext=p.suffix.lower() in exts))
+                                  is_image_ext=p.name.lower().endswith(tuple(exts))))
     return out
 
 

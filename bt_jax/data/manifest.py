@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_jax import io
+from bt_jax.data import volumes
 
 CSV_FIELDS = ("file", "class", "sha256", "status", "reason", "duplicate_group", "duplicate_of",
               "near_duplicates", "split", "crop", "width", "height", "bits", "channels", "phash")
@@ -156,10 +157,23 @@ def dedupe(files, metas, near_bits: int) -> list[dict]:
 
 
 def split_groups(rows: list[dict], used: list[int], group_near: bool) -> np.ndarray:
-    """Group id per used image for splitting: near-duplicates share one when group_near."""
-    if not group_near:
-        return np.arange(len(used))
-    return np.array([rows[i]["_near_group"] for i in used])
+    """Group id per used image for splitting: near-duplicates share one when group_near,
+    and the slices of one NIfTI volume always do (one patient's scan on one side)."""
+    group = [rows[i]["_near_group"] if group_near else a for a, i in enumerate(used)]
+    parent, first_of_volume = {}, {}  # union-find over group ids
+
+    def root(g):
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
+    for a, i in enumerate(used):
+        vol = volumes.volume_of(rows[i]["file"])
+        if vol is not None:
+            ra, rb = root(group[a]), root(first_of_volume.setdefault(vol, group[a]))
+            if ra != rb:
+                parent[ra] = rb
+    return np.array([root(g) for g in group])
 
 
 def assign_splits(rows: list[dict], used: list[int], splits) -> None:

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_jax.data import decode
+from bt_jax.data import decode, volumes
 
 COLOUR_FRACTION = 0.05                # share of strongly coloured pixels that flags a photo
 COLOUR_CHROMA = 0.15                  # max(RGB) - min(RGB) above this is "strongly coloured"
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii",
+                  ".nii.gz")
 
 
 def find_inputs(spec) -> list[Path]:
@@ -129,16 +130,15 @@ def decode_dicom(path: Path, *, frame: int | None = None) -> tuple[np.ndarray, d
 def read_scan(path: Path, *, min_size: int = 16, frame: int | None = None):
     """Any supported file -> ((H, W, 3) float32 RGB in [0, 1], info); DecodeError if unusable."""
     path = Path(path)
-    data = path.read_bytes()
-    if len(data) and is_dicom(data, path):
-        img, info = decode_dicom(path, frame=frame)
+    if volumes.is_volume(path):  # a slice of a NIfTI volume ("<file>#z=<z>")
+        img, info = volumes.read_slice(path)
     else:
-        img, info = decode.decode_bytes(data)
-    h, w = img.shape[:2]
-    if min(h, w) < min_size:
-        raise decode.DecodeError(f"image too small ({w}x{h}, need at least {min_size} px a side)")
-    if float(img.max()) - float(img.min()) < 1e-3:
-        raise decode.DecodeError(f"blank image (every pixel is {float(img.max()):.3f})")
+        data = path.read_bytes()
+        if len(data) and is_dicom(data, path):
+            img, info = decode_dicom(path, frame=frame)
+        else:
+            img, info = decode.decode_bytes(data)
+    decode.check_usable(img, min_size)
     return img, info
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from bt_jax import io
 from bt_jax import inference
 from bt_jax.config import ConfigError
-from bt_jax.data import discover, manifest, preprocess, scans
+from bt_jax.data import discover, manifest, preprocess, scans, volumes
 from bt_jax.reporting import evaluation, html, report
 from bt_jax.pipelines.predict import gradcam_class_of, load_for
 
@@ -179,6 +179,7 @@ def run(config, workdir: Path):
     kind, mapping = folder_labels(root, model, config.external)
     class_index = gradcam_class_of(config, model)  # a misspelt class fails before any work
     files = discover.discover(root, tuple(mapping), tuple(config.data.extensions) + (".dcm",))
+    files = volumes.expand(files, workdir / "cache", config.data.nifti_min_area)  # NIfTI slices
     log.info("model %s on %d files of %s (%s: %s)", model.model_id, len(files), root, kind,
              mapping)
     rows = inference.predict_files(

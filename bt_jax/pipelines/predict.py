@@ -21,7 +21,7 @@ from bt_jax import io
 from bt_jax import inference
 from bt_jax.config import ConfigError
 from bt_jax.inference import gradcam as explain
-from bt_jax.data import scans
+from bt_jax.data import scans, volumes
 from bt_jax.reporting import html
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def run(config, workdir: Path):
     if not config.inputs:
         raise ConfigError("config.inputs: give an image, a folder or a glob of scans")
     gradcam_class_of(config, model)  # a misspelt class name fails before any work
-    files = scans.find_inputs(config.inputs)
+    files = volumes.expand_paths(scans.find_inputs(config.inputs), config.data.nifti_min_area)
     root = Path(config.inputs).expanduser().resolve()
     root = root if root.is_dir() else None
     log.info("model %s (%s), threshold %.4g (%s); %d input files", model.model_id,
