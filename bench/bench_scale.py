@@ -9,7 +9,9 @@ Each data set runs as a user would: `launch.py --config=configs/quickstart.py` w
 images, `pipeline=prepare` (discover, preprocess into the on-disk image store,
 de-duplicate, split), then the frozen-only search (`train.finetune_epochs=0`, 2 trials:
 features, k-fold head search, final head, CV estimates, report) in the same workdir, each
-under `/usr/bin/time -v` (peak RSS of the process). Stage times come from the run's log
+under `/usr/bin/time -v` (peak RSS of the process). Phantoms run with
+`data.near_duplicate_bits=0`: they share one template, so their perceptual hashes collide
+(not copies); `bench/bench_near_duplicates.py` times the near-duplicate search at 100k. Stage times come from the run's log
 (the time between the lines each stage writes). One JSON line per data set goes to --out;
 `bench/tables.py` turns them into the docs' table.
 
@@ -120,7 +122,8 @@ def run_training(kind: str, n: int, root: Path, dry: bool) -> dict:
     """Peak RSS (and wall time) of method A with fine-tuning, or of method B, on n phantoms."""
     w = root / f"{kind}_{n}"
     fresh(w, dry)
-    phantoms = [f"--config.data.phantoms.n_per_class={n // 2}", "--config.data.dir="]
+    phantoms = [f"--config.data.phantoms.n_per_class={n // 2}", "--config.data.dir=",
+                "--config.data.near_duplicate_bits=0"]
     if kind == "method_a_finetune":
         cmd = ["--config=configs/quickstart.py", "--config.pipeline=train",
                "--config.train.finetune_epochs=1", "--config.train.finetune_batch_size=16",
@@ -164,7 +167,10 @@ def main() -> None:
     for name, n in runs:
         workdir = Path(a.root) / name.replace(" ", "_")
         if n:
-            data_args = [f"--config.data.phantoms.n_per_class={n // 2}"]
+            # Phantoms share one template: their perceptual hashes collide by the hundred
+            # thousand (not copies), which prepare refuses; exact duplicates only.
+            data_args = [f"--config.data.phantoms.n_per_class={n // 2}",
+                         "--config.data.near_duplicate_bits=0"]
             phantom_s = write_phantoms(n, workdir, a.dry_run)
         else:
             data_args = [f"--config.data.dir={Path(a.real).resolve()}", "--config.data.classes=()",

@@ -90,12 +90,13 @@ def write_model_card(workdir, *, config, ds, backbone: str, digest: str, head: d
             **({"negative_classes": list(ds.negative_classes)} if ds.multiclass else {}),
             "checkpoint": str(Path(checkpoint_dir).relative_to(workdir) / "best"),
             "synthetic": bool(ds.synthetic), "training_hashes": "training_hashes.json",
-            "near_duplicate_bits": int(config.data.near_duplicate_bits)}
+            "near_duplicate_bits": int(config.data.near_duplicate_bits),
+            "near_duplicate_min_corr": float(config.data.near_duplicate_min_corr)}
     # Content and perceptual hashes of every file the run saw: `evaluate` flags external
     # scans that are (near-)copies of training images, even without the manifest.
     io.write_json(workdir / "training_hashes.json",
-                  [{k: r[k] for k in ("file", "sha256", "phash", "status", "split")}
-                   for r in ds.records], indent=None)
+                  [{**{k: r[k] for k in ("file", "sha256", "phash", "status", "split")},
+                    "thumb": r.get("_thumb", "")} for r in ds.records], indent=None)
     io.write_json(workdir / "model.json", card)
     return workdir / "model.json"
 

@@ -159,6 +159,15 @@ def parse_stage(text: str) -> dict:
     return {"name": name, "trainable": trainable, "epochs": epochs, "lr": lr}
 
 
+def _check_data(d) -> None:
+    _one_of("data.store_dtype", d.store_dtype, STORE_DTYPES)
+    if not 0 <= d.near_duplicate_min_corr <= 1:
+        _fail("data.near_duplicate_min_corr", f"expected [0, 1] (0: the hash alone), got "
+                                              f"{d.near_duplicate_min_corr}")
+    if not 0 < d.nifti_min_area <= 1:
+        _fail("data.nifti_min_area", f"expected (0, 1], got {d.nifti_min_area}")
+
+
 def _at_least(key: str, value, low) -> None:
     if value < low:
         _fail(key, f"expected >= {low}, got {value}")
@@ -253,9 +262,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         check_classes(c, classes)
     elif c.augment.balance == "multipliers":
         _fail("data.classes", "augment.multipliers are keyed by class: name the classes")
-    _one_of("data.store_dtype", c.data.store_dtype, STORE_DTYPES)
-    if not 0 < c.data.nifti_min_area <= 1:
-        _fail("data.nifti_min_area", f"expected (0, 1], got {c.data.nifti_min_area}")
+    _check_data(c.data)
     _one_of("preprocess.equalize", c.preprocess.equalize, EQUALIZE)
     if not 32 <= c.preprocess.size <= 1024:
         _fail("preprocess.size", f"expected 32..1024, got {c.preprocess.size}")

@@ -101,7 +101,8 @@ def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cach
             raw, info = decode.decode_file(rec.path, min_size=min_size)
         out, pinfo = preprocess.preprocess_image(raw, params)
         meta = {"ok": True, "reason": "", **info, **pinfo,
-                "pixel_hash": decode.pixel_hash(raw), "phash": str(decode.perceptual_hash(raw))}
+                "pixel_hash": decode.pixel_hash(raw), "phash": str(decode.perceptual_hash(raw)),
+                "thumb": decode.thumb_to_text(decode.thumbnail(raw))}
         img = out
     except (decode.DecodeError, OSError) as e:
         meta = {"ok": False, "reason": str(e)}
@@ -214,7 +215,8 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     log.info("preprocessed %d distinct files (%d reused from cache %s)", len(todo), hits, cache)
 
     t0 = time.perf_counter()
-    rows = manifest.dedupe(files, results, config.data.near_duplicate_bits)
+    rows = manifest.dedupe(files, results, config.data.near_duplicate_bits,
+                           config.data.near_duplicate_min_corr)
     log.info("de-duplicated %d images in %.1f s", len(rows), time.perf_counter() - t0)
     used = [i for i, r in enumerate(rows) if r["status"] == "used"]
     if not used:
@@ -229,9 +231,16 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
         raise discover.DataLayoutError(f"class(es) {missing} have no usable image in {root}; "
                                        "every class needs some (see manifest.csv for skips)")
     groups = manifest.split_groups(rows, used, config.data.group_near_duplicates)
-    splits = split.make_splits(labels, groups, test_fraction=config.split.test_fraction,
-                               val_fraction=config.split.val_fraction, k=config.split.k,
-                               seed=config.seed)
+    try:
+        splits = split.make_splits(labels, groups, test_fraction=config.split.test_fraction,
+                                   val_fraction=config.split.val_fraction, k=config.split.k,
+                                   seed=config.seed)
+    except ValueError as e:
+        raise discover.DataLayoutError(
+            f"cannot split {root}: {e}. Groups are exact and near-duplicates (and the slices "
+            "of one volume); if near-duplicates chain many different scans together, lower "
+            "config.data.near_duplicate_bits or set config.data.group_near_duplicates=False "
+            "(see manifest.csv)") from e
     manifest.assign_splits(rows, used, splits)
     images = images_store.rows([files[i].sha256 for i in used])
     ds = Dataset(images=images, labels=labels, class_index=cls_idx,

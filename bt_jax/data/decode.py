@@ -12,6 +12,7 @@ the missing rows with grey.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -116,6 +117,55 @@ def pixel_hash(img: np.ndarray) -> str:
     h = hashlib.sha256(np.asarray(q.shape, np.int64).tobytes())
     h.update(q.tobytes())
     return h.hexdigest()[:32]
+
+
+THUMB = 32  # side of the grey thumbnails that confirm near-duplicate candidates
+
+
+def thumbnail(img: np.ndarray) -> np.ndarray:
+    """(THUMB, THUMB) uint8 grey thumbnail of an image in [0, 1] (grey or RGB)."""
+    img = np.ascontiguousarray(img, np.float32)
+    gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+    small = cv2.resize(gray, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    return np.round(np.clip(small, 0, 1) * 255).astype(np.uint8)
+
+
+def thumb_to_text(thumb: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(thumb, np.uint8).tobytes()).decode("ascii")
+
+
+def thumb_from_text(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), np.uint8).reshape(THUMB, THUMB)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two thumbnails (1: the same picture up to brightness and
+    contrast; a flat thumbnail correlates 0 with anything)."""
+    a = np.asarray(a, np.float64).ravel() - np.mean(a)
+    b = np.asarray(b, np.float64).ravel() - np.mean(b)
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+# Small scalings and shifts (in thumbnail pixels) tried when aligning two thumbnails.
+_SCALES, _SHIFTS = (0.9, 0.95, 1.0, 1.05, 1.1), (-2, -1, 0, 1, 2)
+
+
+def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """The best correlation of thumbnail `a`'s centre with `b` scaled by up to +-10% and
+    shifted by up to 2 px (6% of the side): copies cropped or re-framed a little still
+    match, different scans of similar anatomy do not (bench/bench_near_duplicates.py)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    inner = (slice(4, THUMB - 4),) * 2
+    c = (THUMB - 1) / 2
+    best = -1.0
+    for s in _SCALES:
+        for dx in _SHIFTS:
+            for dy in _SHIFTS:
+                m = np.float32([[s, 0, c - s * c + dx], [0, s, c - s * c + dy]])
+                w = cv2.warpAffine(b, m, (THUMB, THUMB), flags=cv2.INTER_LINEAR, borderValue=0)
+                best = max(best, correlation(a[inner], w[inner]))
+    return best
 
 
 def perceptual_hash(img: np.ndarray) -> int:

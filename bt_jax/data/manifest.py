@@ -7,8 +7,10 @@
 Exact duplicates (same decoded pixels) form a group; its first file (sorted path) is
 used, the rest are marked "duplicate" and inherit its split. A group whose copies sit in
 different class folders has contradictory labels: every copy is skipped. Near-duplicates
-(pHash within a few bits: in the reference set, the same scan saved at another size) are
-listed, and by default also kept on one side of every split.
+(`is_near_copy`: pHash within a few bits, confirmed by the correlation of grey
+thumbnails; in the reference set, the same scan saved at another size) are listed, and
+by default also kept on one side of every split. `evaluate` applies the same rule to
+external scans against a model's training scans.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from bt_jax import io
-from bt_jax.data import volumes
+from bt_jax.errors import UserError
+from bt_jax.data import decode, volumes
 
 CSV_FIELDS = ("file", "class", "sha256", "status", "reason", "duplicate_group", "duplicate_of",
               "near_duplicates", "split", "crop", "width", "height", "bits", "channels", "phash")
@@ -52,6 +55,7 @@ def nearest_hash(query, reference) -> tuple[np.ndarray, np.ndarray]:
 
 
 CHUNKS = 4  # 16-bit pieces of a 64-bit hash for the multi-index search
+MAX_PAIRS_PER_IMAGE = 20  # hash pairs per image beyond which they cannot all be copies
 
 
 def _flip_masks(bits: int) -> np.ndarray:
@@ -60,7 +64,12 @@ def _flip_masks(bits: int) -> np.ndarray:
     return masks[np.bitwise_count(masks) <= bits]
 
 
-def _near_pairs(phashes, max_bits: int) -> list[tuple[int, int, int]]:
+class TooManyPairs(UserError, ValueError):
+    """The hash search found far more near pairs than copies make (one template, e.g.
+    synthetic phantoms): the count is in the message."""
+
+
+def _near_pairs(phashes, max_bits: int, max_pairs: int | None = None) -> list[tuple[int, int, int]]:
     """(i, j, distance) for i < j with Hamming distance <= max_bits.
 
     Multi-index hashing: cut each hash into 4 pieces of 16 bits; two hashes within r bits
@@ -73,7 +82,7 @@ def _near_pairs(phashes, max_bits: int) -> list[tuple[int, int, int]]:
         return []
     pieces = [((h >> np.uint64(16 * c)) & np.uint64(0xFFFF)).astype(np.int64)
               for c in range(CHUNKS)]
-    found = []
+    found, total = [], 0
     for piece in pieces:
         order = np.argsort(piece, kind="stable")
         sorted_piece = piece[order]
@@ -81,6 +90,10 @@ def _near_pairs(phashes, max_bits: int) -> list[tuple[int, int, int]]:
             lo = np.searchsorted(sorted_piece, piece ^ mask, "left")
             hi = np.searchsorted(sorted_piece, piece ^ mask, "right")
             found.append(_verified(h, order, lo, hi - lo, max_bits))
+            total += len(found[-1])  # counts repeats across pieces: an upper bound
+            if max_pairs is not None and total > CHUNKS * max_pairs:
+                raise TooManyPairs(f"more than {max_pairs:,} pairs of {n:,} images have "
+                                   f"perceptual hashes within {max_bits} bits")
     pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.int64)
     d = _distance(h[pairs[:, 0]], h[pairs[:, 1]])
     return [(int(i), int(j), int(k)) for (i, j), k in zip(pairs, d)]
@@ -104,7 +117,29 @@ def _verified(h, order, lo, counts, max_bits, block: int = 2_000_000) -> np.ndar
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
-def dedupe(files, metas, near_bits: int) -> list[dict]:
+def is_near_copy(bits: int, thumb_a, thumb_b, near_bits: int, min_corr: float) -> bool:
+    """The near-duplicate rule (prepare and evaluate alike): perceptual hashes within
+    `near_bits` and, when `min_corr` > 0 and both thumbnails are known, an aligned
+    correlation of the 32x32 grey thumbnails (`decode.aligned_correlation`) of at least
+    `min_corr`. The hash alone also matches different scans of similar anatomy
+    (bench/bench_near_duplicates.py: pairs from different class folders); the
+    correlation rejects most of those."""
+    if bits > near_bits:
+        return False
+    if min_corr <= 0 or not thumb_a or not thumb_b:
+        return True
+    return decode.aligned_correlation(decode.thumb_from_text(thumb_a),
+                                      decode.thumb_from_text(thumb_b)) >= min_corr
+
+
+def near_pairs_between(query, reference, max_bits: int) -> list[tuple[int, int, int]]:
+    """(query index, reference index, distance) of every pair within max_bits."""
+    both = list(query) + list(reference)
+    n = len(query)
+    return [(i, j - n, d) for i, j, d in _near_pairs(both, max_bits) if i < n <= j]
+
+
+def dedupe(files, metas, near_bits: int, min_corr: float = 0.0) -> list[dict]:
     rows = []
     for f, m in zip(files, metas):
         rows.append({"file": f.rel, "class": f.cls, "sha256": f.sha256,
@@ -113,7 +148,7 @@ def dedupe(files, metas, near_bits: int) -> list[dict]:
                      "split": "", "crop": m.get("crop", ""), "width": m.get("width", ""),
                      "height": m.get("height", ""), "bits": m.get("bits", ""),
                      "channels": m.get("channels", ""), "phash": m.get("phash") or "",
-                     "_pixel": m.get("pixel_hash")})
+                     "_pixel": m.get("pixel_hash"), "_thumb": m.get("thumb", "")})
     groups = collections.defaultdict(list)
     for i, r in enumerate(rows):
         if r["status"] == "used":
@@ -145,8 +180,18 @@ def dedupe(files, metas, near_bits: int) -> list[dict]:
             a = parent[a]
         return a
 
-    for a, b, d in _near_pairs(ph, near_bits):
+    try:  # real copies come in small groups: ~1 pair per image in public sets
+        pairs = _near_pairs(ph, near_bits, max_pairs=MAX_PAIRS_PER_IMAGE * max(len(ph), 1))
+    except TooManyPairs as e:
+        raise TooManyPairs(f"{e}: these are not copies but images of one look (e.g. "
+                           "synthetic phantoms), and grouping them would chain the data set "
+                           "into a few giant groups; lower config.data.near_duplicate_bits "
+                           "(0: exact duplicates only)") from e
+    for a, b, d in pairs:
         i, j = used[a], used[b]
+        if not is_near_copy(d, rows[i]["_thumb"], rows[j]["_thumb"], near_bits, min_corr):
+            rows[i]["_rejected"] = rows[i].get("_rejected", 0) + 1
+            continue
         rows[i]["near_duplicates"].append(f"{rows[j]['file']} ({d} bits)")
         rows[j]["near_duplicates"].append(f"{rows[i]['file']} ({d} bits)")
         if rows[i]["class"] == rows[j]["class"]:  # across classes: flagged, not grouped
@@ -194,6 +239,7 @@ def summary(rows: list[dict]) -> dict:
             "skipped": st["skipped"], "duplicate_groups": len(groups),
             "files_in_duplicate_groups": sum(1 for r in rows if r["duplicate_group"]),
             "near_duplicate_pairs": sum(len(r["near_duplicates"]) for r in rows) // 2,
+            "near_hash_pairs_rejected": sum(r.get("_rejected", 0) for r in rows),
             "skip_reasons": dict(collections.Counter(r["reason"].split(" (")[0]
                                                      for r in rows if r["status"] == "skipped"))}
 

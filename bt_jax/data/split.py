@@ -143,6 +143,14 @@ def make_splits(labels, groups, *, test_fraction: float = 0.1, val_fraction: flo
     fold_of[rest] = _even_out(_allocate(glabels[rest], gsizes[rest], np.full(k, 1 / k), rng),
                               glabels[rest], gsizes[rest], k)
     img_side, img_fold = side[inverse], fold_of[inverse]
+    for c in np.flatnonzero(counts):  # every class on every side, or the folds cannot score
+        holes = [f"fold{f}" for f in range(k) if not ((img_fold == f) & (labels == c)).any()]
+        holes += ["test"] * (test_fraction > 0 and not ((img_side == 0) & (labels == c)).any())
+        if holes:
+            big = gsizes[glabels == c].max()
+            raise ValueError(f"class {c} has no image in {holes}: its images sit in groups too "
+                             f"large to spread (the largest holds {big} of its {counts[c]} "
+                             f"images; {k} folds need each under about 1/{k + 1})")
     return Splits(test=np.flatnonzero(img_side == 0), val=np.flatnonzero(img_side == 1),
                   folds=tuple(np.flatnonzero(img_fold == f) for f in range(k)), n=len(labels))
 

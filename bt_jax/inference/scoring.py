@@ -93,7 +93,8 @@ def _load_one(path: Path, params, min_size, frame, colour_policy):
             note = "; ".join(x for x in (note, f"brain crop failed ({pinfo['crop']}), whole "
                                                "image used") if x)
         return {"status": status, "note": note, "colour_fraction": round(cf, 4),
-                "format": info["format"], "phash": str(decode.perceptual_hash(img))}, \
+                "format": info["format"], "phash": str(decode.perceptual_hash(img)),
+                "thumb": decode.thumb_to_text(decode.thumbnail(img))}, \
             (None if status == "skipped" else out)
     except (decode.DecodeError, OSError) as e:
         return {"status": "error", "note": str(e)}, None

@@ -155,15 +155,26 @@ def training_hashes(model: inference.LoadedModel) -> list[dict]:
     return []
 
 
-def flag_training_copies(rows: list[dict], files, seen: list[dict], near_bits: int) -> None:
+def flag_training_copies(rows: list[dict], files, seen: list[dict], near_bits: int,
+                         min_corr: float = 0.0) -> None:
     """Marks rows whose file is byte-identical to a training file (sha256), or a near-copy
-    (perceptual hash within near_bits, e.g. re-encoded or resized): both inflate results."""
+    of one (`manifest.is_near_copy`, the rule `prepare` uses: e.g. re-encoded or resized):
+    both inflate results. Of several near candidates, the closest hash that is confirmed."""
     by_sha = {t["sha256"]: t for t in seen}
     ref = [t for t in seen if t.get("phash")]
     with_hash = [i for i, r in enumerate(rows) if r.get("phash")]
-    idx, dist = manifest.nearest_hash([rows[i]["phash"] for i in with_hash],
-                                      [t["phash"] for t in ref])
-    near = {i: ref[j] for i, j, d in zip(with_hash, idx, dist) if d <= near_bits}
+    if min_corr > 0 and ref and not any(t.get("thumb") for t in ref):
+        log.warning("the model stores no training thumbnails (made by an older version): near "
+                    "copies are flagged by the perceptual hash alone, which also matches "
+                    "different scans of similar anatomy")
+    near = {}
+    pairs = manifest.near_pairs_between([rows[i]["phash"] for i in with_hash],
+                                        [t["phash"] for t in ref], near_bits)
+    for a, b, d in sorted(pairs, key=lambda p: p[2]):
+        i = with_hash[a]
+        if i not in near and manifest.is_near_copy(d, rows[i].get("thumb", ""),
+                                                   ref[b].get("thumb", ""), near_bits, min_corr):
+            near[i] = ref[b]
     for i, (r, f) in enumerate(zip(rows, files)):
         exact, close = by_sha.get(f.sha256), near.get(i)
         t = exact or close
@@ -187,7 +198,9 @@ def run(config, workdir: Path):
         dicom_frame=None if config.predict.dicom_frame < 0 else config.predict.dicom_frame,
         colour_policy=config.predict.colour)
     flag_training_copies(rows, files, training_hashes(model),
-                         int(model.card.get("near_duplicate_bits", config.data.near_duplicate_bits)))
+                         int(model.card.get("near_duplicate_bits", config.data.near_duplicate_bits)),
+                         float(model.card.get("near_duplicate_min_corr",
+                                              config.data.near_duplicate_min_corr)))
     for r, f in zip(rows, files):
         r.update({"file": f.rel, "class": f.cls, "label": mapping[f.cls]})
         if kind == CLASSES:
