@@ -73,6 +73,30 @@ def scale_train_table() -> str:
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
 
+def near_duplicates_table() -> str:
+    recs = _latest("near_duplicates", "data")
+    if not recs:
+        return "_No measurement yet: run `python bench/bench_near_duplicates.py`._"
+    r = recs[-1]
+    kinds = list(next(iter(r["rules"].values()))["recall_by_kind"])
+    lines = [f"| rule | recall (all {r['planted']} planted) | " + " | ".join(kinds)
+             + f" | different-class pairs flagged (of {r['cross_class_hash_pairs']}) | "
+             f"same-class hash pairs kept (of {r['same_class_hash_pairs']}) |",
+             "|---|" + "---|" * (len(kinds) + 3)]
+    for name, v in r["rules"].items():
+        lines.append(f"| {name} | {v['recall']:.3f} | "
+                     + " | ".join(f"{v['recall_by_kind'][k]:.2f}" for k in kinds)
+                     + f" | {v['cross_class_pairs_flagged']} | {v['same_class_pairs_flagged']} |")
+    t = r["search_seconds"]
+    lines.append("")
+    lines.append(f"Near-pair search over hashes shaped like the folder's: 10,000 in "
+                 f"{t['multi_index_10000']['s']:.2f} s (exhaustive: {t['exhaustive_10000']['s']:.2f} s), "
+                 f"100,000 in {t['multi_index_100000']['s']:.2f} s "
+                 f"({t['multi_index_100000']['pairs']:,} pairs). {r['scans']:,} scans of "
+                 f"`{r['data']}`; measured {r['date']}.")
+    return "\n".join(lines)
+
+
 def _schema_comments() -> dict[str, str]:
     """key -> the comment on its line in schema.py (and comment-only lines below it)."""
     out, last = {}, None
@@ -121,7 +145,8 @@ def config_table() -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"scale": scale_table, "scale_train": scale_train_table, "config": config_table}
+RENDERERS = {"scale": scale_table, "scale_train": scale_train_table, "config": config_table,
+             "near_duplicates": near_duplicates_table}
 
 
 def render(text: str) -> str:

@@ -48,3 +48,53 @@ def test_nearest_hash_matches_brute_force():
     full = np.bitwise_count(np.uint64(q[2]) ^ np.array(ref, np.uint64))
     assert dist[2] == full.min() and full[idx[2]] == full.min()
     assert manifest.nearest_hash([], ref)[0].shape == (0,)
+
+
+def _sig(img):
+    from bt_jax.data import decode
+    return decode.perceptual_hash(img), decode.thumb_to_text(decode.thumbnail(img))
+
+
+def test_near_copy_rule_keeps_copies_and_rejects_lookalikes(real_data_dir):
+    """Planted copies of a real scan pass; two different scans whose hashes are within the
+    bits (Y153 and Y81 of the reference set, 6 bits apart) do not, unless the hash alone
+    decides (min_corr 0)."""
+    import cv2
+    from bt_jax.data import decode
+    img, _ = decode.decode_file(real_data_dir / "yes" / "Y153.jpg")
+    h, t = _sig(img)
+    small = cv2.resize(img, (img.shape[1] * 4 // 5, img.shape[0] * 4 // 5),
+                       interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", np.round(img * 255).astype(np.uint8)[:, :, ::-1],
+                           [cv2.IMWRITE_JPEG_QUALITY, 70])
+    jpeg = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.float32) / 255
+    for copy in (small, jpeg, img ** 0.7):
+        hc, tc = _sig(copy)
+        d = int(np.bitwise_count(np.uint64(h) ^ np.uint64(hc)))
+        assert manifest.is_near_copy(d, t, tc, 6, 0.85), d
+    other, _ = decode.decode_file(real_data_dir / "yes" / "Y81.jpg")
+    ho, to = _sig(other)
+    d = int(np.bitwise_count(np.uint64(h) ^ np.uint64(ho)))
+    assert d <= 6 and not manifest.is_near_copy(d, t, to, 6, 0.85)
+    assert manifest.is_near_copy(d, t, to, 6, 0.0)  # the hash alone flags them
+    assert manifest.is_near_copy(d, "", to, 6, 0.85)  # no thumbnail (older cache): the hash
+    assert not manifest.is_near_copy(7, t, t, 6, 0.85)  # beyond the bits: never
+
+
+def test_hash_pairs_beyond_copies_are_refused():
+    h = [0] * 50 + [1] * 50  # one look: every pair within 1 bit
+    with pytest.raises(manifest.TooManyPairs, match="more than"):
+        manifest._near_pairs(h, 1, max_pairs=100)
+    assert len(manifest._near_pairs(h, 1)) == 100 * 99 // 2
+
+
+def test_prepare_refuses_a_chain_of_lookalikes_in_one_line():
+    from pathlib import Path
+    from bt_jax.data.discover import FileRecord
+    files = [FileRecord(Path(f"/x/{i}.png"), f"no/{i}.png", "no", 0, f"{i:064x}", 1, True)
+             for i in range(60)]
+    metas = [{"ok": True, "pixel_hash": str(i), "phash": str(i % 2)} for i in range(60)]
+    with pytest.raises(manifest.TooManyPairs, match="lower config.data.near_duplicate_bits"):
+        manifest.dedupe(files, metas, near_bits=2)
+    rows = manifest.dedupe(files, metas, near_bits=0)  # exact duplicates only: fine
+    assert all(r["status"] == "used" and not r["near_duplicates"] for r in rows)

@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.store_dtype = "uint16"         # on-disk image store: "uint16" (keeps 16-bit depth) | "uint8" (half the disk)
     c.data.min_size = 16                  # images smaller than this (either side) are skipped
     c.data.near_duplicate_bits = 6        # pHash Hamming distance that flags near-duplicates
-    c.data.near_duplicate_min_corr = 0.97  # ...confirmed by this thumbnail correlation (0: hash only)
+    c.data.near_duplicate_min_corr = 0.85  # ...confirmed by this aligned thumbnail correlation (0: hash only)
     c.data.group_near_duplicates = True   # keep near-duplicates on one side of every split
     c.data.phantoms = ml_collections.ConfigDict()
     c.data.phantoms.n_per_class = 40
