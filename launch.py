@@ -5,12 +5,15 @@
         --workdir=runs/resnet
 
 A mistake in a setting, a file or a folder prints one line (`error: ...`) and exits with
-status 2; `--verbose` (or BT_JAX_VERBOSE=1) shows the traceback too. Bugs keep theirs.
+status 2; a problem of the machine (disk full, out of memory, an unwritable workdir) exits
+with 3; Ctrl-C prints where it stopped and exits with 130 (errors.one_line). `--verbose`
+(or BT_JAX_VERBOSE=1) shows the traceback too. Bugs keep theirs.
 """
 
 import logging
 import os
 import sys
+from pathlib import Path
 
 from bt_jax import hugepages
 
@@ -20,8 +23,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bt_jax import compilation, io, pipelines, sharding
-from bt_jax.errors import EnvironmentProblem, UserError
+from bt_jax import compilation, errors, io, pipelines, sharding, stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -46,24 +48,21 @@ def main(argv):
     logging.getLogger("absl").addFilter(_QuietOrbax())
     if sharding.initialize(_CONFIG.value.distributed) and not io.is_writer():
         logging.getLogger().setLevel(logging.WARNING)  # process 0 tells the story once
-    # Here, not in pipelines.run: JAX fixes the cache folder for the whole process.
-    compilation.enable_for_run(_CONFIG.value, _WORKDIR.value)
-    logging.info("JAX %s on %s", jax.__version__, jax.devices())
     try:
+        pipelines.usable_workdir(Path(_WORKDIR.value).absolute())
+        # Here, not in pipelines.run: JAX fixes the cache folder for the whole process.
+        compilation.enable_for_run(_CONFIG.value, _WORKDIR.value)
+        logging.info("JAX %s on %s", jax.__version__, jax.devices())
         pipelines.run(_CONFIG.value, _WORKDIR.value)
-    except UserError as e:
-        if _VERBOSE.value or os.environ.get("BT_JAX_VERBOSE"):
+    except BaseException as e:  # noqa: BLE001 - sorted by errors.one_line; bugs re-raised
+        out = errors.one_line(e, stage=stages.current(), workdir=_WORKDIR.value)
+        if out is None or _VERBOSE.value or os.environ.get("BT_JAX_VERBOSE"):
             raise
-        print(f"error: {e}", file=sys.stderr)
-        print(f"hint: {e.hint or _HINT} (--verbose shows the traceback)", file=sys.stderr)
-        sys.exit(2)
-    except EnvironmentProblem as e:
-        if _VERBOSE.value or os.environ.get("BT_JAX_VERBOSE"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        sys.exit(3)
+        message, hint, status = out
+        print(f"error: {message}" if status != 130 else message, file=sys.stderr)
+        print(f"hint: {hint or _HINT}" + (" (--verbose shows the traceback)" if status == 2
+                                          else ""), file=sys.stderr)
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,56 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
     r = _launch(f"--config={ROOT}/configs/quickstart.py:quick",
                 f"--config.data.dir={tmp_path / 'nope'}", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
     _one_line_error(r, "does not exist")
+
+
+def test_workdir_that_is_a_file_is_one_line_and_exit_3(tmp_path):
+    f = tmp_path / "not_a_folder"
+    f.write_text("mine")
+    r = _launch(f"--config={ROOT}/configs/quickstart.py:quick", f"--workdir={f}", cwd=tmp_path)
+    assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"error: --workdir={f} is a file, not a folder" in r.stderr
+    assert f.read_text() == "mine"  # nothing of the user's is touched
+
+
+def test_one_line_sorts_failures():
+    import errno
+    from bt_jax import errors
+    full = OSError(errno.ENOSPC, "No space left on device", "/w/checkpoints/x")
+    wrapped = RuntimeError("orbax save failed")
+    wrapped.__cause__ = full
+    msg, hint, status = errors.one_line(wrapped, stage="fine-tune", workdir="W")
+    assert status == 3 and msg == "the disk is full writing /w/checkpoints/x (during fine-tune)"
+    assert "run the same command again to resume" in hint
+    oom = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2.1GiB")
+    msg, hint, status = errors.one_line(oom, stage="fine-tune", workdir="W")
+    assert status == 3 and msg.startswith("out of memory during fine-tune") and "batch" in hint
+    assert errors.one_line(KeyboardInterrupt(), stage="search", workdir="W")[::2] == (
+        "interrupted during search", 130)
+    assert errors.one_line(ValueError("a bug"), stage="x", workdir="W") is None
+
+
+@pytest.mark.e2e
+def test_ctrl_c_is_one_line_and_the_relaunch_resumes(tmp_path):
+    """SIGINT sent to a real run once its search has started."""
+    import signal
+    import time
+    w = tmp_path / "w"
+    args = [sys.executable, str(ROOT / "launch.py"), f"--config={ROOT}/configs/quickstart.py:quick",
+            "--config.weights.random_init=True", f"--workdir={w}"]
+    p = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in p.stderr:  # wait for the search to start
+        lines.append(line)
+        if "A new study created" in line or "trial " in line:
+            break
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    err = "".join(lines) + p.stderr.read()
+    assert p.wait(timeout=120) == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    tail = err.strip().splitlines()[-2:]
+    assert tail[0].startswith("interrupted during search"), tail
+    assert f"finished work is kept in {w}; run the same command again to resume" in tail[1]
+    r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "reusing cached features" in r.stderr and (w / "model.json").exists()

@@ -14,7 +14,8 @@ import logging
 import time
 from pathlib import Path
 
-from bt_jax import compilation, io
+from bt_jax import compilation, io, stages
+from bt_jax.errors import EnvironmentProblem
 from bt_jax import config as config_lib
 from bt_jax.pipelines import evaluate, predict, prepare, search, staged, train
 
@@ -31,11 +32,11 @@ PIPELINES = {
 def run(config, workdir: str | Path):
     config_lib.validate(config_lib.normalise(config))
     workdir = Path(workdir).absolute()  # report links and model.json paths are made relative to it
-    workdir.mkdir(parents=True, exist_ok=True)
+    usable_workdir(workdir)
     io.write_json(workdir / "config.json", config.to_dict(), default=str)
     logging.info("pipeline %s -> %s", config.pipeline, workdir)
     start = time.perf_counter()
-    with compilation.Tally() as tally:
+    with compilation.Tally() as tally, stages.stage(config.pipeline):
         out = PIPELINES[config.pipeline](config, workdir)
     timing = {"pipeline": config.pipeline, "wall_s": round(time.perf_counter() - start, 1),
               **tally.summary()}
@@ -44,3 +45,18 @@ def run(config, workdir: str | Path):
                  timing["cache_hits"], timing["seconds"])
     io.write_json(workdir / "timing.json", timing)
     return out
+
+
+def usable_workdir(workdir: Path) -> None:
+    """Creates the workdir, or one line (exit 3) saying why it cannot be used."""
+    if workdir.exists() and not workdir.is_dir():
+        raise EnvironmentProblem(f"--workdir={workdir} is a file, not a folder; name a folder "
+                                 "(it is created if missing)")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".bt_jax_write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise EnvironmentProblem(f"--workdir={workdir} cannot be written "
+                                 f"({e.strerror or e}); name a folder you can write to") from e

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bt_jax import features, model_card, tuning
+from bt_jax import features, model_card, stages, tuning
 from bt_jax.data import augment, dataset, preprocess
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head, n_outputs
@@ -141,7 +141,8 @@ def prepare(config, workdir: Path, backbones) -> Run:
     for name in available:
         cfg = load.sized_config(config, name)
         if cfg.preprocess.size not in by_size:
-            ds = dataset.prepare_dataset(cfg, workdir)
+            with stages.stage("data"):
+                ds = dataset.prepare_dataset(cfg, workdir)
             by_size[cfg.preprocess.size] = View(cfg, ds, make_copy_set(cfg, ds))
         views[name] = by_size[cfg.preprocess.size]
     first, *others = by_size.values()
@@ -155,8 +156,9 @@ def prepare(config, workdir: Path, backbones) -> Run:
     feats, models = {}, {}
     for name, wfile in available.items():
         v = views[name]
-        feats[name], models[name] = backbone_features(v.config, workdir, v.ds, v.copies, name,
-                                                      wfile)
+        with stages.stage(f"features {name}"):
+            feats[name], models[name] = backbone_features(v.config, workdir, v.ds, v.copies,
+                                                          name, wfile)
     return Run(first.config, workdir, ds, copies, folds, labels_all, feats, models, views)
 
 
@@ -293,7 +295,8 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
     ck = open_checkpoints(run.workdir / "checkpoints", "finetune", fingerprint)
     if fs.epochs == 0:  # frozen-only: the head on frozen features is the final model
         return model, _frozen_only(run, backbone, frozen, full, ck), fs, ck
-    tuned = finetune.fit(model, full, mreg.get(backbone), data, fs, ckpt=ck, desc="fine-tune")
+    with stages.stage("fine-tune"):
+        tuned = finetune.fit(model, full, mreg.get(backbone), data, fs, ckpt=ck, desc="fine-tune")
     return model, tuned, fs, ck
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from bt_jax import inference
+from bt_jax import inference, stages
 from bt_jax.pipelines import method_a_report
 from bt_jax.reporting import html, report
 
@@ -17,6 +17,11 @@ GRADCAM_EXAMPLES = 4   # test-split overlays in report.html
 
 def write_reports(workdir, metrics: dict, sections: list, *, title: str, synthetic: bool) -> None:
     """metrics.json + report.md, then Grad-CAM examples of the test split + report.html."""
+    with stages.stage("report"):
+        _write_reports(workdir, metrics, sections, title=title, synthetic=synthetic)
+
+
+def _write_reports(workdir, metrics: dict, sections: list, *, title: str, synthetic: bool) -> None:
     log.info("writing metrics and reports to %s", workdir)
     report.write_metrics_json(workdir / "metrics.json", metrics)
     title += " [SYNTHETIC DATA]" if synthetic else ""

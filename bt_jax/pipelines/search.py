@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 
-from bt_jax import compilation, tuning
+from bt_jax import compilation, stages, tuning
 from bt_jax.train import head
 from bt_jax.pipelines import ensemble, estimates, method_a, method_a_report, nested, outputs
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def run(config, workdir: Path):
     run = method_a.prepare(config, workdir, config.search.backbones)
-    with compilation.Tally() as tally:
+    with compilation.Tally() as tally, stages.stage("search"):
         study = method_a.run_study(run, config, run.workdir)
     compiled = tally.summary()
     log.info("search: %d XLA programs (%d compiled, %d from the cache), %.1f s compiling",
