@@ -59,8 +59,6 @@ FAST_COMPILE = "--xla_backend_optimization_level=1"
 
 
 def pytest_configure(config):
-    # Tests must never reach a real cache or network.
-    os.environ.setdefault("BT_JAX_TEST", "1")
     # Workers and subprocesses start with glibc's huge-page tunable, as launch.py runs do
     # (bt_jax/hugepages.py).
     from bt_jax import hugepages

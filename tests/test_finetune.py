@@ -66,6 +66,23 @@ def test_labels_cover_every_leaf_and_reject_typos(vgg_setup):
         partitions.trainable_labels(variables["params"], spec, ("block9",))
 
 
+def test_an_unlabelled_parameter_is_an_exception(vgg_setup, monkeypatch):
+    """A planted defect: group selection that drops a leaf. The check is an exception,
+    so it holds under `python -O` too."""
+    from flax import traverse_util
+    from bt_jax.models import registry
+    spec, _, variables, _ = vgg_setup
+    real = registry.select_groups
+
+    def drops_one(params, spec, selectors):
+        flat = traverse_util.flatten_dict(real(params, spec, selectors))
+        flat.pop(sorted(flat)[0])
+        return traverse_util.unflatten_dict(flat)
+    monkeypatch.setattr(registry, "select_groups", drops_one)
+    with pytest.raises(ValueError, match="parameters without a label"):
+        partitions.trainable_labels(variables["params"], spec, ("block5",))
+
+
 @pytest.mark.e2e
 def test_checkpoint_resume_after_kill(vgg_setup, tmp_path):
     spec, model, variables, data = vgg_setup

@@ -2,7 +2,6 @@
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -97,12 +96,12 @@ def test_deterministic_for_a_seed_and_seed_matters():
     assert a["roc_auc"]["ci"] != M.classification_report(y, p, seed=4)["roc_auc"]["ci"]
 
 
-def test_thousand_resamples_of_250_cases_are_fast():
+def test_thousand_resamples_give_a_stable_interval():
+    """(Speed is a benchmark's business, not a test's: no wall-clock assert here.)"""
     y, p = _data(n=250)
-    M.classification_report(y, p, n_boot=10)
-    t = time.perf_counter()
-    M.classification_report(y, p, n_boot=1000)
-    assert time.perf_counter() - t < 1.0  # ~0.03 s on one core
+    a = M.classification_report(y, p, n_boot=1000)["accuracy"]["ci"]
+    b = M.classification_report(y, p, n_boot=1000)["accuracy"]["ci"]
+    assert a == b and a[0] < a[1]  # seeded: the same interval twice, and a real one
 
 
 def test_fig5_reproduced_and_its_ci_is_wide():

@@ -37,8 +37,14 @@ def trainable_labels(params, spec: registry.BackboneSpec, trainable) -> Any:
         mask = registry.select_groups(bb, spec, list(trainable))
     labels = {"backbone": jax.tree.map(lambda m: "train" if m else "frozen", mask),
               "head": jax.tree.map(lambda _: "train", params["head"])}
-    flat = traverse_util.flatten_dict(labels)
-    assert all(v in ("train", "frozen") for v in flat.values())  # every leaf covered
+    # Every parameter labelled exactly once (an exception, not an assert: `python -O`
+    # drops asserts, and an unlabelled leaf would make optax.multi_transform fail late).
+    flat, want = traverse_util.flatten_dict(labels), traverse_util.flatten_dict(params)
+    missing = sorted("/".join(k) for k in set(want) - set(flat))
+    bad = sorted("/".join(k) for k, v in flat.items() if v not in ("train", "frozen"))
+    if missing or bad or set(flat) != set(want):
+        raise ValueError(f"trainable_labels: parameters without a label {missing[:5]}, "
+                         f"labels that are neither 'train' nor 'frozen' {bad[:5]}")
     return labels
 
 
