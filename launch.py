@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bt_jax import compilation, errors, io, pipelines, sharding, stages
+from bt_jax.config import overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -65,5 +66,21 @@ def main(argv):
         sys.exit(status)
 
 
+def _parse_flags(argv):
+    """absl's parse, with a mistyped config key as one line (closest keys named), exit 2."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError):
+        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+        bad = overrides.unknown_keys(overrides.load_file(spec),
+                                     [a for a in argv if a.startswith("--config.")])
+        if not bad:
+            raise
+        for line in bad:
+            print(f"error: {line}", file=sys.stderr)
+        print("hint: every key and its default: docs/configuration.md", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -59,3 +59,4 @@ def _chain(e: BaseException):
         seen.add(id(e))
         yield e
         e = e.__cause__ or e.__context__
+

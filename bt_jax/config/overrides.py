@@ -1,0 +1,48 @@
+"""Command-line overrides checked against a config file's keys, for one-line errors.
+
+    config = load_file("configs/quickstart.py:quick")      # what --config names, no overrides
+    unknown_keys(config, ["--config.search.prunr=x"])
+    # ["config.search.prunr: no such key; did you mean search.units or ...?"]
+
+absl parses `--config.<key>=value` flags before `main` runs, and a mistyped key ends in a
+long ml_collections traceback there; launch.py asks these instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+
+
+def load_file(spec: str):
+    """The config of `path[:arg]` (its `get_config(arg)`), or None if it cannot be loaded
+    (absl's own error then stands)."""
+    path, _, arg = spec.partition(":")
+    try:
+        module_spec = importlib.util.spec_from_file_location("_bt_jax_config_file", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception:  # noqa: BLE001 - any failure: no better message than absl's
+        return None
+
+
+def unknown_keys(config, overrides: list[str]) -> list[str]:
+    """One line per `--config.<key>=...` naming no key of `config`, with the closest ones."""
+    if config is None:
+        return []
+
+    def leaves(c, prefix=""):
+        for k, v in c.items():
+            yield f"{prefix}{k}"
+            if hasattr(v, "items"):
+                yield from leaves(v, f"{prefix}{k}.")
+    known = list(leaves(config))
+    out = []
+    for arg in overrides:
+        key = arg.split("=", 1)[0][len("--config."):]
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            out.append(f"config.{key}: no such key"
+                       + (f"; did you mean {' or '.join(near)}?" if near else ""))
+    return out
