@@ -66,3 +66,27 @@ def test_logistic_baseline_on_the_same_folds():
     diff = {"accuracy": {"diff": 0.05, "ci": [0.01, 0.09]}, "roc_auc": {"diff": 0.0, "ci": [-0.02, 0.02]}}
     assert estimates.verdict({"head_minus_logistic": diff}).startswith(
         "The searched head beats logistic regression")
+
+
+def test_logistic_inner_search_on_a_subset_of_whole_groups(monkeypatch):
+    """Big folders: C is chosen on at most INNER_ROWS rows made of whole groups (a copy
+    never apart from its original); the refit uses every row."""
+    from bt_jax.train import baseline
+    groups = np.repeat(np.arange(400), 3)  # 1,200 rows, 3 per group
+    sub = baseline._inner_subset(groups, seed=0, limit=100)
+    assert 100 <= len(sub) <= 102 and len(sub) % 3 == 0
+    assert all((groups[sub] == g).sum() == 3 for g in np.unique(groups[sub]))
+    assert np.array_equal(sub, baseline._inner_subset(groups, seed=0, limit=100))
+    assert len(baseline._inner_subset(groups, seed=0, limit=5000)) == 1200
+    rng = np.random.default_rng(1)
+    labels = np.arange(1200) % 2
+    feats = rng.normal(0, 1, (1200, 4)) + labels[:, None]
+    monkeypatch.setattr(baseline, "INNER_ROWS", 150)
+    seen = []
+    from sklearn.model_selection import GridSearchCV
+    real_fit = GridSearchCV.fit
+    monkeypatch.setattr(GridSearchCV, "fit", lambda self, x, *a, **k: seen.append(len(x))
+                        or real_fit(self, x, *a, **k))
+    model, c = baseline._fit_one(feats, labels, groups, inner_k=3, seed=0)
+    assert seen and max(seen) <= 152 and model.predict(feats).shape == (1200,)
+    assert model[-1].n_features_in_ == 4 and c in baseline.C_GRID

@@ -7,7 +7,9 @@ regression on the same frozen features and the same folds.
 Per outer fold: standardise on the fold's training rows, choose C from a log grid by an
 inner stratified group k-fold on those rows (groups: the original image of each row, so a
 copy and its original never straddle an inner split), refit with that C on all of them,
-predict the fold's validation rows. scikit-learn does the fitting; folds are the padded
+predict the fold's validation rows. On big folders C is chosen on a random subset of at
+most INNER_ROWS training rows (whole groups), so the 40 inner fits stay small; the refit
+uses every training row. scikit-learn does the fitting; folds are the padded
 `FoldArrays` the vmapped head uses, so the two are compared case by case.
 """
 
@@ -19,6 +21,17 @@ from bt_jax.models.heads import predicted_labels
 from bt_jax.train.folds import FoldArrays
 
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))
+INNER_ROWS = 5000
+
+
+def _inner_subset(groups, seed: int, limit: int = INNER_ROWS) -> np.ndarray:
+    """Row indices of whole groups, in a seeded random order, until `limit` rows."""
+    if len(groups) <= limit:
+        return np.arange(len(groups))
+    uniq, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    keep = order[:int(np.searchsorted(np.cumsum(sizes[order]), limit)) + 1]
+    return np.flatnonzero(np.isin(inverse, keep))
 
 
 def _fit_one(x, y, groups, *, inner_k: int, seed: int, grid=C_GRID):
@@ -27,13 +40,15 @@ def _fit_one(x, y, groups, *, inner_k: int, seed: int, grid=C_GRID):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    k = max(2, min(inner_k, int(np.bincount(y).min()), len(np.unique(groups))))
+    sub = _inner_subset(groups, seed)
+    k = max(2, min(inner_k, int(np.bincount(y[sub]).min()), len(np.unique(groups[sub]))))
     inner = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     # Two processes: ~40 small fits per call, each single-threaded (same results).
     search = GridSearchCV(pipe, {"logisticregression__C": list(grid)}, cv=inner,
-                          scoring="neg_log_loss", refit=True, n_jobs=2)
-    search.fit(x, y, groups=groups)
-    return search.best_estimator_, float(search.best_params_["logisticregression__C"])
+                          scoring="neg_log_loss", refit=False, n_jobs=2)
+    search.fit(x[sub], y[sub], groups=groups[sub])
+    best = float(search.best_params_["logisticregression__C"])
+    return pipe.set_params(logisticregression__C=best).fit(x, y), best
 
 
 def logistic_folds(features, labels, folds: FoldArrays, *, groups, inner_k: int = 3,
