@@ -24,8 +24,10 @@ C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))
 INNER_ROWS = 5000
 
 
-def _inner_subset(groups, seed: int, limit: int = INNER_ROWS) -> np.ndarray:
-    """Row indices of whole groups, in a seeded random order, until `limit` rows."""
+def _inner_subset(groups, seed: int, limit: int | None = None) -> np.ndarray:
+    """Row indices of whole groups, in a seeded random order, until `limit` rows
+    (default INNER_ROWS)."""
+    limit = INNER_ROWS if limit is None else limit
     if len(groups) <= limit:
         return np.arange(len(groups))
     uniq, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
