@@ -23,7 +23,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bt_jax import compilation, errors, io, pipelines, sharding, stages
+from bt_jax import compilation, console, errors, io, pipelines, sharding, stages
 from bt_jax.config import overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -51,6 +51,9 @@ def main(argv):
         logging.getLogger().setLevel(logging.WARNING)  # process 0 tells the story once
     try:
         pipelines.usable_workdir(Path(_WORKDIR.value).absolute())
+        if io.is_writer():  # the terminal: progress, finished steps, warnings; the rest in W/logs
+            console.setup(_WORKDIR.value, verbose=flags.FLAGS["verbosity"].present
+                          or bool(os.environ.get("BT_JAX_LOG_TO_TERMINAL")))
         # Here, not in pipelines.run: JAX fixes the cache folder for the whole process.
         compilation.enable_for_run(_CONFIG.value, _WORKDIR.value)
         logging.info("JAX %s on %s", jax.__version__, jax.devices())

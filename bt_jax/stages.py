@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 _STACK: list[str] = []
 _STOPPED: list[str] = []   # the innermost step an exception left
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 def stage(name: str):
     _STACK.append(name)
     _STOPPED.clear()
+    start = time.perf_counter()
     try:
         yield
     except BaseException:
@@ -31,7 +33,7 @@ def stage(name: str):
         raise
     finally:
         _STACK.pop()
-    log.info("finished: %s", name)
+    log.info("finished: %s (%.0f s)", name, time.perf_counter() - start)
 
 
 def current() -> str:

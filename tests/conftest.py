@@ -59,6 +59,9 @@ FAST_COMPILE = "--xla_backend_optimization_level=1"
 
 
 def pytest_configure(config):
+    # launch.py subprocesses keep INFO on the terminal (tests read it); one test checks the
+    # quiet console without this (test_launch.py).
+    os.environ.setdefault("BT_JAX_LOG_TO_TERMINAL", "1")
     # Workers and subprocesses start with glibc's huge-page tunable, as launch.py runs do
     # (bt_jax/hugepages.py).
     from bt_jax import hugepages

@@ -119,3 +119,22 @@ def test_a_mistyped_config_key_is_one_line_with_the_closest_keys(tmp_path):
     assert lines[1].startswith("error: config.train.epoch: no such key; did you mean train.epochs")
     assert lines[2].startswith("hint: ") and len(lines) == 3
     assert not (tmp_path / "w").exists()  # before any work
+
+
+def test_the_console_shows_steps_and_the_log_file_keeps_the_rest(tmp_path):
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "BT_JAX_LOG_TO_TERMINAL"}
+    args = [sys.executable, str(ROOT / "launch.py"), f"--config={ROOT}/configs/quickstart.py:quick",
+            "--config.pipeline=prepare", f"--workdir={tmp_path / 'w'}"]
+    for _ in range(2):
+        r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+    info = [ln for ln in r.stderr.splitlines() if ln[:1] == "I" and ln[1:5].isdigit()]
+    assert not info, info[:3]  # absl INFO stays off the terminal
+    assert "finished: pipeline prepare (" in r.stderr
+    log = (tmp_path / "w" / "logs" / "run.log").read_text()
+    assert "pipeline prepare ->" in log and "manifest written" in log
+    assert (tmp_path / "w" / "logs" / "run.1.log").exists()  # the first launch's, kept
+    r = subprocess.run(args + ["--verbosity=0"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert "manifest written" in r.stderr  # --verbosity brings INFO back

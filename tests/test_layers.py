@@ -7,7 +7,8 @@ PKG = Path(__file__).resolve().parents[1] / "bt_jax"
 
 # Bottom to top (README "Layout"); a module may import its own layer or any lower one.
 LAYERS = [
-    ("bt_jax.errors", "bt_jax.io", "bt_jax.compilation", "bt_jax.hugepages", "bt_jax.stages"),
+    ("bt_jax.errors", "bt_jax.io", "bt_jax.compilation", "bt_jax.hugepages", "bt_jax.stages",
+     "bt_jax.console"),
     ("bt_jax.config",),
     ("bt_jax.porting",),
     ("bt_jax.data",),

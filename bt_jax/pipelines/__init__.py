@@ -36,7 +36,7 @@ def run(config, workdir: str | Path):
     io.write_json(workdir / "config.json", config.to_dict(), default=str)
     logging.info("pipeline %s -> %s", config.pipeline, workdir)
     start = time.perf_counter()
-    with compilation.Tally() as tally, stages.stage(config.pipeline):
+    with compilation.Tally() as tally, stages.stage(f"pipeline {config.pipeline}"):
         out = PIPELINES[config.pipeline](config, workdir)
     timing = {"pipeline": config.pipeline, "wall_s": round(time.perf_counter() - start, 1),
               **tally.summary()}
