@@ -189,6 +189,19 @@ def resolve_data_dir(config, workdir: Path) -> tuple[Path, bool]:
     return root, True
 
 
+def _split(config, labels, groups, root) -> split.Splits:
+    try:
+        return split.make_splits(labels, groups, test_fraction=config.split.test_fraction,
+                                 val_fraction=config.split.val_fraction, k=config.split.k,
+                                 seed=config.seed)
+    except ValueError as e:
+        raise discover.DataLayoutError(
+            f"cannot split {root}: {e}. Groups are exact and near-duplicates (and the slices "
+            "of one volume); if near-duplicates chain many different scans together, lower "
+            "config.data.near_duplicate_bits or set config.data.group_near_duplicates=False "
+            "(see manifest.csv)") from e
+
+
 def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
     workdir = Path(workdir)
     root, synthetic = resolve_data_dir(config, workdir)
@@ -231,16 +244,7 @@ def prepare_dataset(config, workdir: Path, *, progress: bool = True) -> Dataset:
         raise discover.DataLayoutError(f"class(es) {missing} have no usable image in {root}; "
                                        "every class needs some (see manifest.csv for skips)")
     groups = manifest.split_groups(rows, used, config.data.group_near_duplicates)
-    try:
-        splits = split.make_splits(labels, groups, test_fraction=config.split.test_fraction,
-                                   val_fraction=config.split.val_fraction, k=config.split.k,
-                                   seed=config.seed)
-    except ValueError as e:
-        raise discover.DataLayoutError(
-            f"cannot split {root}: {e}. Groups are exact and near-duplicates (and the slices "
-            "of one volume); if near-duplicates chain many different scans together, lower "
-            "config.data.near_duplicate_bits or set config.data.group_near_duplicates=False "
-            "(see manifest.csv)") from e
+    splits = _split(config, labels, groups, root)
     manifest.assign_splits(rows, used, splits)
     images = images_store.rows([files[i].sha256 for i in used])
     ds = Dataset(images=images, labels=labels, class_index=cls_idx,
