@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -78,7 +79,9 @@ def timed(cmd: list[str], dry: bool) -> dict:
     now = datetime.datetime.now()
     start = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, "BT_JAX_LOG_TO_TERMINAL": "1"}  # the stage marks are INFO lines
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True,
+                       env=env)
     wall = time.perf_counter() - t0
     if p.returncode:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 KEEP = 5
-_FORMAT = "%(levelname).1s%(asctime)s %(filename)s:%(lineno)d] %(message)s"
+_FORMAT = "%(levelname).1s%(asctime)s.%(msecs)03d %(filename)s:%(lineno)d] %(message)s"
 
 
 def _rotate(log_dir: Path) -> Path:
