@@ -258,3 +258,12 @@ def test_format_cell():
     assert M.format_cell({"value": 0.93333, "ci": [0.8, 1.0]}) == "0.933 [0.80, 1.00]"
     assert M.format_cell({"value": float("nan"), "ci": [float("nan")] * 2}) == "n/a"
     assert M.format_cell({"value": 0.5, "ci": None}) == "0.500"
+
+
+def test_bootstrap_memory_does_not_grow_with_n():
+    """Resamples x cases stays under MAX_BOOT_CELLS (never under 200 resamples), so the
+    intervals of a 100,000-scan run cost ~160 MB, not 0.8 GB; small sets keep n_boot."""
+    assert M.boot_count(1000, 250) == 1000 and M.boot_count(1000, 20_000) == 1000
+    w = M.bootstrap_weights(np.arange(100_000) % 2, 1000, seed=0)
+    assert w.shape == (200, 100_000) and w.size <= M.MAX_BOOT_CELLS
+    assert np.all(w.sum(axis=1) == 100_000)

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from bt_jax.reporting import metrics
+
 _EPS = 1e-7
 
 
@@ -61,7 +63,8 @@ def calibration_report(y, prob, *, n_bins: int = 10, n_boot: int = 1000, ci: flo
     y, prob = _check(y, prob)
     out = {}
     rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(y), len(y)) for _ in range(max(0, n_boot))]
+    n_draws = max(0, metrics.boot_count(n_boot, len(y))) if n_boot else 0
+    draws = [rng.integers(0, len(y), len(y)) for _ in range(n_draws)]
     lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
     for name, fn in (("ece", lambda a, b: expected_calibration_error(a, b, n_bins)),
                      ("brier", brier_score)):

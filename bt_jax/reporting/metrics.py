@@ -74,8 +74,21 @@ def check_inputs(y_true, prob, prob_name: str = "prob") -> tuple[np.ndarray, np.
     return y.astype(np.int64), p
 
 
-def bootstrap_weights(y_true: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) multiplicity of each case in each stratified resample (rows sum to n)."""
+MAX_BOOT_CELLS = 20_000_000  # resamples x cases held at once: 160 MB of float64 weights
+
+
+def boot_count(n_boot: int, n: int) -> int:
+    """Resamples used for n cases: n_boot, or fewer (never under 200) where n_boot x n would
+    pass MAX_BOOT_CELLS (100,000 scans: 200), so memory does not grow with N; at that size
+    the interval is already narrow."""
+    return int(min(n_boot, max(200, MAX_BOOT_CELLS // max(n, 1))))
+
+
+def bootstrap_weights(y_true: np.ndarray, n_boot: int, seed: int,
+                      n_total: int | None = None) -> np.ndarray:
+    """(B, n) multiplicity of each case in each stratified resample (rows sum to n);
+    B = boot_count(n_boot, n_total or n)."""
+    n_boot = boot_count(n_boot, len(y_true) if n_total is None else n_total)
     rng = np.random.default_rng(seed)
     w = np.zeros((n_boot, len(y_true)), dtype=np.float64)
     for c in (0, 1):

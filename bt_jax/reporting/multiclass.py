@@ -88,7 +88,8 @@ def stratified_weights(y: np.ndarray, n_classes: int, n_boot: int, seed: int) ->
         idx = np.flatnonzero(y == c)
         if len(idx):
             sub = int(np.random.SeedSequence([seed, c]).generate_state(1)[0])
-            w[:, idx] = bt_metrics.bootstrap_weights(np.ones(len(idx), np.int64), n_boot, sub)
+            w[:, idx] = bt_metrics.bootstrap_weights(np.ones(len(idx), np.int64), n_boot, sub,
+                                                     n_total=len(y))
     return w
 
 
