@@ -151,21 +151,33 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 _SCALES, _SHIFTS = (0.9, 0.95, 1.0, 1.05, 1.1), (-2, -1, 0, 1, 2)
 
 
-def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
+def aligned_correlation(a: np.ndarray, b: np.ndarray, stop_at: float | None = None) -> float:
     """The best correlation of thumbnail `a`'s centre with `b` scaled by up to +-10% and
     shifted by up to 2 px (6% of the side): copies cropped or re-framed a little still
-    match, different scans of similar anatomy do not (bench/bench_near_duplicates.py)."""
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    match, different scans of similar anatomy do not (bench/bench_near_duplicates.py).
+    With `stop_at`, returns as soon as an alignment reaches it (the unmoved one first)."""
     inner = (slice(4, THUMB - 4),) * 2
+    a = np.asarray(a, np.float64)[inner].ravel()
+    a = a - a.mean()
+    norm_a = np.sqrt((a * a).sum())
+    b = np.asarray(b, np.float32)
     c = (THUMB - 1) / 2
     best = -1.0
-    for s in _SCALES:
-        for dx in _SHIFTS:
-            for dy in _SHIFTS:
-                m = np.float32([[s, 0, c - s * c + dx], [0, s, c - s * c + dy]])
-                w = cv2.warpAffine(b, m, (THUMB, THUMB), flags=cv2.INTER_LINEAR, borderValue=0)
-                best = max(best, correlation(a[inner], w[inner]))
+    for s, dx, dy in _ALIGNMENTS:
+        m = np.float32([[s, 0, c - s * c + dx], [0, s, c - s * c + dy]])
+        w = cv2.warpAffine(b, m, (THUMB, THUMB), flags=cv2.INTER_LINEAR,
+                           borderValue=0)[inner].ravel().astype(np.float64)
+        w = w - w.mean()
+        den = norm_a * np.sqrt((w * w).sum())
+        best = max(best, float((a * w).sum() / den) if den > 0 else 0.0)
+        if stop_at is not None and best >= stop_at:
+            break
     return best
+
+
+# The unmoved alignment first (most copies stop there), then every other one.
+_ALIGNMENTS = sorted(((s, dx, dy) for s in _SCALES for dx in _SHIFTS for dy in _SHIFTS),
+                     key=lambda t: (t != (1.0, 0, 0), t))
 
 
 def perceptual_hash(img: np.ndarray) -> int:

@@ -129,7 +129,7 @@ def is_near_copy(bits: int, thumb_a, thumb_b, near_bits: int, min_corr: float) -
     if min_corr <= 0 or not thumb_a or not thumb_b:
         return True
     return decode.aligned_correlation(decode.thumb_from_text(thumb_a),
-                                      decode.thumb_from_text(thumb_b)) >= min_corr
+                                      decode.thumb_from_text(thumb_b), stop_at=min_corr) >= min_corr
 
 
 def near_pairs_between(query, reference, max_bits: int) -> list[tuple[int, int, int]]:
