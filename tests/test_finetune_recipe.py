@@ -86,6 +86,6 @@ def test_recipe_settings_are_checked():
         cfg.validate(c)
     c = cfg.base_config()
     c.train.finetune_backbone_lr_factor = 0.0
-    with pytest.raises(cfg.ConfigError, match="backbone lr factor"):
+    with pytest.raises(cfg.ConfigError, match="^config.train.finetune_backbone_lr_factor: expected > 0"):
         cfg.validate(c)
 
