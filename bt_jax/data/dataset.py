@@ -114,7 +114,8 @@ def _process(rec: discover.FileRecord, params: preprocess.PreprocessParams, cach
 
 def _known_failure(rec: discover.FileRecord, cache: Path) -> bool:
     meta_p = cache / f"{rec.sha256}.json"
-    return not rec.is_image_ext or bool(rec.error) or (meta_p.exists() and not json.loads(meta_p.read_text())["ok"])
+    return (not rec.is_image_ext or bool(rec.error)
+            or (meta_p.exists() and not json.loads(meta_p.read_text())["ok"]))
 
 
 def _preprocess_all(recs, params, cache: Path, min_size: int, dtype: str,
