@@ -96,9 +96,9 @@ class RowFile:
             raise ValueError(f"row of {len(data)} bytes, the store holds {self.row_bytes}")
         os.pwrite(self.fd, data, self.offset + row * self.row_bytes)
 
-    def close(self) -> None:
+    def close(self, _close=os.close) -> None:  # bound now: __del__ may run at shutdown
         if self.fd >= 0:
-            os.close(self.fd)
+            _close(self.fd)
             self.fd = -1
 
     def __del__(self):
