@@ -301,20 +301,23 @@ def iter_copies(images, plan: CopyPlan, params: AugmentParams, *,
     images = np.asarray(images)
     as_uint8 = images.dtype == np.uint8
     for start in range(0, len(plan), chunk):
-        src = plan.source[start:start + chunk]
-        keys = plan.rng[start:start + chunk]
-        n = len(src)
-        pad = chunk - n
-        if pad:
-            src = np.concatenate([src, np.repeat(src[-1:], pad)])
-            keys = np.concatenate([keys, np.repeat(keys[-1:], pad, axis=0)])
-        batch = images[src].astype(np.float32)
-        if as_uint8:
-            batch /= 255.0
-        out = np.asarray(augment_batch(jnp.asarray(batch), jnp.asarray(keys), params))[:n]
+        rows = np.arange(start, min(start + chunk, len(plan)))
+        out = _augment_rows(images, plan, rows, params, chunk, 255.0 if as_uint8 else 1.0)
         if as_uint8:
             out = np.round(out * 255.0).astype(np.uint8)
         yield start, out
+
+
+def _augment_rows(images, plan: CopyPlan, rows: np.ndarray, params: AugmentParams,
+                  chunk: int, scale: float = 1.0) -> np.ndarray:
+    """float32 copies for plan rows `rows` (at most `chunk`), the batch padded to `chunk`
+    rows by repeating the last so `augment_batch` compiles once; sources divided by scale."""
+    padded = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows))])
+    batch = np.asarray(images[plan.source[padded]]).astype(np.float32)
+    if scale != 1.0:
+        batch /= scale
+    out = augment_batch(jnp.asarray(batch), jnp.asarray(plan.rng[padded]), params)
+    return np.asarray(out)[:len(rows)]
 
 
 class CopyRows:
@@ -340,12 +343,10 @@ class CopyRows:
             return self[np.atleast_1d(rows)][0]
         flat = rows.ravel()
         out = np.empty((len(flat),) + self.shape[1:], np.float32)
-        for s in range(0, len(flat), self.chunk):  # padded chunks: one compiled shape
+        for s in range(0, len(flat), self.chunk):
             sel = flat[s:s + self.chunk]
-            padded = np.concatenate([sel, np.repeat(sel[-1:], self.chunk - len(sel))])
-            x = np.asarray(self.images[self.plan.source[padded]], np.float32)
-            aug = augment_batch(jnp.asarray(x), jnp.asarray(self.plan.rng[padded]), self.params)
-            out[s:s + len(sel)] = np.asarray(aug)[:len(sel)]
+            out[s:s + len(sel)] = _augment_rows(self.images, self.plan, sel, self.params,
+                                                self.chunk)
         return out.reshape(rows.shape + self.shape[1:])
 
     def subset(self, idx) -> "CopyRows":

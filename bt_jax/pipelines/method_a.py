@@ -127,7 +127,7 @@ def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, wei
         parts = [features.extract_features(module, variables, x, batch_size=32, progress=True,
                                            desc=f"features {name}")
                  for x in (ds.images, copies.images) if len(x)]
-        return np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # no copy without copies
     return features.cached(workdir, parts, compute, name=name), (module, variables, digest)
 
 
