@@ -176,16 +176,16 @@ class LesionNet(nn.Module):
         return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
 
 
-def _train_lesion_net(x, y, *, seed, max_steps=4000, batch=32, lr=3e-3, check_every=200):
-    """Adam until the training phantoms are learnt (>= 97% of them right), at most max_steps.
+def _train_lesion_net(x, y, *, seed, attempts=4, max_steps=1500, batch=32, lr=3e-3,
+                      check_every=100):
+    """Adam until the training phantoms are learnt (>= 97% of them right).
 
-    How long the initial plateau lasts depends on the seed and on the CPU's float rounding
-    (a fixed 800 steps passed on one VM and not on another), so training runs to a measured
-    end point instead of a step count."""
+    How long the initial plateau lasts depends on the initialisation and on the CPU's float
+    rounding (seed 1 sat at 0.69 loss for 4000 steps on one VM and left it in 300 on another),
+    so a run that has not left it after max_steps restarts from a fresh initialisation. The
+    test is about where Grad-CAM looks in a net that learnt the task, not about the plateau."""
     module = Classifier(backbone=LesionNet(), head=Head(16, 0.0))
-    params = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
     tx = optax.adam(lr)
-    opt = tx.init(params)
 
     @jax.jit
     def step(params, opt, xb, yb):
@@ -202,12 +202,17 @@ def _train_lesion_net(x, y, *, seed, max_steps=4000, batch=32, lr=3e-3, check_ev
         return jnp.mean((logits[:, 0] > 0) == (y[:256] > 0))
 
     rng = np.random.default_rng(seed)
-    for s in range(1, max_steps + 1):
-        idx = rng.choice(len(x), batch, replace=False)
-        params, opt = step(params, opt, x[idx], y[idx])
-        if s % check_every == 0 and float(train_acc(params)) >= 0.97:
-            break
-    return module, {"params": params}
+    for attempt in range(attempts):
+        key = jax.random.PRNGKey(seed + 1000 * attempt)
+        params = module.init(key, jnp.zeros((1, SIZE, SIZE, 3)))["params"]
+        opt = tx.init(params)
+        for s in range(1, max_steps + 1):
+            idx = rng.choice(len(x), batch, replace=False)
+            params, opt = step(params, opt, x[idx], y[idx])
+            if s % check_every == 0 and float(train_acc(params)) >= 0.97:
+                return module, {"params": params}
+    raise AssertionError(f"LesionNet did not learn the training phantoms in {attempts} "
+                         f"initialisations of {max_steps} steps (seed {seed})")
 
 
 def _peak_on_lesion(cam, box, tol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import os
 from pathlib import Path
 
 from bt_jax import compilation, io, stages
@@ -54,7 +55,8 @@ def usable_workdir(workdir: Path) -> None:
                                  "(it is created if missing)")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".bt_jax_write_test"
+        # One probe per process: processes of a multi-host job share the workdir.
+        probe = workdir / f".bt_jax_write_test.{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
