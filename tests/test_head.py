@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,3 +267,121 @@ def test_capacity_if_serving_falls_back_to_an_exact_allocation():
         assert head.capacity_if_serving(cap, [outside], 100) is None
     assert head.capacity_if_serving(None, [inside], 100) is None
     assert head.capacity_if_serving(cap, [inside], 100, n_classes=4) is None  # 4 outputs
+
+
+# ----------------------------------------------------------------------------- oracle
+
+def _reference_init(rng, d, units, outputs):
+    """Keras' Glorot-uniform kernels, zero biases; drawn as (units, d) so that unit j's
+    weights do not depend on the width of the allocation (head_lanes.init_params)."""
+    k1, k2 = jax.random.split(rng)
+    w1 = jax.random.uniform(k1, (units, d), jnp.float32, -1.0, 1.0).T * np.sqrt(6 / (d + units))
+    w2 = jax.random.uniform(k2, (units, outputs), jnp.float32, -1.0, 1.0)
+    return {"hidden": {"kernel": w1, "bias": jnp.zeros(units)},
+            "out": {"kernel": w2 * np.sqrt(6 / (units + outputs)), "bias": jnp.zeros(outputs)}}
+
+
+def _reference_loss(params, x, y, keep=None, rate=0.0):
+    """Dense(relu) -> inverted dropout (kept units scaled by 1/(1-rate)) -> Dense; mean loss."""
+    h = jax.nn.relu(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+    if keep is not None:
+        h = h * keep / (1.0 - rate)
+    logits = h @ params["out"]["kernel"] + params["out"]["bias"]
+    if logits.shape[-1] == 1:
+        return optax.sigmoid_binary_cross_entropy(logits[:, 0], y).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32)).mean()
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_step(hp):
+    """The optimiser (optax's Adam with Keras' eps, or heavy-ball SGD) and its jitted step."""
+    tx = (optax.adam(hp.lr, b1=0.9, b2=0.999, eps=1e-7) if hp.optimizer == "adam"
+          else optax.sgd(hp.lr, momentum=hp.momentum))
+
+    @jax.jit
+    def step(params, state, x, y, keep):
+        grads = jax.grad(_reference_loss)(params, x, y, keep, hp.dropout)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+    return tx, step
+
+
+_reference_val_loss = jax.jit(_reference_loss)
+
+
+def _reference_fit(x, y, train_rows, val_rows, hp, rng, outputs=1):
+    """The head's training written plainly: optax, Python loops, Keras' EarlyStopping
+    (restore_best_weights). Each epoch e draws from fold_in(loop key, e): the rows in the
+    order of one uniform number each, and unit j's dropout keep-mask from fold_in(dropout
+    key, j), one Bernoulli per position in that order."""
+    x, y = jnp.asarray(x), jnp.asarray(y, jnp.float32)
+    init_rng, loop_rng = jax.random.split(rng)
+    params = _reference_init(init_rng, x.shape[1], hp.units, outputs)
+    tx, step = _reference_step(hp)
+    state = tx.init(params)
+    best, best_params, best_epoch, wait, stopped, val_losses = np.inf, params, -1, 0, -1, []
+    for epoch in range(hp.epochs):
+        k_order, k_drop = jax.random.split(jax.random.fold_in(loop_rng, epoch))
+        rows = np.asarray(train_rows)[np.argsort(
+            np.asarray(jax.random.uniform(k_order, (len(train_rows),))), kind="stable")]
+        keep = np.stack([np.asarray(jax.random.bernoulli(jax.random.fold_in(k_drop, j),
+                                                         1 - hp.dropout, (len(rows),)))
+                         for j in range(hp.units)], axis=1).astype(np.float32)
+        for s in range(0, len(rows), hp.batch_size):
+            b = rows[s:s + hp.batch_size]
+            params, state = step(params, state, x[b], y[b], keep[s:s + hp.batch_size])
+        val_losses.append(float(_reference_val_loss(params, x[val_rows], y[val_rows])))
+        if val_losses[-1] < best:
+            best, best_params, best_epoch, wait = val_losses[-1], params, epoch, 0
+        else:
+            wait += 1
+        if wait >= hp.patience:
+            stopped = epoch
+            break
+    return dict(params=best_params, best_epoch=best_epoch, stopped_epoch=stopped,
+                val_loss=np.array(val_losses))
+
+
+def _agrees_with_reference(res, ref):
+    assert int(res.best_epoch) == ref["best_epoch"]
+    assert int(res.stopped_epoch) == ref["stopped_epoch"]
+    n = len(ref["val_loss"])
+    assert int(res.epochs_run) == n and np.isnan(res.val_loss[n:]).all()
+    np.testing.assert_allclose(res.val_loss[:n], ref["val_loss"], rtol=1e-4, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6),
+                 res.params, ref["params"])
+
+
+def test_head_training_equals_a_plain_optax_reference():
+    """An independent oracle for the head loop (initial weights, shuffling, mini-batches,
+    dropout and its scaling, Adam/SGD, early stopping, restore-best): every lane of one
+    call (two settings x three folds of unequal size) and a three-class head give the
+    parameters and epochs of a plain optax loop. It fails for each defect planted while
+    writing it: dropout without 1/(1-rate), stopping one epoch late, no shuffling, one key
+    for every epoch, no restore-best."""
+    x, y = _blobs(n=200, seed=2, sep=1.0)
+    y[150:] = 1 - y[150:]     # rows 150..199: labels opposite to what training teaches
+    # fold 0 validates on ordinary rows (no early stop); folds 1, 2 on the opposite
+    # labels: the validation loss rises from the first epoch and early stopping fires
+    # (training sizes 100, 52, 148 leave a last batch of 4 rows at 16 and 24 rows a step)
+    ti, tm = head.pad_index_sets([np.arange(100), np.arange(0, 104, 2), np.arange(2, 150)])
+    vi, vm = head.pad_index_sets([np.arange(100, 150), np.arange(150, 200), np.arange(150, 200)])
+    folds = head.FoldArrays(ti, tm, vi, vm)
+    hps = [head.HeadHParams(units=8, dropout=0.3, lr=3e-3, batch_size=16, optimizer="adam",
+                            epochs=5, patience=3),
+           head.HeadHParams(units=12, dropout=0.5, lr=2e-2, batch_size=24, optimizer="sgd",
+                            momentum=0.9, epochs=5, patience=2)]
+    rng = jax.random.PRNGKey(3)
+    stopped = []
+    for hp, res in zip(hps, head.fit_trials(x, y, folds, hps, rng)):
+        for f, fold_rng in enumerate(jax.random.split(rng, 3)):    # fold f's key
+            ref = _reference_fit(x, y, ti[f][tm[f]], vi[f][vm[f]], hp, fold_rng)
+            _agrees_with_reference(res.fold(f), ref)
+            stopped.append(ref["stopped_epoch"])
+    assert stopped[0] == stopped[3] == -1 and min(stopped[1:3] + stopped[4:]) >= 2
+    # Three classes (softmax head)
+    y3 = (x[:, 0] > 0.5).astype(int) + (x[:, 1] > 0.5)
+    hp = head.HeadHParams(units=6, dropout=0.2, lr=5e-3, batch_size=48, epochs=3, patience=3)
+    tr, va, rng = np.arange(2, 150), np.arange(150, 200), jax.random.PRNGKey(4)
+    _agrees_with_reference(head.fit_one(x, y3, tr, va, hp, rng, n_classes=3),
+                           _reference_fit(x, y3, tr, va, hp, rng, outputs=3))
