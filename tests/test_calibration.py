@@ -69,8 +69,8 @@ def test_logistic_baseline_on_the_same_folds():
 
 
 def test_logistic_inner_search_on_a_subset_of_whole_groups(monkeypatch):
-    """Big folders: C is chosen on at most INNER_ROWS rows made of whole groups (a copy
-    never apart from its original); the refit uses every row."""
+    """Big folders: C is chosen on at most INNER_ROWS rows and the refit uses at most
+    max_rows rows, each made of whole groups (a copy never apart from its original)."""
     from bt_jax.train import baseline
     groups = np.repeat(np.arange(400), 3)  # 1,200 rows, 3 per group
     sub = baseline._inner_subset(groups, seed=0, limit=100)
@@ -82,11 +82,39 @@ def test_logistic_inner_search_on_a_subset_of_whole_groups(monkeypatch):
     labels = np.arange(1200) % 2
     feats = rng.normal(0, 1, (1200, 4)) + labels[:, None]
     monkeypatch.setattr(baseline, "INNER_ROWS", 150)
-    seen = []
-    from sklearn.model_selection import GridSearchCV
-    real_fit = GridSearchCV.fit
-    monkeypatch.setattr(GridSearchCV, "fit", lambda self, x, *a, **k: seen.append(len(x))
-                        or real_fit(self, x, *a, **k))
-    model, c = baseline._fit_one(feats, labels, groups, inner_k=3, seed=0)
-    assert seen and max(seen) <= 152 and model.predict(feats).shape == (1200,)
+    seen = {"path": [], "refit": []}
+    from sklearn.linear_model import LogisticRegression
+    real_fit = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, x, *a, **kw: seen[
+        "path" if self.warm_start else "refit"].append(len(x)) or real_fit(self, x, *a, **kw))
+    monkeypatch.setattr(baseline, "N_JOBS", 1)  # inner fits in this process, where fit is seen
+    model, c, rows = baseline._fit_one(feats, labels, groups, inner_k=3, seed=0, max_rows=600)
+    assert seen["path"] and max(seen["path"]) <= 152
+    assert 600 <= rows <= 602 and rows % 3 == 0 and max(seen["refit"]) == rows
+    assert model.predict(feats).shape == (1200,)
     assert model[-1].n_features_in_ == 4 and c in baseline.C_GRID
+
+
+def test_logistic_path_chooses_the_grid_searchs_c():
+    """Oracle: the warm-started path picks the C that a plain grid search of separate fits
+    (scikit-learn's GridSearchCV on the same inner folds and score) picks, and the refit
+    from the path's coefficients predicts like a cold fit with that C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from bt_jax.train import baseline
+    rng = np.random.default_rng(3)
+    for n_classes in (2, 3):
+        labels = np.arange(300) % n_classes
+        feats = rng.normal(0, 1, (300, 20)) + 0.6 * np.eye(n_classes, 20)[labels]
+        groups = np.arange(300)
+        model, c, _ = baseline._fit_one(feats, labels, groups, inner_k=3, seed=0, max_rows=10000)
+        xs = StandardScaler().fit_transform(feats).astype(np.float32)
+        inner = list(StratifiedGroupKFold(3, shuffle=True, random_state=0).split(xs, labels, groups))
+        grid = GridSearchCV(LogisticRegression(max_iter=2000), {"C": list(baseline.C_GRID)},
+                            cv=inner, scoring="neg_log_loss").fit(xs, labels)
+        assert c == grid.best_params_["C"]
+        cold = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        p_cold = cold.fit(feats, labels).predict_proba(feats)
+        np.testing.assert_allclose(model.predict_proba(feats), p_cold, atol=2e-3)

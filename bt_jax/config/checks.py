@@ -297,7 +297,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not 0 <= c.eval.target_sensitivity <= 1:
         _fail("eval.target_sensitivity", f"expected [0, 1], got {c.eval.target_sensitivity}")
     for key, low in (("cv_repeats", 0), ("calibration_bins", 2), ("bootstrap", 0),
-                     ("ensemble_k", 0)):
+                     ("ensemble_k", 0), ("baseline_max_rows", 100)):
         _at_least(f"eval.{key}", getattr(c.eval, key), low)
     _check_apply(c)
     if c.augment.balance == "multipliers" and classes:

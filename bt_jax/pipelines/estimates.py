@@ -85,7 +85,8 @@ def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
     for r, folds in enumerate(_fold_sets(run, repeats)):
         res = head.fit_folds(feats, labels, folds, hp, jax.random.PRNGKey(c.seed + r),
                              n_classes=len(names), lane_batch=allocation.lane_batch(c))
-        lr = baseline.logistic_folds(feats, labels, folds, groups=groups, seed=c.seed + r)
+        lr = baseline.logistic_folds(feats, labels, folds, groups=groups, seed=c.seed + r,
+                                     max_rows=c.eval.baseline_max_rows)
         row = {"repeat": r}
         for name, prob in (("head", res.val_prob), ("logistic", lr["val_prob"])):
             idx, p = _oof(folds, prob)
@@ -94,6 +95,7 @@ def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
             row[name] = {m: rep[m]["value"] for m in ("accuracy", "roc_auc")}
         count[idx] += 1
         row["logistic_C"] = lr["C"].tolist()
+        row["logistic_rows"] = lr["rows"].tolist()
         per_repeat.append(row)
     seen = count > 0
     y = labels[:n][seen]
