@@ -1,5 +1,6 @@
-"""Grad-CAM: the two target modes agree, maps are well-formed for registry backbones, and on
-the phantoms a model trained to find the bright lesion points at the lesion."""
+"""Grad-CAM: the two target modes agree, maps are well-formed for registry backbones, nets
+with hand-set weights give the maps they must (peak, support, sign, the ReLU after the
+channel sum), and on the phantoms a model trained to find the bright lesion points at it."""
 
 import json
 
@@ -113,6 +114,90 @@ def test_known_answer_cam_is_the_evidence_map():
     assert float(prob[0]) < 0.5 and float(np.abs(cam).max()) == 0.0
 
 
+class PooledBlobNet(nn.Module):
+    """The bright-blob detector of BrightBlobNet, then 4x4 average pooling: a 16x16 map
+    (one cell = 4x4 input pixels) that Grad-CAM must upsample back to the input."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.avg_pool(ConvRelu(1, name="block1")(x), (4, 4), strides=(4, 4))
+        return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
+
+
+def test_known_answer_cam_on_a_downsampled_map():
+    # Blobs filling one map cell each: image 0 at cell (row 10, col 3) = pixels y 40..43,
+    # x 12..15; image 1 at cell (2, 12); image 2 has none (nothing to show: an all-zero map).
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0.0, 0.5, (3, SIZE, SIZE)).astype(np.float32)
+    img[0, 40:44, 12:16] = 1.0
+    img[1, 8:12, 48:52] = 1.0
+    module, variables = _bright_blob_model(+1)
+    module = module.clone(backbone=PooledBlobNet())
+    cam, prob = explain.make_gradcam_fn(module)(variables, np.repeat(img[..., None], 3, -1))
+    cam = np.asarray(cam)
+    for i, (y0, x0) in enumerate([(40, 12), (8, 48)]):
+        px, py = explain.peak(cam[i])
+        assert x0 <= px < x0 + 4 and y0 <= py < y0 + 4, (i, px, py)
+        assert cam[i].max() == pytest.approx(1.0)
+        # zero beyond the blob's cell and its neighbours (bilinear upsampling reaches
+        # no further), positive across the blob
+        outside = np.ones((SIZE, SIZE), bool)
+        outside[max(y0 - 4, 0):y0 + 8, max(x0 - 4, 0):x0 + 8] = False
+        assert np.abs(cam[i][outside]).max() < 1e-6
+        assert cam[i][y0 + 1:y0 + 3, x0 + 1:x0 + 3].min() > 0.5
+        # the logit is the blob's mean evidence: 16 pixels of (1.0 - 0.9) over 64 x 64
+        assert float(prob[i]) == pytest.approx(1 / (1 + np.exp(-16 * 0.1 / SIZE**2)), rel=1e-5)
+    assert np.abs(cam[2]).max() == 0.0 and float(prob[2]) == pytest.approx(0.5)
+
+
+class RedGreenNet(nn.Module):
+    """Two hand-set channels: relu(R - 0.5) (red evidence) and relu(G - 0.5) (green)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = ConvRelu(2, name="block1")(x)
+        return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
+
+
+def _red_green_model(w_red, w_green):
+    """Logit = w_red * mean(red map) + w_green * mean(green map)."""
+    module = Classifier(backbone=RedGreenNet(), head=Head(2, 0.0))
+    kernel = np.zeros((3, 3, 3, 2), np.float32)
+    kernel[1, 1, 0, 0] = kernel[1, 1, 1, 1] = 1.0   # centre tap: the pixel's R, its G
+    params = {"backbone": {"block1": {"Conv_0": {"kernel": kernel, "bias": np.full(2, -0.5)}}},
+              "head": {"hidden": {"kernel": np.eye(2), "bias": np.zeros(2)},
+                       "out": {"kernel": np.array([[w_red], [w_green]]), "bias": np.zeros(1)}}}
+    return module, {"params": jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)}
+
+
+def test_known_answer_cam_with_two_channels_of_opposite_weight():
+    """Grad-CAM weights each channel by its mean gradient (here +2/HW red, -1/HW green),
+    sums, THEN keeps the positive part: red evidence 1.0, a yellow blob (both channels)
+    2 x 0.5 - 0.5 = 0.5, green 0. A per-channel ReLU, or |gradient| weights, would give
+    yellow 1.0 or green > 0. Following the negative class flips the signs."""
+    img = np.full((SIZE, SIZE, 3), 0.2, np.float32)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    blobs = {"red": ((12, 40), (1.0, 0.2, 0.2)), "green": ((50, 10), (0.2, 1.0, 0.2)),
+             "yellow": ((40, 52), (1.0, 1.0, 0.2))}
+    for (cx, cy), colour in blobs.values():
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 <= 16] = colour
+    red, green = np.maximum(img[..., 0] - 0.5, 0), np.maximum(img[..., 1] - 0.5, 0)
+    module, variables = _red_green_model(2.0, -1.0)
+    for target in ("features", "module:backbone/block1"):
+        cam, prob = explain.make_gradcam_fn(module, target)(variables, img[None])
+        np.testing.assert_allclose(cam[0], np.maximum(2 * red - green, 0), atol=1e-5)
+        px, py = explain.peak(np.asarray(cam[0]))
+        assert (px - 12) ** 2 + (py - 40) ** 2 <= 16    # on the red disc
+        assert float(cam[0][52, 40]) == pytest.approx(0.5, abs=1e-5)
+        assert float(cam[0][10, 50]) == 0.0
+        assert float(prob[0]) == pytest.approx(
+            1 / (1 + np.exp(-(2 * red.mean() - green.mean()))), rel=1e-5)
+    cam, _ = explain.make_gradcam_fn(module, class_index=0)(variables, img[None])
+    want = np.maximum(green - 2 * red, 0)
+    np.testing.assert_allclose(cam[0], want / want.max(), atol=1e-5)
+    assert float(cam[0][52, 40]) == 0.0 and float(cam[0][40, 12]) == 0.0
+
+
 def _to_input(u8):
     """A phantom as decode_file returns it: gray replicated to RGB, in [0, 1]."""
     return np.repeat(u8[..., None], 3, -1).astype(np.float32) / 255
@@ -176,6 +261,10 @@ class LesionNet(nn.Module):
         return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
 
 
+class _DidNotLearn(AssertionError):
+    """_train_lesion_net stayed on the plateau in every initialisation."""
+
+
 def _train_lesion_net(x, y, *, seed, attempts=4, max_steps=1500, batch=32, lr=3e-3,
                       check_every=100):
     """Adam until the training phantoms are learnt (>= 97% of them right).
@@ -211,8 +300,8 @@ def _train_lesion_net(x, y, *, seed, attempts=4, max_steps=1500, batch=32, lr=3e
             params, opt = step(params, opt, x[idx], y[idx])
             if s % check_every == 0 and float(train_acc(params)) >= 0.97:
                 return module, {"params": params}
-    raise AssertionError(f"LesionNet did not learn the training phantoms in {attempts} "
-                         f"initialisations of {max_steps} steps (seed {seed})")
+    raise _DidNotLearn(f"LesionNet did not learn the training phantoms in {attempts} "
+                       f"initialisations of {max_steps} steps (seed {seed})")
 
 
 def _peak_on_lesion(cam, box, tol):
@@ -222,24 +311,46 @@ def _peak_on_lesion(cam, box, tol):
     return ((px - cx) / (max(rx, 1) + tol)) ** 2 + ((py - cy) / (max(ry, 1) + tol)) ** 2 <= 1.0
 
 
-@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow),
-                                  pytest.param(2, marks=pytest.mark.slow)])
-def test_gradcam_peak_falls_on_the_lesion(phantom_dir, seed):
-    # ~30 s on 2 busy cores (a third of it compiling). Trained on fresh phantoms, scored on
-    # the held-out phantom files with lesion positions from their lesions.json.
+LESION_SEEDS = range(5)
+
+
+def _lesion_scores(phantom_dir, seed):
+    """(held-out accuracy, share of positives whose CAM peak lies within one map cell of
+    the lesion, share inside it) of a LesionNet trained with `seed`; zeros if it never
+    learnt its training phantoms."""
     x, y = _training_set(480, seed=1000 + seed)
-    module, variables = _train_lesion_net(x, y, seed=seed)
+    try:
+        module, variables = _train_lesion_net(x, y, seed=seed)
+    except _DidNotLearn:
+        return 0.0, 0.0, 0.0
     xt, yt, boxes = _phantom_set(phantom_dir)
     cams, probs = explain.gradcam(module, variables, xt, batch_size=len(xt))
-    acc = np.mean((probs >= 0.5) == yt)
-    assert acc >= 0.85, f"the model did not learn the task: held-out accuracy {acc:.2f}"
     pos = [i for i, b in enumerate(boxes) if b is not None]
     assert len(pos) == int(yt.sum()) > 0
     cell = SIZE / 16  # px: one cell of LesionNet's 16x16 feature map
-    near = np.mean([_peak_on_lesion(cams[i], boxes[i], cell) for i in pos])
-    inside = np.mean([_peak_on_lesion(cams[i], boxes[i], 0.0) for i in pos])
-    assert near >= 0.8, f"CAM peak within one map cell of the lesion for only {near:.2f}"
-    assert inside >= 0.6, f"CAM peak inside the lesion for only {inside:.2f} of positives"
+    return (float(np.mean((probs >= 0.5) == yt)),
+            float(np.mean([_peak_on_lesion(cams[i], boxes[i], cell) for i in pos])),
+            float(np.mean([_peak_on_lesion(cams[i], boxes[i], 0.0) for i in pos])))
+
+
+@pytest.mark.slow
+def test_gradcam_peak_falls_on_the_lesion(phantom_dir):
+    """A net trained to find the bright lesion points at it: trained on fresh phantoms,
+    scored on the held-out phantom files with lesion positions from their lesions.json.
+
+    One seed's score depends on the VM (float rounding steers training: one VM put the
+    peak inside the lesion for 0.46 of positives where this one gives 0.92), so the bound
+    is on the median of five seeds, and a seed that does not learn the task only counts
+    against it. Measured on the 2-core dev VM (2026-12): accuracy 0.98-1.0, near 1.0,
+    inside 0.92-1.0 for each of seeds 0-7, ~25 s a seed. What Grad-CAM computes is
+    checked exactly, without training, by the known-answer tests above."""
+    scores = np.array([_lesion_scores(phantom_dir, s) for s in LESION_SEEDS])
+    acc, near, inside = scores.T
+    table = "; ".join(f"seed {s}: acc {a:.2f} near {n:.2f} inside {i:.2f}"
+                      for s, (a, n, i) in zip(LESION_SEEDS, scores))
+    assert (acc >= 0.85).sum() >= 3, f"the nets did not learn the task: {table}"
+    assert np.median(near) >= 0.8, f"CAM peak within one map cell of the lesion: {table}"
+    assert np.median(inside) >= 0.6, f"CAM peak inside the lesion: {table}"
 
 
 def test_save_overlay(tmp_path):
