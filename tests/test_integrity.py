@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import jax
-import ml_collections
+import config_reads
 import numpy as np
 import pytest
 
@@ -112,27 +112,31 @@ def test_comma_separated_lists_from_the_command_line():
         cfg.normalise(c)
 
 
-def _leaves(c: ml_collections.ConfigDict, prefix=""):
-    for k, v in c.items():
-        if isinstance(v, ml_collections.ConfigDict) and k != "multipliers":
-            yield from _leaves(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}"
+def _code_files():
+    """Where settings take effect: the package but its config schema and validation
+    (checking a key is not using it), launch.py, and configs/ (which set keys: a store is
+    not a read)."""
+    return ([p for p in sorted((ROOT / "bt_jax").rglob("*.py")) if p.parent.name != "config"]
+            + [ROOT / "launch.py", *sorted((ROOT / "configs").glob("*.py"))])
 
 
 def test_every_config_key_is_read_somewhere():
-    """A key that no code reads is a setting that silently does nothing."""
-    schema = ROOT / "bt_jax" / "config"
-    sources = "\n".join(p.read_text() for p in (ROOT / "bt_jax").rglob("*.py")
-                        if p.parent != schema)
-    unread = []
-    for key in _leaves(cfg.base_config()):
-        group, _, leaf = key.rpartition(".")
-        # read as config.<group>.<leaf>, c.<leaf> inside a group helper, or by name
-        # (dataclasses built from a group: PreprocessParams(**), AugmentParams, phantoms)
-        if not re.search(rf"\.{leaf}\b|\"{leaf}\"|\b{leaf}=", sources):
-            unread.append(key)
+    """A key that no code reads is a setting that silently does nothing. Reads are found
+    by syntax (tests/config_reads.py): config.<group>.<key> and its aliases, not a leaf
+    name anywhere."""
+    unread = config_reads.unread_keys(_code_files(), config_reads.schema_keys(cfg.base_config()))
     assert not unread, f"config keys no code reads: {unread}"
+
+
+def test_an_unread_config_key_is_named():
+    """Planted keys that nothing reads, named like keys read elsewhere (seed, k, size, dir,
+    name): matching leaf names would have passed them all."""
+    c = cfg.base_config()
+    c.split.seed, c.preprocess.k, c.eval.size, c.train.dir = 0, 3, 1, ""
+    c.data.phantoms.seed, c.augment.units, c.pipeline_name = 0, 8, "x"
+    unread = config_reads.unread_keys(_code_files(), config_reads.schema_keys(c))
+    assert unread == ["augment.units", "data.phantoms.seed", "eval.size", "pipeline_name",
+                      "preprocess.k", "split.seed", "train.dir"]
 
 
 # ----------------------------------------------------------------------------- failures
