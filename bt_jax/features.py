@@ -48,13 +48,15 @@ def make_extract_fn(module, *, mesh: Mesh | None = None, output: str = "pre_logi
 
 def extract_features(module, variables, images: np.ndarray, *, batch_size: int = 32,
                      mesh: Mesh | None = None, output: str = "pre_logits", fn=None,
-                     progress: bool = False, desc: str = "features") -> np.ndarray:
-    """Features of every image, in order (`sharding.batched_apply`: one compiled shape)."""
+                     progress: bool = False, desc: str = "features",
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """Features of every image, in order (`sharding.batched_apply`: one compiled shape).
+    out: a (len(images), D) float32 array to fill instead of a new one."""
     mesh = mesh or data_mesh()
     fn = fn or make_extract_fn(module, mesh=mesh, output=output)
-    out = batched_apply(fn, variables, images, batch_size=batch_size, mesh=mesh,
-                        progress=progress, desc=desc)
-    return np.zeros((0, 0), np.float32) if out is None else out
+    res = batched_apply(fn, variables, images, batch_size=batch_size, mesh=mesh,
+                        progress=progress, desc=desc, out=out)
+    return np.zeros((0, 0), np.float32) if res is None else res
 
 
 def cache_key(parts: dict) -> str:

@@ -96,10 +96,13 @@ def to_host(tree):
 
 
 def batched_apply(fn: Callable, variables, *arrays: np.ndarray, batch_size: int = 32,
-                  mesh: Mesh | None = None, progress: bool = False, desc: str = "batches") -> Any:
+                  mesh: Mesh | None = None, progress: bool = False, desc: str = "batches",
+                  out: Any = None) -> Any:
     """fn(variables, *batch) -> pytree of arrays with a leading batch axis, applied to
     `arrays` (equal first dimension) in fixed batches; returns the pytree of host arrays
-    with exactly len(arrays[0]) rows. Padding rows are zeros and never returned."""
+    with exactly len(arrays[0]) rows. Padding rows are zeros and never returned.
+    out: host arrays of that structure and length to fill instead of new ones (e.g. a
+    slice of a bigger array, so parts of a result never need concatenating)."""
     mesh = mesh or data_mesh()
     bs = global_batch(batch_size, mesh)
     n = len(arrays[0])
@@ -121,7 +124,7 @@ def batched_apply(fn: Callable, variables, *arrays: np.ndarray, batch_size: int 
                 batch.append(x)
             yield s, batch
 
-    result = None  # one host array per output, filled batch by batch
+    result = out  # one host array per output, filled batch by batch
     for s, batch in prefetch(host_batches()):
         out = to_host(fn(variables, *shard_rows(batch, mesh)))
         keep = min(bs, n - s)

@@ -32,6 +32,20 @@ def test_padding_order_and_single_compilation():
     np.testing.assert_allclose(out[5:6], direct, rtol=1e-4, atol=1e-5)
 
 
+def test_fills_a_given_array_in_place():
+    """out=: rows land in the caller's array (a slice of a grown one), no new array; what
+    method A does for the augmented copies' features after the originals'."""
+    module, variables = _tiny()
+    x = np.random.default_rng(1).uniform(0, 1, (13, 32, 32, 3)).astype(np.float32)
+    fn = features.make_extract_fn(module)
+    first = features.extract_features(module, variables, x[:9], batch_size=4, fn=fn)
+    first.resize((13, first.shape[1]))
+    got = features.extract_features(module, variables, x[9:], batch_size=4, fn=fn, out=first[9:])
+    assert np.shares_memory(got, first)
+    whole = features.extract_features(module, variables, x, batch_size=4, fn=fn)
+    np.testing.assert_allclose(first, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_cache_reuses_and_keys_on_inputs(tmp_path):
     calls = []
 

@@ -123,11 +123,17 @@ def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, wei
              "augment": config.augment.to_dict(), "copy_sources": copies.union.source.tolist(),
              "copy_numbers": copies.union.copy.tolist()}
 
-    def compute():  # originals, then copies: each streamed from the store in batches
-        parts = [features.extract_features(module, variables, x, batch_size=32, progress=True,
-                                           desc=f"features {name}")
-                 for x in (ds.images, copies.images) if len(x)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # no copy without copies
+    def compute():  # originals, then copies, streamed from the store into one array
+        first = features.extract_features(module, variables, ds.images, batch_size=32,
+                                          progress=True, desc=f"features {name}")
+        if not len(copies.images):
+            return first
+        n = len(first)
+        # Grown in place (realloc: no second N x D array); the copies' rows go after it.
+        first.resize((n + len(copies.images), first.shape[1]))
+        features.extract_features(module, variables, copies.images, batch_size=32,
+                                  progress=True, desc=f"features {name} copies", out=first[n:])
+        return first
     return features.cached(workdir, parts, compute, name=name), (module, variables, digest)
 
 
