@@ -142,7 +142,13 @@ def run_training(kind: str, n: int, root: Path, dry: bool) -> dict:
 
 
 def write_phantoms(n: int, workdir: Path, dry: bool) -> float:
-    """The synthetic scans, written before timing (not part of a user's run)."""
+    """The synthetic scans, written before timing (not part of a user's run); a folder
+    already holding n of them (same seed, so the same scans) is reused."""
+    folder = workdir / "synthetic_phantoms"
+    if not dry and folder.is_dir() and sum(
+            len(os.listdir(d)) for d in folder.iterdir() if d.is_dir()) == n:
+        print(f"$ phantoms: {n} scans already in {folder}", flush=True)
+        return 0.0
     code = ("from pathlib import Path; from bt_jax.data import phantoms; "
             f"phantoms.write_phantoms(Path({str(workdir / 'synthetic_phantoms')!r}), "
             f"n_per_class={n // 2}, size=256, seed=0)")
