@@ -71,6 +71,12 @@ def stage_times(log: str, marks, start: float, end: float) -> dict:
     return out
 
 
+def stage_lines(log: str) -> dict:
+    """Seconds of the steps inside final+CV that print their own `finished:` line."""
+    return {name: float(m[1]) for name in ("repeated CV",)
+            if (m := re.search(rf"finished: {name} \((\d+) s\)", log))}
+
+
 def timed(cmd: list[str], dry: bool) -> dict:
     """Runs `cmd` under /usr/bin/time -v: wall seconds, peak RSS (GiB), its log."""
     print("$", " ".join(cmd), flush=True)
@@ -113,8 +119,9 @@ def run_one(name: str, data_args: list[str], workdir: Path, dry: bool) -> dict:
                                               prep["end"])},
             "frozen_only_search": {"wall_s": search["wall_s"],
                                    "peak_rss_gib": search["peak_rss_gib"],
-                                   "stages": stage_times(search["log"], SEARCH_MARKS,
-                                                         search["start"], search["end"])}}
+                                   "stages": {**stage_times(search["log"], SEARCH_MARKS,
+                                                            search["start"], search["end"]),
+                                              **stage_lines(search["log"])}}}
 
 
 STAGES_1_EPOCH = ("baseline:none:1:3e-4,stage1:block5_conv3+block5_conv4:1:1e-4,"

@@ -55,6 +55,8 @@ def scale_table() -> str:
         cells += [f"{p['stages'].get(k, 0):.0f} s" for k in stages]
         cells += [f"**{p['peak_rss_gib']:.2f} GiB**"]
         cells += [f"{s['stages'].get(k, 0):.0f} s" for k in search]
+        if "repeated CV" in s["stages"]:  # the part of final+CV spent on repeated CV
+            cells[-2] += f" ({s['stages']['repeated CV']:.0f} s CV)"
         cells += [f"**{s['peak_rss_gib']:.2f} GiB**", f"{(p['wall_s'] + s['wall_s']) / 60:.1f} min"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + _machine(recs)

@@ -20,6 +20,7 @@ import math
 import jax
 import numpy as np
 
+from bt_jax import stages
 from bt_jax.data import split
 from bt_jax.pipelines import allocation
 from bt_jax.reporting import metrics, multiclass
@@ -74,6 +75,7 @@ def _across(values) -> dict:
             "ci": [float(v.mean() - half), float(v.mean() + half)]}
 
 
+@stages.stage("repeated CV")
 def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
     c, n, names = run.config, len(run.ds.labels), list(run.ds.label_names)
     feats, labels = run.feats[backbone], run.labels_all
