@@ -79,9 +79,9 @@ def _pointwise_as_dot(m: nn.Conv) -> bool:
 
 class Conv(nn.Conv):
     """nn.Conv (same parameters, names and initialisers) whose 1x1 convolutions run as one
-    matmul over all positions on CPU. XLA:CPU's convolution kernel is 1.4-2.5x slower than
-    its dot on the 1x1 shapes of EfficientNet, ResNet, MobileNet and Xception (those
-    backbones 1.4-1.9x faster end to end, bench/bench_backbones.py); 3x3 and larger stay
+    matmul over all positions on CPU. XLA:CPU's convolution kernel is slower than its dot
+    on the 1x1 shapes of EfficientNet, ResNet, MobileNet and Xception (figures:
+    docs/benchmarks.md, "Depthwise and 1x1 convolutions on CPU"); 3x3 and larger stay
     convolutions, which win there.
     A 1x1 kernel needs no padding ('SAME' and 'VALID' agree), so a stride is a slice."""
 
@@ -99,12 +99,11 @@ class Conv(nn.Conv):
         return y if bias is None else y + bias
 
 
-# XLA:CPU hands some convolutions and matmuls to YNNPACK by default, where they ran
-# slower than XLA's own kernels: VGG19's forward 0.65-0.70x, ResNet50V2's 0.87-0.89x, the
-# head's 16-row matmul 13x slower (bench/bench_backbones.py --ynn on off; a profile of
-# the head program).
+# XLA:CPU hands some convolutions and matmuls to YNNPACK by default, where VGG19's and
+# ResNet50V2's forward passes and the head's few-row matmuls ran slower than with XLA's
+# own kernels (`bench/bench_backbones.py --ynn on off`; figures in docs/benchmarks.md).
 # Programs that only run the network forward, and the head program, opt out, per program
-# and on CPU only; the fine-tune step keeps YNNPACK (Lite0's step was 1.4x faster with it).
+# and on CPU only; the fine-tune step keeps YNNPACK (Lite0's step is faster with it).
 YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 

@@ -83,8 +83,8 @@ def _shift(x, w, strides, pads=((0, 0), (0, 0))):
     inside x (the interior: every tap; border rows and columns: fewer), each a sum of
     slices of x, concatenated. XLA can fuse the lot, with the activation that produced x,
     into one pass; a padded copy of x first is a whole extra pass over the block's widest
-    tensor (Lite0's layers, batch 32 on a 2-core CPU: 1.05-2.3x slower each, the forward
-    1.07x slower; README "Depthwise layers without a padded copy")."""
+    tensor (measured per layer: docs/benchmarks.md, "Depthwise layers without a padded
+    copy")."""
     (kh, kw, _), (sh, sw) = w.shape, strides
     b, h, wd, c = x.shape
     ho, wo = (h + sum(pads[0]) - kh) // sh + 1, (wd + sum(pads[1]) - kw) // sw + 1
@@ -169,7 +169,8 @@ def _kernel_grad(xp, g, kh, kw, strides, block: int = 1 << 14):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _shift_conv(x, w, strides, pads):
     """Depthwise conv of x with w (kh, kw, C) by shifts. Its backward is shifts too (below):
-    with autodiff's, a Lite0 training step on CPU was about 1.4x slower. No forward-mode (jvp)."""
+    with autodiff's, a Lite0 training step on CPU was slower (bench/bench_backbones.py
+    --train-step). No forward-mode (jvp)."""
     return _shift(x, w, strides, pads)
 
 

@@ -96,8 +96,8 @@ def opt_apply(params, grads, state: dict, hp: dict):
     Written as one elementwise expression per parameter, so XLA makes one pass over each
     weight matrix (reading parameter, moments and gradient once) instead of a pass per
     moment, per update and per add, and no `lax.cond` that copies the state it passes
-    through: for a 1280x1024 kernel on a 2-core CPU that was 2.4x the step time (a
-    profile; README benchmarks, "Head search"). Adam's bias corrections are folded into
+    through (the measured gain: docs/benchmarks.md, "Head search"). Adam's bias
+    corrections are folded into
     two scalars: lr*m_hat/(sqrt(v_hat)+eps) = [lr*sqrt(c2)/c1] * m / (sqrt(v) + eps*sqrt(c2)).
     """
     adam, count = hp["adam"], state["count"] + 1
@@ -250,8 +250,8 @@ def run_lanes(cap: Capacity, lane_batch: int, features, labels, lanes: dict, sha
     return jax.lax.map(one, (lanes, rngs), batch_size=lane_batch)
 
 
-# XLA:CPU hands the head's few-row matmuls (rows = batch size) to YNNPACK, where the
-# forward 16x1280 @ 1280x1024 took 1.9 ms against 0.14 ms with XLA's own dot: the head
+# XLA:CPU hands the head's few-row matmuls (rows = batch size) to YNNPACK, where they run
+# many times slower than XLA's own dot (docs/benchmarks.md, "Head search"): the head
 # program opts out of YNNPACK as inference programs do (models.common).
 _JITTED: dict[str, object] = {}
 
