@@ -15,6 +15,7 @@ from bt_jax.data import discover
 from bt_jax.models import registry
 from bt_jax.pipelines import staged
 from bt_jax.train import partitions
+from test_tensorboard import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,6 +43,11 @@ def test_staged_pipeline_quick(tmp_path):
         (ck,) = _stage_dirs(tmp_path, i, x["stage"])
         assert (ck / "done.json").exists() and any((ck / "best").iterdir())
         assert json.loads((ck / "fingerprint.json").read_text())[f"stage_{i}"]["trainable"]
+        # TensorBoard: a run per stage holding each epoch once, as its history says
+        hist = json.loads((ck / "done.json").read_text())["history"]
+        tb = read_run(tmp_path / "tensorboard" / f"stage_{i}_{x['stage']}")
+        assert [s for s, _ in tb["val/loss"]] == list(range(len(hist["val_loss"])))
+        np.testing.assert_allclose([v for _, v in tb["val/accuracy"]], hist["val_acc"], rtol=1e-6)
         assert (tmp_path / "stages" / f"{i}_{x['stage']}" / "confusion.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "stages.png").exists()
     rep = (tmp_path / "report.md").read_text()
@@ -66,11 +72,12 @@ def test_staged_pipeline_quick(tmp_path):
     assert cams.shape[0] == 3 and np.isfinite(cams).all()
     np.testing.assert_allclose(probs, [p["p_tumour"] for p in preds], atol=1e-4)
     # A relaunch reloads every finished stage: no epoch runs, no checkpoint file changes.
-    before = discover.folder_fingerprint(tmp_path / "checkpoints")
+    before = [discover.folder_fingerprint(tmp_path / d) for d in ("checkpoints", "tensorboard")]
     r2 = _launch(tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert json.loads((tmp_path / "stages.json").read_text()) == rows
-    assert discover.folder_fingerprint(tmp_path / "checkpoints") == before
+    assert [discover.folder_fingerprint(tmp_path / d)
+            for d in ("checkpoints", "tensorboard")] == before
     assert " epoch 0: train loss" not in r2.stderr and r2.stderr.count("resuming after epoch") == 3
     # Another lr for stage1: the baseline is reused untouched; stage1 and everything after it
     # retrain in new folders, and the stale ones are never loaded (nor deleted).

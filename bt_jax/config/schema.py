@@ -201,6 +201,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.baseline_max_rows = 10000      # logistic baseline: training rows per fold at most (whole groups)
     c.eval.calibration_bins = 10          # reliability diagram / ECE bins
 
+    c.report = ml_collections.ConfigDict()
+    c.report.tensorboard = True           # event files in W/tensorboard/, a folder per thing trained
+
     # Applying a trained model (pipelines predict / evaluate)
     c.checkpoint = ""                     # a finished workdir (holding model.json) or model.json
     c.inputs = ""                         # an image/DICOM file, a folder, or a glob

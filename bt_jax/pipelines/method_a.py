@@ -24,7 +24,7 @@ from bt_jax.data import augment, dataset, preprocess
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head, n_outputs
 from bt_jax.pipelines import allocation
-from bt_jax.reporting import calibration, evaluation
+from bt_jax.reporting import calibration, evaluation, tensorboard
 from bt_jax.train import finetune, head
 from bt_jax.train.checkpoint import open_checkpoints
 from bt_jax.train.folds import FoldArrays, make_fold_arrays, row_sources
@@ -301,8 +301,9 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
     ck = open_checkpoints(run.workdir / "checkpoints", "finetune", fingerprint)
     if fs.epochs == 0:  # frozen-only: the head on frozen features is the final model
         return model, _frozen_only(run, backbone, frozen, full, ck), fs, ck
-    with stages.stage("fine-tune"):
-        tuned = finetune.fit(model, full, mreg.get(backbone), data, fs, ckpt=ck, desc="fine-tune")
+    with stages.stage("fine-tune"), tensorboard.epoch_log(c, run.workdir, "finetune") as tb:
+        tuned = finetune.fit(model, full, mreg.get(backbone), data, fs, ckpt=ck, desc="fine-tune",
+                             on_epoch=tb)
     return model, tuned, fs, ck
 
 
@@ -337,6 +338,8 @@ def _frozen_only(run: Run, backbone: str, frozen: head.FoldResults, full: dict,
 def finish(run: Run, backbone: str, hp: head.HeadHParams) -> Final:
     """Step 6: final head, fine-tune, model.json with its validation probabilities."""
     frozen = final_head(run, backbone, hp)
+    tensorboard.write_history(run.config, run.workdir, "head_final",
+                              tensorboard.head_history(frozen, hp.lr))
     model, tuned, fs, ck = fine_tune(run, backbone, hp, frozen)
     _, val_rows = _fold0_rows(run)
     if fs.epochs == 0:  # the same network as the head on frozen features

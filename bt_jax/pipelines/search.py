@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 
 from bt_jax import compilation, stages, tuning
+from bt_jax.reporting import tensorboard
 from bt_jax.train import head
 from bt_jax.pipelines import ensemble, estimates, method_a, method_a_report, nested, outputs
 
@@ -28,6 +29,7 @@ def run(config, workdir: Path):
     run = method_a.prepare(config, workdir, config.search.backbones)
     with compilation.Tally() as tally, stages.stage("search"):
         study = method_a.run_study(run, config, run.workdir)
+    tensorboard.write_trials(config, run.workdir, "search", study.get_trials(deepcopy=False))
     compiled = tally.summary()
     log.info("search: %d XLA programs (%d compiled, %d from the cache), %.1f s compiling",
              compiled["programs"], compiled["compiled"], compiled["cache_hits"],
@@ -43,6 +45,7 @@ def run(config, workdir: Path):
     if config.eval.cv_repeats:
         metrics["cv"] = estimates.repeated_cv(run, best["backbone"], final.hp,
                                               config.eval.cv_repeats)
+        tensorboard.write_cv_repeats(config, run.workdir, "cv_repeats", metrics["cv"])
         sections.insert(2, estimates.cv_section(metrics["cv"]))  # after Data, Search
     if config.search.nested:
         metrics["nested_cv"] = nested.nested_cv(run, study)

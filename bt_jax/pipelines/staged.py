@@ -24,7 +24,7 @@ from bt_jax import io
 from bt_jax.config import ConfigError, parse_stage
 from bt_jax.data import augment, dataset, preprocess
 from bt_jax import model_card
-from bt_jax.reporting import evaluation, plots
+from bt_jax.reporting import evaluation, plots, tensorboard
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, FlattenHead
 from bt_jax.train import finetune
@@ -110,8 +110,11 @@ def run(config, workdir: Path):
                               grad_accum_steps=config.train.grad_accum_steps)
         # Stage k's fingerprint holds every earlier stage's: a change upstream retrains here.
         fingerprint = {**fingerprint, f"stage_{k}": dataclasses.asdict(fs)}
-        ck = open_checkpoints(workdir / "checkpoints", f"stage_{k}_{st['name']}", fingerprint)
-        res = finetune.fit(model, variables, spec, data, fs, ckpt=ck, desc=st["name"])
+        run_name = f"stage_{k}_{st['name']}"
+        ck = open_checkpoints(workdir / "checkpoints", run_name, fingerprint)
+        with tensorboard.epoch_log(config, workdir, run_name) as tb:
+            res = finetune.fit(model, variables, spec, data, fs, ckpt=ck, desc=st["name"],
+                               on_epoch=tb)
         variables = res.variables
         row, section, rep = evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note)
         rows.append(row)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bt_jax.pipelines import estimates, method_a, method_a_report, outputs
+from bt_jax.reporting import tensorboard
 from bt_jax.train import head
 
 
@@ -23,6 +24,8 @@ def run(config, workdir: Path):
     run = method_a.prepare(config, workdir, (name,))
     hp = head.HeadHParams.from_config(config.train)
     cv = method_a.cv_head(run, name, hp)
+    tensorboard.write_fold_histories(config, run.workdir, "head_cv", [
+        tensorboard.head_history(cv.fold(f), hp.lr) for f in range(run.folds.k)])
     final = method_a.finish(run, name, hp)
     sections, metrics, _ = method_a_report.evaluate_test(run, final)
     summary = method_a.cv_summary(cv)
@@ -33,6 +36,7 @@ def run(config, workdir: Path):
     sections = [data, ("Cross-validation", cv_text, []), *training, *sections]
     if config.eval.cv_repeats:
         metrics["cv_repeated"] = estimates.repeated_cv(run, name, hp, config.eval.cv_repeats)
+        tensorboard.write_cv_repeats(config, run.workdir, "cv_repeats", metrics["cv_repeated"])
         sections.insert(1, estimates.cv_section(metrics["cv_repeated"]))
     metrics.update(cv={"val_acc_mean": cv.val_acc_mean, **summary}, backbone=name,
                    head=hp.__dict__, synthetic=run.ds.synthetic,

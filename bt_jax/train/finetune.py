@@ -307,12 +307,16 @@ def _train_epoch(step, state: TrainState, data: FitData, fs: FitSpec, epoch: int
 
 
 def _end_epoch(loop: Loop, epoch: int, train: tuple[float, float], val: tuple[float, float],
-               fs: FitSpec, ckpt) -> Loop:
-    """History, early stopping, plateau schedule and both checkpoints after one epoch."""
+               fs: FitSpec, ckpt, on_epoch=None) -> Loop:
+    """History, early stopping, plateau schedule and both checkpoints after one epoch.
+    `on_epoch` sees the history before the checkpoint is saved: a kill in between reruns
+    the epoch, and the logger rewrites it rather than missing it."""
     (tl, ta), (vl, va) = train, val
     for k, v in (("train_loss", tl), ("train_acc", ta), ("val_loss", vl), ("val_acc", va),
                  ("lr", float(loop.pl.lr))):
         loop.history[k].append(float(v))
+    if on_epoch is not None:
+        on_epoch(loop.history)
     cur = _weights(loop.state)
     improved = vl < float(loop.es.best)
     loop.es = _early_stopping_update(loop.es, vl, epoch, cur, patience=fs.patience)
@@ -333,14 +337,25 @@ def _end_epoch(loop: Loop, epoch: int, train: tuple[float, float], val: tuple[fl
     return loop
 
 
+def epoch_history(history: dict, lr, steps_per_epoch: int) -> dict:
+    """`history` with "lr" the rate of each epoch's last update. The history keeps the
+    plateau callback's base rate; under a schedule (`lr` callable) that is not the rate used."""
+    if not callable(lr):
+        return history
+    last = np.arange(1, len(history["lr"]) + 1) * steps_per_epoch - 1
+    return {**history, "lr": [float(v) for v in np.asarray(lr(last))]}
+
+
 def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpec, *,
         ckpt: Checkpoints | None = None, progress: bool = True, desc: str = "fine-tune",
-        mesh=None) -> FitResult:
+        mesh=None, on_epoch=None) -> FitResult:
     """Trains `fs.trainable` groups (+ the head) with early stopping and restore-best; with
     `ckpt`, every epoch is checkpointed and a relaunch resumes after the last one saved.
-    Data-parallel over `mesh` (default: every device of every process)."""
+    Data-parallel over `mesh` (default: every device of every process). `on_epoch(history)`
+    runs after each epoch with every epoch so far, resumed ones included (`epoch_history`)."""
     labels = trainable_labels(variables["params"], spec, fs.trainable)
-    lr = lr_schedule(fs, math.ceil(len(data.train_src) / fs.batch_size))
+    steps_per_epoch = math.ceil(len(data.train_src) / fs.batch_size)
+    lr = lr_schedule(fs, steps_per_epoch)
     tx = make_tx(labels, lr=lr, optimizer=fs.optimizer, momentum=fs.momentum,
                  backbone_lr_factor=fs.backbone_lr_factor, weight_decay=fs.weight_decay)
     mesh = mesh or sharding.data_mesh()
@@ -360,6 +375,8 @@ def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpe
     log.info("%s: %d of %d parameters trainable (%s)", desc, n_train, total, fs.trainable)
     if loop.start == 0:
         loop = _score_start(loop, validate, fs, ckpt, desc)
+    report = None if on_epoch is None else (
+        lambda h: on_epoch(epoch_history(h, lr, steps_per_epoch)))
     epochs = range(loop.start, fs.epochs)
     if progress:
         from tqdm import tqdm
@@ -370,7 +387,7 @@ def fit(model, variables, spec: registry.BackboneSpec, data: FitData, fs: FitSpe
             break
         loop.state, tl, ta = _train_epoch(step, loop.state, data, fs, epoch, mesh)
         vl, va = validate(_weights(loop.state))
-        loop = _end_epoch(loop, epoch, (tl, ta), (vl, va), fs, ckpt)
+        loop = _end_epoch(loop, epoch, (tl, ta), (vl, va), fs, ckpt, report)
         log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | lr %.2e",
                  desc, epoch, tl, ta, vl, va, loop.history["lr"][-1])
     es = loop.es
