@@ -64,8 +64,9 @@ def main(argv):
             raise
         message, hint, status = out
         print(f"error: {message}" if status != 130 else message, file=sys.stderr)
-        print(f"hint: {hint or _HINT}" + (" (--verbose shows the traceback)" if status == 2
-                                          else ""), file=sys.stderr)
+        if hint or status != 130:  # a stopped server (errors.Stopped): its line alone
+            print(f"hint: {hint or _HINT}" + (" (--verbose shows the traceback)" if status == 2
+                                              else ""), file=sys.stderr)
         sys.exit(status)
 
 

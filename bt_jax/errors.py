@@ -27,13 +27,20 @@ class EnvironmentProblem(Exception):
     hint: str = ""
 
 
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C ending a run that has nothing to resume (serve): launch.py prints the message
+    alone, one line, and exits 130."""
+
+
 _RESUME = "finished work is kept in {w}; run the same command again to resume"
 
 
 def one_line(e: BaseException, *, stage: str, workdir) -> tuple[str, str, int] | None:
     """(message, hint, exit status) for what the user can act on; None for a bug (its
     traceback is the useful output). 2: a setting, file or folder; 3: the machine (disk
-    full, out of memory); 130: Ctrl-C."""
+    full, out of memory); 130: Ctrl-C (a Stopped one has no hint: nothing to resume)."""
+    if isinstance(e, Stopped):
+        return (str(e), "", 130)
     if isinstance(e, KeyboardInterrupt):
         return (f"interrupted during {stage}", _RESUME.format(w=workdir), 130)
     if isinstance(e, UserError):

@@ -5,6 +5,7 @@
                      checkpoint_dir=W / "checkpoints" / "finetune")
     record_validation(W, names, labels, prob, target_sensitivity=0.95)   # threshold on val
     card = read_card(W)                          # checked: format, fields, backbone, head
+    summary(card, W)          # backbone, classes, training size, CV estimate, calibration
 
 The card stores the backbone, weights digest, head, the exact preprocessing, classes and
 operating threshold, with paths relative to the workdir so a workdir can be moved.
@@ -148,3 +149,47 @@ def binary_validation(entry: dict) -> tuple[np.ndarray, np.ndarray]:
                              f"question, but this {len(classes)}-class model names no "
                              "data.negative_classes (retrain with them to get a binary view)")
     return multiclass.binary_labels(y, classes, neg), multiclass.binary_view(p, classes, neg)
+
+
+def _estimate(entry: dict | None) -> dict | None:
+    """{value, ci} of a metrics.json entry, or None."""
+    return {"value": entry["value"], "ci": entry.get("ci")} if entry else None
+
+
+def summary(card: dict, root) -> dict:
+    """What a user of the model sees beside its answers (serve's page, export's model.json):
+    backbone, classes, the data it learned from, the cross-validation estimate, the test
+    split's calibration, threshold and temperature. Read from model.json and the files
+    beside it (training_hashes.json, metrics.json); a part whose file is missing is None."""
+    root = Path(root)
+    n_train = n_test = None
+    hashes = root / card.get("training_hashes", "training_hashes.json")
+    if io.exists(hashes):
+        rows = io.read_json(hashes)
+        used = [r for r in (rows["files"] if isinstance(rows, dict) else rows)
+                if r.get("status") == "used"]
+        n_test = sum(r.get("split") == "test" for r in used)
+        n_train = len(used) - n_test
+    cv = test = None
+    if io.exists(root / "metrics.json"):
+        m = io.read_json(root / "metrics.json")
+        est = (m.get("cv") or {}).get("head")
+        if est:
+            cv = {"repeats": m["cv"].get("repeats"), "k": m["cv"].get("k"),
+                  "n_images": m["cv"].get("n_images"), "accuracy": _estimate(est.get("accuracy")),
+                  "roc_auc": _estimate(est.get("roc_auc"))}
+        final = m.get("final") or {}
+        if final:
+            cal = final.get("calibration") or {}
+            test = {"n": final.get("n"), "accuracy": _estimate(final.get("accuracy")),
+                    "ece": _estimate(cal.get("ece")), "brier": _estimate(cal.get("brier"))}
+    return {"backbone": card["backbone"], "classes": list(card["classes"]),
+            "positive": card.get("positive", ""),
+            "negative_classes": list(card.get("negative_classes") or []),
+            "synthetic_training_data": bool(card.get("synthetic", False)),
+            "weights_digest": card.get("weights_digest", ""),
+            "n_training_scans": n_train, "n_test_scans": n_test, "cv": cv, "test": test,
+            "threshold": float(card.get("threshold", 0.5)),
+            "threshold_info": card.get("threshold_info") or {"source": "default"},
+            "temperature": float(card.get("temperature", 1.0)),
+            "temperature_info": card.get("temperature_info") or {"source": "none (T = 1)"}}

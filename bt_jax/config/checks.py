@@ -16,6 +16,7 @@ from bt_jax.config.schema import (
     BACKBONES,
     BALANCE,
     EQUALIZE,
+    EXPORT_PLATFORMS,
     STORE_DTYPES,
     OPTIMIZERS,
     PIPELINES,
@@ -120,8 +121,8 @@ def _check_training(c) -> None:
 
 
 def _check_apply(c) -> None:
-    """Settings of the predict / evaluate pipelines."""
-    if c.pipeline in ("predict", "evaluate") and not c.checkpoint:
+    """Settings of the predict / evaluate / serve / export pipelines."""
+    if c.pipeline in ("predict", "evaluate", "serve", "export") and not c.checkpoint:
         _fail("checkpoint", "give the workdir of a trained model (it holds model.json)")
     if c.pipeline in ("predict", "evaluate") and not c.inputs:
         _fail("inputs", "give an image, a folder or a glob of scans"
@@ -140,6 +141,21 @@ def _check_apply(c) -> None:
     both = set(e.positive_classes) & set(e.negative_classes)
     if both:
         _fail("external.positive_classes", f"{sorted(both)} also in external.negative_classes")
+    _check_serve_export(c)
+
+
+def _check_serve_export(c) -> None:
+    if not 0 <= c.port <= 65535:
+        _fail("port", f"expected 0..65535 (0: any free port), got {c.port}")
+    if not str(c.serve.host).strip():
+        _fail("serve.host", "empty: give an address to listen on, e.g. 127.0.0.1")
+    if c.serve.max_upload_mb <= 0:
+        _fail("serve.max_upload_mb", f"expected > 0, got {c.serve.max_upload_mb}")
+    _at_least("serve.threads", c.serve.threads, 1)
+    bad = [p for p in c.export.platforms if p not in EXPORT_PLATFORMS]
+    if not c.export.platforms or bad or len(set(c.export.platforms)) != len(c.export.platforms):
+        _fail("export.platforms", f"expected distinct names among {EXPORT_PLATFORMS}, got "
+                                  f"{tuple(c.export.platforms)}")
 
 
 def parse_stage(text: str) -> dict:

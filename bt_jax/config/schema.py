@@ -12,9 +12,10 @@ import ml_collections
 
 from bt_jax.errors import UserError
 
-PIPELINES = ("prepare", "search", "train", "staged", "predict", "evaluate")
+PIPELINES = ("prepare", "search", "train", "staged", "predict", "evaluate", "serve", "export")
 EQUALIZE = ("none", "hist", "clahe")
 STORE_DTYPES = ("uint16", "uint8")
+EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export lowering targets
 BALANCE = ("none", "augment2a", "multipliers")
 ALLOCATIONS = ("auto", "exact", "space", "bucket")
 OPTIMIZERS = ("adam", "sgd")
@@ -230,5 +231,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.external.ignore_classes = ()        # sub-folders left out on purpose
     c.external.class_map = ()             # "sub-folder:model class" items (multi-class models)
     c.external.explain_examples = 8       # Grad-CAM overlays in the report (0: none)
+
+    # Serving a trained model on a local web page (pipeline serve) and exporting it (export)
+    c.port = 8000                         # serve: port on serve.host (0: any free port, printed)
+    c.serve = ml_collections.ConfigDict()
+    c.serve.host = "127.0.0.1"            # the page has no authentication: another address warns
+    c.serve.max_upload_mb = 64.0          # a larger upload is refused (400)
+    c.serve.threads = 4                   # requests served at once (waitress's thread pool)
+    c.export = ml_collections.ConfigDict()
+    c.export.platforms = ("cpu", "cuda")  # lowering targets of model.jaxexport; one that this
+                                          # jaxlib cannot lower for is dropped with a warning
     return c
 

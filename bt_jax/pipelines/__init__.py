@@ -5,7 +5,8 @@
 
 Each pipeline module has `run(config, workdir)`; `PIPELINES` below is the whole table.
 Helper modules (steps shared by pipelines, not pipelines themselves): method_a.py
-(method A's steps), ensemble.py (top-k trials), outputs.py (reports of a training run).
+(method A's steps), ensemble.py (top-k trials), outputs.py (reports of a training run),
+webapp.py and webpage.py (serve's Flask app and its page).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from bt_jax import compilation, io, stages
 from bt_jax.errors import EnvironmentProblem
 from bt_jax import config as config_lib
-from bt_jax.pipelines import evaluate, predict, prepare, search, staged, train
+from bt_jax.pipelines import evaluate, export, predict, prepare, search, serve, staged, train
 
 PIPELINES = {
     "prepare": prepare.run,    # data set, de-duplication, manifest, splits
@@ -27,6 +28,8 @@ PIPELINES = {
     "staged": staged.run,      # method B: staged unfreezing
     "predict": predict.run,    # a trained model on new scans
     "evaluate": evaluate.run,  # a trained model on another labelled folder
+    "serve": serve.run,        # a trained model on a local web page + JSON API
+    "export": export.run,      # a trained model as one jax.export program (jax alone runs it)
 }
 
 

@@ -27,14 +27,16 @@ from bt_jax.reporting import html
 log = logging.getLogger(__name__)
 
 
-def load_for(config) -> inference.LoadedModel:
+def load_for(config, *, depthwise: str | None = None) -> inference.LoadedModel:
+    """config.checkpoint's model with config.threshold applied; depthwise: a caller's own
+    choice instead of config.model.depthwise (export's, for several platforms)."""
     if not config.checkpoint:
         raise ConfigError("config.checkpoint: give the workdir of a trained model (with model.json)")
     return inference.load_model(
         config.checkpoint,
         threshold=config.threshold.value if config.threshold.value >= 0 else None,
         target_sensitivity=config.threshold.target_sensitivity or None,
-        depthwise=config.model.depthwise)
+        depthwise=depthwise or config.model.depthwise)
 
 
 def gradcam_class_of(config, model) -> int | None:
