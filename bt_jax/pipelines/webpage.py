@@ -98,7 +98,8 @@ function render(box, j) {
   const head = el("div", "decision");
   head.append(el("span", "predicted-class", j.predicted_class));
   if (j.decision !== undefined) {
-    head.append(el("div", "", "P(tumour) = " + num(j.p_tumour) + " -> " + j.decision +
+    const tumour = card && card.positive ? card.positive : "tumour";
+    head.append(el("div", "", "P(" + tumour + ") = " + num(j.p_tumour) + " -> " + j.decision +
                    " at the model's threshold " + num(j.threshold)));
   }
   text.append(head);
