@@ -7,7 +7,7 @@
 
 Each data set runs as a user would: `launch.py --config=configs/quickstart.py` with 224 px
 images, `pipeline=prepare` (discover, preprocess into the on-disk image store,
-de-duplicate, split), then the frozen-only search (`train.finetune_epochs=0`, 2 trials:
+de-duplicate, split), then the frozen-only search (`finetune.epochs=0`, 2 trials:
 features, k-fold head search, final head, CV estimates, report) in the same workdir, each
 under `/usr/bin/time -v` (peak RSS of the process). Phantoms run with
 `data.near_duplicate_bits=0`: they share one template, so their perceptual hashes collide
@@ -109,7 +109,7 @@ def run_one(name: str, data_args: list[str], workdir: Path, dry: bool) -> dict:
     base = [sys.executable, "launch.py", "--config=configs/quickstart.py",
             f"--workdir={workdir}", "--config.preprocess.size=224", *data_args]
     prep = timed(base + ["--config.pipeline=prepare"], dry)
-    search = timed(base + ["--config.train.finetune_epochs=0", "--config.search.trials=2"], dry)
+    search = timed(base + ["--config.finetune.epochs=0", "--config.search.trials=2"], dry)
     n_used = None
     if not dry:
         n_used = json.loads((workdir / "manifest.json").read_text())["summary"]["used"]
@@ -136,7 +136,7 @@ def run_training(kind: str, n: int, root: Path, dry: bool) -> dict:
                 "--config.data.near_duplicate_bits=0"]
     if kind == "method_a_finetune":
         cmd = ["--config=configs/quickstart.py", "--config.pipeline=train",
-               "--config.train.finetune_epochs=1", "--config.train.finetune_batch_size=16",
+               "--config.finetune.epochs=1", "--config.finetune.batch_size=16",
                "--config.preprocess.size=224"]
     else:
         cmd = ["--config=configs/vgg19_staged.py", "--config.preprocess.size=112",

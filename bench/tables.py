@@ -122,7 +122,8 @@ def _allowed() -> dict[str, tuple]:
             "search.optimizers": schema.OPTIMIZERS, "data.store_dtype": schema.STORE_DTYPES,
             "model.name": schema.BACKBONES + ("recipes: backbones and " +
                                               "/".join(schema.RECIPE_OPTIONS) + " joined by +",),
-            "search.backbones": schema.BACKBONES, "export.platforms": schema.EXPORT_PLATFORMS}
+            "search.backbones": schema.BACKBONES, "export.platforms": schema.EXPORT_PLATFORMS,
+            "finetune.schedule": schema.SCHEDULES}
 
 
 def config_table() -> str:

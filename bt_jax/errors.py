@@ -54,7 +54,7 @@ def one_line(e: BaseException, *, stage: str, workdir) -> tuple[str, str, int] |
                     "free some space; " + _RESUME.format(w=workdir), 3)
         if "RESOURCE_EXHAUSTED" in str(cause) and "alloc" in str(cause).lower():
             return (f"out of memory during {stage}: {str(cause).splitlines()[0][:200]}",
-                    "lower the batch size (train.finetune_batch_size, staged.batch_size, "
+                    "lower the batch size (finetune.batch_size, staged.batch_size, "
                     "predict.batch_size) or use train.grad_accum_steps; "
                     + _RESUME.format(w=workdir), 3)
     return None

@@ -32,7 +32,7 @@ def get_config(arg: str = ""):
     c.search.lr_max = 1e-3  # fine-tuning runs at lr/10; above ~1e-4 Adam wrecks Lite weights
     # Two epochs: fine-tuning the three-backbone concatenation takes ~7.5 min an epoch on
     # 2 CPU cores, and the whole run must fit in 30 minutes there.
-    c.train.finetune_epochs = 2
+    c.finetune.epochs = 2
     if arg == "quick":
         c.search.backbones = LITE[:2]
         c.data.phantoms.n_per_class = 12
@@ -42,7 +42,7 @@ def get_config(arg: str = ""):
         c.search.units = (16, 32)
         c.search.batch_sizes = (16,)
         c.train.epochs = 3
-        c.train.finetune_epochs = 1
+        c.finetune.epochs = 1
         c.eval.bootstrap = 200
         c.eval.cv_repeats = 2
         c.eval.ensemble_k = 2

@@ -34,11 +34,11 @@ def get_config(arg: str = ""):
     c.search.trials = 150
     c.train.epochs = 10
     c.train.patience = 3
-    c.train.finetune_epochs = 10
-    c.train.finetune_lr_factor = 0.1
+    c.finetune.epochs = 10
+    c.finetune.lr_factor = 0.1
     # the published rule: every layer at lr/10, constant, no decay, augmented copies only
-    c.train.finetune_schedule = "constant"
-    c.train.finetune_backbone_lr_factor = 1.0
-    c.train.finetune_weight_decay = 0.0
-    c.train.finetune_augment = False
+    c.finetune.schedule = "constant"
+    c.finetune.backbone_lr_factor = 1.0
+    c.finetune.weight_decay = 0.0
+    c.finetune.augment = False
     return c

@@ -1,6 +1,7 @@
 import pytest
 
 from bt_jax import config as cfg
+from bt_jax.config import overrides
 
 
 def test_base_config_validates():
@@ -27,10 +28,10 @@ def test_base_config_validates():
     ("eval.ensemble_k", -1, "config.eval.ensemble_k"),
     ("predict.batch_size", 0, "config.predict.batch_size"),
     ("gradcam.batch_size", 0, "config.gradcam.batch_size"),
-    ("train.finetune_backbone_lr_factor", 0.0, "config.train.finetune_backbone_lr_factor"),
-    ("train.finetune_weight_decay", -0.1, "config.train.finetune_weight_decay"),
-    ("train.finetune_warmup_epochs", -1.0, "config.train.finetune_warmup_epochs"),
-    ("train.finetune_epochs", -1, "config.train.finetune_epochs"),
+    ("finetune.backbone_lr_factor", 0.0, "config.finetune.backbone_lr_factor"),
+    ("finetune.weight_decay", -0.1, "config.finetune.weight_decay"),
+    ("finetune.warmup_epochs", -1.0, "config.finetune.warmup_epochs"),
+    ("finetune.epochs", -1, "config.finetune.epochs"),
     ("data.store_dtype", "float16", "config.data.store_dtype"),
 ])
 def test_bad_values_name_the_key(key, value, msg):
@@ -43,7 +44,7 @@ def test_bad_values_name_the_key(key, value, msg):
 
 def test_frozen_only_is_valid():
     c = cfg.base_config()
-    c.train.finetune_epochs = 0
+    c.finetune.epochs = 0
     cfg.validate(c)
 
 
@@ -53,3 +54,16 @@ def test_multipliers_must_cover_classes():
     c.augment.multipliers = {"yes": 6}
     with pytest.raises(cfg.ConfigError, match="multipliers"):
         cfg.validate(c)
+
+
+@pytest.mark.parametrize("old, new", sorted(cfg.RENAMED.items()))
+def test_a_renamed_key_names_its_new_home(old, new):
+    """In a config file written before the move (an unlocked ConfigDict takes the old key
+    silently) and on the command line."""
+    c = cfg.base_config()
+    group, _, leaf = old.rpartition(".")
+    setattr(c[group], leaf, 0)
+    with pytest.raises(cfg.ConfigError, match=f"^config.{old}: renamed to config.{new}$"):
+        cfg.validate(c)
+    assert overrides.unknown_keys(cfg.base_config(), [f"--config.{old}=0"]) == [
+        f"config.{old}: renamed to config.{new}"]

@@ -23,7 +23,7 @@ def test_config_reference_lists_every_key_with_its_default():
     from bt_jax.config import base_config
     text = (ROOT / "docs" / "configuration.md").read_text()
     c = base_config()
-    for key, value in (("data.store_dtype", "'uint16'"), ("train.finetune_epochs", "5"),
+    for key, value in (("data.store_dtype", "'uint16'"), ("finetune.epochs", "5"),
                        ("augment.balance", "'augment2a'")):
         row = next(ln for ln in text.splitlines() if ln.startswith(f"| `{key}` |"))
         assert f"`{value}`" in row, row

@@ -1,16 +1,26 @@
-"""Staged fine-tuning machinery on a real VGG19 at 32x32 (fast enough on CPU)."""
+"""Staged fine-tuning machinery on a real VGG19 at 32x32 (fast enough on CPU); resume of a
+launch.py run killed inside its fine-tuning."""
+
+import json
+import re
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import QUICK_SEARCH
 from flax import traverse_util
+from helpers import launch, outcome
 
 from bt_jax.data import augment
 from bt_jax.models import registry
 from bt_jax.models.heads import Classifier, FlattenHead
 from bt_jax.train import finetune, partitions
 from bt_jax.train.checkpoint import Checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +94,14 @@ def test_an_unlabelled_parameter_is_an_exception(vgg_setup, monkeypatch):
 
 
 @pytest.mark.e2e
-def test_checkpoint_resume_after_kill(vgg_setup, tmp_path):
+def test_a_longer_plan_continues_from_the_last_checkpoint(vgg_setup, tmp_path):
     spec, model, variables, data = vgg_setup
     fs = finetune.FitSpec(epochs=2, batch_size=8, lr=1e-4, trainable="none", patience=5)
     first = finetune.fit(model, variables, spec, data, fs, ckpt=Checkpoints(tmp_path / "s"),
                          progress=False)
     assert len(first.history["val_loss"]) == 2
-    # the process "dies" after epoch 1; a relaunch with a longer plan continues at epoch 2
+    # in one process: a second fit with a longer plan continues at epoch 2 (a real kill:
+    # test_checkpoint_resume_after_kill)
     fs3 = finetune.FitSpec(epochs=3, batch_size=8, lr=1e-4, trainable="none", patience=5)
     again = finetune.fit(model, variables, spec, data, fs3, ckpt=Checkpoints(tmp_path / "s"),
                          progress=False)
@@ -101,6 +112,44 @@ def test_checkpoint_resume_after_kill(vgg_setup, tmp_path):
     assert jax.tree.structure(best["params"]) == jax.tree.structure(variables["params"])
     for a, b in zip(jax.tree.leaves(best["params"]), jax.tree.leaves(again.variables["params"])):
         np.testing.assert_array_equal(a, b)
+
+
+# launch.py's train pipeline: quick phantoms, random-init Lite0, three fine-tune epochs.
+TRAIN = [f"--config={ROOT}/{QUICK_SEARCH[0]}", *QUICK_SEARCH[1:], "--config.pipeline=train",
+         "--config.train.units=32", "--config.train.lr=1e-3", "--config.finetune.epochs=3",
+         "--config.eval.cv_repeats=0"]
+
+
+def _epochs_run(log) -> list[int]:
+    return [int(e) for e in re.findall(r"fine-tune epoch (\d+):", "".join(log))]
+
+
+@pytest.mark.slow
+def test_checkpoint_resume_after_kill(tmp_path):
+    """A real launch.py process is SIGKILLed as soon as its first fine-tune epoch's
+    checkpoint is on disk; relaunched, it resumes after that epoch (none redone, the
+    starting point not scored again) and ends with the model card and metrics of a
+    fine-tune never interrupted: the workdir copied at the kill, fine-tune checkpoints
+    removed, relaunched. Three launches, most of it compiling: 11 min on the 2-core VM
+    under a load of 8."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    last = lambda w: sorted((w / "checkpoints").glob("finetune-*/last.json"))  # noqa: E731
+    assert launch(a, TRAIN, kill_when=lambda: bool(last(a))).rc == -9
+    at_kill = json.loads(last(a)[0].read_text())
+    e = at_kill["epoch"]
+    assert 0 <= e < 2, f"killed after epoch {e}: nothing left to resume"
+    shutil.copytree(a, b)
+    shutil.rmtree(last(b)[0].parent)
+    resumed = launch(a, TRAIN).log
+    assert f"fine-tune: resuming after epoch {e} " in "".join(resumed)
+    assert _epochs_run(resumed) == list(range(e + 1, 3))
+    assert not any("fine-tune: starting point" in line for line in resumed)
+    done = json.loads((last(a)[0].parent / "done.json").read_text())
+    assert len(done["history"]["val_loss"]) == 3
+    assert done["history"]["val_loss"][:e + 1] == at_kill["history"]["val_loss"]
+    fresh = launch(b, TRAIN).log
+    assert _epochs_run(fresh) == [0, 1, 2]
+    assert outcome(a) == outcome(b)
 
 
 def test_plateau_lowers_learning_rate(vgg_setup):

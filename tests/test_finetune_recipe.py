@@ -81,11 +81,11 @@ def test_augment_all_draws_new_keys_every_epoch_for_every_row():
 
 def test_recipe_settings_are_checked():
     c = cfg.base_config()
-    c.train.finetune_schedule = "linear"
-    with pytest.raises(cfg.ConfigError, match="finetune_schedule"):
+    c.finetune.schedule = "linear"
+    with pytest.raises(cfg.ConfigError, match="^config.finetune.schedule: expected one of"):
         cfg.validate(c)
     c = cfg.base_config()
-    c.train.finetune_backbone_lr_factor = 0.0
-    with pytest.raises(cfg.ConfigError, match="^config.train.finetune_backbone_lr_factor: expected > 0"):
+    c.finetune.backbone_lr_factor = 0.0
+    with pytest.raises(cfg.ConfigError, match="^config.finetune.backbone_lr_factor: expected > 0"):
         cfg.validate(c)
 

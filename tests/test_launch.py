@@ -112,12 +112,14 @@ def test_ctrl_c_is_one_line_and_the_relaunch_resumes(tmp_path):
 
 def test_a_mistyped_config_key_is_one_line_with_the_closest_keys(tmp_path):
     r = _launch(f"--config={ROOT}/configs/quickstart.py:quick", f"--workdir={tmp_path / 'w'}",
-                "--config.serch.trials=3", "--config.train.epoch=2", cwd=tmp_path)
+                "--config.serch.trials=3", "--config.train.epoch=2",
+                "--config.train.finetune_epochs=0", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert lines[0].startswith("error: config.serch.trials: no such key; did you mean search.trials")
     assert lines[1].startswith("error: config.train.epoch: no such key; did you mean train.epochs")
-    assert lines[2].startswith("hint: ") and len(lines) == 3
+    assert lines[2] == "error: config.train.finetune_epochs: renamed to config.finetune.epochs"
+    assert lines[3].startswith("hint: ") and len(lines) == 4
     assert not (tmp_path / "w").exists()  # before any work
 
 

@@ -2,7 +2,7 @@
 
 The cases are generated from the schema's allowed values: `augment.balance` (every value
 of BALANCE), {2 classes, 4 classes}, the training pipelines {search, train, staged} and
-method A's fine-tuning off (`train.finetune_epochs=0`, frozen-only) or on, so a new value
+method A's fine-tuning off (`finetune.epochs=0`, frozen-only) or on, so a new value
 joins by itself. They cover every pair of values of any two of these options (an
 all-pairs design, checked below): every balance value with each class count and each
 pipeline, each class count with each pipeline and with fine-tuning on and off. The full
@@ -95,7 +95,7 @@ def _command(balance, n_cls, pipeline, finetune, workdir):
                      "--config.data.positive=", "--config.data.negative_classes=no_tumour"]
         config = STAGED
     else:
-        args += [f"--config.pipeline={pipeline}", f"--config.train.finetune_epochs={finetune}"]
+        args += [f"--config.pipeline={pipeline}", f"--config.finetune.epochs={finetune}"]
         config = base
     config = f"{ROOT}/{config}"
     if balance == "multipliers":
@@ -121,7 +121,7 @@ def test_option_runs_end_to_end(balance, n_cls, pipeline, finetune, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert m["frozen_vs_finetuned"]["frozen_only"] is (finetune == 0)
     if finetune == 0:
-        assert "no fine-tuning" in report and "`train.finetune_epochs=0`" in report
+        assert "no fine-tuning" in report and "`finetune.epochs=0`" in report
         # the final model is the head on frozen features: the same test numbers
         assert m["final"]["accuracy"]["value"] == m["head_only"]["accuracy"]["value"]
     else:

@@ -3,7 +3,6 @@ accumulation equal to one big batch, and a two-process run equal to a one-proces
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import scale_worker  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 
 def _run_devices(tmp_path, n: int) -> dict:
@@ -104,17 +104,11 @@ def test_processes_other_than_0_write_to_a_private_overlay(tmp_path, monkeypatch
     assert json.loads(card.read_text()) == {"a": 2}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(workdir, *extra):
     from conftest import QUICK_SEARCH
     return [sys.executable, str(ROOT / "launch.py"), f"--config={ROOT}/{QUICK_SEARCH[0]}",
             *QUICK_SEARCH[1:], "--config.pipeline=train", "--config.train.lr=1e-3",
-            "--config.train.finetune_epochs=2", f"--workdir={workdir}", *extra]
+            "--config.finetune.epochs=2", f"--workdir={workdir}", *extra]
 
 
 @pytest.mark.slow
@@ -126,7 +120,7 @@ def test_two_processes_equal_one(tmp_path):
     from bt_jax.inference.loading import load_model
     data = write_phantoms(tmp_path / "data", n_per_class=16, size=128, seed=0)
     w1, w2 = tmp_path / "one", tmp_path / "two"
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen(
         _launch(w2, f"--config.data.dir={data}", f"--config.distributed.coordinator=127.0.0.1:{port}",
                 "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),

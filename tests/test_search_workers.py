@@ -9,7 +9,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import free_port  # noqa: E402
 from search_worker import by_state, load_study, make_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,12 +94,6 @@ def test_two_workers_share_an_sqlite_study(tmp_path):
     _two_workers(tmp_path, 12, "", [tmp_path / "w", tmp_path / "w"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres_url():
     """A throw-away PostgreSQL server on 127.0.0.1 (Debian's `postgresql` package)."""
@@ -121,7 +115,7 @@ def postgres_url():
         user = "postgres"
         os.chmod(root, 0o755)
         os.chown(root, pw.pw_uid, pw.pw_gid)
-    port = _free_port()
+    port = free_port()
 
     def run(*cmd):
         r = subprocess.run([str(bindir / cmd[0]), *map(str, cmd[1:])], user=user, cwd=root,

@@ -3,6 +3,8 @@
     config = load_file("configs/quickstart.py:quick")      # what --config names, no overrides
     unknown_keys(config, ["--config.search.prunr=x"])
     # ["config.search.prunr: no such key; did you mean search.units or ...?"]
+    unknown_keys(config, ["--config.train.finetune_epochs=0"])
+    # ["config.train.finetune_epochs: renamed to config.finetune.epochs"]  (schema.RENAMED)
 
 absl parses `--config.<key>=value` flags before `main` runs, and a mistyped key ends in a
 long ml_collections traceback there; launch.py asks these instead.
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+
+from bt_jax.config.schema import RENAMED
 
 
 def load_file(spec: str):
@@ -41,7 +45,9 @@ def unknown_keys(config, overrides: list[str]) -> list[str]:
     out = []
     for arg in overrides:
         key = arg.split("=", 1)[0][len("--config."):]
-        if key not in known:
+        if key in RENAMED:
+            out.append(f"config.{key}: renamed to config.{RENAMED[key]}")
+        elif key not in known:
             near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
             out.append(f"config.{key}: no such key"
                        + (f"; did you mean {' or '.join(near)}?" if near else ""))

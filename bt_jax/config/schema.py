@@ -19,6 +19,7 @@ EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export lowering targets
 BALANCE = ("none", "augment2a", "multipliers")
 ALLOCATIONS = ("auto", "exact", "space", "bucket")
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "warmup_cosine")  # finetune.schedule
 BACKBONES = (
     "resnet50v2", "resnet50", "vgg16", "vgg19", "mobilenet", "densenet121",
     "efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -28,6 +29,13 @@ BACKBONES = (
 # "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2" (features concatenated) or
 # "efficientnet_lite1+flip+early" (models/composite.py). Anywhere a backbone is named.
 RECIPE_OPTIONS = ("flip", "early")
+
+
+# Keys that moved: the old name in a config file or on the command line is one line naming
+# the new one (checks.validate, overrides.unknown_keys).
+RENAMED = {f"train.finetune_{k}": f"finetune.{k}" for k in (
+    "epochs", "lr_factor", "batch_size", "bn_train", "schedule", "warmup_epochs",
+    "backbone_lr_factor", "weight_decay", "augment")}
 
 
 class ConfigError(UserError, ValueError):
@@ -130,17 +138,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.patience = 3                  # early stopping on validation loss
     c.train.lane_batch = 0                # head runs (folds x trials) computed in lockstep (vmap);
                                           # 0: auto (all on GPU/TPU, one at a time on CPU)
-    c.train.finetune_epochs = 5           # 0: frozen-only (the head on frozen features is the final model)
-    c.train.finetune_lr_factor = 0.1     # method A: fine-tune at lr / 10
-    c.train.finetune_batch_size = 0       # method A's fine-tune batch; 0: the head's batch size
-    c.train.finetune_bn_train = False     # BatchNorm stays in inference mode while fine-tuning
-    # The fine-tuning recipe (method A as published: "constant", 1.0, 0.0, False):
-    c.train.finetune_schedule = "warmup_cosine"  # or "constant"; warm-up, then cosine to 0
-    c.train.finetune_warmup_epochs = 1.0
-    c.train.finetune_backbone_lr_factor = 0.1  # backbone lr = fine-tune lr x this (head: x 1)
-    c.train.finetune_weight_decay = 0.01  # decoupled weight decay on kernels (AdamW)
-    c.train.finetune_augment = True       # augment every training image on the fly, each epoch
     c.train.grad_accum_steps = 1          # fine-tune/staged: K micro-batches per update (less memory)
+
+    c.finetune = ml_collections.ConfigDict()  # method A: backbone + final head end to end
+    c.finetune.epochs = 5                 # 0: frozen-only (the head on frozen features is the final model)
+    c.finetune.lr_factor = 0.1            # fine-tune at the head's lr x this
+    c.finetune.batch_size = 0             # 0: the head's batch size
+    c.finetune.bn_train = False           # BatchNorm stays in inference mode (method B's stages too)
+    # The fine-tuning recipe (method A as published: "constant", 1.0, 0.0, False):
+    c.finetune.schedule = "warmup_cosine"  # warm-up, then cosine to 0; "constant": lr throughout
+    c.finetune.warmup_epochs = 1.0
+    c.finetune.backbone_lr_factor = 0.1   # backbone lr = fine-tune lr x this (head: x 1)
+    c.finetune.weight_decay = 0.01        # decoupled weight decay on kernels (AdamW)
+    c.finetune.augment = True             # augment every training image on the fly, each epoch
 
     c.search = ml_collections.ConfigDict()
     c.search.trials = 150

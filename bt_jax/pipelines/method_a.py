@@ -274,7 +274,7 @@ def _fit_data(run: Run) -> finetune.FitData:
 
 
 def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldResults):
-    """The backbone + final head fine-tuned end to end at lr * finetune_lr_factor."""
+    """The backbone + final head fine-tuned end to end at lr * finetune.lr_factor."""
     c = run.config
     module, variables, digest = run.models[backbone]
     model = Classifier(backbone=module, head=Head(hp.units, hp.dropout, n_outputs(len(run.ds.classes))),
@@ -282,17 +282,14 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
     full = {"params": {"backbone": variables["params"], "head": jax.device_get(frozen.params)},
             "batch_stats": {"backbone": variables.get("batch_stats", {})}}
     data = _fit_data(run)
-    fs = finetune.FitSpec(epochs=c.train.finetune_epochs,
-                          batch_size=c.train.finetune_batch_size or hp.batch_size,
-                          lr=hp.lr * c.train.finetune_lr_factor, optimizer=hp.optimizer,
+    f = c.finetune
+    fs = finetune.FitSpec(epochs=f.epochs, batch_size=f.batch_size or hp.batch_size,
+                          lr=hp.lr * f.lr_factor, optimizer=hp.optimizer,
                           momentum=hp.momentum, patience=c.train.patience,
-                          bn_train=c.train.finetune_bn_train, trainable="all", seed=c.seed,
-                          grad_accum_steps=c.train.grad_accum_steps,
-                          schedule=c.train.finetune_schedule,
-                          warmup_epochs=c.train.finetune_warmup_epochs,
-                          backbone_lr_factor=c.train.finetune_backbone_lr_factor,
-                          weight_decay=c.train.finetune_weight_decay,
-                          augment_all=c.train.finetune_augment)
+                          bn_train=f.bn_train, trainable="all", seed=c.seed,
+                          grad_accum_steps=c.train.grad_accum_steps, schedule=f.schedule,
+                          warmup_epochs=f.warmup_epochs, backbone_lr_factor=f.backbone_lr_factor,
+                          weight_decay=f.weight_decay, augment_all=f.augment)
     fingerprint = {"backbone": backbone, "weights": digest, "dtype": c.model.dtype,
                    "preprocess": preprocess.PreprocessParams.record(c.preprocess), "images": run.ds.content_key,
                    "augment": c.augment.to_dict(), "head": dataclasses.asdict(hp),
@@ -322,13 +319,13 @@ def head_val_metrics(run: Run, backbone: str, frozen: head.FoldResults) -> tuple
 
 def _frozen_only(run: Run, backbone: str, frozen: head.FoldResults, full: dict,
                  ck) -> finetune.FitResult:
-    """`train.finetune_epochs=0`: the backbone as loaded + the final head, checkpointed
+    """`finetune.epochs=0`: the backbone as loaded + the final head, checkpointed
     like a fine-tune's starting point, so model.json, predict and evaluate work as usual."""
     vl, va, _ = head_val_metrics(run, backbone, frozen)
     if not ck.is_done():
         ck.save_best(-1, full, vl)
         ck.mark_done({"best_epoch": -1, "stopped_epoch": -1, "frozen_only": True})
-    log.info("fine-tune: skipped (train.finetune_epochs=0); the final model is the frozen "
+    log.info("fine-tune: skipped (finetune.epochs=0); the final model is the frozen "
              "backbone + head (fold-0 val loss %.4f acc %.3f)", vl, va)
     history = {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
     history.update(initial_val_loss=vl, initial_val_acc=va)

@@ -66,7 +66,7 @@ def training_sections(run: Run, final: Final) -> list:
         best_epoch=int(f.best_epoch), note=run.note)
     if final.fit_spec.epochs == 0:
         return [("Data", data, [balance]), ("Final head", _hp_text(final.hp), [head_png]),
-                ("Fine-tuning", "None: `train.finetune_epochs=0` (frozen-only), so the final "
+                ("Fine-tuning", "None: `finetune.epochs=0` (frozen-only), so the final "
                  "model is the ImageNet backbone as loaded + the head above.", [])]
     t = final.tuned
     kept = (f"best epoch {t.best_epoch}." if t.best_epoch >= 0 else
@@ -83,7 +83,7 @@ def training_sections(run: Run, final: Final) -> list:
               + f", backbone lr x {fs.backbone_lr_factor:g}, weight decay {fs.weight_decay:g}, "
               + ("every training image augmented on the fly" if fs.augment_all
                  else "augmented copies only"))
-    ft_text = (f"End-to-end at lr {fs.lr:.3g} (head lr x {c.train.finetune_lr_factor:g}), "
+    ft_text = (f"End-to-end at lr {fs.lr:.3g} (head lr x {c.finetune.lr_factor:g}), "
                f"{recipe}, BatchNorm {'training' if fs.bn_train else 'inference'} mode; {kept}"
                f"\n\nFrozen vs fine-tuned on the same fold-0 validation images "
                f"(n={cmp['n']}):\n\n| model | val loss | val accuracy |\n|---|---|---|\n"

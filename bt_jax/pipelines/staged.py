@@ -105,7 +105,7 @@ def run(config, workdir: Path):
                               plateau_factor=config.staged.plateau_factor,
                               plateau_patience=config.staged.plateau_patience,
                               plateau_min_lr=config.staged.plateau_min_lr, plateau_monitor="val_acc",
-                              bn_train=config.train.finetune_bn_train, trainable=st["trainable"],
+                              bn_train=config.finetune.bn_train, trainable=st["trainable"],
                               seed=config.seed + k,
                               grad_accum_steps=config.train.grad_accum_steps)
         # Stage k's fingerprint holds every earlier stage's: a change upstream retrains here.
