@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_jax import io
+from bt_jax.config import training_threshold
 from bt_jax.data import preprocess
 from bt_jax.errors import UserError
 from bt_jax.models import registry as mreg
@@ -87,7 +88,7 @@ def write_model_card(workdir, *, config, ds, backbone: str, digest: str, head: d
     card = {"format": MODEL_FORMAT, "bt_jax": package_version(), "backbone": backbone,
             "weights_digest": digest, "dtype": config.model.dtype, "head": head,
             "preprocess": preprocess.PreprocessParams.record(config.preprocess), "classes": list(ds.classes),
-            "positive": ds.positive, "threshold": float(config.eval.threshold),
+            "positive": ds.positive, "threshold": training_threshold(config.threshold),
             **({"negative_classes": list(ds.negative_classes)} if ds.multiclass else {}),
             "checkpoint": str(Path(checkpoint_dir).relative_to(workdir) / "best"),
             "synthetic": bool(ds.synthetic), "training_hashes": "training_hashes.json",

@@ -33,6 +33,9 @@ def test_base_config_validates():
     ("finetune.warmup_epochs", -1.0, "config.finetune.warmup_epochs"),
     ("finetune.epochs", -1, "config.finetune.epochs"),
     ("data.store_dtype", "float16", "config.data.store_dtype"),
+    ("finetune.schedule", "linear", "config.finetune.schedule"),
+    ("threshold.value", 1.5, "config.threshold.value"),
+    ("threshold.target_sensitivity", 1.5, "config.threshold.target_sensitivity"),
 ])
 def test_bad_values_name_the_key(key, value, msg):
     c = cfg.base_config()
@@ -67,3 +70,28 @@ def test_a_renamed_key_names_its_new_home(old, new):
         cfg.validate(c)
     assert overrides.unknown_keys(cfg.base_config(), [f"--config.{old}=0"]) == [
         f"config.{old}: renamed to config.{new}"]
+
+
+def test_one_threshold_for_training_and_applying():
+    """threshold.value < 0: 0.5 when training (model.json, the report's tables), the model's
+    own when applying; target_sensitivity chooses instead, so the two together are refused."""
+    c = cfg.base_config()
+    assert cfg.training_threshold(c.threshold) == 0.5
+    c.threshold.value = 0.3
+    assert cfg.training_threshold(c.threshold) == 0.3
+    c.threshold.target_sensitivity = 0.9
+    with pytest.raises(cfg.ConfigError, match=r"^config\.threshold\.target_sensitivity: .*give one"):
+        cfg.validate(c)
+    c.threshold.value = -1.0
+    cfg.validate(c)
+
+
+def test_target_sensitivity_of_several_classes_needs_the_no_tumour_ones():
+    c = cfg.base_config()
+    c.data.classes, c.data.positive = ("glioma", "meningioma", "no_tumour"), ""
+    c.threshold.target_sensitivity = 0.9
+    with pytest.raises(cfg.ConfigError,
+                       match=r"^config\.threshold\.target_sensitivity: .*negative_classes"):
+        cfg.validate(c)
+    c.data.negative_classes = ("no_tumour",)
+    cfg.validate(c)

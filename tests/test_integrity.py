@@ -78,7 +78,7 @@ def test_feature_cache_depends_on_dtype(phantom_dir, tmp_path, small_config, cap
     ("train.dropout", 1.5, "config.train.dropout"),
     ("staged.stages", (), "config.staged.stages: empty"),
     ("staged.plateau_factor", 1.0, "config.staged.plateau_factor"),
-    ("eval.threshold", 1.5, "config.eval.threshold"),
+    ("threshold.value", 1.5, "config.threshold.value"),
     ("predict.colour", "paint", "config.predict.colour"),
 ])
 def test_every_setting_is_checked_up_front(key, value, msg):

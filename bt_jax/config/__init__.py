@@ -13,8 +13,9 @@ result. Library code reads `config.group.key` directly; there are no hidden defa
 from bt_jax.config.checks import check_classes, check_search, normalise, parse_stage, validate
 from bt_jax.config.schema import (ALLOCATIONS, BACKBONES, BALANCE, EQUALIZE, OPTIMIZERS,
                                   PIPELINES, RECIPE_OPTIONS, RENAMED, ConfigError, base_config,
-                                  recipe_error, split_recipe)
+                                  recipe_error, split_recipe, training_threshold)
 
 __all__ = ["ALLOCATIONS", "BACKBONES", "BALANCE", "EQUALIZE", "OPTIMIZERS", "PIPELINES",
            "RECIPE_OPTIONS", "RENAMED", "ConfigError", "base_config", "check_classes", "check_search",
-           "normalise", "parse_stage", "recipe_error", "split_recipe", "validate"]
+           "normalise", "parse_stage", "recipe_error", "split_recipe", "training_threshold",
+           "validate"]

@@ -121,6 +121,17 @@ def _check_finetune(f) -> None:
     _at_least("finetune.warmup_epochs", f.warmup_epochs, 0)
 
 
+def _check_threshold(t) -> None:
+    if t.value > 1:
+        _fail("threshold.value", f"expected [0, 1] (or < 0: 0.5 when training, the model's when "
+                                 f"applying it), got {t.value}")
+    if not 0 <= t.target_sensitivity <= 1:
+        _fail("threshold.target_sensitivity", f"expected [0, 1], got {t.target_sensitivity}")
+    if t.target_sensitivity and t.value >= 0:
+        _fail("threshold.target_sensitivity", f"{t.target_sensitivity} and threshold.value "
+                                              f"{t.value} both choose the threshold: give one")
+
+
 def _check_apply(c) -> None:
     """Settings of the predict / evaluate / serve / export pipelines."""
     if c.pipeline in ("predict", "evaluate", "serve", "export") and not c.checkpoint:
@@ -132,10 +143,6 @@ def _check_apply(c) -> None:
     _at_least("gradcam.batch_size", c.gradcam.batch_size, 1)
     if c.predict.colour not in ("flag", "skip"):
         _fail("predict.colour", f"expected 'flag' or 'skip', got {c.predict.colour!r}")
-    if c.threshold.value > 1:
-        _fail("threshold.value", f"expected [0, 1] (or < 0: the model's), got {c.threshold.value}")
-    if not 0 <= c.threshold.target_sensitivity <= 1:
-        _fail("threshold.target_sensitivity", f"expected [0, 1], got {c.threshold.target_sensitivity}")
     if not 0 <= c.gradcam.alpha <= 1:
         _fail("gradcam.alpha", f"expected [0, 1], got {c.gradcam.alpha}")
     e = c.external
@@ -263,9 +270,10 @@ def check_classes(c: ml_collections.ConfigDict, classes: tuple[str, ...]) -> Non
     if neg and set(neg) == set(classes):
         _fail("data.negative_classes", f"every class {classes} is 'no tumour': nothing is left "
                                        "for tumour")
-    if len(classes) > 2 and c.eval.target_sensitivity and not neg:
-        _fail("eval.target_sensitivity", f"sensitivity to tumour needs data.negative_classes "
-                                         f"(the no-tumour classes among {classes})")
+    if len(classes) > 2 and c.threshold.target_sensitivity and not neg:
+        _fail("threshold.target_sensitivity", f"sensitivity to tumour needs "
+                                              f"data.negative_classes (the no-tumour classes "
+                                              f"among {classes})")
     if len(classes) == 2 and neg and c.data.positive in neg:
         _fail("data.negative_classes", f"{c.data.positive!r} is data.positive, the tumour class")
 
@@ -319,10 +327,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("model.depthwise", f"expected 'auto', 'shift' or 'conv', got {c.model.depthwise!r}")
     if not 0 < c.eval.ci < 1:
         _fail("eval.ci", f"expected (0, 1), got {c.eval.ci}")
-    if not 0 <= c.eval.threshold <= 1:
-        _fail("eval.threshold", f"expected [0, 1], got {c.eval.threshold}")
-    if not 0 <= c.eval.target_sensitivity <= 1:
-        _fail("eval.target_sensitivity", f"expected [0, 1], got {c.eval.target_sensitivity}")
+    _check_threshold(c.threshold)
     for key, low in (("cv_repeats", 0), ("calibration_bins", 2), ("bootstrap", 0),
                      ("ensemble_k", 0), ("baseline_max_rows", 100)):
         _at_least(f"eval.{key}", getattr(c.eval, key), low)

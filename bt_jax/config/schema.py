@@ -33,9 +33,10 @@ RECIPE_OPTIONS = ("flip", "early")
 
 # Keys that moved: the old name in a config file or on the command line is one line naming
 # the new one (checks.validate, overrides.unknown_keys).
-RENAMED = {f"train.finetune_{k}": f"finetune.{k}" for k in (
+RENAMED = {**{f"train.finetune_{k}": f"finetune.{k}" for k in (
     "epochs", "lr_factor", "batch_size", "bn_train", "schedule", "warmup_epochs",
-    "backbone_lr_factor", "weight_decay", "augment")}
+    "backbone_lr_factor", "weight_decay", "augment")},
+    "eval.threshold": "threshold.value", "eval.target_sensitivity": "threshold.target_sensitivity"}
 
 
 class ConfigError(UserError, ValueError):
@@ -62,6 +63,12 @@ def recipe_error(name: str) -> str | None:
     except ValueError as e:
         return str(e)
     return None
+
+
+def training_threshold(t) -> float:
+    """The threshold a training run reports at and writes to model.json (a target
+    sensitivity then replaces it there): config.threshold.value, or 0.5 when it is < 0."""
+    return float(t.value) if t.value >= 0 else 0.5
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -202,15 +209,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.cpu_collectives = "gloo"  # across processes with CPU devices
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.threshold = 0.5
     c.eval.bootstrap = 1000               # resamples for 95% confidence intervals
     c.eval.ci = 0.95
-    c.eval.target_sensitivity = 0.0       # > 0: store the threshold reaching it on validation data
     c.eval.ensemble_k = 5                 # method A: top-k trials ensembled (0: none)
     c.eval.cv_repeats = 5                 # method A: repeats of k-fold CV of the final setting
     c.eval.temperature_scaling = False    # fit T on validation probabilities; predict uses it
     c.eval.baseline_max_rows = 10000      # logistic baseline: training rows per fold at most (whole groups)
     c.eval.calibration_bins = 10          # reliability diagram / ECE bins
+
+    # The decision threshold on P(tumour), one for training and applying a model: training
+    # reports at it and writes it to model.json; predict/evaluate/serve/export apply it.
+    c.threshold = ml_collections.ConfigDict()
+    c.threshold.value = -1.0              # >= 0: this one; < 0: 0.5 when training, the model's
+                                          # (model.json) when applying
+    c.threshold.target_sensitivity = 0.0  # > 0: the highest threshold reaching this sensitivity
+                                          # on validation probabilities (training: into model.json;
+                                          # applying: on the model's stored ones); not with value
 
     c.report = ml_collections.ConfigDict()
     c.report.tensorboard = True           # event files in W/tensorboard/, a folder per thing trained
@@ -227,9 +241,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.predict.output = "predictions.csv"  # relative to the workdir
     c.predict.table_rows = 20             # rows printed to the terminal
     c.predict.gradcam_class = ""          # Grad-CAM of this class ("": the predicted one)
-    c.threshold = ml_collections.ConfigDict()
-    c.threshold.value = -1.0              # >= 0: use this threshold; else the model's
-    c.threshold.target_sensitivity = 0.0  # > 0: choose on stored validation probs for this
     c.gradcam = ml_collections.ConfigDict()
     c.gradcam.target = "features"         # last conv map, or "module:backbone/<layer>"
     c.gradcam.alpha = 0.4                 # heat-map opacity in the overlay
@@ -252,4 +263,3 @@ def base_config() -> ml_collections.ConfigDict:
     c.export.platforms = ("cpu", "cuda")  # lowering targets of model.jaxexport; one that this
                                           # jaxlib cannot lower for is dropped with a warning
     return c
-

@@ -26,6 +26,7 @@ import numpy as np
 import optuna
 
 from bt_jax import tuning
+from bt_jax.config import training_threshold
 from bt_jax.pipelines import method_a
 from bt_jax.reporting import evaluation, metrics
 from bt_jax.train import head
@@ -129,7 +130,7 @@ def compare(y_true, prob_single, prob_ensemble, *, config) -> dict:
     2 resamples only the point differences, CIs [nan, nan].
     """
     n_boot = int(config.eval.bootstrap)
-    thr = float(config.eval.threshold)
+    thr = training_threshold(config.threshold)
     if n_boot >= 2:
         return metrics.paired_difference(y_true, prob_single, prob_ensemble, threshold=thr,
                                          n_boot=n_boot, ci=float(config.eval.ci),

@@ -242,7 +242,7 @@ def _evaluate_rows(config, workdir, model, ok, kind, name: str) -> tuple[list, d
     """Metrics of the predicted rows at the model's threshold, then again without the
     rows that are (near-)copies of training images, if there are any."""
     cfg = config.copy_and_resolve_references()
-    cfg.eval.threshold = model.threshold
+    cfg.threshold.value = model.threshold  # the tables at the threshold applied
     synthetic = bool(model.card.get("synthetic", False))
     y = np.array([r["label"] for r in ok])
     if kind == CLASSES:

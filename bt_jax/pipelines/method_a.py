@@ -362,9 +362,9 @@ def finish(run: Run, backbone: str, hp: head.HeadHParams) -> Final:
         model_card.record_temperature(run.workdir, temperature,
                                       source=f"fold 0 validation, n={len(val_rows)}")
     # Validation probabilities beside the model: predict can pick a threshold for a target
-    # sensitivity later; with eval.target_sensitivity set, model.json's threshold is that one.
+    # sensitivity later; with threshold.target_sensitivity set, model.json's threshold is that one.
     op = model_card.record_validation(run.workdir, [ds.names[i] for i in val_rows],
                                       ds.labels[val_rows], val_prob,
-                                      target_sensitivity=c.eval.target_sensitivity,
+                                      target_sensitivity=c.threshold.target_sensitivity,
                                       classes=ds.classes, negative_classes=ds.negative_classes)
     return Final(backbone, hp, frozen, tuned, fs, model, val_rows, op, temperature)

@@ -129,7 +129,7 @@ def run(config, workdir: Path):
     _, _, val_prob = finetune.evaluate(model, variables, ds.images, ds.labels, ds.splits.val,
                                        batch_size=config.staged.batch_size)
     model_card.record_validation(workdir, [ds.names[i] for i in ds.splits.val], ds.labels[ds.splits.val],
-                              val_prob, target_sensitivity=config.eval.target_sensitivity,
+                              val_prob, target_sensitivity=config.threshold.target_sensitivity,
                               source="validation split", classes=ds.classes,
                               negative_classes=ds.negative_classes)
     return write_outputs(config, workdir, ds, rows, sections, stage_reports, note, digest)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bt_jax.config import training_threshold
 from bt_jax.reporting import calibration, metrics, multiclass, plots, report
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (phantoms) - not a clinical result"
@@ -37,9 +38,10 @@ def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, conf
     """Metrics with bootstrap CIs + confusion/ROC/PR plots; returns (report section, dict).
 
     Binary (prob (N,) = P(label 1), class_names (negative, positive)): the table uses
-    `config.eval.threshold`; when the model's stored operating threshold differs (e.g.
-    chosen for a target sensitivity), a second table at that threshold is added (dict key
-    "at_operating_threshold"), and each table names its threshold.
+    config.threshold.value (0.5 when it is < 0); when the model's stored operating
+    threshold differs (e.g. chosen for a target sensitivity), a second table at that
+    threshold is added (dict key "at_operating_threshold"), and each table names its
+    threshold.
     C classes (prob (N, C), y class indices, class_names in label order): see
     `evaluate_multiclass`; `negative_classes` adds the binary tumour view."""
     if np.ndim(prob) == 2:
@@ -52,8 +54,8 @@ def evaluate_split(y_true, prob, *, out_dir: Path, title: str, class_names, conf
     out_dir.mkdir(parents=True, exist_ok=True)
     y_true = np.asarray(y_true).astype(int)
     prob = np.asarray(prob, np.float64)
-    rep = metrics.classification_report(y_true, prob, threshold=float(config.eval.threshold),
-                                        class_names=tuple(class_names),
+    rep = metrics.classification_report(y_true, prob, class_names=tuple(class_names),
+                                        threshold=training_threshold(config.threshold),
                                         n_boot=int(config.eval.bootstrap),
                                         ci=float(config.eval.ci), seed=int(config.seed) + seed_offset)
     rep["synthetic"] = bool(synthetic)
