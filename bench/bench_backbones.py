@@ -155,19 +155,35 @@ def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="aut
     return (lambda: compiled(variables, x).block_until_ready()), flops, compile_s
 
 
-def train_step(name: str, batch: int, size: int, depthwise: str = "auto", options="auto"):
+def train_module(spec, head: str = "top", depthwise: str = "auto"):
+    """The module a fine-tune step trains: "top" = the backbone's own classifier
+    (include_top) with 2 classes; "flatten" = method B's Flatten head (configs/vgg19_staged.py:
+    Flatten -> staged.head_hidden -> 2, dropout staged.head_dropout) on the last feature map."""
+    from bt_jax.config import base_config
+    from bt_jax.models import registry
+    from bt_jax.models.heads import Classifier, FlattenHead
+    if head == "top":
+        return registry.make_module(spec, include_top=True, num_classes=2, depthwise=depthwise)
+    staged = base_config().staged
+    return Classifier(backbone=registry.make_module(spec, depthwise=depthwise),
+                      head=FlattenHead(hidden=tuple(staged.head_hidden), dropout=staged.head_dropout,
+                                       num_classes=2), head_input="features")
+
+
+def train_step(name: str, batch: int, size: int, depthwise: str = "auto", options="auto",
+               head: str = "top"):
     """(callable running one step, flops per step, compile seconds): forward in training mode,
-    backward and an Adam update of every parameter, the fine-tuning step of a whole backbone."""
+    backward and an Adam update of every parameter, the fine-tuning step of a whole backbone
+    (head: `train_module`). Backbones without BatchNorm (VGG) train their params only."""
     import jax
     import jax.numpy as jnp
     import optax
     from bt_jax.models import registry
-    spec = registry.get(name)
-    model = registry.make_module(spec, include_top=True, num_classes=2, depthwise=depthwise)
+    model = train_module(registry.get(name), head, depthwise)
     variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False))(
         jax.random.PRNGKey(0))
     tx = optax.adam(1e-4)
-    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+    state = (variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"]))
     x = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, 3))
     y = jnp.arange(batch) % 2
 
@@ -175,12 +191,13 @@ def train_step(name: str, batch: int, size: int, depthwise: str = "auto", option
         params, stats, opt = state
 
         def loss_fn(p):
-            (logits, _), upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
-                                           mutable=["batch_stats"], rngs={"dropout": rng})
+            v = {"params": p, **({"batch_stats": stats} if stats else {})}
+            (logits, _), upd = model.apply(v, x, train=True, mutable=["batch_stats"],
+                                           rngs={"dropout": rng})
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
         (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt = tx.update(grads, opt, params)
-        return (optax.apply_updates(params, updates), upd["batch_stats"], opt), loss
+        return (optax.apply_updates(params, updates), upd.get("batch_stats", stats), opt), loss
 
     rng = jax.random.PRNGKey(2)
     t = time.perf_counter()
@@ -197,27 +214,22 @@ def train_step(name: str, batch: int, size: int, depthwise: str = "auto", option
     return run, flops, compile_s
 
 
-def keras_model(name: str, size: int):
+def keras_model(name: str, size: int, include_top: bool = False, classes: int = 1000):
+    """The Keras reference of backbone `name`, random weights (include_top: with Keras' own
+    classifier for `classes` classes)."""
     import keras
-    shape = (size, size, 3)
-    if name == "resnet50v2":
-        return keras.applications.ResNet50V2(weights=None, include_top=False, input_shape=shape)
-    if name == "vgg19":
-        return keras.applications.VGG19(weights=None, include_top=False, input_shape=shape)
-    if name == "efficientnetb0":
-        return keras.applications.EfficientNetB0(weights=None, include_top=False, input_shape=shape)
-    if name == "mobilenet":
-        return keras.applications.MobileNet(weights=None, include_top=False, input_shape=shape)
-    if name == "xception":
-        return keras.applications.Xception(weights=None, include_top=False, input_shape=shape)
+    kw = dict(weights=None, include_top=include_top, classes=classes, input_shape=(size, size, 3))
+    apps = {"resnet50v2": "ResNet50V2", "vgg19": "VGG19", "efficientnetb0": "EfficientNetB0",
+            "mobilenet": "MobileNet", "xception": "Xception"}
+    if name in apps:
+        return getattr(keras.applications, apps[name])(**kw)
     if name == "efficientnet_lite0":
         # Keras' EfficientNet builder with Lite0's changes (as in TF efficientnet_lite_builder):
         # ReLU6, no squeeze-excitation; width/depth 1.0 keep stem 32 and head 1280 as in Lite0.
         from keras.src.applications import efficientnet as ke
         blocks = [dict(b, se_ratio=0.0) for b in ke.DEFAULT_BLOCKS_ARGS]
         return ke.EfficientNet(1.0, 1.0, size, activation=keras.activations.relu6,
-                               blocks_args=blocks, name="efficientnet_lite0_ref", weights=None,
-                               include_top=False, input_shape=shape)
+                               blocks_args=blocks, name="efficientnet_lite0_ref", **kw)
     raise ValueError(f"no Keras reference for backbone {name!r}")
 
 

@@ -99,6 +99,76 @@ def near_duplicates_table() -> str:
     return "\n".join(lines)
 
 
+PEER_COLUMNS = {"bt_jax/shipped": "bt_jax", "bt_jax/xla-defaults": "bt_jax, XLA defaults",
+                "keras-tensorflow": "Keras 3 (TF)", "keras-jax": "Keras 3 (JAX)",
+                "pytorch": "PyTorch + timm"}
+PEER_TASKS = {"forward": "forward", "train": "train step", "train_b": "train step, method B head"}
+
+
+def _peer_column(r: dict) -> str:
+    return f"bt_jax/{r['variant']}" if r["framework"] == "bt_jax" else r["framework"]
+
+
+def _rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def peers_markdown(recs: list[dict]) -> str:
+    """Images/s of each side's best variant per backbone and task; the ratio of bt_jax (as
+    shipped) to the best peer (not bt_jax), with the variant that won; skips listed below."""
+    best, skips, order = {}, [], {}
+    for r in recs:
+        key, col = (r["backbone"], r["task"], r["batch"], r["size"]), _peer_column(r)
+        order.setdefault(key, len(order))
+        if r.get("skipped"):
+            skips.append(f"{PEER_COLUMNS.get(col, col)} {r['backbone']} {r['task']} "
+                         f"({r['variant']}): {r['skipped']}")
+        elif r["images_per_s"] > best.get((key, col), {"images_per_s": -1})["images_per_s"]:
+            best[(key, col)] = r
+    head = "| backbone | task | " + " | ".join(PEER_COLUMNS.values()) + " | best peer | bt_jax / best peer |"
+    lines = [head, "|---|---|" + "---:|" * len(PEER_COLUMNS) + "---|---:|"]
+    for key in sorted(order, key=order.get):
+        name, task, batch, size = key
+        cells = [_rate(best[(key, c)]["images_per_s"]) if (key, c) in best else "—" for c in PEER_COLUMNS]
+        peers = [best[(key, c)] for c in PEER_COLUMNS if not c.startswith("bt_jax") and (key, c) in best]
+        top = max(peers, key=lambda r: r["images_per_s"], default=None)
+        ours = best.get((key, "bt_jax/shipped"))
+        won = f"{PEER_COLUMNS[_peer_column(top)]}: {top['variant']}" if top else "—"
+        ratio = f"**{ours['images_per_s'] / top['images_per_s']:.2f}**" if top and ours else "—"
+        lines.append(f"| {name} | {PEER_TASKS.get(task, task)}, batch {batch}, {size} px | "
+                     + " | ".join(cells) + f" | {won} | {ratio} |")
+    return "\n".join(lines + ([""] + [f"Skipped: {s}." for s in skips] if skips else []))
+
+
+def _peer_runs() -> list[dict]:
+    """The newest run of each (backbone, task) in bench/results/peers.jsonl: ratios are only
+    taken between rows measured side by side; within it the last line per variant wins."""
+    path = RESULTS / "peers.jsonl"
+    if not path.exists():
+        return []
+    recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    newest = {}
+    for r in recs:
+        k = (r["backbone"], r["task"])
+        newest[k] = max(newest.get(k, ""), r["run"])
+    rows = {(r["backbone"], r["task"], r["framework"], r["variant"]): r
+            for r in recs if r["run"] == newest[(r["backbone"], r["task"])]}
+    return list(rows.values())
+
+
+def peers_table() -> str:
+    recs = _peer_runs()
+    if not recs:
+        return "_No measurement yet: run `.venv-peers/bin/python bench/bench_peers.py` (see its docstring)._"
+    versions = {}
+    for r in recs:
+        versions.update(r.get("versions", {}))
+    threads = sorted({r["threads"] for r in recs})
+    return (peers_markdown(recs) + "\n\n" + _machine(recs) + " Versions: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+            + f"; {', '.join(map(str, threads))} threads on every side.")
+
+
 def _schema_comments() -> dict[str, str]:
     """key -> the comment on its line in schema.py (and comment-only lines below it)."""
     out, last = {}, None
@@ -149,7 +219,7 @@ def config_table() -> str:
 
 
 RENDERERS = {"scale": scale_table, "scale_train": scale_train_table, "config": config_table,
-             "near_duplicates": near_duplicates_table}
+             "near_duplicates": near_duplicates_table, "peers": peers_table}
 
 
 def render(text: str) -> str:
