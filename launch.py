@@ -71,13 +71,14 @@ def main(argv):
 
 
 def _parse_flags(argv):
-    """absl's parse, with a mistyped config key as one line (closest keys named), exit 2."""
+    """absl's parse, with a mistyped config key (closest keys named) or a config file's
+    refused argument as one line, exit 2."""
     try:
         return flags.FLAGS(argv)
-    except (AttributeError, KeyError):
+    except (AttributeError, KeyError, flags.IllegalFlagValueError) as e:
         spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
-        bad = overrides.unknown_keys(overrides.load_file(spec),
-                                     [a for a in argv if a.startswith("--config.")])
+        bad = overrides.refused_argument(e) or overrides.unknown_keys(
+            overrides.load_file(spec), [a for a in argv if a.startswith("--config.")])
         if not bad:
             raise
         for line in bad:

@@ -34,12 +34,12 @@ import time
 from bench_backbones import machine_info  # same machine description in every bench
 
 
-def stages_from_config() -> list[dict]:
-    from bt_jax.config import base_config, parse_stage
-    return [parse_stage(s) for s in base_config().staged.stages]
+def stages_from_config() -> tuple:
+    from bt_jax.config import base_config, parse_stages
+    return parse_stages(base_config().staged.stages)
 
 
-def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool, count_flops: bool = True):
+def build(stage, size: int, batch: int, stop_backbone_grad: bool, count_flops: bool = True):
     """(compiled step, state, batch, rng, compile seconds, trainable / total params, FLOPs)."""
     import jax
     import jax.numpy as jnp
@@ -57,8 +57,8 @@ def build(stage: dict, size: int, batch: int, stop_backbone_grad: bool, count_fl
                        head_input="features", stop_backbone_grad=stop_backbone_grad)
     variables = jax.jit(functools.partial(model.init, train=False))(
         jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
-    labels = partitions.trainable_labels(variables["params"], spec, stage["trainable"])
-    tx = partitions.make_tx(labels, lr=stage["lr"], optimizer=cfg.staged.optimizer)
+    labels = partitions.trainable_labels(variables["params"], spec, stage.trainable)
+    tx = partitions.make_tx(labels, lr=stage.lr, optimizer=cfg.staged.optimizer)
     state = finetune.init_state(variables, tx)
     aug = augment.make_augment_params(cfg.augment)
     rng = np.random.default_rng(0)
@@ -130,8 +130,8 @@ def bench_stage(stage, size, batch, stop, warmup, repeats) -> dict:
     compiled, state, data, key, compile_s, n_train, n_total, flops = build(stage, size, batch, stop)
     convs, mem = conv_count(compiled), memory_of(compiled)
     sec, times = time_steps(compiled, state, data, key, warmup=warmup, repeats=repeats)
-    trainable = stage["trainable"] if isinstance(stage["trainable"], str) else "+".join(stage["trainable"])
-    return {"bench": "finetune_step", "stage": stage["name"] + ("+stopgrad" if stop else ""),
+    trainable = stage.groups
+    return {"bench": "finetune_step", "stage": stage.name + ("+stopgrad" if stop else ""),
             "trainable": trainable, "stop_backbone_grad": stop, "size": size, "batch": batch,
             "trainable_params": n_train, "total_params": n_total,
             "images_per_s": round(batch / sec, 2), "step_s_median": round(sec, 3),
@@ -143,7 +143,7 @@ def bench_stage(stage, size, batch, stop, warmup, repeats) -> dict:
 
 def memory_child(stage_name: str, size: int, batch: int, steps: int) -> dict:
     """Runs in a fresh process: one stage only, so ru_maxrss is that stage's peak."""
-    stage = next(s for s in stages_from_config() if s["name"] == stage_name)
+    stage = next(s for s in stages_from_config() if s.name == stage_name)
     compiled, state, data, key, compile_s, _, _, _ = build(stage, size, batch, False, count_flops=False)
     mem = memory_of(compiled)
     time_steps(compiled, state, data, key, warmup=0, repeats=steps)
@@ -194,10 +194,10 @@ def main(argv=None) -> list[dict]:
     rows = []
     if not a.memory_only:
         for st in stages_from_config():
-            if a.stages and st["name"] not in a.stages:
+            if a.stages and st.name not in a.stages:
                 continue
             variants = [False]
-            if st["trainable"] == "none" and not a.no_stopgrad_variant:
+            if st.trainable == "none" and not a.no_stopgrad_variant:
                 variants.append(True)
             for stop in variants:
                 rows.append(bench_stage(st, a.size, a.batch, stop, a.warmup, a.repeats))

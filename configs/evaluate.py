@@ -16,14 +16,15 @@ Writes the method A table with bootstrap CIs, ROC/PR/confusion plots, prediction
 (with exact duplicates of the training images flagged), report.md and report.html.
 """
 
-from bt_jax.config import base_config
+from bt_jax.config import base_config, parse_arg
 
 
 def get_config(arg: str = ""):
+    arg = parse_arg(arg, quick=False)
     c = base_config()
     c.name = "evaluate"
     c.pipeline = "evaluate"
-    if arg == "quick":
+    if arg.quick:
         c.eval.bootstrap = 200
         c.predict.batch_size = 8
         c.external.explain_examples = 2

@@ -8,10 +8,11 @@ class probabilities (N, C)) and workdir/model.json (classes, threshold, preproce
 temperature, digest). docs/serving.md shows a loader that needs only jax, numpy and opencv.
 """
 
-from bt_jax.config import base_config
+from bt_jax.config import base_config, parse_arg
 
 
 def get_config(arg: str = ""):
+    parse_arg(arg)  # no options: an argument is refused, not ignored
     c = base_config()
     c.name = "export"
     c.pipeline = "export"

@@ -13,17 +13,19 @@ model on a yes/no folder. Without data.dir: synthetic phantoms of three lesion t
 no tumour (SYNTHETIC everywhere). Weights: EfficientNet-Lite0, shipped in a pip package.
 """
 
+from bt_jax.config import parse_arg
 from configs import quickstart
 
 
 def get_config(arg: str = ""):
     c = quickstart.get_config(arg)  # Lite0, its search space and quick sizes
+    arg = parse_arg(arg, quick=False)
     c.name = "multiclass_search"
     c.data.classes = ("glioma", "meningioma", "no_tumour", "pituitary")  # () = the folder's
     c.data.positive = ""
     c.data.negative_classes = ("no_tumour",)
     c.augment.balance = "augment2a"  # each class augmented up to the largest
-    if arg == "quick":
+    if arg.quick:
         c.data.phantoms.n_per_class = 12
         c.search.trials = 2
         c.eval.bootstrap = 100

@@ -13,14 +13,15 @@ names negative_classes, empty otherwise. --config.predict.gradcam_class=glioma s
 evidence for that class (default: each scan's predicted class).
 """
 
-from bt_jax.config import base_config
+from bt_jax.config import base_config, parse_arg
 
 
 def get_config(arg: str = ""):
+    arg = parse_arg(arg, quick=False)
     c = base_config()
     c.name = "predict"
     c.pipeline = "predict"
-    if arg == "quick":
+    if arg.quick:
         c.predict.batch_size = 8
         c.gradcam.batch_size = 8
     return c

@@ -5,10 +5,11 @@ unless --config.data.dir is given, a small trial budget.
     python launch.py --config=configs/quickstart.py:quick ...   # tiny, for tests
 """
 
-from bt_jax.config import base_config
+from bt_jax.config import base_config, parse_arg
 
 
 def get_config(arg: str = ""):
+    arg = parse_arg(arg, quick=False)
     c = base_config()
     c.name = "quickstart"
     c.pipeline = "search"
@@ -23,7 +24,7 @@ def get_config(arg: str = ""):
     # Whole-backbone steps of 16 images whatever head batch the search picks: Lite0's
     # fine-tune step at 224 px needs ~2.6 GiB of XLA temporaries at 32, ~1.3 GiB at 16.
     c.finetune.batch_size = 16
-    if arg == "quick":
+    if arg.quick:
         c.data.phantoms.n_per_class = 16
         c.data.phantoms.size = 128
         c.preprocess.size = 64

@@ -12,13 +12,14 @@ The data set is prepared once per size (the same images, splits and augmented co
 each), and the final model, its fine-tuning and model.json use the chosen backbone's size.
 """
 
-from bt_jax.config import base_config
+from bt_jax.config import base_config, parse_arg
 
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 CONCAT = "+".join(LITE)
 
 
 def get_config(arg: str = ""):
+    arg = parse_arg(arg, quick=False)
     c = base_config()
     c.name = "real_search"
     c.pipeline = "search"
@@ -33,7 +34,7 @@ def get_config(arg: str = ""):
     # Two epochs: fine-tuning the three-backbone concatenation takes ~7.5 min an epoch on
     # 2 CPU cores, and the whole run must fit in 30 minutes there.
     c.finetune.epochs = 2
-    if arg == "quick":
+    if arg.quick:
         c.search.backbones = LITE[:2]
         c.data.phantoms.n_per_class = 12
         c.data.phantoms.size = 128

@@ -13,13 +13,14 @@ Backbones whose weight files are not found (see README "Weights") are left out o
 search with a warning; none found is an error before any work.
 """
 
-from bt_jax.config import base_config
+from bt_jax.config import base_config, parse_arg
 
 METHOD_A_BACKBONES = ("vgg16", "vgg19", "mobilenet", "densenet121", "efficientnetb0",
                       "xception", "inceptionv3", "resnet50v2")
 
 
 def get_config(arg: str = ""):
+    arg = parse_arg(arg, resnet=False)
     c = base_config()
     c.name = "method_a"
     c.pipeline = "search"
@@ -30,7 +31,7 @@ def get_config(arg: str = ""):
     c.split.k = 5
     c.augment.balance = "augment2a"
     c.model.name = "resnet50v2"
-    c.search.backbones = ("resnet50v2",) if arg == "resnet" else METHOD_A_BACKBONES
+    c.search.backbones = ("resnet50v2",) if arg.resnet else METHOD_A_BACKBONES
     c.search.trials = 150
     c.train.epochs = 10
     c.train.patience = 3

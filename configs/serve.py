@@ -10,10 +10,11 @@ authentication). POST /api/predict with a multipart field `file` answers JSON
 is one scan; --config.predict.batch_size=16 suits NIfTI volumes on a GPU.
 """
 
-from bt_jax.config import base_config
+from bt_jax.config import base_config, parse_arg
 
 
 def get_config(arg: str = ""):
+    parse_arg(arg)  # no options: an argument is refused, not ignored
     c = base_config()
     c.name = "serve"
     c.pipeline = "serve"

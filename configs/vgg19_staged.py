@@ -12,7 +12,7 @@ ReduceLROnPlateau on val accuracy (0.5, patience 3), a checkpoint per stage.
     python launch.py --config=configs/vgg19_staged.py:quick ...        # tiny, for tests
 """
 
-from bt_jax.config import base_config
+from bt_jax.config import base_config, parse_arg
 
 RESNET50V2_STAGES = (
     "baseline:none:10:3e-4",
@@ -24,6 +24,7 @@ RESNET50V2_STAGES = (
 
 
 def get_config(arg: str = ""):
+    arg = parse_arg(arg, quick=False, resnet50v2=False)
     c = base_config()
     c.name = "method_b"
     c.pipeline = "staged"
@@ -41,11 +42,11 @@ def get_config(arg: str = ""):
     c.augment.hflip = True
     c.augment.vflip = True
     c.augment.brightness = 0.1
-    if arg == "resnet50v2":
+    if arg.resnet50v2:
         c.model.name = "resnet50v2"
         c.preprocess.size = 224
         c.staged.stages = RESNET50V2_STAGES
-    if arg == "quick":
+    if arg.quick:
         c.data.dir = ""
         c.data.phantoms.n_per_class = 16
         c.data.phantoms.size = 96

@@ -1,7 +1,13 @@
+import importlib.util
+import re
+from pathlib import Path
+
 import pytest
 
 from bt_jax import config as cfg
 from bt_jax.config import overrides
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_base_config_validates():
@@ -95,3 +101,80 @@ def test_target_sensitivity_of_several_classes_needs_the_no_tumour_ones():
         cfg.validate(c)
     c.data.negative_classes = ("no_tumour",)
     cfg.validate(c)
+
+
+# ----------------------------------------------------------------------------- typed values
+
+def test_a_config_files_argument_is_parsed_into_typed_options():
+    assert cfg.parse_arg("", quick=False).quick is False
+    assert cfg.parse_arg("quick", quick=False).quick is True
+    arg = cfg.parse_arg("quick, size=128,crop=false", quick=False, size=224, crop=True)
+    assert (arg.quick, arg.size, arg.crop) == (True, 128, False)
+    with pytest.raises(cfg.ConfigError, match=r"argument 'quikc': unknown option 'quikc'; known: quick"):
+        cfg.parse_arg("quikc", quick=False)
+    with pytest.raises(cfg.ConfigError, match=r"'size=big': expected size=<int>"):
+        cfg.parse_arg("size=big", size=224)
+    with pytest.raises(cfg.ConfigError, match=r"'size': expected size=<int>"):
+        cfg.parse_arg("size", size=224)
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("configs/*.py")), ids=lambda p: p.stem)
+def test_every_config_file_refuses_an_unknown_argument(path):
+    """`configs/x.py:quikc` used to run the full config silently; now it is an error."""
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config().name and module.get_config("").name
+    with pytest.raises(cfg.ConfigError, match="unknown option 'quikc'"):
+        module.get_config("quikc")
+
+
+@pytest.mark.parametrize("items, match", [
+    ((), "empty"),
+    (("s1:block5:15",), "is not 'name:groups:epochs:lr'"),
+    (("s1:block5:many:1e-4",), "epochs must be an int"),
+    (("s1:block5:0:1e-4",), "need epochs >= 1"),
+    (("s1:none:1:1e-4", "s1:all:1:1e-5"), "stage names repeat"),
+])
+def test_bad_stages_name_the_key(items, match):
+    c = cfg.base_config()
+    c.staged.stages = items
+    with pytest.raises(cfg.ConfigError, match=r"^config\.staged\.stages: .*" + re.escape(match)):
+        cfg.validate(c)
+
+
+def test_stages_parse_into_typed_values():
+    head, some, every = cfg.parse_stages(("h:none:2:3e-4", "s:block5_conv3+block5_conv4:1:1e-4",
+                                          "f:all:3:1e-5"))
+    assert head == cfg.Stage("h", "none", 2, 3e-4) and every.trainable == "all"
+    assert some.trainable == ("block5_conv3", "block5_conv4")
+    assert some.groups == "block5_conv3+block5_conv4" and some.lr == 1e-4
+
+
+@pytest.mark.parametrize("items, positive, match", [
+    (("notumor",), (), "expected 'folder:model class' items"),
+    (("a:x", "a:y"), (), "folder 'a' mapped twice"),
+    (("notumor:no_tumour",), ("glioma",), "not both"),
+])
+def test_bad_class_maps_are_refused_before_any_work(items, positive, match):
+    c = cfg.base_config()
+    c.external.class_map, c.external.positive_classes = items, positive
+    with pytest.raises(cfg.ConfigError, match=r"^config\.external\.class_map: .*" + match):
+        cfg.validate(c)
+    c.external.class_map, c.external.positive_classes = ("notumor:no_tumour", "normal:no_tumour"), ()
+    assert cfg.class_map(c.external.class_map) == {"notumor": "no_tumour", "normal": "no_tumour"}
+
+
+@pytest.mark.parametrize("mult, key, match", [
+    ({"yes": 6}, "augment.multipliers", "no multiplier for classes ['no']"),
+    ({"yes": 6, "no": 13, "maybe": 2}, "augment.multipliers", "'maybe' is not one of"),
+    ({"yes": 0, "no": 13}, "augment.multipliers.yes", "expected a whole number of copies >= 1"),
+    ({"yes": 2.5, "no": 13}, "augment.multipliers.yes", "got 2.5"),
+])
+def test_bad_multipliers_name_the_key(mult, key, match):
+    c = cfg.base_config()
+    c.augment.balance, c.augment.multipliers = "multipliers", mult
+    with pytest.raises(cfg.ConfigError, match="^" + re.escape(f"config.{key}: ") + ".*" + re.escape(match)):
+        cfg.validate(c)
+    # classes read from the data folder: the same check when the copies are planned
+    assert cfg.class_multipliers({"yes": 6, "no": 13}, ("no", "yes")) == {"yes": 6, "no": 13}

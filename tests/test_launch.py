@@ -123,6 +123,18 @@ def test_a_mistyped_config_key_is_one_line_with_the_closest_keys(tmp_path):
     assert not (tmp_path / "w").exists()  # before any work
 
 
+def test_a_refused_config_file_argument_is_one_line(tmp_path):
+    """configs/x.py:<arg> is parsed into typed options (config.parse_arg): a typo is refused,
+    not silently the full config."""
+    r = _launch(f"--config={ROOT}/configs/quickstart.py:quikc", f"--workdir={tmp_path / 'w'}",
+                cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == "error: config file argument 'quikc': unknown option 'quikc'; known: quick"
+    assert lines[1].startswith("hint: ") and len(lines) == 2
+    assert not (tmp_path / "w").exists()
+
+
 def test_the_console_shows_steps_and_the_log_file_keeps_the_rest(tmp_path):
     import os
     env = {k: v for k, v in os.environ.items() if k != "BT_JAX_LOG_TO_TERMINAL"}

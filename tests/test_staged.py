@@ -10,7 +10,7 @@ import numpy as np
 import jax.numpy as jnp
 import pytest
 
-from bt_jax.config import ConfigError, parse_stage
+from bt_jax.config import ConfigError, parse_stage, parse_stages
 from bt_jax.data import discover
 from bt_jax.models import registry
 from bt_jax.pipelines import staged
@@ -96,11 +96,11 @@ def test_staged_pipeline_quick(tmp_path):
 def test_resnet50v2_stage_groups_resolve():
     c = vgg19_staged.get_config("resnet50v2")
     spec = registry.get("resnet50v2")
-    stages = [parse_stage(s) for s in c.staged.stages]
+    stages = parse_stages(c.staged.stages)
     staged.check_stage_groups(spec, stages, 64)
     shapes = jax.eval_shape(lambda: spec.make().init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
     params = {"backbone": shapes["params"], "head": {"out": {"kernel": jnp.zeros((2, 2))}}}
-    counts = [partitions.count_trainable(params, partitions.trainable_labels(params, spec, s["trainable"]))[0]
+    counts = [partitions.count_trainable(params, partitions.trainable_labels(params, spec, s.trainable))[0]
               for s in stages]
     assert counts == sorted(counts) and len(set(counts)) == len(counts)  # each stage unfreezes more
 

@@ -7,15 +7,19 @@
 
 Files in `configs/` start from `base_config()`, change what they need and lock the
 result. Library code reads `config.group.key` directly; there are no hidden defaults.
-`schema.py` lists the keys, `checks.py` validates them.
+`schema.py` lists the keys, `checks.py` validates them, `parse.py` turns the settings
+written as strings (stages, class maps, a config file's argument) into typed values.
 """
 
-from bt_jax.config.checks import check_classes, check_search, normalise, parse_stage, validate
+from bt_jax.config.checks import check_classes, check_search, normalise, validate
+from bt_jax.config.parse import (Stage, class_map, class_multipliers, parse_arg, parse_stage,
+                                 parse_stages)
 from bt_jax.config.schema import (ALLOCATIONS, BACKBONES, BALANCE, EQUALIZE, OPTIMIZERS,
                                   PIPELINES, RECIPE_OPTIONS, RENAMED, ConfigError, base_config,
                                   recipe_error, split_recipe, training_threshold)
 
 __all__ = ["ALLOCATIONS", "BACKBONES", "BALANCE", "EQUALIZE", "OPTIMIZERS", "PIPELINES",
            "RECIPE_OPTIONS", "RENAMED", "ConfigError", "base_config", "check_classes", "check_search",
-           "normalise", "parse_stage", "recipe_error", "split_recipe", "training_threshold",
+           "class_map", "class_multipliers", "normalise", "parse_arg", "parse_stage", "parse_stages",
+           "Stage", "recipe_error", "split_recipe", "training_threshold",
            "validate"]

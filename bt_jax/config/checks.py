@@ -2,7 +2,6 @@
 
     checks.validate(c)                   # every value the library reads
     checks.normalise(c)                  # "a,b" from the command line -> ("a", "b")
-    checks.parse_stage("s1:block5:15:1e-4")
 
 Re-exported by `bt_jax.config`.
 """
@@ -11,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from bt_jax.config.parse import class_map, class_multipliers, parse_stages
 from bt_jax.config.schema import (
     ALLOCATIONS,
     BACKBONES,
@@ -86,11 +86,7 @@ def _check_training(c) -> None:
         _fail("distributed.process_id", f"expected 0..num_processes-1 "
                                         f"({d.num_processes - 1}), got {d.process_id}")
     s = c.staged
-    if not s.stages:
-        _fail("staged.stages", "empty: method B needs at least one stage")
-    names = [parse_stage(x)["name"] for x in s.stages]
-    if len(set(names)) != len(names):
-        _fail("staged.stages", f"stage names repeat: {names}")
+    parse_stages(s.stages)
     _positive_ints("staged.head_hidden", s.head_hidden)
     _positive_ints("staged.batch_size", (s.batch_size,))
     if s.optimizer not in OPTIMIZERS:
@@ -149,6 +145,7 @@ def _check_apply(c) -> None:
     both = set(e.positive_classes) & set(e.negative_classes)
     if both:
         _fail("external.positive_classes", f"{sorted(both)} also in external.negative_classes")
+    class_map(e.class_map, (*e.positive_classes, *e.negative_classes))
     _check_serve_export(c)
 
 
@@ -164,23 +161,6 @@ def _check_serve_export(c) -> None:
     if not c.export.platforms or bad or len(set(c.export.platforms)) != len(c.export.platforms):
         _fail("export.platforms", f"expected distinct names among {EXPORT_PLATFORMS}, got "
                                   f"{tuple(c.export.platforms)}")
-
-
-def parse_stage(text: str) -> dict:
-    """'stage1:block5_conv3+block5_conv4:15:1e-4' -> {name, trainable, epochs, lr}."""
-    parts = str(text).split(":")
-    if len(parts) != 4:
-        raise ConfigError(f"config.staged.stages: {text!r} is not 'name:groups:epochs:lr'")
-    name, groups, epochs, lr = parts
-    try:
-        epochs, lr = int(epochs), float(lr)
-    except ValueError:
-        raise ConfigError(f"config.staged.stages: {text!r}: epochs must be an int and lr a "
-                          "float") from None
-    if epochs < 1 or lr <= 0:
-        raise ConfigError(f"config.staged.stages: {text!r}: need epochs >= 1 and lr > 0")
-    trainable = groups if groups in ("none", "all") else tuple(g for g in groups.split("+") if g)
-    return {"name": name, "trainable": trainable, "epochs": epochs, "lr": lr}
 
 
 def _check_data(d) -> None:
@@ -333,12 +313,5 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _at_least(f"eval.{key}", getattr(c.eval, key), low)
     _check_apply(c)
     if c.augment.balance == "multipliers" and classes:
-        missing = [k for k in classes if k not in c.augment.multipliers]
-        if missing:
-            _fail("augment.multipliers", f"no multiplier for classes {missing}")
-        for k, v in c.augment.multipliers.items():
-            if k not in classes:
-                _fail("augment.multipliers", f"{k!r} is not one of data.classes {classes}")
-            if int(v) < 1:
-                _fail(f"augment.multipliers.{k}", f"expected >= 1 copies, got {v}")
+        class_multipliers(c.augment.multipliers, classes)
     return c

@@ -7,7 +7,8 @@
     # ["config.train.finetune_epochs: renamed to config.finetune.epochs"]  (schema.RENAMED)
 
 absl parses `--config.<key>=value` flags before `main` runs, and a mistyped key ends in a
-long ml_collections traceback there; launch.py asks these instead.
+long ml_collections traceback there, as does a config file refusing its argument
+(`configs/x.py:quikc`, parse.parse_arg); launch.py asks these instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 
-from bt_jax.config.schema import RENAMED
+from bt_jax.config.schema import RENAMED, ConfigError
 
 
 def load_file(spec: str):
@@ -52,3 +53,11 @@ def unknown_keys(config, overrides: list[str]) -> list[str]:
             out.append(f"config.{key}: no such key"
                        + (f"; did you mean {' or '.join(near)}?" if near else ""))
     return out
+
+
+def refused_argument(e: BaseException) -> list[str]:
+    """The ConfigError a config file's get_config raised (its argument refused), which absl
+    wraps in errors of its own, as one line; [] if `e` holds none."""
+    while e.__context__ is not None:
+        e = e.__context__
+    return [str(e)] if isinstance(e, ConfigError) else []

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bt_jax.config import class_multipliers
 from bt_jax.data.split import TrainIndices
 
 POLICIES = ("none", "augment2a", "multipliers")
@@ -241,11 +242,8 @@ def plan_from_config(train: TrainIndices, labels, config, label_of: Mapping[str,
     class name in the config and mapped to labels through `label_of` (`Dataset.label_of`)."""
     mult = None
     if config.augment.balance == "multipliers":
-        unknown = [n for n in config.augment.multipliers if n not in label_of]
-        if unknown:
-            raise ValueError(f"config.augment.multipliers: {unknown} not among the classes "
-                             f"{list(label_of)}")
-        mult = {label_of[name]: int(v) for name, v in config.augment.multipliers.items()}
+        named = class_multipliers(config.augment.multipliers, tuple(label_of))
+        mult = {label_of[name]: n for name, n in named.items()}
     return plan_copies(train, labels, policy=config.augment.balance, multipliers=mult,
                        seed=int(config.augment.seed))
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from bt_jax import io
 from bt_jax import inference
-from bt_jax.config import ConfigError
+from bt_jax.config import ConfigError, class_map
 from bt_jax.data import discover, manifest, preprocess, scans, volumes
 from bt_jax.reporting import evaluation, html, report
 from bt_jax.pipelines.predict import gradcam_class_of, load_for
@@ -46,20 +46,6 @@ def _sub_folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def parse_class_map(items) -> dict[str, str]:
-    """external.class_map items "folder:model class" -> {folder: class}."""
-    out = {}
-    for item in items:
-        folder, sep, cls = str(item).partition(":")
-        if not sep or not folder or not cls:
-            raise ConfigError(f"config.external.class_map: expected 'folder:model class' items, "
-                              f"got {item!r}")
-        if folder in out:
-            raise ConfigError(f"config.external.class_map: folder {folder!r} mapped twice")
-        out[folder] = cls
-    return out
-
-
 def folder_labels(root: Path, model: inference.LoadedModel, external) -> tuple[str, dict]:
     """(kind, {sub-folder: label}) for an evaluation of `model` on `root`, checked before any
     prediction. kind BINARY: labels 1 (tumour) / 0, scored on P(positive) or a multi-class
@@ -69,10 +55,7 @@ def folder_labels(root: Path, model: inference.LoadedModel, external) -> tuple[s
     BINARY (folders named like its classes, or mapped onto them by external.class_map)."""
     root = Path(root)
     pos, neg = tuple(external.positive_classes), tuple(external.negative_classes)
-    cmap = parse_class_map(external.class_map)
-    if cmap and (pos or neg):
-        raise ConfigError("config.external.class_map: give it or external.positive_classes / "
-                          "negative_classes (a tumour / no tumour evaluation), not both")
+    cmap = class_map(external.class_map, pos + neg)  # {folder: class}; not with pos / neg
     if pos or neg:
         if model.multiclass and not model.negative_classes:
             raise ConfigError(

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bt_jax import io
-from bt_jax.config import ConfigError, parse_stage
+from bt_jax.config import ConfigError, parse_stages
 from bt_jax.data import augment, dataset, preprocess
 from bt_jax import model_card
 from bt_jax.reporting import evaluation, plots, tensorboard
@@ -68,17 +68,17 @@ def check_stage_groups(spec, stages, size: int) -> None:
     shapes = jax.eval_shape(lambda: spec.make().init(jax.random.PRNGKey(0),
                                                      jnp.zeros((1, size, size, 3))))
     for st in stages:
-        if st["trainable"] not in ("none", "all"):
+        if st.trainable not in ("none", "all"):
             try:
-                mreg.select_groups(shapes["params"], spec, st["trainable"])
+                mreg.select_groups(shapes["params"], spec, st.trainable)
             except ValueError as e:
-                raise ConfigError(f"config.staged.stages: stage {st['name']!r}: {e}") from None
+                raise ConfigError(f"config.staged.stages: stage {st.name!r}: {e}") from None
 
 
 def run(config, workdir: Path):
     config = load.sized_config(config, config.model.name)
     workdir = Path(workdir)
-    stages = [parse_stage(s) for s in config.staged.stages]
+    stages = parse_stages(config.staged.stages)
     spec = mreg.get(config.model.name)
     check_stage_groups(spec, stages, config.preprocess.size)
     model, variables, digest = build_model(config, ds := dataset.prepare_dataset(config, workdir))
@@ -100,26 +100,26 @@ def run(config, workdir: Path):
                    "head_dropout": config.staged.head_dropout, "seed": config.seed,
                    "train_src": data.train_src.tolist(), "val": data.val_idx.tolist()}
     for k, st in enumerate(stages):
-        fs = finetune.FitSpec(epochs=st["epochs"], batch_size=config.staged.batch_size, lr=st["lr"],
+        fs = finetune.FitSpec(epochs=st.epochs, batch_size=config.staged.batch_size, lr=st.lr,
                               optimizer=config.staged.optimizer, patience=config.staged.patience,
                               plateau_factor=config.staged.plateau_factor,
                               plateau_patience=config.staged.plateau_patience,
                               plateau_min_lr=config.staged.plateau_min_lr, plateau_monitor="val_acc",
-                              bn_train=config.finetune.bn_train, trainable=st["trainable"],
+                              bn_train=config.finetune.bn_train, trainable=st.trainable,
                               seed=config.seed + k,
                               grad_accum_steps=config.train.grad_accum_steps)
         # Stage k's fingerprint holds every earlier stage's: a change upstream retrains here.
         fingerprint = {**fingerprint, f"stage_{k}": dataclasses.asdict(fs)}
-        run_name = f"stage_{k}_{st['name']}"
+        run_name = f"stage_{k}_{st.name}"
         ck = open_checkpoints(workdir / "checkpoints", run_name, fingerprint)
         with tensorboard.epoch_log(config, workdir, run_name) as tb:
-            res = finetune.fit(model, variables, spec, data, fs, ckpt=ck, desc=st["name"],
+            res = finetune.fit(model, variables, spec, data, fs, ckpt=ck, desc=st.name,
                                on_epoch=tb)
         variables = res.variables
         row, section, rep = evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note)
         rows.append(row)
         sections.append(section)
-        stage_reports[st["name"]] = rep
+        stage_reports[st.name] = rep
     # The last stage's best state is the model that predict/evaluate load.
     model_card.write_model_card(workdir, config=config, ds=ds, backbone=config.model.name, digest=digest,
                              head={"type": "flatten", "hidden": list(config.staged.head_hidden),
@@ -136,22 +136,21 @@ def run(config, workdir: Path):
 
 
 def evaluate_stage(config, workdir, ds, model, variables, st, k, res, cls, note):
-    out = workdir / "stages" / f"{k}_{st['name']}"
+    out = workdir / "stages" / f"{k}_{st.name}"
     bs = config.staged.batch_size
     vl, va, _ = finetune.evaluate(model, variables, ds.images, ds.labels, ds.splits.val, batch_size=bs)
     tl, ta, tprob = finetune.evaluate(model, variables, ds.images, ds.labels, ds.splits.test, batch_size=bs)
     y = ds.labels[ds.splits.test]
-    section, rep = evaluation.evaluate_split(y, tprob, out_dir=out, title=f"{st['name']}: test split",
+    section, rep = evaluation.evaluate_split(y, tprob, out_dir=out, title=f"{st.name}: test split",
                                              class_names=cls, config=config, synthetic=ds.synthetic,
                                              negative_classes=ds.negative_classes)
     curves = plots.plot_curves({"train/loss": res.history["train_loss"], "val/loss": res.history["val_loss"],
                                 "train/accuracy": res.history["train_acc"],
                                 "val/accuracy": res.history["val_acc"]},
-                               out / "curves.png", f"{st['name']}: training vs validation",
+                               out / "curves.png", f"{st.name}: training vs validation",
                                best_epoch=res.best_epoch if res.best_epoch >= 0 else None, note=note)
     per_class = {c: rep["per_class"][c]["recall"]["value"] for c in cls}
-    row = {"stage": st["name"], "trainable": st["trainable"] if isinstance(st["trainable"], str)
-           else "+".join(st["trainable"]), "epochs_run": len(res.history["val_loss"]),
+    row = {"stage": st.name, "trainable": st.groups, "epochs_run": len(res.history["val_loss"]),
            "best_epoch": res.best_epoch, "val_loss": vl, "val_acc": va, "test_loss": tl,
            "test_acc": ta, "test_acc_ci": rep["accuracy"]["ci"],
            "test_auc": (rep["macro"] if ds.multiclass else rep)["roc_auc"]["value"],
