@@ -213,8 +213,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.ci = 0.95
     c.eval.ensemble_k = 5                 # method A: top-k trials ensembled (0: none)
     c.eval.cv_repeats = 5                 # method A: repeats of k-fold CV of the final setting
-    c.eval.temperature_scaling = False    # fit T on validation probabilities; predict uses it
     c.eval.baseline_max_rows = 10000      # logistic baseline: training rows per fold at most (whole groups)
+    c.eval.temperature_scaling = False    # fit T on validation probabilities; predict uses it
     c.eval.calibration_bins = 10          # reliability diagram / ECE bins
 
     # The decision threshold on P(tumour), one for training and applying a model: training
