@@ -102,7 +102,7 @@ def release_freed_memory() -> bool:
     """Hands freed heap pages back to the OS (glibc's `malloc_trim`); False without glibc.
     Compiling a backbone's training step leaves ~0.8 GiB of freed compiler heap that glibc
     keeps mapped; the step's own temporaries (1.3 GiB for Lite0 at 224 px, batch 16) then
-    come on top of it (the quickstart's peak RSS was 3.5 GiB, README benchmarks)."""
+    come on top of it (the quickstart's peak RSS: docs/benchmarks.md, "End-to-end runs")."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.malloc_trim(0))

@@ -6,8 +6,8 @@
 XLA:CPU allocates a program's buffers with malloc at every call, and glibc serves blocks
 over 32 MiB with freshly mapped memory, so every call faults its whole working set in
 again, 4 KiB at a time: an EfficientNet-Lite0 forward at batch 32 took ~76,000 page
-faults (312 MB) per call, with a quarter of its CPU time in the kernel (README
-benchmarks, "Huge pages"). glibc >= 2.35 has a tunable, `glibc.malloc.hugetlb=1`, that
+faults (312 MB) per call, with a quarter of its CPU time in the kernel
+(docs/benchmarks.md, "Huge pages"). glibc >= 2.35 has a tunable, `glibc.malloc.hugetlb=1`, that
 madvises malloc's memory for transparent huge pages; glibc reads it only at process start,
 so `launch.py` re-executes itself once with it set (Linux with glibc >= 2.35 and
 transparent huge pages not "never"). `BT_JAX_HUGEPAGES=0` turns this off. Scripts that

@@ -201,7 +201,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.staged.plateau_patience = 3
     c.staged.plateau_min_lr = 1e-7
 
-    # Several processes (hosts) as one JAX runtime; see README "Scaling out".
+    # Several processes (hosts) as one JAX runtime; see docs/scaling_out.md.
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator = ""        # "" one process | "auto" (SLURM/MPI/TPU env) | "host:port"
     c.distributed.num_processes = 1
@@ -235,7 +235,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.explain = False                     # write a Grad-CAM overlay PNG per image
     c.predict = ml_collections.ConfigDict()
     c.predict.batch_size = 16             # fixed compiled batch (last one padded); on a CPU as
-                                          # fast as 32 with half the memory (README benchmarks)
+                                          # fast as 32 with half the memory (docs/benchmarks.md)
     c.predict.dicom_frame = -1            # multi-frame DICOM: -1 refuses them, else frame index
     c.predict.colour = "flag"             # strongly coloured images: "flag" (predict + note) | "skip"
     c.predict.output = "predictions.csv"  # relative to the workdir

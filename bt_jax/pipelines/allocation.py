@@ -2,7 +2,7 @@
 
 A head program is compiled per allocation (`train.head_lanes.Capacity`); a trial trains
 in any allocation that serves it, with the same result (tests/test_head.py). These
-policies trade padding against compiles per platform (README benchmarks, "Head search"):
+policies trade padding against compiles per platform (docs/benchmarks.md, "Head search"):
 
     allocs = allocation.search_allocations(run, allocation.parallel_trials(config), folds)
     head.capacity_if_serving(allocs, hps, n_train, n_classes)   # the first that serves
@@ -29,7 +29,7 @@ def search_allocations(run, parallel: int, folds: FoldArrays) -> tuple:
     - "bucket": one per batch size for the hidden widths <= BUCKET_UNITS (padded to the
       widest of them), exact for wider heads: on a CPU a narrow head's step costs little
       more at 256 units than at 32, far less than a ~4 s compile, while padding a 1024-unit
-      head's batch costs it 1.3-2x (README benchmarks, "Head search");
+      head's batch costs it 1.3-2x (docs/benchmarks.md, "Head search");
     - "auto": the space on GPU/TPU, with parallel trials, or when it is small (units x
       rows per step <= SMALL_SPACE, e.g. the quickstart's); "bucket" otherwise."""
     c = run.config

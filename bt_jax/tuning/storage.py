@@ -117,8 +117,8 @@ def tune_sqlite(storage: optuna.storages.RDBStorage, url: str) -> None:
     """Write-ahead logging and `synchronous=NORMAL` for a study in a local SQLite file.
 
     With SQLite's defaults every commit (a search makes ~25 per trial) syncs its rollback
-    journal and the database to disk: ~6 s of a 150-trial search on a 2-core VM (README
-    benchmarks, "Head search"). In WAL mode with synchronous=NORMAL a commit survives the
+    journal and the database to disk: ~6 s of a 150-trial search on a 2-core VM
+    (docs/benchmarks.md, "Head search"). In WAL mode with synchronous=NORMAL a commit survives the
     process being killed (our resume guarantee); only a power cut can lose the last
     trials, and never corrupts the file. WAL needs shared memory between the processes
     that open the file, which network filesystems do not give, so a file there keeps
