@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bt_jax import features, model_card, stages, tuning
+from bt_jax import compilation, features, model_card, stages, tuning
 from bt_jax.data import augment, dataset, preprocess
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head, n_outputs
@@ -134,7 +134,11 @@ def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, wei
         features.extract_features(module, variables, copies.images, batch_size=32,
                                   progress=True, desc=f"features {name} copies", out=first[n:])
         return first
-    return features.cached(workdir, parts, compute, name=name), (module, variables, digest)
+    feats = features.cached(workdir, parts, compute, name=name)
+    # The extractor's compiler heap and batch buffers are freed but stay mapped by glibc;
+    # hand them back before the search puts the N x D features on the device.
+    compilation.release_freed_memory()
+    return feats, (module, variables, digest)
 
 
 def prepare(config, workdir: Path, backbones) -> Run:
