@@ -8,11 +8,11 @@ Per outer fold: standardise on the fold's training rows, choose C from a log gri
 inner stratified group k-fold on those rows (groups: the original image of each row, so a
 copy and its original never straddle an inner split), refit with that C, predict the
 fold's validation rows. Cost stays bounded on big folders: C is chosen on at most
-INNER_ROWS training rows (whole groups) along scikit-learn's warm-started regularisation
-path (one path per inner fold: each C's fit starts from the previous one's coefficients),
-and the refit uses at most `max_rows` training rows (whole groups; `eval.baseline_max_rows`). A linear model on ~1,000 frozen features has
-stopped improving well before 10,000 rows; the number of rows used is returned. Folds are
-the padded `FoldArrays` the vmapped head uses, so the two are compared case by case.
+INNER_ROWS training rows (whole groups) along a warm-started path (one per inner fold:
+each C's fit starts from the previous one's coefficients), and the refit uses at most
+`max_rows` training rows (whole groups; `eval.baseline_max_rows`), a cost cap whose rows
+are returned so reports can say what the baseline saw. Folds are the padded `FoldArrays`
+the vmapped head uses, so the two are compared case by case.
 """
 
 from __future__ import annotations
