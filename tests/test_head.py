@@ -236,6 +236,11 @@ def test_masked_auc_handles_ties_and_missing_class():
     assert float(head.masked_auc(s, y, m)) == pytest.approx(
         roc_auc_score(np.array(y)[:5], np.array(s)[:5]))
     assert np.isnan(float(head.masked_auc(s, jnp.ones(6), m)))
+    # many ties and padding, against sklearn (the search's AUC must not need V x V memory)
+    rng = np.random.default_rng(3)
+    s, y, m = rng.integers(0, 7, 3000) / 7.0, rng.integers(0, 2, 3000), rng.random(3000) < 0.8
+    assert float(head.masked_auc(jnp.asarray(s), jnp.asarray(y), jnp.asarray(m))) == \
+        pytest.approx(roc_auc_score(y[m], s[m]), abs=1e-6)
 
 
 def test_fit_one_in_a_shared_allocation():

@@ -183,13 +183,18 @@ def _val_scores(logits, y, mask):
 
 
 def masked_auc(scores, y, mask):
-    """ROC AUC by the Mann-Whitney pair count (ties count 1/2); NaN if a class is absent."""
+    """ROC AUC as the Mann-Whitney statistic (ties count 1/2); NaN if a class is absent.
+    Each positive's wins are counted by binary search in the sorted negatives: O(V log V)
+    time and O(V) memory (the all-pairs form needs V x V: 1.6 GB at 20k rows a fold)."""
     pos, neg = mask & (y > 0.5), mask & (y <= 0.5)
-    diff = scores[:, None] - scores[None, :]
-    pairs = pos[:, None] & neg[None, :]
-    wins = jnp.sum(jnp.where(pairs, (diff > 0) + 0.5 * (diff == 0), 0.0))
-    n = pos.sum().astype(jnp.float32) * neg.sum()
-    return jnp.where(n > 0, wins / jnp.maximum(n, 1), jnp.nan)
+    negs = jnp.sort(jnp.where(neg, scores, jnp.inf))              # the negatives first
+    below = jnp.searchsorted(negs, scores, side="left")
+    upto = jnp.minimum(jnp.searchsorted(negs, scores, side="right"), neg.sum())
+    n_pos, n_neg = pos.sum(), neg.sum()
+    # per positive, its share of negatives beaten: each term exact, the mean in float32
+    share = (below + upto).astype(jnp.float32) / (2.0 * jnp.maximum(n_neg, 1))
+    auc = jnp.sum(jnp.where(pos, share, 0.0)) / jnp.maximum(n_pos, 1)
+    return jnp.where((n_pos > 0) & (n_neg > 0), auc, jnp.nan)
 
 
 def lane_fn(cap: Capacity, features, labels, ti, tm, vi, vm, hp: dict, rng) -> dict:
