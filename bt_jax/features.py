@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bt_jax import io
-from bt_jax.models.common import forward_compiler_options
+from bt_jax.compilation import forward_compiler_options
 from bt_jax.sharding import batched_apply, data_mesh  # noqa: F401  (data_mesh: public)
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,39 @@ def cached(workdir: Path, parts: dict, compute: Callable[[], np.ndarray], *,
     path = d / f"{key}.npy"
     if path.exists():
         log.info("%s: reusing cached features %s", name, path)
-        return np.load(path)
+        return load_aligned(path)
     arr = np.asarray(compute(), np.float32)
     io.atomic_write(path, lambda f: np.save(f, arr), binary=True, cache=True)
     io.atomic_write(d / f"{key}.json", lambda f: json.dump(parts, f, sort_keys=True, default=str),
                     cache=True)
     log.info("%s: computed %s features, cached at %s", name, arr.shape, path)
-    return arr
+    del arr   # read back aligned (from the page cache): one copy alive at a time
+    return load_aligned(path)
+
+
+ALIGN = 64  # XLA:CPU uses a host buffer in place (no copy) when it is 64-byte aligned
+
+
+def load_aligned(path: Path) -> np.ndarray:
+    """An .npy array in a 64-byte aligned buffer, so `jax.device_put` on a CPU aliases it
+    instead of copying (np.load's buffers are 16-byte aligned: at 100k x 1280 the head
+    search held the features twice)."""
+    with open(path, "rb") as f:
+        fmt = np.lib.format
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(
+            fmt.read_magic(f))
+        shape, fortran, dtype = read(f) if read else ((), True, None)
+        if fortran or dtype.hasobject:
+            return np.load(path)
+        out = aligned_empty(shape, dtype)
+        view = out.reshape(-1).view(np.uint8)
+        if f.readinto(view) != view.nbytes:
+            raise OSError(f"{path}: truncated .npy file (expected {view.nbytes} data bytes)")
+    return out
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(n + ALIGN, np.uint8)
+    start = -buf.ctypes.data % ALIGN
+    return buf[start:start + n].view(dtype).reshape(shape)

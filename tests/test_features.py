@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -57,6 +58,23 @@ def test_cache_reuses_and_keys_on_inputs(tmp_path):
     assert len(calls) == 1 and np.array_equal(a, b)
     features.cached(tmp_path, {"backbone": "x", "images": "abd"}, compute)
     assert len(calls) == 2
+
+
+def test_cached_features_alias_on_the_device(tmp_path):
+    """Computed or reused, cached features come back 64-byte aligned, so the head's
+    `jax.device_put` on a CPU uses them in place: one copy of N x D, not two."""
+    x = np.random.default_rng(0).standard_normal((1001, 37)).astype(np.float32)
+    for _ in range(2):   # computed, then read from the cache
+        got = features.cached(tmp_path, {"k": 1}, lambda: x)
+        np.testing.assert_array_equal(got, x)
+        assert got.ctypes.data % features.ALIGN == 0 and got.flags.c_contiguous
+        if jax.default_backend() == "cpu":
+            assert jax.device_put(got).unsafe_buffer_pointer() == got.ctypes.data
+    bad = tmp_path / "cache" / "features" / "cut.npy"
+    np.save(bad, x)
+    bad.write_bytes(bad.read_bytes()[:-8])
+    with pytest.raises(OSError, match="truncated"):
+        features.load_aligned(bad)
 
 
 @pytest.mark.e2e
