@@ -30,7 +30,7 @@ Backbones with depthwise layers run once per `--depthwise` implementation (model
 positions, the CPU default; conv = XLA's convolution); several are timed side by side.
 `--ynn` times each with XLA:CPU's YNNPACK fusions on, off, or as bt_jax sets them ("auto",
 the default: off for forward programs on CPU, on for the fine-tune step;
-`models.common.forward_compiler_options`).
+`compilation.forward_compiler_options`).
 `--train-step` times one fine-tune step per impl: forward (train-mode BatchNorm, dropout) +
 backward + Adam update of the whole backbone with a 2-class top, jitted with donated state;
 its roofline counts 3x the forward's model FLOPs.
@@ -48,7 +48,8 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")   # before any keras import; Keras 3 defaults to TF
 
-from bt_jax.models.common import POINTWISE_IMPLS, YNN_OFF, forward_compiler_options, pointwise
+from bt_jax.compilation import YNN_OFF, forward_compiler_options
+from bt_jax.models.common import POINTWISE_IMPLS, pointwise
 
 DEFAULT_MODELS = ("resnet50v2", "vgg19", "efficientnet_lite0")
 DEPTHWISE = ("efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -135,7 +136,7 @@ def paired_roofline(fn, flops: float, probe, probe_flops: float, repeats: int) -
 def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="auto"):
     """(callable, flops per batch, compile seconds) of our jitted forward; options: XLA
     compiler options for this program ("auto": what bt_jax's feature extraction and
-    predict use, `models.common.forward_compiler_options`)."""
+    predict use, `compilation.forward_compiler_options`)."""
     import jax
     from bt_jax.models import registry
     spec = registry.get(name)

@@ -20,7 +20,7 @@ Tasks, every side with random weights, float32, the same batch, size and thread 
 Sides, each in its own child process (KERAS_BACKEND is read at import; heavy imports must
 not share a process), pinned to `--threads` cores and told that thread count:
 - `bt_jax`: `bench_backbones.ours` / `train_step` as the library runs them: inference programs
-  with `models.common.forward_compiler_options()` (YNNPACK off on CPU), the process on huge
+  with `compilation.forward_compiler_options()` (YNNPACK off on CPU), the process on huge
   pages (`bt_jax/hugepages.py`, what launch.py sets, glibc tunables are read at start).
 - `bt_jax-defaults`: the same programs with XLA's default compiler options, on glibc's
   default 4 KiB pages: what a plain `jax.jit` script gets; the difference is what bt_jax's
@@ -86,7 +86,7 @@ def once(build):
 
 def bt_jax_variants(name: str, task: str, batch: int, size: int, defaults: bool) -> list:
     import bench_backbones as bb
-    from bt_jax.models.common import forward_compiler_options
+    from bt_jax.compilation import forward_compiler_options
 
     def build():
         if task == "forward":   # "auto": forward_compiler_options(), as feature extraction runs

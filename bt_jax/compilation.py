@@ -1,9 +1,11 @@
-"""XLA compilations: a persistent cache in the workdir, and a count of what was compiled.
+"""XLA compilations: a persistent cache in the workdir, a count of what was compiled, and
+the compiler options of our programs (one place).
 
     compilation.enable_cache(W / "cache" / "jax")   # a relaunch loads programs from disk
     with compilation.Tally() as t:
         ...                                          # run a pipeline
     t.summary()   # {"programs": 41, "compiled": 3, "cache_hits": 38, "seconds": 9.2}
+    jax.jit(forward, compiler_options=compilation.forward_compiler_options())
 
 Compiling dominates short runs on a CPU (tens of seconds per backbone step), and every
 relaunch (a resume, a second pipeline on the same workdir, predict after search) used to
@@ -17,15 +19,43 @@ program loaded from the cache as a compilation too, with the load time as its du
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 MIN_COMPILE_S = 0.5  # only programs this slow to compile are cached (the step, not tiny ops)
 _COMPILE = "/jax/core/compile/backend_compile_duration"
 _HIT = "/jax/compilation_cache/cache_hits"
 _MISS = "/jax/compilation_cache/cache_misses"
+
+# XLA:CPU hands some convolutions and matmuls to YNNPACK by default, where VGG19's and
+# ResNet50V2's forward passes and the head's few-row matmuls ran slower than with XLA's
+# own kernels (`bench/bench_backbones.py --ynn on off`; figures in docs/benchmarks.md).
+# Programs that only run the network forward, and the head program, opt out, per program
+# and on CPU only; the fine-tune step keeps YNNPACK (Lite0's step is faster with it).
+YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def forward_compiler_options() -> dict | None:
+    """`jax.jit(..., compiler_options=...)` for inference programs (and the head program)
+    on the default backend: YNN_OFF on a CPU whose XLA knows the option, else None."""
+    known = jax.default_backend() == "cpu" and xla_knows(tuple(YNN_OFF.items()))
+    return dict(YNN_OFF) if known else None
+
+
+@functools.cache
+def xla_knows(options_items) -> bool:
+    """Whether this XLA accepts these (experimental) options: a jax release that renamed or
+    dropped them gets XLA's defaults instead of a failing compile."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options_items)).lower(
+            jnp.float32(0)).compile()
+        return True
+    except Exception:   # noqa: BLE001  (XLA raises its own error types for unknown options)
+        return False
 
 
 def enable_cache(path) -> Path:

@@ -48,3 +48,27 @@ def test_compile_on_first_call_compiles_once_and_gives_the_jitted_result():
     assert step.compiled is first                       # one program for one shape
     assert float(s) == 1 + 15 + 21 and float(y.sum()) == 2 * 21
     assert isinstance(compilation.release_freed_memory(), bool)
+
+
+def test_forward_programs_without_ynnpack_give_the_same_features():
+    """The inference programs' XLA options (compilation.forward_compiler_options: no
+    YNNPACK fusions on CPU) change which kernels run, not the numbers."""
+    import jax
+    import numpy as np
+    from fast_init import random_variables
+
+    from bt_jax import compilation
+    from bt_jax.models import registry
+    model = registry.get("vgg16").make()
+    v = random_variables(model, 64, seed=5)
+    x = jax.random.uniform(jax.random.PRNGKey(6), (2, 64, 64, 3))
+
+    def f(v, x):
+        return model.apply(v, x, train=False)[1]["pre_logits"]
+    opts = compilation.forward_compiler_options()
+    assert opts == (compilation.YNN_OFF if jax.default_backend() == "cpu" else None)
+    # an XLA without the option gets its defaults, not a failing compile
+    assert not compilation.xla_knows((("xla_cpu_no_such_option_bt_jax", "1"),))
+    plain = np.asarray(jax.jit(f)(v, x))
+    tuned = np.asarray(jax.jit(f, compiler_options=opts)(v, x))
+    np.testing.assert_allclose(tuned, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())

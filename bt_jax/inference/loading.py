@@ -26,10 +26,10 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bt_jax import io
+from bt_jax.compilation import forward_compiler_options
 from bt_jax.data import preprocess
 from bt_jax.model_card import ModelCardError, binary_validation, read_card
 from bt_jax.models import registry as mreg
-from bt_jax.models.common import forward_compiler_options
 from bt_jax.models.heads import Classifier, FlattenHead, Head, class_probs
 from bt_jax.reporting import metrics, multiclass
 from bt_jax.sharding import data_mesh

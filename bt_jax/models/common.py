@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 
 import flax.linen as nn
 import jax
@@ -97,33 +96,6 @@ class Conv(nn.Conv):
         sh, sw = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides or (1, 1)
         y = jnp.dot(x[:, ::sh, ::sw], kernel[0, 0], precision=self.precision)
         return y if bias is None else y + bias
-
-
-# XLA:CPU hands some convolutions and matmuls to YNNPACK by default, where VGG19's and
-# ResNet50V2's forward passes and the head's few-row matmuls ran slower than with XLA's
-# own kernels (`bench/bench_backbones.py --ynn on off`; figures in docs/benchmarks.md).
-# Programs that only run the network forward, and the head program, opt out, per program
-# and on CPU only; the fine-tune step keeps YNNPACK (Lite0's step is faster with it).
-YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-def forward_compiler_options() -> dict | None:
-    """`jax.jit(..., compiler_options=...)` for inference programs (and the head program)
-    on the default backend: YNN_OFF on a CPU whose XLA knows the option, else None."""
-    known = jax.default_backend() == "cpu" and _xla_knows(tuple(YNN_OFF.items()))
-    return dict(YNN_OFF) if known else None
-
-
-@functools.cache
-def _xla_knows(options_items) -> bool:
-    """Whether this XLA accepts these (experimental) options: a jax release that renamed or
-    dropped them gets XLA's defaults instead of a failing compile."""
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=dict(options_items)).lower(
-            jnp.float32(0)).compile()
-        return True
-    except Exception:   # noqa: BLE001  (XLA raises its own error types for unknown options)
-        return False
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype, use_bias: bool = True,

@@ -137,9 +137,9 @@ def finetune_step(model, tx, labels, bn_train: bool, aug: augment.AugmentParams,
 
 
 def _eval_jit(model):
-    """eval_step jitted as an inference program (models.common.forward_compiler_options)."""
+    """eval_step jitted as an inference program (compilation.forward_compiler_options)."""
     return jax.jit(functools.partial(eval_step, model),
-                   compiler_options=common.forward_compiler_options())
+                   compiler_options=compilation.forward_compiler_options())
 
 
 def eval_step(model, variables, x, y):

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bt_jax.models.common import forward_compiler_options
+from bt_jax.compilation import forward_compiler_options
 from bt_jax.models.heads import class_probs, correct, per_example_loss
 from bt_jax.train import callbacks
 
