@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from bt_jax.config import base_config
-from bt_jax.pipelines import estimates, method_a
+from bt_jax.method_a import estimates
+from bt_jax.method_a import steps as method_a
 from bt_jax.train import head
 
 ROOT = Path(__file__).resolve().parents[1]

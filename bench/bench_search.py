@@ -31,7 +31,8 @@ from pathlib import Path
 import jax
 
 from bt_jax.config import base_config
-from bt_jax.pipelines import allocation, method_a
+from bt_jax.method_a import allocation
+from bt_jax.method_a import steps as method_a
 from bt_jax.train import head
 
 ROOT = Path(__file__).resolve().parents[1]

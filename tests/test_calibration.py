@@ -51,7 +51,7 @@ def test_bad_inputs():
 
 def test_logistic_baseline_on_the_same_folds():
     from bt_jax.data import split
-    from bt_jax.pipelines import estimates
+    from bt_jax.method_a import estimates
     from bt_jax.train import baseline
     from bt_jax.train.folds import make_fold_arrays
     rng = np.random.default_rng(0)

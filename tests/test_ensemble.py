@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from bt_jax.pipelines import ensemble
+from bt_jax.method_a import ensemble
 from bt_jax.config import base_config
 from bt_jax.reporting import metrics, report
 from bt_jax.train import head

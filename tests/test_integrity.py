@@ -46,16 +46,16 @@ def test_preprocessing_cache_depends_on_min_size(phantom_dir, tmp_path, small_co
 
 @pytest.mark.e2e
 def test_feature_cache_depends_on_dtype(phantom_dir, tmp_path, small_config, caplog):
-    from bt_jax.pipelines import method_a
+    from bt_jax.method_a import steps
     c = small_config
     c.data.dir, c.preprocess.size, c.weights.random_init = str(phantom_dir), 32, True
     c.augment.balance = "none"
     ds = dataset.prepare_dataset(c, tmp_path, progress=False)
-    copies = method_a.make_copy_set(c, ds)
+    copies = steps.make_copy_set(c, ds)
     with caplog.at_level(logging.INFO):
-        f32, _ = method_a.backbone_features(c, tmp_path, ds, copies, "vgg16", "random-init")
+        f32, _ = steps.backbone_features(c, tmp_path, ds, copies, "vgg16", "random-init")
         c.model.dtype = "bfloat16"
-        bf16, _ = method_a.backbone_features(c, tmp_path, ds, copies, "vgg16", "random-init")
+        bf16, _ = steps.backbone_features(c, tmp_path, ds, copies, "vgg16", "random-init")
     assert "reusing cached features" not in caplog.text
     assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 2
     assert not np.array_equal(f32, bf16)

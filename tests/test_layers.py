@@ -20,6 +20,7 @@ LAYERS = [
     ("bt_jax.reporting",),
     ("bt_jax.model_card",),
     ("bt_jax.inference",),
+    ("bt_jax.method_a", "bt_jax.serving"),
     ("bt_jax.pipelines",),
 ]
 

@@ -11,7 +11,7 @@ import pytest
 
 from bt_jax.config import base_config
 from bt_jax.data.preprocess import PreprocessParams
-from bt_jax.pipelines import method_a
+from bt_jax.method_a import steps
 from bt_jax.weights import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_sized_config_copies_only_when_the_size_changes():
 def test_each_backbone_sees_its_own_size_on_the_same_rows(phantom_dir, tmp_path):
     c = real_search.get_config("quick")
     c.data.dir = str(phantom_dir)
-    run = method_a.prepare(c, tmp_path, (L0, L1))
+    run = steps.prepare(c, tmp_path, (L0, L1))
     assert {n: v.config.preprocess.size for n, v in run.views.items()} == {L0: 224, L1: 240}
     assert run.ds.images.shape[1:] == (224, 224, 3) and run.config.preprocess.size == 224
     r1 = run.at(L1)
@@ -53,9 +53,9 @@ def test_each_backbone_sees_its_own_size_on_the_same_rows(phantom_dir, tmp_path)
     bad = dataclasses.replace(run.views[L1], ds=dataclasses.replace(
         r1.ds, names=list(reversed(r1.ds.names))))
     with pytest.raises(RuntimeError, match=r"native_size.*224 px and at 240 px"):
-        method_a.check_same_rows(run.views[L0], bad)
+        steps.check_same_rows(run.views[L0], bad)
     # a search on these features scores each backbone on the same folds
-    res0, res1 = (method_a.cv_head(run, n, method_a.head.HeadHParams(
+    res0, res1 = (steps.cv_head(run, n, steps.head.HeadHParams(
         units=16, dropout=0.0, lr=1e-3, batch_size=16, epochs=2, patience=2)) for n in (L0, L1))
     assert res0.val_acc.shape == res1.val_acc.shape
     assert np.isfinite(res0.val_loss_best).all() and np.isfinite(res1.val_loss_best).all()

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from bt_jax import tuning
-from bt_jax.pipelines import method_a, nested
+from bt_jax.method_a import nested, steps
 from bt_jax.train import head
 from bt_jax.train.folds import make_fold_arrays, row_sources
 
@@ -25,7 +25,7 @@ def test_nested_cv_keeps_each_outer_fold_out_of_its_search(tmp_path):
     c = quickstart.get_config("quick")
     c.weights.random_init = True
     c.search.trials, c.search.nested_trials, c.eval.bootstrap = 2, 2, 50
-    run = method_a.prepare(c, tmp_path, c.search.backbones)
+    run = steps.prepare(c, tmp_path, c.search.backbones)
     s, n = run.ds.splits, len(run.ds.labels)
     for f in range(s.k):  # the inner folds never train on (or score with) the outer fold
         inner = make_fold_arrays(nested.inner_splits(s, f), n, run.copies.union.source)
@@ -36,7 +36,7 @@ def test_nested_cv_keeps_each_outer_fold_out_of_its_search(tmp_path):
         assert inner.k == s.k - 1
 
     def objective(p):
-        res = method_a.cv_head(run, p["backbone"], head.HeadHParams.from_trial(p, c.train))
+        res = steps.cv_head(run, p["backbone"], head.HeadHParams.from_trial(p, c.train))
         return res.val_acc_mean, {}
     study = tuning.run_search(c, tmp_path, objective, available_backbones=list(run.feats),
                               progress=False)

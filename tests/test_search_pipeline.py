@@ -10,7 +10,7 @@ import pytest
 from bt_jax.config import base_config
 from conftest import launch_quick_search
 from bt_jax.data import dataset
-from bt_jax.pipelines import allocation, method_a
+from bt_jax.method_a import allocation, steps
 from bt_jax.train.folds import make_fold_arrays, row_sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_fold_training_rows_never_hold_held_out_copies(phantom_dir, tmp_path):
     c.preprocess.size = 32
     c.split.k = 3
     ds = dataset.prepare_dataset(c, tmp_path, progress=False)
-    copies = method_a.make_copy_set(c, ds)
+    copies = steps.make_copy_set(c, ds)
     folds = make_fold_arrays(ds.splits, len(ds.labels), copies.union.source, copies.fold_rows)
     n = len(ds.labels)
     for f in range(3):
@@ -125,7 +125,7 @@ def test_parallel_trials_in_one_allocation_score_as_each_trial_alone(phantom_dir
     c.search.units = (8, 24)
     c.search.batch_sizes = (16, 32)
     c.train.epochs = 3
-    run = method_a.prepare(c, tmp_path, c.search.backbones)
+    run = steps.prepare(c, tmp_path, c.search.backbones)
     assert [a.units for a in allocation.search_allocations(run, 1, run.folds)] == [24]
     c.search.allocation = "auto"     # a small space: one program even on a CPU
     assert [a.units for a in allocation.search_allocations(run, 1, run.folds)] == [24]
@@ -136,11 +136,11 @@ def test_parallel_trials_in_one_allocation_score_as_each_trial_alone(phantom_dir
     c.search.allocation = "exact"
     assert allocation.search_allocations(run, 1, run.folds) == ()
     c.search.units, c.search.allocation = (8, 24), "space"
-    study = method_a.run_study(run, c, tmp_path, progress=False)
+    study = steps.run_study(run, c, tmp_path, progress=False)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4 and len({t.datetime_complete for t in done}) >= 1
     for t in done:
-        alone = method_a.cv_head(run, "efficientnet_lite0",
-                                 method_a.head.HeadHParams.from_trial(t.params, c.train))
+        alone = steps.cv_head(run, "efficientnet_lite0",
+                              steps.head.HeadHParams.from_trial(t.params, c.train))
         np.testing.assert_allclose(t.user_attrs["fold_val_acc"], alone.val_acc_best, atol=1e-6)
         assert t.value == pytest.approx(alone.val_acc_mean, abs=1e-6)

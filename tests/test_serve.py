@@ -27,7 +27,8 @@ from test_predict import _scan, write_dicom
 from bt_jax import errors, inference
 from bt_jax.config import ConfigError
 from bt_jax.data import decode
-from bt_jax.pipelines import serve, webapp
+from bt_jax.pipelines import serve
+from bt_jax.serving import webapp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -154,6 +155,7 @@ def test_concurrent_requests_share_the_loaded_compiled_model(live, monkeypatch):
     def no_reload(*a, **k):
         raise AssertionError("a request loaded the model again")
     monkeypatch.setattr(inference, "load_model", no_reload)
+    monkeypatch.setattr(inference.loading, "load_model", no_reload)   # load_for's
     barrier, original = threading.Barrier(3, timeout=60), live.svc.predict_upload
 
     def together(name, data):

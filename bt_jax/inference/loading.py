@@ -4,6 +4,7 @@
     m.predict_fn(m.variables, x01)                     # jitted probabilities, batch sharded
     m.threshold, m.threshold_info                      # model's, user's, or for a sensitivity
     m.classes, m.multiclass, m.negative_classes        # C > 2: probabilities are (B, C) rows
+    m = load_for(config)                               # config.checkpoint with config.threshold
 
 The module is rebuilt from the card (backbone, head, dtype), the checkpoint restored into
 its exact shapes (a mismatch is a ModelCardError naming the tensors). Two classes: the
@@ -27,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bt_jax import io
 from bt_jax.compilation import forward_compiler_options
+from bt_jax.config import ConfigError
 from bt_jax.data import preprocess
 from bt_jax.model_card import ModelCardError, binary_validation, read_card
 from bt_jax.models import registry as mreg
@@ -264,3 +266,27 @@ def _binary_validation(card: dict, path: Path, v: dict) -> tuple[np.ndarray, np.
     # the model's own negative classes: its threshold belongs to its binary view
     return binary_validation({**v, "classes": classes,
                               "negative_classes": list(card["negative_classes"])})
+
+
+def load_for(config, *, depthwise: str | None = None) -> LoadedModel:
+    """config.checkpoint's model with config.threshold applied; depthwise: a caller's own
+    choice instead of config.model.depthwise (export's, for several platforms)."""
+    if not config.checkpoint:
+        raise ConfigError("config.checkpoint: give the workdir of a trained model (with model.json)")
+    return load_model(
+        config.checkpoint,
+        threshold=config.threshold.value if config.threshold.value >= 0 else None,
+        target_sensitivity=config.threshold.target_sensitivity or None,
+        depthwise=depthwise or config.model.depthwise)
+
+
+def gradcam_class_of(config, model) -> int | None:
+    """config.predict.gradcam_class as the model's label (None: "" = the predicted class, or
+    a binary model's positive class); an unknown name is a ConfigError before any work."""
+    name = config.predict.gradcam_class
+    if not name:
+        return None
+    try:
+        return model.class_label(name)
+    except ValueError as e:
+        raise ConfigError(f"config.predict.gradcam_class: {e}") from None

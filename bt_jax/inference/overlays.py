@@ -45,6 +45,20 @@ def probability_title(model: LoadedModel, prob, class_index: int | None = None) 
     return f"Grad-CAM: {model.classes[k]}, P = {float(prob[k]):.3f} ({tail})"
 
 
+def overlay_title(model, row: dict, class_index: int | None) -> str:
+    """File name, then the class shown and its probability, then the decision."""
+    name = Path(row["file"]).name
+    decision = (f"{row['p_tumour']:.3f} -> {row['decision']} (threshold {model.threshold:.3g})"
+                if row["p_tumour"] != "" else "")
+    if not model.multiclass:
+        shown = ("" if class_index is None else
+                 f"\nGrad-CAM: {model.positive if class_index else model.negative}")
+        return f"{name}\nP({model.positive}) = {decision}{shown}"
+    prob = [row[f"p_{c}"] for c in model.classes]
+    return (f"{name}\n{probability_title(model, prob, class_index)}"
+            + (f"\nP(tumour) = {decision}" if decision else ""))
+
+
 def write_overlays(model: LoadedModel, images: np.ndarray, items: list[dict], out_dir, *,
                    root: Path | None = None, target: str = "features", alpha: float = 0.4,
                    batch_size: int = 16, fn=None, class_index: int | None = None,

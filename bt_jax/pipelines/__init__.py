@@ -3,10 +3,9 @@
     from bt_jax import pipelines
     pipelines.run(config, workdir)   # validates, saves config.json, dispatches
 
-Each pipeline module has `run(config, workdir)`; `PIPELINES` below is the whole table.
-Helper modules (steps shared by pipelines, not pipelines themselves): method_a.py
-(method A's steps), ensemble.py (top-k trials), outputs.py (reports of a training run),
-webapp.py and webpage.py (serve's Flask app and its page).
+Each pipeline module has `run(config, workdir)`; `PIPELINES` below is the whole table, and
+nothing else lives here: method A's steps are in bt_jax/method_a/, serve's web app in
+bt_jax/serving/, the reports every training run writes in bt_jax/inference/run_reports.py.
 """
 
 from __future__ import annotations

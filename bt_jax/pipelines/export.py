@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bt_jax.inference import export as exporting
-from bt_jax.pipelines.predict import load_for
+from bt_jax.inference.loading import load_for
 
 
 def run(config, workdir: Path):

@@ -21,48 +21,12 @@ from bt_jax import io
 from bt_jax import inference
 from bt_jax.config import ConfigError
 from bt_jax.inference import gradcam as explain
+from bt_jax.inference.loading import gradcam_class_of, load_for
+from bt_jax.inference.overlays import overlay_title
 from bt_jax.data import scans, volumes
 from bt_jax.reporting import html
 
 log = logging.getLogger(__name__)
-
-
-def load_for(config, *, depthwise: str | None = None) -> inference.LoadedModel:
-    """config.checkpoint's model with config.threshold applied; depthwise: a caller's own
-    choice instead of config.model.depthwise (export's, for several platforms)."""
-    if not config.checkpoint:
-        raise ConfigError("config.checkpoint: give the workdir of a trained model (with model.json)")
-    return inference.load_model(
-        config.checkpoint,
-        threshold=config.threshold.value if config.threshold.value >= 0 else None,
-        target_sensitivity=config.threshold.target_sensitivity or None,
-        depthwise=depthwise or config.model.depthwise)
-
-
-def gradcam_class_of(config, model) -> int | None:
-    """config.predict.gradcam_class as the model's label (None: "" = the predicted class, or
-    a binary model's positive class); an unknown name is a ConfigError before any work."""
-    name = config.predict.gradcam_class
-    if not name:
-        return None
-    try:
-        return model.class_label(name)
-    except ValueError as e:
-        raise ConfigError(f"config.predict.gradcam_class: {e}") from None
-
-
-def overlay_title(model, row: dict, class_index: int | None) -> str:
-    """File name, then the class shown and its probability, then the decision."""
-    name = Path(row["file"]).name
-    decision = (f"{row['p_tumour']:.3f} -> {row['decision']} (threshold {model.threshold:.3g})"
-                if row["p_tumour"] != "" else "")
-    if not model.multiclass:
-        shown = ("" if class_index is None else
-                 f"\nGrad-CAM: {model.positive if class_index else model.negative}")
-        return f"{name}\nP({model.positive}) = {decision}{shown}"
-    prob = [row[f"p_{c}"] for c in model.classes]
-    return (f"{name}\n{inference.probability_title(model, prob, class_index)}"
-            + (f"\nP(tumour) = {decision}" if decision else ""))
 
 
 def make_overlay_writer(config, model, out_dir: Path, root: Path | None):

@@ -20,15 +20,15 @@ import optuna
 from bt_jax import compilation, stages, tuning
 from bt_jax.reporting import tensorboard
 from bt_jax.train import head
-from bt_jax.pipelines import ensemble, estimates, method_a, method_a_report, nested, outputs
+from bt_jax.method_a import ensemble, estimates, nested, report_sections, steps
 
 log = logging.getLogger(__name__)
 
 
 def run(config, workdir: Path):
-    run = method_a.prepare(config, workdir, config.search.backbones)
+    run = steps.prepare(config, workdir, config.search.backbones)
     with compilation.Tally() as tally, stages.stage("search"):
-        study = method_a.run_study(run, config, run.workdir)
+        study = steps.run_study(run, config, run.workdir)
     tensorboard.write_trials(config, run.workdir, "search", study.get_trials(deepcopy=False))
     compiled = tally.summary()
     log.info("search: %d XLA programs (%d compiled, %d from the cache), %.1f s compiling",
@@ -37,9 +37,9 @@ def run(config, workdir: Path):
     best = tuning.best_trial_params(study)
     log.info("best trial: %s", best)
     run = run.at(best["backbone"])   # from here on, images at the chosen backbone's size
-    final = method_a.finish(run, best["backbone"], head.HeadHParams.from_trial(best, config.train))
-    test_sections, metrics, _ = method_a_report.evaluate_test(run, final)
-    data, *training = method_a_report.training_sections(run, final)
+    final = steps.finish(run, best["backbone"], head.HeadHParams.from_trial(best, config.train))
+    test_sections, metrics, _ = report_sections.evaluate_test(run, final)
+    data, *training = report_sections.training_sections(run, final)
     sections = [data, ("Search", _search_text(study, best, compiled), []), *training,
                 *test_sections]
     if config.eval.cv_repeats:
@@ -58,8 +58,8 @@ def run(config, workdir: Path):
         sections.append(s_ens)
     metrics.update(best_trial=best, backbone=best["backbone"], synthetic=run.ds.synthetic,
                    n_test=int(len(run.ds.splits.test)), operating_point=final.operating_point)
-    return outputs.write_run_outputs(run, final, metrics, sections,
-                                     title=f"bt_jax method A: {best['backbone']}")
+    return report_sections.write_run_outputs(run, final, metrics, sections,
+                                             title=f"bt_jax method A: {best['backbone']}")
 
 
 def _search_text(study, best, compiled: dict) -> str:

@@ -6,7 +6,7 @@
 1. load the model once (predict's loading: threshold from the model or config.threshold);
 2. compile its prediction and Grad-CAM programs (webapp.Service.start), so no request
 waits for a compilation; 3. serve GET / (drop scans: probabilities, decision, Grad-CAM,
-model card), GET /api/model and POST /api/predict (webapp.py) on serve.host:port with
+model card), GET /api/model and POST /api/predict (serving/webapp.py) on serve.host:port with
 waitress's thread pool (serve.threads requests at once, one model). Ctrl-C stops it: one
 line, exit 130. The page has no authentication, so it listens on 127.0.0.1 unless
 serve.host says otherwise, and then warns.
@@ -29,7 +29,7 @@ def make_server(config, service=None):
     """(waitress server, its URL, the Service) for config: bound first (a port in use fails
     before the model loads), then the model loaded and compiled; not yet running."""
     import waitress
-    from bt_jax.pipelines import webapp
+    from bt_jax.serving import webapp
     host = config.serve.host
     if host not in LOCAL_HOSTS:
         log.warning("serve.host=%s: the page has no authentication; anyone who can reach this "

@@ -28,7 +28,7 @@ from bt_jax.reporting import evaluation, plots, tensorboard
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, FlattenHead
 from bt_jax.train import finetune
-from bt_jax.pipelines import outputs
+from bt_jax.inference.run_reports import write_reports
 from bt_jax.train.checkpoint import open_checkpoints
 from bt_jax.weights import load
 
@@ -179,11 +179,11 @@ def write_outputs(config, workdir, ds, rows, sections, stage_reports, note, dige
              f"{digest}.")
     io.write_json(workdir / "stages.json", rows, default=float)
     random = " [RANDOM-INIT BACKBONE]" if digest == load.RANDOM_DIGEST else ""
-    outputs.write_reports(workdir, {"stages": rows, "reports": stage_reports,
-                                    "synthetic": ds.synthetic, "weights": digest},
-                          [("Stages", intro + "\n\n" + header, [cmp_png]), *sections],
-                          title=f"bt_jax method B: staged fine-tuning of {config.model.name}{random}",
-                          synthetic=ds.synthetic)
+    write_reports(workdir, {"stages": rows, "reports": stage_reports,
+                            "synthetic": ds.synthetic, "weights": digest},
+                  [("Stages", intro + "\n\n" + header, [cmp_png]), *sections],
+                  title=f"bt_jax method B: staged fine-tuning of {config.model.name}{random}",
+                  synthetic=ds.synthetic)
     print(header)
     print(f"report: {workdir / 'report.md'}")
     return rows

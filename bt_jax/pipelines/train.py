@@ -14,25 +14,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bt_jax.pipelines import estimates, method_a, method_a_report, outputs
+from bt_jax.method_a import estimates, report_sections, steps
 from bt_jax.reporting import tensorboard
 from bt_jax.train import head
 
 
 def run(config, workdir: Path):
     name = config.model.name
-    run = method_a.prepare(config, workdir, (name,))
+    run = steps.prepare(config, workdir, (name,))
     hp = head.HeadHParams.from_config(config.train)
-    cv = method_a.cv_head(run, name, hp)
+    cv = steps.cv_head(run, name, hp)
     tensorboard.write_fold_histories(config, run.workdir, "head_cv", [
         tensorboard.head_history(cv.fold(f), hp.lr) for f in range(run.folds.k)])
-    final = method_a.finish(run, name, hp)
-    sections, metrics, _ = method_a_report.evaluate_test(run, final)
-    summary = method_a.cv_summary(cv)
+    final = steps.finish(run, name, hp)
+    sections, metrics, _ = report_sections.evaluate_test(run, final)
+    summary = steps.cv_summary(cv)
     cv_text = (f"{run.ds.splits.k}-fold validation accuracy {cv.val_acc_mean:.3f} (folds: "
                + ", ".join(f"{a:.3f}" for a in summary["fold_val_acc"])
                + f"), mean validation AUC {summary['val_auc']:.3f}.")
-    data, *training = method_a_report.training_sections(run, final)
+    data, *training = report_sections.training_sections(run, final)
     sections = [data, ("Cross-validation", cv_text, []), *training, *sections]
     if config.eval.cv_repeats:
         metrics["cv_repeated"] = estimates.repeated_cv(run, name, hp, config.eval.cv_repeats)
@@ -41,5 +41,5 @@ def run(config, workdir: Path):
     metrics.update(cv={"val_acc_mean": cv.val_acc_mean, **summary}, backbone=name,
                    head=hp.__dict__, synthetic=run.ds.synthetic,
                    n_test=int(len(run.ds.splits.test)), operating_point=final.operating_point)
-    return outputs.write_run_outputs(run, final, metrics, sections,
-                                     title=f"bt_jax method A (given head): {name}")
+    return report_sections.write_run_outputs(run, final, metrics, sections,
+                                             title=f"bt_jax method A (given head): {name}")

@@ -67,8 +67,8 @@ def trial_rows(trials) -> list[tuple[int, dict, str]]:
 
 
 def cv_repeat_rows(est: dict) -> list[dict]:
-    """Per repeat of `estimates.repeated_cv`: out-of-fold accuracy and ROC AUC of the head
-    and of the logistic baseline on the same folds."""
+    """Per repeat of `method_a.estimates.repeated_cv`: out-of-fold accuracy and ROC AUC of
+    the head and of the logistic baseline on the same folds."""
     return [{f"cv/{model}_{m}": float(r[model][m]) for model in ("head", "logistic")
              for m in ("accuracy", "roc_auc")} for r in est["per_repeat"]]
 

@@ -27,7 +27,7 @@ import optuna
 
 from bt_jax import tuning
 from bt_jax.config import training_threshold
-from bt_jax.pipelines import method_a
+from bt_jax.method_a import steps
 from bt_jax.reporting import evaluation, metrics
 from bt_jax.train import head
 
@@ -76,7 +76,7 @@ def run_ensemble(run, study: optuna.Study) -> tuple[tuple, dict]:
     train_rows = run.folds.train_idx[0][run.folds.train_mask[0]]
     ens = ensemble_topk(study, run.feats, run.labels_all, train_rows, ds.splits.fold_val(0),
                         ds.splits.test, k=c.eval.ensemble_k, config=c, seed=c.seed + 1,
-                        fit=lambda name, hp, key: method_a.fold0_head(run, name, hp, key))
+                        fit=lambda name, hp, key: steps.fold0_head(run, name, hp, key))
     return evaluate_ensemble(ens, ds.labels[ds.splits.test], out_dir=run.workdir / "eval" / "ensemble",
                              class_names=ds.label_names, config=c, synthetic=ds.synthetic)
 

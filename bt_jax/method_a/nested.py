@@ -23,7 +23,7 @@ import numpy as np
 from bt_jax import tuning
 from bt_jax.data.split import Splits
 from bt_jax.models.heads import predicted_labels
-from bt_jax.pipelines import allocation, estimates, method_a
+from bt_jax.method_a import allocation, estimates, steps
 from bt_jax.train import head
 from bt_jax.train.folds import make_fold_arrays
 
@@ -51,8 +51,8 @@ def _outer_fold(run, outer: int) -> dict:
     key = jax.random.PRNGKey(run.config.seed + 1000 * (outer + 1))
 
     cfg = _outer_config(run.config, outer)
-    study = method_a.run_study(run, cfg, run.workdir / "nested" / f"outer{outer}", folds=inner,
-                               key=key, progress=False)
+    study = steps.run_study(run, cfg, run.workdir / "nested" / f"outer{outer}", folds=inner,
+                            key=key, progress=False)
     best = tuning.best_trial_params(study)
     hp = head.HeadHParams.from_trial(best, run.config.train)
     train_rows = np.asarray(inner.train_idx[0])[np.asarray(inner.train_mask[0])]

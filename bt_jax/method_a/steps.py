@@ -4,7 +4,7 @@
     res = cv_head(run, backbone, hp)             # one head setting on all k folds (vmapped)
     many = cv_heads(run, backbone, [hp1, hp2])   # several settings, one compiled call
     final = finish(run, backbone, hp)            # final head -> fine-tune -> model.json
-    sections, metrics, probs = method_a_report.evaluate_test(run, final)   # its report
+    sections, metrics, probs = report_sections.evaluate_test(run, final)   # its report
 
 Fold 0 is kept for early stopping and checkpoint choice of the final model; the test split
 is used once, after everything is fixed.
@@ -23,7 +23,7 @@ from bt_jax import compilation, features, model_card, stages, tuning
 from bt_jax.data import augment, dataset, preprocess
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, Head, n_outputs
-from bt_jax.pipelines import allocation
+from bt_jax.method_a import allocation
 from bt_jax.reporting import calibration, evaluation, tensorboard
 from bt_jax.train import finetune, head
 from bt_jax.train.checkpoint import open_checkpoints

@@ -32,8 +32,9 @@ from bt_jax import inference, model_card, sharding
 from bt_jax.data import volumes
 from bt_jax.errors import UserError
 from bt_jax.inference import gradcam
-from bt_jax.pipelines.evaluate import flag_training_copies, training_hashes
-from bt_jax.pipelines.predict import gradcam_class_of, load_for, overlay_title
+from bt_jax.inference.loading import gradcam_class_of, load_for
+from bt_jax.inference.overlays import overlay_title
+from bt_jax.inference.training_copies import flag_training_copies, training_hashes
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def make_app(svc: Service):
     field `file`): 200 with the answer, 400 {"error": ...} for a refused upload."""
     import flask
 
-    from bt_jax.pipelines import webpage
+    from bt_jax.serving import webpage
     app = flask.Flask("bt_jax.serve")
     mb = float(svc.config.serve.max_upload_mb)
     limit = int(mb * 2**20)

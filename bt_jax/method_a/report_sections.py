@@ -1,8 +1,9 @@
-"""Method A's report: the test-split evaluation and the training sections of report.html.
+"""Method A's report: the test-split evaluation, the training sections, the written outputs.
 
-    sections, metrics, probs = method_a_report.evaluate_test(run, final)
-    data, *training = method_a_report.training_sections(run, final)
-    metrics["frozen_vs_finetuned"] = method_a_report.frozen_vs_finetuned(final)
+    sections, metrics, probs = report_sections.evaluate_test(run, final)
+    data, *training = report_sections.training_sections(run, final)
+    report_sections.write_run_outputs(run, final, metrics, [data, *training, *sections],
+                                      title="bt_jax method A: resnet50v2")
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import dataclasses
 
 import numpy as np
 
-from bt_jax.pipelines.method_a import Final, Run
+from bt_jax.inference.run_reports import write_reports
+from bt_jax.method_a.steps import Final, Run
 from bt_jax.reporting import calibration, evaluation, plots
 from bt_jax.train import finetune, head
 
@@ -92,6 +94,18 @@ def training_sections(run: Run, final: Final) -> list:
                                          ("finetuned", "fine-tuned (kept weights)"))))
     return [("Data", data, [balance]), ("Final head", _hp_text(final.hp), [head_png]),
             ("Fine-tuning", ft_text, [ft_png])]
+
+
+def write_run_outputs(run: Run, final: Final, metrics: dict, sections: list, *,
+                      title: str) -> dict:
+    """Method A's outputs (metrics.json, report.md, report.html); prints the headline with
+    its interval."""
+    metrics["frozen_vs_finetuned"] = frozen_vs_finetuned(final)
+    write_reports(run.workdir, metrics, sections, title=title, synthetic=run.ds.synthetic)
+    acc = metrics["final"]["accuracy"]
+    print(f"test accuracy {acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}] on "
+          f"{len(run.ds.splits.test)} images; report: {run.workdir / 'report.md'}")
+    return metrics
 
 
 def frozen_vs_finetuned(final: Final) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 
 from bt_jax import stages
 from bt_jax.data import split
-from bt_jax.pipelines import allocation
+from bt_jax.method_a import allocation
 from bt_jax.reporting import metrics, multiclass
 from bt_jax.train import baseline, head
 from bt_jax.train.folds import FoldArrays, make_fold_arrays, row_sources
