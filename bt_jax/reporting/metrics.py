@@ -1,4 +1,5 @@
-"""Binary test-set metrics with stratified percentile-bootstrap confidence intervals.
+"""Test-set metrics with stratified percentile-bootstrap confidence intervals: the binary
+report, and the helpers it shares with the C-class report (multiclass.py).
 
     r = classification_report(y_true, prob, threshold=0.5, class_names=("no", "yes"))
     r["accuracy"]            # {"value": 0.952, "ci": [0.857, 1.0], "n_valid": 1000}
@@ -13,7 +14,9 @@ Host-side numpy only. `prob` is P(label 1) and a case is predicted positive when
 Every metric is computed from case *weights*: the point estimate uses weight 1 per case and
 a bootstrap resample uses the multiplicity of each case in that resample, so all resamples
 are one matrix product away (no Python loop over resamples) and the point estimates and
-the resamples share one code path, checked against scikit-learn in the tests.
+the resamples share one code path, checked against scikit-learn in the tests. That path is
+the same for two and C classes (`metric_arrays`: a weighted confusion matrix, then every
+metric from it); the binary report reads its metrics off it at `prob >= threshold`.
 
 Resampling is stratified (cases resampled within each true class), so every resample keeps
 the class supports of the test set: supports have no CI, and AUC/AUPRC stay defined whenever
@@ -39,29 +42,31 @@ SCALAR_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity",
                   "roc_auc", "auprc")
 CI_METHOD = "percentile bootstrap, cases resampled within each true class"
 _CHUNK_ELEMENTS = 4_000_000  # resamples x cases per vectorised chunk (~32 MB of float64)
+_ROW_SUM_TOL = 1e-4  # float32 softmax rows sum to 1 within ~1e-6; logits miss by far more
 
 
-def check_inputs(y_true, prob, prob_name: str = "prob") -> tuple[np.ndarray, np.ndarray]:
-    """Validates and converts to (int64 labels in {0, 1}, float64 probabilities in [0, 1]);
-    errors name the argument (`prob_name` for the probabilities)."""
-    y = np.asarray(y_true)
-    p = np.asarray(prob)
+def check_inputs(y_true, prob, prob_name: str = "prob",
+                 n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Validates and converts to (int64 labels, float64 probabilities in [0, 1]); errors name
+    the argument (`prob_name` for the probabilities). n_classes None: two classes, labels 0/1
+    and `prob` = P(label 1), shape (N,); n_classes C: labels in [0, C) and `prob` (N, C)
+    rows that sum to 1."""
+    y, p = np.asarray(y_true), np.asarray(prob)
+    C = n_classes or 2
     if y.ndim != 1:
         raise ValueError(f"y_true: expected a 1-D array of labels, got shape {y.shape}")
-    if p.ndim != 1:
-        hint = (f" (for softmax outputs pass {prob_name}[:, 1])"
-                if p.ndim == 2 and p.shape[-1] == 2 else "")
-        raise ValueError(f"{prob_name}: expected a 1-D array of P(label 1), "
-                         f"got shape {p.shape}{hint}")
+    _check_shape(p, prob_name, n_classes)
     if len(y) != len(p):
         raise ValueError(f"y_true and {prob_name}: lengths differ ({len(y)} vs {len(p)})")
     if len(y) == 0:
         raise ValueError("y_true: empty, nothing to evaluate")
     if y.dtype.kind not in "biuf":
-        raise ValueError(f"y_true: expected numeric labels 0/1, got dtype {y.dtype}")
-    bad = ~np.isin(y, (0, 1))
+        wanted = "numeric labels 0/1" if n_classes is None else f"integer labels in [0, {C})"
+        raise ValueError(f"y_true: expected {wanted}, got dtype {y.dtype}")
+    bad = ~np.isin(y, np.arange(C))
     if bad.any():
-        raise ValueError(f"y_true: labels must be 0 or 1, got {np.unique(y[bad])[:5].tolist()}")
+        labels = "0 or 1" if n_classes is None else f"integers in [0, {C})"
+        raise ValueError(f"y_true: labels must be {labels}, got {np.unique(y[bad])[:5].tolist()}")
     if p.dtype.kind not in "biuf":
         raise ValueError(f"{prob_name}: expected floats in [0, 1], got dtype {p.dtype}")
     p = p.astype(np.float64)
@@ -70,8 +75,45 @@ def check_inputs(y_true, prob, prob_name: str = "prob") -> tuple[np.ndarray, np.
         raise ValueError(f"{prob_name}: {bad} value(s) are NaN or infinite")
     if p.min() < 0.0 or p.max() > 1.0:
         raise ValueError(f"{prob_name}: values must lie in [0, 1], got range "
-                         f"[{p.min():g}, {p.max():g}] (pass probabilities, not logits)")
+                         f"[{p.min():g}, {p.max():g}] (pass {'softmax ' if n_classes else ''}"
+                         "probabilities, not logits)")
+    err = np.abs(p.sum(axis=1) - 1.0) if n_classes else None
+    if err is not None and err.max() > _ROW_SUM_TOL:
+        i = int(err.argmax())
+        raise ValueError(f"{prob_name}: each row must sum to 1, row {i} sums to {p[i].sum():g} "
+                         "(pass softmax probabilities, not sigmoid outputs or logits)")
     return y.astype(np.int64), p
+
+
+def _check_shape(p: np.ndarray, prob_name: str, n_classes: int | None) -> None:
+    if n_classes is None and p.ndim != 1:
+        hint = (f" (for softmax outputs pass {prob_name}[:, 1])"
+                if p.ndim == 2 and p.shape[-1] == 2 else "")
+        raise ValueError(f"{prob_name}: expected a 1-D array of P(label 1), "
+                         f"got shape {p.shape}{hint}")
+    if n_classes is not None and (p.ndim != 2 or p.shape[1] != n_classes):
+        hint = (" (for a binary P(label 1) use metrics.classification_report)"
+                if p.ndim == 1 else "")
+        raise ValueError(f"{prob_name}: expected shape (N, {n_classes}), one column per class, "
+                         f"got {p.shape}{hint}")
+
+
+def check_class_names(class_names, *, two: bool = False) -> tuple[str, ...]:
+    """The names as strings, all distinct: exactly two (two=True) or at least two."""
+    names = tuple(str(c) for c in class_names)
+    if len(names) < 2 or (two and len(names) != 2) or len(set(names)) != len(names):
+        raise ValueError(f"class_names: expected {'two' if two else 'at least two'} distinct "
+                         f"names, got {tuple(class_names)}")
+    return names
+
+
+def check_options(n_boot, ci: float, *, min_boot: int = 0) -> None:
+    """n_boot an integer >= min_boot, ci a level in (0, 1); errors name the option."""
+    if int(n_boot) != n_boot or n_boot < min_boot:
+        wanted = f"an integer >= {min_boot}" if min_boot else "a non-negative integer"
+        raise ValueError(f"n_boot: expected {wanted}, got {n_boot}")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci: expected a level in (0, 1), e.g. 0.95, got {ci}")
 
 
 MAX_BOOT_CELLS = 20_000_000  # resamples x cases held at once: 160 MB of float64 weights
@@ -86,15 +128,21 @@ def boot_count(n_boot: int, n: int) -> int:
 
 def bootstrap_weights(y_true: np.ndarray, n_boot: int, seed: int,
                       n_total: int | None = None) -> np.ndarray:
-    """(B, n) multiplicity of each case in each stratified resample (rows sum to n);
-    B = boot_count(n_boot, n_total or n)."""
-    n_boot = boot_count(n_boot, len(y_true) if n_total is None else n_total)
+    """(B, n) multiplicity of each case in each resample, cases resampled within each true
+    class (rows sum to n); B = boot_count(n_boot, n_total or n). Classes 0 and 1 draw from
+    `seed`'s stream, each further class c from its own (seed, c) stream: a two-class problem
+    gets the same resamples whichever report scores it."""
+    y = np.asarray(y_true)
+    n_boot = boot_count(n_boot, len(y) if n_total is None else n_total)
     rng = np.random.default_rng(seed)
-    w = np.zeros((n_boot, len(y_true)), dtype=np.float64)
-    for c in (0, 1):
-        idx = np.flatnonzero(y_true == c)
+    w = np.zeros((n_boot, len(y)), dtype=np.float64)
+    for c in range(max(2, int(y.max()) + 1 if len(y) else 0)):
+        idx = np.flatnonzero(y == c)
         if len(idx):
-            w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_boot)
+            draw = rng if c < 2 else np.random.default_rng(
+                int(np.random.SeedSequence([seed, c]).generate_state(1)[0]))
+            w[:, idx] = draw.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)),
+                                         size=n_boot)
     return w
 
 
@@ -131,65 +179,109 @@ def _ranking_metrics(w, y, prob):
     return auc, ap
 
 
-def _metric_arrays(w, y, prob, threshold) -> dict[str, np.ndarray]:
-    """All metrics for each row of case weights w (B, n); NaN where undefined."""
-    pred = (prob >= threshold).astype(np.float64)
-    tp = w @ (y * pred)
-    fp = w @ ((1 - y) * pred)
-    fn = w @ (y * (1 - pred))
-    tn = w @ ((1 - y) * (1 - pred))
-    n0, n1 = tn + fp, tp + fn
-    per = {  # class 0 is "positive" for its own precision/recall: swap tp<->tn, fp<->fn
-        0: {"precision": _div(tn, tn + fn), "recall": _div(tn, n0),
-            "f1": _div(2 * tn, 2 * tn + fn + fp)},
-        1: {"precision": _div(tp, tp + fp), "recall": _div(tp, n1),
-            "f1": _div(2 * tp, 2 * tp + fp + fn)},
-    }
-    out = {}
-    for c in (0, 1):
-        for m in CLASS_METRICS:
-            out[f"class{c}/{m}"] = per[c][m]
-    for m in CLASS_METRICS:
-        a0, a1 = per[0][m], per[1][m]
-        out[f"macro/{m}"] = (a0 + a1) / 2.0
+def _confusion(w, y, pred, n_classes) -> np.ndarray:
+    """(B, C, C) weighted confusion matrices, rows true, columns predicted: one matmul."""
+    cell = np.zeros((len(y), n_classes * n_classes))
+    cell[np.arange(len(y)), y * n_classes + pred] = 1.0
+    return (w @ cell).reshape(len(w), n_classes, n_classes)
+
+
+AVERAGED = ("precision", "recall", "f1", "roc_auc", "auprc")  # macro and weighted blocks
+
+
+def metric_arrays(w, y, pred, n_classes: int, scores: dict) -> dict[str, np.ndarray]:
+    """All metrics of predictions `pred` for each row of case weights w (B, n), NaN where
+    undefined: per class precision, recall, specificity, f1, and one-vs-rest ROC AUC and
+    AUPRC of the classes in `scores` ({class: its score column}); macro and weighted
+    averages (ranking metrics when every class is scored); accuracy, balanced accuracy,
+    Cohen's kappa; "_cm" the (B, C, C) confusion matrices."""
+    cm = _confusion(w, y, pred, n_classes)
+    tp = np.diagonal(cm, axis1=1, axis2=2)               # (B, C)
+    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    n = support.sum(axis=1)
+    others = n[:, None] - support
+    per = {"precision": _div(tp, predicted), "recall": _div(tp, support),
+           "specificity": _div(others - predicted + tp, others),
+           "f1": _div(2 * tp, support + predicted)}
+    ranks = {c: _ranking_metrics(w, (y == c).astype(np.float64), s) for c, s in scores.items()}
+    for i, m in enumerate(("roc_auc", "auprc")):
+        per[m] = np.stack([ranks[c][i] if c in ranks else np.full(len(w), np.nan)
+                           for c in range(n_classes)], axis=1)
+    out = {f"class{c}/{m}": v[:, c] for m, v in per.items() for c in range(n_classes)
+           if c in ranks or m not in ("roc_auc", "auprc")}
+    for m in AVERAGED if len(ranks) == n_classes else AVERAGED[:3]:
+        out[f"macro/{m}"] = per[m].mean(axis=1)
         # A class with no cases carries zero weight and must not turn the average into NaN.
-        total = np.where(n0 > 0, n0 * a0, 0.0) + np.where(n1 > 0, n1 * a1, 0.0)
-        out[f"weighted/{m}"] = _div(total, n0 + n1)
-    out["accuracy"] = _div(tp + tn, n0 + n1)
-    out["sensitivity"] = per[1]["recall"]
-    out["specificity"] = per[0]["recall"]
-    out["balanced_accuracy"] = (per[0]["recall"] + per[1]["recall"]) / 2.0
-    out["roc_auc"], out["auprc"] = _ranking_metrics(w, y, prob)
-    out["_cm"] = np.stack([tn, fp, fn, tp], axis=-1)
+        out[f"weighted/{m}"] = _div(np.where(support > 0, support * per[m], 0.0).sum(axis=1), n)
+    out["accuracy"] = _div(tp.sum(axis=1), n)
+    out["balanced_accuracy"] = per["recall"].mean(axis=1)
+    chance = np.einsum("bc,bc->b", support, predicted) / n ** 2
+    out["kappa"] = _div(out["accuracy"] - chance, 1.0 - chance)
+    out["_cm"] = cm
     return out
 
 
-def _boot_arrays(w, y, p, threshold) -> dict[str, np.ndarray]:
-    """`_metric_arrays` over all resamples, in row chunks so that a large external test set
-    (say 10k cases) does not build several (n_boot, n) float temporaries at once."""
-    step = max(1, _CHUNK_ELEMENTS // len(y))
-    parts = [_metric_arrays(w[i:i + step], y, p, threshold) for i in range(0, len(w), step)]
+def _binary_arrays(w, y, prob, threshold) -> dict[str, np.ndarray]:
+    """The binary report's metrics: `metric_arrays` of `prob >= threshold`, ranked on prob
+    = P(label 1), with sensitivity (class 1's recall) and specificity (class 0's)."""
+    a = metric_arrays(w, y, (prob >= threshold).astype(np.int64), 2, {1: prob})
+    out = {f"class{c}/{m}": a[f"class{c}/{m}"] for c in (0, 1) for m in CLASS_METRICS}
+    out.update({f"{avg}/{m}": a[f"{avg}/{m}"] for m in CLASS_METRICS
+                for avg in ("macro", "weighted")})
+    out.update(accuracy=a["accuracy"], sensitivity=a["class1/recall"],
+               specificity=a["class0/recall"], balanced_accuracy=a["balanced_accuracy"],
+               roc_auc=a["class1/roc_auc"], auprc=a["class1/auprc"], _cm=a["_cm"])
+    return out
+
+
+def point_values(arrays, n: int, *args) -> dict:
+    """`arrays` (`metric_arrays` or `_binary_arrays`) at weight 1 per case: floats, "_cm"
+    a (C, C) array."""
+    return {k: (v[0] if k == "_cm" else float(v[0]))
+            for k, v in arrays(np.ones((1, n)), *args).items()}
+
+
+def boot_arrays(arrays, w, *args) -> dict[str, np.ndarray]:
+    """`arrays` over all resamples, in row chunks so that a large external test set (say
+    10k cases) does not build several (n_boot, n) float temporaries at once."""
+    step = max(1, _CHUNK_ELEMENTS // w.shape[1])
+    parts = [arrays(w[i:i + step], *args) for i in range(0, len(w), step)]
     return {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
 
 
-def _undefined_reasons(values: dict, n_per_class, pred_per_class, names) -> dict[str, str]:
-    """Why each NaN point estimate is 0/0, in words: a class absent from y_true (recalls,
-    AUC, AUPRC) or a class never predicted at this threshold (precisions)."""
-    absent = {c: f"y_true holds no cases of class {names[c]!r}"
-              for c in (0, 1) if n_per_class[c] == 0}
-    never = {c: f"no case was predicted as class {names[c]!r} at this threshold"
-             for c in (0, 1) if pred_per_class[c] == 0}
+# What makes a class's value 0/0: its class absent from y_true, never predicted, or the only one.
+_CAUSES = {"precision": ("never",), "recall": ("absent",), "specificity": ("only",),
+           "f1": ("absent", "never"), "roc_auc": ("absent", "only"), "auprc": ("absent",)}
+
+
+def undefined_reasons(point: dict, support, predicted, names, rule: str = "") -> dict[str, str]:
+    """Why each NaN point estimate is 0/0, keyed 'name/metric', 'macro/metric' or 'metric':
+    a class's value by its causes (`_CAUSES`; `rule` says how predictions were made, e.g.
+    " at this threshold"), an average by those of its classes whose value is NaN, another
+    metric by the classes absent from y_true."""
+    n = sum(support)
+    cause = {"absent": {c: f"y_true holds no cases of class {x!r}"
+                        for c, x in enumerate(names) if support[c] == 0},
+             "never": {c: f"no case was predicted as class {x!r}{rule}"
+                       for c, x in enumerate(names) if predicted[c] == 0},
+             "only": {c: f"every case is of class {x!r}"
+                      for c, x in enumerate(names) if support[c] == n}}
     reasons = {}
-    for key, v in values.items():
+    for key, v in point.items():
         if key.startswith("_") or not math.isnan(v):
             continue
-        classes = (int(key[5]),) if key.startswith("class") else (0, 1)
-        if key.endswith("precision"):
-            why = [never[c] for c in classes if c in never]
-        elif key.endswith("f1"):
-            why = [d[c] for c in classes for d in (absent, never) if c in d]
+        scope, _, metric = key.rpartition("/")
+        if scope.startswith("class"):
+            c = int(scope[5:])
+            key, nan = f"{names[c]}/{metric}", [c]
         else:
-            why = list(absent.values())
+            nan = [c for c in range(len(names)) if math.isnan(point.get(f"class{c}/{metric}", 0))]
+        if metric == "kappa":
+            why = ["chance agreement is 1: every case is of one class and predicted as it"]
+        elif scope:
+            why = [cause[k][c] for k in _CAUSES[metric] for c in nan if c in cause[k]]
+        else:
+            why = list(cause["absent"].values())
         reasons[key] = "; ".join(why) or "0/0"
     return reasons
 
@@ -208,15 +300,21 @@ def wilson_interval(k: int, n: int, ci: float = 0.95) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def _proportions(tn, fp, fn, tp) -> dict[str, tuple[int, int]]:
-    """(successes, trials) of the metrics that are plain proportions of cases."""
-    return {"class0/precision": (tn, tn + fn), "class0/recall": (tn, tn + fp),
-            "class1/precision": (tp, tp + fp), "class1/recall": (tp, tp + fn),
-            "accuracy": (tp + tn, tp + tn + fp + fn),
-            "sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp)}
+def proportions(cm: np.ndarray) -> dict[str, tuple[int, int]]:
+    """(successes, trials) of the metrics that are plain proportions of cases, from a (C, C)
+    confusion matrix of counts (rows true): accuracy and each class's precision, recall and
+    specificity."""
+    tp, support, predicted, n = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0), int(cm.sum())
+    out = {"accuracy": (int(tp.sum()), n)}
+    for c in range(len(cm)):
+        out.update({f"class{c}/precision": (int(tp[c]), int(predicted[c])),
+                    f"class{c}/recall": (int(tp[c]), int(support[c])),
+                    f"class{c}/specificity": (int(n - support[c] - predicted[c] + tp[c]),
+                                              int(n - support[c]))})
+    return out
 
 
-def _entry(value: float, boot: np.ndarray | None, ci: float, counts=None) -> dict:
+def metric_entry(value: float, boot: np.ndarray | None, ci: float, counts=None) -> dict:
     out = {"value": value, "ci": None, "n_valid": 0}
     if boot is not None:
         ok = boot[np.isfinite(boot)]
@@ -242,32 +340,29 @@ def classification_report(y_true, prob, *, threshold: float = 0.5,
     recall, accuracy, sensitivity, specificity).
     """
     y, p = check_inputs(y_true, prob)
-    names = tuple(str(c) for c in class_names)
-    if len(names) != 2 or names[0] == names[1]:
-        raise ValueError(f"class_names: expected two distinct names, got {tuple(class_names)}")
+    names = check_class_names(class_names, two=True)
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold: expected a value in [0, 1], got {threshold}")
-    if int(n_boot) != n_boot or n_boot < 0:
-        raise ValueError(f"n_boot: expected a non-negative integer, got {n_boot}")
-    if not 0.0 < ci < 1.0:
-        raise ValueError(f"ci: expected a level in (0, 1), e.g. 0.95, got {ci}")
+    check_options(n_boot, ci)
     n_boot = int(n_boot)
 
-    point = {k: (v[0] if k == "_cm" else float(v[0]))
-             for k, v in _metric_arrays(np.ones((1, len(y))), y, p, threshold).items()}
-    boot = _boot_arrays(bootstrap_weights(y, n_boot, seed), y, p, threshold) if n_boot else None
-    tn, fp, fn, tp = (int(round(x)) for x in point["_cm"])
-    n_per_class = (tn + fp, fn + tp)
-    pred_per_class = (tn + fn, fp + tp)
-    props = _proportions(tn, fp, fn, tp)
+    point = point_values(_binary_arrays, len(y), y, p, threshold)
+    boot = (boot_arrays(_binary_arrays, bootstrap_weights(y, n_boot, seed), y, p, threshold)
+            if n_boot else None)
+    cm = np.rint(point["_cm"]).astype(np.int64)
+    (tn, fp), (fn, tp) = cm.tolist()
+    n_per_class, pred_per_class = cm.sum(axis=1).tolist(), cm.sum(axis=0).tolist()
+    props = proportions(cm)
+    props.update(sensitivity=props["class1/recall"], specificity=props["class0/recall"])
 
     def entry(key):
-        return _entry(point[key], None if boot is None else boot[key], ci, props.get(key))
+        return metric_entry(point[key], None if boot is None else boot[key], ci, props.get(key))
 
     def block(prefix, support):
         return {**{m: entry(f"{prefix}/{m}") for m in CLASS_METRICS}, "support": support}
 
-    undefined = _undefined_reasons(point, n_per_class, pred_per_class, names)
+    undefined = undefined_reasons(point, n_per_class, pred_per_class, names,
+                                   " at this threshold")
     return {
         "n": int(len(y)),
         "class_names": list(names),
@@ -282,8 +377,7 @@ def classification_report(y_true, prob, *, threshold: float = 0.5,
         "weighted": block("weighted", int(len(y))),
         **{m: entry(m) for m in SCALAR_METRICS},
         "confusion_matrix": [[tn, fp], [fn, tp]],
-        "undefined": {k.replace("class0/", f"{names[0]}/").replace("class1/", f"{names[1]}/"): v
-                      for k, v in undefined.items()},
+        "undefined": undefined,
     }
 
 
@@ -301,17 +395,13 @@ def paired_difference(y_true, prob_a, prob_b, *, threshold: float = 0.5, n_boot:
     _, pb = check_inputs(y_true, prob_b, "prob_b")
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold: expected a value in [0, 1], got {threshold}")
-    if int(n_boot) != n_boot or n_boot < 2:
-        raise ValueError(f"n_boot: expected an integer >= 2, got {n_boot}")
-    if not 0.0 < ci < 1.0:
-        raise ValueError(f"ci: expected a level in (0, 1), e.g. 0.95, got {ci}")
-    ones = np.ones((1, len(y)))
+    check_options(n_boot, ci, min_boot=2)
     w = bootstrap_weights(y, int(n_boot), seed)
-    point = [_metric_arrays(ones, y, p, threshold) for p in (pa, pb)]
-    boot = [_boot_arrays(w, y, p, threshold) for p in (pa, pb)]
+    point = [point_values(_binary_arrays, len(y), y, p, threshold) for p in (pa, pb)]
+    boot = [boot_arrays(_binary_arrays, w, y, p, threshold) for p in (pa, pb)]
     out = {}
     for key in (*SCALAR_METRICS, "macro/f1"):
-        a, b = float(point[0][key][0]), float(point[1][key][0])
+        a, b = point[0][key], point[1][key]
         d = boot[1][key] - boot[0][key]
         d = d[np.isfinite(d)]
         lo, hi = (np.percentile(d, [50 * (1 - ci), 50 * (1 + ci)]) if len(d) >= 2

@@ -206,7 +206,7 @@ def plot_pr(y_true, prob, path, title: str, *, n_boot: int = 0, ci: float = 0.95
 def _one_vs_rest(y_true, probs, class_names):
     """Validated (y, probs) and a report without bootstrap, for the legends' AUC/AP."""
     r = bt_multiclass.multiclass_report(y_true, probs, class_names=class_names, n_boot=0)
-    y, p = bt_multiclass.check_inputs(y_true, probs, len(r["class_names"]))
+    y, p = bt_metrics.check_inputs(y_true, probs, "probs", n_classes=len(r["class_names"]))
     return y, p, r
 
 
