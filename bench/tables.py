@@ -40,6 +40,12 @@ def _machine(recs: list[dict]) -> str:
     return f"Measured {', '.join(dates)} on {where}."
 
 
+def _rss(r: dict) -> str:
+    """Peak RSS of the largest process; with its helper processes, where measured."""
+    tree = r.get("peak_tree_rss_gib")
+    return f"**{r['peak_rss_gib']:.2f} GiB**" + (f" ({tree:.2f} with helpers)" if tree else "")
+
+
 def scale_table() -> str:
     recs = sorted(_latest("scale", "data"), key=lambda r: r["n_used"] or 0)
     if not recs:
@@ -53,11 +59,11 @@ def scale_table() -> str:
         p, s = r["prepare"], r["frozen_only_search"]
         cells = [r["data"], f"{r['n_used']:,}"]
         cells += [f"{p['stages'].get(k, 0):.0f} s" for k in stages]
-        cells += [f"**{p['peak_rss_gib']:.2f} GiB**"]
+        cells += [_rss(p)]
         cells += [f"{s['stages'].get(k, 0):.0f} s" for k in search]
         if "repeated CV" in s["stages"]:  # the part of final+CV spent on repeated CV
             cells[-2] += f" ({s['stages']['repeated CV']:.0f} s CV)"
-        cells += [f"**{s['peak_rss_gib']:.2f} GiB**", f"{(p['wall_s'] + s['wall_s']) / 60:.1f} min"]
+        cells += [_rss(s), f"{(p['wall_s'] + s['wall_s']) / 60:.1f} min"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
@@ -71,7 +77,7 @@ def scale_train_table() -> str:
     lines = ["| run | used scans | wall time | peak RSS |", "|---|---|---|---|"]
     for r in sorted(recs, key=lambda r: (r["kind"], r["n_used"] or 0)):
         lines.append(f"| {names[r['kind']]} | {r['n_used']:,} | {r['wall_s'] / 60:.1f} min | "
-                     f"**{r['peak_rss_gib']:.2f} GiB** |")
+                     f"{_rss(r)} |")
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
 
