@@ -4,6 +4,7 @@
     python bench/bench_scale.py --n 0 --real ../shared/data/brain_mri_types --root /tmp/scale
     python bench/bench_scale.py --n 0 --train 1000,4000 --staged 300,1200   # training memory
     python bench/bench_scale.py --n 1000 --dry-run                          # the commands only
+    python bench/bench_scale.py --n 100000 --keep-cache   # reuse W/cache: later stages only
 
 Each data set runs as a user would: `launch.py --config=configs/quickstart.py` with 224 px
 images, `pipeline=prepare` (discover, preprocess into the on-disk image store,
@@ -137,12 +138,13 @@ class TreePeak(threading.Thread):
             self.peak = max(self.peak, total)
 
 
-def fresh(workdir: Path, dry: bool) -> None:
-    """Everything but the phantoms goes, so every stage is timed from scratch."""
+def fresh(workdir: Path, dry: bool, keep_cache: bool = False) -> None:
+    """Everything but the phantoms goes, so every stage is timed from scratch
+    (keep_cache: W/cache stays too, so the image store and features are reused)."""
     if dry or not workdir.exists():
         return
     for p in workdir.iterdir():
-        if p.name != "synthetic_phantoms":
+        if p.name != "synthetic_phantoms" and not (keep_cache and p.name == "cache"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
@@ -218,6 +220,9 @@ def main() -> None:
     ap.add_argument("--staged", default="", help="phantom counts: method B's stages")
     ap.add_argument("--root", default="/tmp/bt_jax_scale", help="workdirs go here")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.jsonl"))
+    ap.add_argument("--keep-cache", action="store_true",
+                    help="reuse W/cache (image store, features) of an earlier run: measures "
+                         "the later stages' memory and time without redoing the first ones")
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args()
     runs = [(f"phantoms {n}", n) for n in map(int, a.n.split(",")) if n]
@@ -236,10 +241,10 @@ def main() -> None:
             data_args = [f"--config.data.dir={Path(a.real).resolve()}", "--config.data.classes=()",
                          "--config.data.positive=", "--config.data.negative_classes=notumor"]
             phantom_s = None
-        fresh(workdir, a.dry_run)
+        fresh(workdir, a.dry_run, a.keep_cache)
         rec = run_one(name, data_args, workdir, a.dry_run)
         rec.update(phantoms_written_s=phantom_s, date=datetime.date.today().isoformat(),
-                   machine=info)
+                   machine=info, cache_reused=a.keep_cache)
         _emit(rec, a)
     for kind, counts in (("method_a_finetune", a.train), ("method_b_stages", a.staged)):
         for n in [int(x) for x in counts.split(",") if x]:
