@@ -179,6 +179,30 @@ def peers_table() -> str:
             + f"; {', '.join(map(str, threads))} threads on every side.")
 
 
+def peers_summary() -> str:
+    """The README's speed table: per backbone and task, bt_jax's images/s against the best
+    peer of the same run, naming the peer and its variant."""
+    recs = [r for r in _peer_runs() if not r.get("skipped")]
+    if not recs:
+        return "_No peer measurement yet: see [docs/benchmarks.md](docs/benchmarks.md)._"
+    best = {}
+    for r in recs:
+        side = "ours" if _peer_column(r) == "bt_jax/shipped" else (
+            None if r["framework"].startswith("bt_jax") else "peer")
+        k = (r["backbone"], r["task"], side)
+        if side and r["images_per_s"] > best.get(k, {"images_per_s": -1})["images_per_s"]:
+            best[k] = r
+    lines = ["| backbone, task (images/s) | bt_jax | best peer | ratio |", "|---|---:|---|---:|"]
+    for (name, task, side), ours in best.items():
+        top = best.get((name, task, "peer"))
+        if side != "ours" or not top:
+            continue
+        peer = f"{PEER_COLUMNS[_peer_column(top)]} ({top['variant']}) {_rate(top['images_per_s'])}"
+        lines.append(f"| {name}, {PEER_TASKS.get(task, task)} | {_rate(ours['images_per_s'])} | "
+                     f"{peer} | **{ours['images_per_s'] / top['images_per_s']:.2f}x** |")
+    return "\n".join(lines) + "\n\n" + _machine(recs)
+
+
 def _schema_comments() -> dict[str, str]:
     """key -> the comment on its line in schema.py (and comment-only lines below it)."""
     out, last = {}, None
@@ -229,7 +253,8 @@ def config_table() -> str:
 
 
 RENDERERS = {"scale": scale_table, "scale_train": scale_train_table, "config": config_table,
-             "near_duplicates": near_duplicates_table, "peers": peers_table}
+             "near_duplicates": near_duplicates_table, "peers": peers_table,
+             "peers_summary": peers_summary}
 
 
 def render(text: str) -> str:
@@ -243,7 +268,7 @@ def main() -> None:
     ap.add_argument("--check", action="store_true")
     a = ap.parse_args()
     stale = []
-    for doc in sorted((ROOT / "docs").glob("*.md")):
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         old = doc.read_text()
         new = render(old)
         if new != old:
