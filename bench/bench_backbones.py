@@ -49,7 +49,7 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")   # before any keras import; Keras 3 defaults to TF
 
 from bt_jax.compilation import YNN_OFF, forward_compiler_options
-from bt_jax.models.common import POINTWISE_IMPLS, pointwise
+from bt_jax.models.common import POINTWISE_IMPLS
 
 DEFAULT_MODELS = ("resnet50v2", "vgg19", "efficientnet_lite0")
 DEPTHWISE = ("efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -133,7 +133,8 @@ def paired_roofline(fn, flops: float, probe, probe_flops: float, repeats: int) -
     return statistics.median(fracs)
 
 
-def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="auto"):
+def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="auto",
+         pointwise: str = "auto"):
     """(callable, flops per batch, compile seconds) of our jitted forward; options: XLA
     compiler options for this program ("auto": what bt_jax's feature extraction and
     predict use, `compilation.forward_compiler_options`)."""
@@ -141,7 +142,7 @@ def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="aut
     from bt_jax.models import registry
     spec = registry.get(name)
     model, variables = registry.make_template(spec, jax.random.PRNGKey(0), size=size,
-                                              depthwise=depthwise)
+                                              depthwise=depthwise, pointwise=pointwise)
     x = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, 3))
 
     def fwd(v, x):
@@ -156,7 +157,7 @@ def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="aut
     return (lambda: compiled(variables, x).block_until_ready()), flops, compile_s
 
 
-def train_module(spec, head: str = "top", depthwise: str = "auto"):
+def train_module(spec, head: str = "top", depthwise: str = "auto", pointwise: str = "auto"):
     """The module a fine-tune step trains: "top" = the backbone's own classifier
     (include_top) with 2 classes; "flatten" = method B's Flatten head (configs/vgg19_staged.py:
     Flatten -> staged.head_hidden -> 2, dropout staged.head_dropout) on the last feature map."""
@@ -164,15 +165,16 @@ def train_module(spec, head: str = "top", depthwise: str = "auto"):
     from bt_jax.models import registry
     from bt_jax.models.heads import Classifier, FlattenHead
     if head == "top":
-        return registry.make_module(spec, include_top=True, num_classes=2, depthwise=depthwise)
+        return registry.make_module(spec, include_top=True, num_classes=2, depthwise=depthwise,
+                                    pointwise=pointwise)
     staged = base_config().staged
-    return Classifier(backbone=registry.make_module(spec, depthwise=depthwise),
+    return Classifier(backbone=registry.make_module(spec, depthwise=depthwise, pointwise=pointwise),
                       head=FlattenHead(hidden=tuple(staged.head_hidden), dropout=staged.head_dropout,
                                        num_classes=2), head_input="features")
 
 
 def train_step(name: str, batch: int, size: int, depthwise: str = "auto", options="auto",
-               head: str = "top"):
+               head: str = "top", pointwise: str = "auto"):
     """(callable running one step, flops per step, compile seconds): forward in training mode,
     backward and an Adam update of every parameter, the fine-tuning step of a whole backbone
     (head: `train_module`). Backbones without BatchNorm (VGG) train their params only."""
@@ -180,7 +182,7 @@ def train_step(name: str, batch: int, size: int, depthwise: str = "auto", option
     import jax.numpy as jnp
     import optax
     from bt_jax.models import registry
-    model = train_module(registry.get(name), head, depthwise)
+    model = train_module(registry.get(name), head, depthwise, pointwise)
     variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False))(
         jax.random.PRNGKey(0))
     tx = optax.adam(1e-4)
@@ -337,8 +339,7 @@ def main(argv=None) -> list[dict]:
     for name in a.models:
         results = {}
         for impl, dw, pw, opts in _impls(name, a):
-            with pointwise(pw):
-                fn, flops, comp = ours(name, a.batch, a.size, dw, opts)
+            fn, flops, comp = ours(name, a.batch, a.size, dw, opts, pointwise=pw)
             results[impl] = (*median_time(fn, warmup=a.warmup, repeats=a.repeats), flops, comp,
                              fn)
         model_flops = _model_flops(results, lambda: ours(name, a.batch, a.size, "conv")[1])
@@ -365,8 +366,7 @@ def main(argv=None) -> list[dict]:
     for name in a.train_step:
         results = {}
         for impl, dw, pw, opts in _impls(name, a):
-            with pointwise(pw):
-                fn, flops, comp = train_step(name, a.batch, a.size, dw, opts)
+            fn, flops, comp = train_step(name, a.batch, a.size, dw, opts, pointwise=pw)
             results[impl] = (*median_time(fn, warmup=1, repeats=a.train_repeats), flops, comp)
             del fn
         # 3x the forward's model FLOPs (backward ~2x forward): XLA's count of the conv graph's

@@ -40,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 from bt_jax import inference  # noqa: E402
 from bt_jax.data import phantoms  # noqa: E402
 from bt_jax.models import registry as mreg  # noqa: E402
-from bt_jax.models.common import pointwise  # noqa: E402
 from bt_jax.models.heads import Classifier, Head  # noqa: E402
 from bt_jax.train.checkpoint import Checkpoints  # noqa: E402
 
@@ -99,10 +98,9 @@ def main():
         for run in args.runs:
             impl, batch, pw = (run.split(":") + ["auto"])[:3]
             t0 = time.perf_counter()
-            with pointwise(pw):         # read while the forward is traced, in predict_files
-                model = inference.load_model(model_dir, depthwise=impl)
-                t_load = time.perf_counter() - t0
-                rows = inference.predict_files(model, files, batch_size=int(batch))
+            model = inference.load_model(model_dir, depthwise=impl, pointwise=pw)
+            t_load = time.perf_counter() - t0
+            rows = inference.predict_files(model, files, batch_size=int(batch))
             wall = time.perf_counter() - t0
             ok = sum(r["status"] == "ok" for r in rows)
             results[run] = len(rows) / wall

@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from bt_jax.data import augment
-from bt_jax.models import common, registry
+from bt_jax.models import registry
 from bt_jax.models.heads import Classifier, FlattenHead, Head
 from bt_jax.sharding import data_mesh
 from bt_jax.train import finetune
@@ -85,12 +85,12 @@ def main(out: str) -> None:
 
 @contextlib.contextmanager
 def _no_row_mask():
-    saved = common.batch_rows
-    common.batch_rows = lambda rows: contextlib.nullcontext()
+    saved = finetune._stat_rows
+    finetune._stat_rows = lambda real: None      # every row counts in BatchNorm's statistics
     try:
         yield
     finally:
-        common.batch_rows = saved
+        finetune._stat_rows = saved
 
 
 if __name__ == "__main__":

@@ -159,3 +159,20 @@ def test_plateau_lowers_learning_rate(vgg_setup):
     res = finetune.fit(model, variables, spec, data, fs, progress=False)
     lrs = res.history["lr"]
     assert lrs[0] == pytest.approx(1e-9) and lrs[-1] < lrs[0]
+
+
+def test_a_nan_training_loss_stops_the_run_with_the_best_weights(vgg_setup):
+    """The NaN check sits where the epoch's metric sums are read: a planted NaN image makes
+    the first epoch's training loss NaN (and every weight after it), so the run stops there
+    instead of running its other epochs, keeping the (finite) starting weights."""
+    spec, model, variables, data = vgg_setup
+    images = data.images.copy()
+    images[int(data.train_src[0])] = np.nan
+    bad = finetune.FitData(images=images, labels=data.labels, train_src=data.train_src,
+                           train_keys=data.train_keys, train_aug=np.zeros(16, bool),
+                           val_idx=data.val_idx)
+    fs = finetune.FitSpec(epochs=4, batch_size=8, lr=1e-3, trainable="all", patience=10)
+    res = finetune.fit(model, variables, spec, bad, fs, progress=False)
+    assert np.isnan(res.history["train_loss"][0]) and len(res.history["train_loss"]) == 1
+    assert res.stopped_epoch == 0 and res.best_epoch == -1
+    assert all(np.isfinite(v).all() for v in _flat(res.variables["params"]).values())

@@ -1,5 +1,6 @@
 """models.common.Conv: its 1x1 convolutions as matmuls ("dot") equal nn.Conv ("conv") in
-parameters, values and gradients; larger kernels are nn.Conv itself; whole backbones agree."""
+parameters, values and gradients; larger kernels are nn.Conv itself; whole backbones agree;
+the choice is a field of the module, so two settings are two programs."""
 
 from __future__ import annotations
 
@@ -21,10 +22,7 @@ CASES = [((1, 1), 1, "SAME", False), ((1, 1), 2, "VALID", True), ((1, 1), 2, "SA
 
 
 def _run(module, impl, v, x, ct):
-    def f(v, x):
-        with C.pointwise(impl):
-            return module.apply(v, x)
-    y, pull = jax.vjp(jax.jit(f), v, x)
+    y, pull = jax.vjp(jax.jit(module.clone(pointwise=impl).apply), v, x)
     return (y, *pull(ct))
 
 
@@ -34,8 +32,7 @@ def test_dot_equals_conv_in_parameters_values_and_gradients(kernel, stride, padd
     strides = stride if isinstance(stride, tuple) else (stride, stride)
     ours = C.Conv(5, kernel, strides, padding, use_bias=bias, name="c")
     ref = nn.Conv(5, kernel, strides, padding, use_bias=bias, name="c")
-    with C.pointwise("dot"):
-        v = ours.init(jax.random.PRNGKey(1), x)
+    v = ours.clone(pointwise="dot").init(jax.random.PRNGKey(1), x)
     # same names, shapes and initial values: checkpoints and ported weights load unchanged
     jax.tree.map(np.testing.assert_array_equal, v, ref.init(jax.random.PRNGKey(1), x))
     v = jax.tree.map(lambda a: a + 0.1, v)                          # non-zero bias
@@ -50,22 +47,42 @@ def test_dot_is_a_matmul_only_for_one_by_one_kernels():
     x = jnp.ones((1, 6, 6, 4))
     hlo = {}
     for kernel in ((1, 1), (3, 3)):
-        m = C.Conv(3, kernel, name="c")
+        m = C.Conv(3, kernel, pointwise="dot", name="c")
         v = m.init(jax.random.PRNGKey(0), x)
-        with C.pointwise("dot"):
-            hlo[kernel] = jax.jit(m.apply).lower(v, x).as_text()
+        hlo[kernel] = jax.jit(m.apply).lower(v, x).as_text()
     assert "convolution" not in hlo[(1, 1)] and "dot_general" in hlo[(1, 1)]
     assert "convolution" in hlo[(3, 3)]
-    with pytest.raises(ValueError, match="pointwise impl.*'matmul'"), C.pointwise("matmul"):
-        pass
+    with pytest.raises(ValueError, match="pointwise impl.*'matmul'"):
+        C.Conv(3, (1, 1), pointwise="matmul").init(jax.random.PRNGKey(0), x)
+
+
+def test_two_settings_are_two_programs():
+    """The choice is part of the module, hence of the program: one function jitted with the
+    module as a static argument holds one program per setting, each with its own kernels
+    (a trace-time switch, not part of jit's key, reused the first setting's program)."""
+    x = jnp.ones((2, 6, 6, 4))
+    v = C.Conv(3, (1, 1)).init(jax.random.PRNGKey(0), x)
+    apply = jax.jit(lambda m, v, x: m.apply(v, x), static_argnums=0)
+    dot, conv = C.Conv(3, (1, 1), pointwise="dot"), C.Conv(3, (1, 1), pointwise="conv")
+    for m in (dot, conv, dot):
+        apply(m, v, x)
+    assert apply._cache_size() == 2
+    text = {m.pointwise: apply.lower(m, v, x).as_text() for m in (dot, conv)}
+    assert "convolution" not in text["dot"] and "dot_general" in text["dot"]
+    assert "convolution" in text["conv"]
+    # a whole backbone built with each setting: two different programs from one spec
+    spec = R.get("mobilenet")
+    lowered = {impl: jax.jit(R.make_module(spec, pointwise=impl).apply).lower(
+        random_variables(R.make_module(spec), 32), jnp.ones((1, 32, 32, 3))).as_text()
+        for impl in ("dot", "conv")}
+    assert lowered["dot"].count("convolution") < lowered["conv"].count("convolution")
 
 
 def test_bfloat16_computes_in_bfloat16():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 8))
-    m = C.Conv(4, (1, 1), dtype=jnp.bfloat16, name="c")
+    m = C.Conv(4, (1, 1), dtype=jnp.bfloat16, pointwise="dot", name="c")
     v = m.init(jax.random.PRNGKey(1), x)
-    with C.pointwise("dot"):
-        y = jax.jit(m.apply)(v, x)
+    y = jax.jit(m.apply)(v, x)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(y, np.float32), nn.Conv(4, (1, 1)).apply(v, x),
                                rtol=0.05, atol=0.05)
@@ -74,15 +91,13 @@ def test_bfloat16_computes_in_bfloat16():
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50v2", "xception"])
 def test_backbones_give_the_same_features_either_way(name):
     spec = R.get(name)
-    model = R.make_module(spec)
-    v = random_variables(model, 96, seed=3)
+    v = random_variables(R.make_module(spec), 96, seed=3)
     x = jax.random.uniform(jax.random.PRNGKey(4), (2, 96, 96, 3))
     out = {}
     for impl in ("dot", "conv"):
-        def f(v, x, impl=impl):
-            with C.pointwise(impl):
-                return model.apply(v, x, train=False)[1]["pre_logits"]
-        out[impl] = np.asarray(jax.jit(f)(v, x))
+        model = R.make_module(spec, pointwise=impl)
+        out[impl] = np.asarray(jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)[1][
+            "pre_logits"])(v, x))
     scale = np.abs(out["conv"]).max()
     np.testing.assert_allclose(out["dot"], out["conv"], rtol=1e-4, atol=1e-4 * scale)
 

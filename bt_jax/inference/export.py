@@ -28,22 +28,21 @@ from bt_jax import io
 from bt_jax.data.preprocess import PREPROCESS_VERSION
 from bt_jax.inference.loading import LoadedModel, _predict
 from bt_jax.model_card import package_version, summary
-from bt_jax.models import common
 
 log = logging.getLogger(__name__)
 EXPORT_FORMAT = "bt_jax-export/1"     # the export's model.json "format"
 PROGRAM, CARD = "model.jaxexport", "model.json"
 
 
-def probabilities_fn(model: LoadedModel):
+def probabilities_fn(model: LoadedModel, module):
     """x01 (N, S, S, 3) -> class probabilities (N, C) in the order of model.classes: the
     model's own prediction (temperature included), a two-class model's P(positive) with
-    1 - P(positive) beside it."""
+    1 - P(positive) beside it, computed by `module` (model.module or a clone of it)."""
     temperature = float(model.card.get("temperature", 1.0))
     pos = None if model.multiclass else model.classes.index(model.positive)
 
     def fn(x):
-        p = _predict(model.module, temperature, model.variables, x)
+        p = _predict(module, temperature, model.variables, x)
         if pos is None:
             return p
         return jnp.stack([p if i == pos else 1.0 - p for i in range(2)], axis=-1)
@@ -52,12 +51,12 @@ def probabilities_fn(model: LoadedModel):
 
 def export_model(model: LoadedModel, platforms=("cpu",), *, pointwise: str = "auto"):
     """The jax.export.Exported of probabilities_fn for `platforms`, batch symbolic ("N").
-    pointwise: how 1x1 convolutions are traced (models.common.pointwise)."""
+    pointwise: how its 1x1 convolutions are computed (the backbone's field, common.Conv)."""
     s = model.preprocess.size
     spec = jax.ShapeDtypeStruct((*jax.export.symbolic_shape("N"), s, s, 3), jnp.float32)
-    with common.pointwise(pointwise):
-        return jax.export.export(jax.jit(probabilities_fn(model)),
-                                 platforms=tuple(platforms))(spec)
+    module = model.module.clone(backbone=model.module.backbone.clone(pointwise=pointwise))
+    return jax.export.export(jax.jit(probabilities_fn(model, module)),
+                             platforms=tuple(platforms))(spec)
 
 
 def _lowered(model: LoadedModel, platforms: tuple[str, ...], pointwise: str):

@@ -142,11 +142,12 @@ def check_classes(card: dict, where: str) -> None:
                              "the column p_tumour, which holds the binary view; rename it")
 
 
-def build_module(card: dict, depthwise: str = "auto") -> Classifier:
-    """The card's model; `depthwise` (config.model.depthwise) is a runtime choice, not the card's."""
+def build_module(card: dict, depthwise: str = "auto", pointwise: str = "auto") -> Classifier:
+    """The card's model; `depthwise` (config.model.depthwise) and `pointwise` (how 1x1
+    convolutions are computed) are runtime choices, not the card's."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[card.get("dtype", "float32")]
     spec = mreg.get(card["backbone"])
-    backbone = mreg.make_module(spec, dtype=dtype, depthwise=depthwise)
+    backbone = mreg.make_module(spec, dtype=dtype, depthwise=depthwise, pointwise=pointwise)
     h = card["head"]
     if h["type"] == "flatten":  # method B
         return Classifier(backbone=backbone,
@@ -179,13 +180,13 @@ def _shape_diff(expected, got) -> list[str]:
 
 
 def load_model(path, *, threshold: float | None = None, target_sensitivity: float | None = None,
-               depthwise: str = "auto") -> LoadedModel:
+               depthwise: str = "auto", pointwise: str = "auto") -> LoadedModel:
     """The model of a finished workdir. Threshold: `threshold` if given, else one chosen on
     the stored validation probabilities for `target_sensitivity`, else model.json's."""
     card, card_p = read_card(path)
     root = card_p.parent
     check_classes(card, str(card_p))
-    module = build_module(card, depthwise)
+    module = build_module(card, depthwise, pointwise)
     params = preprocess.PreprocessParams(**card["preprocess"])
     template = _template(module, params.size)
     ck = root / card["checkpoint"]

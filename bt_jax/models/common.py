@@ -1,19 +1,21 @@
 """Layers and conventions shared by the Keras-ported backbones.
 
     x = preprocess(images01, "caffe")           # each backbone applies its own input convention
-    y = conv(64, 7, 2, name="conv1_conv", dtype=dt)(pad(x, 3))
-    y = batch_norm("conv1_bn", train, eps=1.001e-5, dtype=dt)(y)
+    y = conv(64, 7, 2, name="conv1_conv", dtype=dt, pointwise=self.pointwise)(pad(x, 3))
+    y = batch_norm("conv1_bn", train, eps=1.001e-5, dtype=dt, rows=rows)(y)
 
 Backbones create their layers through these factories inside their `@nn.compact`
 `__call__`, named exactly like the Keras layers, so the weight port is a name look-up.
+Every backbone has the fields `pointwise` (how `Conv` computes 1x1 convolutions) and
+`__call__(x01, train=False, rows=None)` (`rows`: the batch rows that count in BatchNorm's
+statistics): explicit choices, part of the module and its programs, not trace-time state.
 Keras 'same' padding with stride 2 is asymmetric (more at the bottom/right); the
 backbones copy Keras' explicit ZeroPadding2D + 'valid' pairs rather than rely on it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -44,34 +46,21 @@ def preprocess(x, mode: str):
 
 
 POINTWISE_IMPLS = ("auto", "dot", "conv")
-_POINTWISE: contextvars.ContextVar = contextvars.ContextVar("bt_jax_pointwise", default="auto")
 
 
-@contextlib.contextmanager
-def _set_within(var: contextvars.ContextVar, value):
-    """`var` = value inside the block, its previous value after (the trace-time switches)."""
-    token = var.set(value)
-    try:
-        yield
-    finally:
-        var.reset(token)
-
-
-def pointwise(impl: str):
-    """Within this block, `Conv` computes 1x1 convolutions as `impl`: "dot" (a matmul over
-    positions), "conv" (XLA's convolution) or "auto" (dot on CPU, conv elsewhere). Read while
-    tracing, like `batch_rows`: a function jitted under one setting keeps it."""
+def resolve_pointwise(impl: str) -> str:
+    """'dot' or 'conv' for `impl` on the current default backend ("auto": dot on CPU)."""
     if impl not in POINTWISE_IMPLS:
         raise ValueError(f"pointwise impl: expected one of {POINTWISE_IMPLS}, got {impl!r}")
-    return _set_within(_POINTWISE, impl)
-
-
-def _pointwise_as_dot(m: nn.Conv) -> bool:
-    impl = _POINTWISE.get()
     if impl == "auto":
-        impl = "dot" if jax.default_backend() == "cpu" else "conv"
+        return "dot" if jax.default_backend() == "cpu" else "conv"
+    return impl
+
+
+def _pointwise_as_dot(m: Conv) -> bool:
     pads = m.padding if isinstance(m.padding, str) else np.asarray(m.padding)
-    return (impl == "dot" and tuple(m.kernel_size) == (1, 1) and m.feature_group_count == 1
+    return (resolve_pointwise(m.pointwise) == "dot" and tuple(m.kernel_size) == (1, 1)
+            and m.feature_group_count == 1
             and m.input_dilation in (None, 1, (1, 1)) and m.kernel_dilation in (None, 1, (1, 1))
             and m.mask is None and (isinstance(pads, str) or not pads.any()))
 
@@ -82,7 +71,10 @@ class Conv(nn.Conv):
     on the 1x1 shapes of EfficientNet, ResNet, MobileNet and Xception (figures:
     docs/benchmarks.md, "Depthwise and 1x1 convolutions on CPU"); 3x3 and larger stay
     convolutions, which win there.
+    `pointwise` ("dot", "conv" or "auto": dot on CPU) is a field, so it is part of the module
+    and of every program traced from it: two settings are two programs.
     A 1x1 kernel needs no padding ('SAME' and 'VALID' agree), so a stride is a slice."""
+    pointwise: str = "auto"
 
     @nn.compact
     def __call__(self, inputs):
@@ -99,39 +91,31 @@ class Conv(nn.Conv):
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype, use_bias: bool = True,
-         padding="VALID") -> Conv:
+         padding="VALID", pointwise: str = "auto") -> Conv:
     """A Keras-like Conv2D (HWIO kernel, bias on by default as in Keras)."""
     return Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                use_bias=use_bias, dtype=dtype, name=name)
-
-
-# Rows of the batch being traced that count in BatchNorm batch statistics (None: all).
-_BN_ROWS: contextvars.ContextVar = contextvars.ContextVar("bt_jax_bn_rows", default=None)
-
-
-def batch_rows(rows):
-    """Within this block, training-mode BatchNorm computes its batch mean and variance over
-    `rows` ((B,) bool) only: the padding that fills a fixed or device-divisible batch must
-    not shift the statistics. A context rather than an argument so that the ten backbones
-    keep Keras' call signatures; it is read while tracing, inside the caller's `apply`."""
-    return _set_within(_BN_ROWS, rows)
+                use_bias=use_bias, dtype=dtype, pointwise=pointwise, name=name)
 
 
 class BatchNorm(nn.BatchNorm):
-    """Flax BatchNorm that honours `batch_rows`. Under a data-sharded `jit` its batch
-    mean is a mean over the global batch (XLA inserts the cross-device reduction)."""
+    """Flax BatchNorm whose training-mode batch mean and variance are taken over `rows`
+    ((B,) bool; None: all) only: the padding that fills a fixed or device-divisible batch
+    must not shift the statistics. The backbones take `rows` as an argument of their
+    `__call__` beside `train` and hand it to each layer. Under a data-sharded `jit` the
+    batch mean is a mean over the global batch (XLA inserts the cross-device reduction)."""
+    rows: Any = None
 
     def __call__(self, x, use_running_average=None, *, mask=None):
-        rows = _BN_ROWS.get()
-        if mask is None and rows is not None:
-            mask = jnp.reshape(rows, (-1,) + (1,) * (x.ndim - 1))
+        if mask is None and self.rows is not None:
+            mask = jnp.reshape(self.rows, (-1,) + (1,) * (x.ndim - 1))
         return super().__call__(x, use_running_average, mask=mask)
 
 
-def batch_norm(name: str, train: bool, *, eps: float, dtype, use_scale: bool = True) -> BatchNorm:
+def batch_norm(name: str, train: bool, *, eps: float, dtype, use_scale: bool = True,
+               rows=None) -> BatchNorm:
     """Keras BatchNormalization: momentum 0.99 means the same update rule in Flax."""
     return BatchNorm(use_running_average=not train, momentum=0.99, epsilon=eps,
-                     use_scale=use_scale, dtype=dtype, name=name)
+                     use_scale=use_scale, dtype=dtype, rows=rows, name=name)
 
 
 def pad(x, top: int, bottom: int | None = None, left: int | None = None, right: int | None = None):

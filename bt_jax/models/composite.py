@@ -2,7 +2,7 @@
 with an earlier stage's pooled features beside the last, as one backbone-shaped module.
 
     stack = FeatureStack(branches=(Branch("efficientnet_lite0", make0, 224, "stage6"), ...),
-                         flip=True, early=False)
+                         flip=True, early=False, depthwise="auto", pointwise="auto")
     _, out = stack.apply(variables, x01)   # out["pre_logits"] (B, sum of widths)
                                            # out["features"]: tuple of the pooled maps
 
@@ -36,7 +36,7 @@ from bt_jax.models.common import global_avg_pool
 
 class Branch(NamedTuple):
     name: str                      # the backbone's registry name: its parameters' scope
-    make: Callable[..., Any]       # make(name=...) -> the headless backbone module
+    make: Callable[..., Any]       # make(name=, depthwise=, pointwise=) -> the headless backbone
     native_size: int
     early: str | None = None       # out[...] key pooled with option "early"
 
@@ -51,18 +51,22 @@ class FeatureStack(nn.Module):
     branches: tuple
     flip: bool = False
     early: bool = False
+    depthwise: str = "auto"        # every branch's DepthwiseConv and 1x1 Conv choices
+    pointwise: str = "auto"
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):
         n, side = x.shape[0], x.shape[1]
         if self.flip:
             x = jnp.concatenate([x, x[:, :, ::-1]])
+            rows = None if rows is None else jnp.concatenate([rows, rows])
         maps = []
         for b, s in zip(self.branches, branch_sizes(side, [b.native_size for b in self.branches]),
                         strict=True):
             xb = x if s == side else jax.image.resize(x, (x.shape[0], s, s, x.shape[3]),
                                                       "linear", antialias=True)
-            _, out = b.make(name=b.name)(xb, train=train)
+            make = b.make(name=b.name, depthwise=self.depthwise, pointwise=self.pointwise)
+            _, out = make(xb, train=train, rows=rows)
             for key in ((b.early,) if self.early else ()) + ("features",):
                 m = out[key]
                 maps.append((m[:n] + m[n:, :, ::-1]) / 2 if self.flip else m)

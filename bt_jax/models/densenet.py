@@ -34,17 +34,19 @@ class DenseNet(nn.Module):
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
+        conv = functools.partial(C.conv, dtype=dt, use_bias=False, pointwise=self.pointwise)
 
         def bn(name):
-            return C.batch_norm(name, train, eps=_EPS, dtype=dt)
+            return C.batch_norm(name, train, eps=_EPS, dtype=dt, rows=rows)
 
         out = {}
         x = C.preprocess(x, "torch").astype(dt)
-        x = C.conv(64, 7, 2, name="conv1_conv", dtype=dt, use_bias=False)(C.pad(x, 3))
+        x = conv(64, 7, 2, name="conv1_conv")(C.pad(x, 3))
         x = nn.relu(bn("conv1_bn")(x))
         x = C.max_pool(C.pad(x, 1), 3, 2)
         out["stem"] = x
@@ -53,16 +55,15 @@ class DenseNet(nn.Module):
             for b in range(1, n + 1):
                 name = f"{stage}_block{b}"
                 h = nn.relu(bn(f"{name}_0_bn")(x))
-                h = C.conv(4 * _GROWTH, 1, 1, name=f"{name}_1_conv", dtype=dt, use_bias=False)(h)
+                h = conv(4 * _GROWTH, 1, 1, name=f"{name}_1_conv")(h)
                 h = nn.relu(bn(f"{name}_1_bn")(h))
-                h = C.conv(_GROWTH, 3, 1, name=f"{name}_2_conv", dtype=dt, use_bias=False,
-                           padding=((1, 1), (1, 1)))(h)
+                h = conv(_GROWTH, 3, 1, name=f"{name}_2_conv", padding=((1, 1), (1, 1)))(h)
                 x = jnp.concatenate([x, h], axis=-1)
             out[f"stage{s + 1}"] = x
             if s < len(self.blocks) - 1:   # transition: halve channels and resolution
                 name = f"pool{s + 2}"
                 x = nn.relu(bn(f"{name}_bn")(x))
-                x = C.conv(x.shape[-1] // 2, 1, 1, name=f"{name}_conv", dtype=dt, use_bias=False)(x)
+                x = conv(x.shape[-1] // 2, 1, 1, name=f"{name}_conv")(x)
                 x = C.avg_pool(x, 2, 2)
         x = nn.relu(bn("bn")(x))
         out["features"] = x

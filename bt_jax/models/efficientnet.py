@@ -72,28 +72,30 @@ def block_names(depth: float = 1.0) -> list[tuple[int, str]]:
             for i, (_, reps, *_r) in enumerate(scaled_stages(1.0, depth)) for j in range(reps)]
 
 
-def _conv(features, kernel, stride=1, *, name, dtype, use_bias=False):
+def _conv(features, kernel, stride=1, *, name, dtype, pointwise, use_bias=False):
     return Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                use_bias=use_bias, dtype=dtype, name=name)
+                use_bias=use_bias, dtype=dtype, pointwise=pointwise, name=name)
 
 
-def _mbconv(x, name, kernel, f_in, f_out, expand, stride, se_ratio, act, drop_rate, train, dtype,
-            depthwise):
-    """Keras `block`: expand 1x1 -> depthwise -> squeeze-excitation -> project 1x1 (+ skip)."""
-    bn = functools.partial(batch_norm, train=train, eps=_EPS, dtype=dtype)
+def _mbconv(x, name, kernel, f_in, f_out, expand, stride, se_ratio, act, drop_rate, train, rows,
+            m: EfficientNet):
+    """Keras `block`: expand 1x1 -> depthwise -> squeeze-excitation -> project 1x1 (+ skip).
+    `m`: the calling module, for its dtype and its depthwise and pointwise choices."""
+    dtype = m.dtype
+    bn = functools.partial(batch_norm, train=train, eps=_EPS, dtype=dtype, rows=rows)
+    conv = functools.partial(_conv, dtype=dtype, pointwise=m.pointwise)
     filters = f_in * expand
     inputs = x
     if expand != 1:
-        x = act(bn(f"{name}_expand_bn")(_conv(filters, 1, name=f"{name}_expand_conv", dtype=dtype)(x)))
-    x = DepthwiseConv((kernel, kernel), (stride, stride), "SAME", dtype=dtype, impl=depthwise,
+        x = act(bn(f"{name}_expand_bn")(conv(filters, 1, name=f"{name}_expand_conv")(x)))
+    x = DepthwiseConv((kernel, kernel), (stride, stride), "SAME", dtype=dtype, impl=m.depthwise,
                       name=f"{name}_dwconv")(x)
     x = act(bn(f"{name}_bn")(x))
     if se_ratio > 0:
         se = jnp.mean(x, axis=(1, 2), keepdims=True)
-        se = act(_conv(max(1, int(f_in * se_ratio)), 1, use_bias=True, name=f"{name}_se_reduce",
-                       dtype=dtype)(se))
-        x = x * nn.sigmoid(_conv(filters, 1, use_bias=True, name=f"{name}_se_expand", dtype=dtype)(se))
-    x = bn(f"{name}_project_bn")(_conv(f_out, 1, name=f"{name}_project_conv", dtype=dtype)(x))
+        se = act(conv(max(1, int(f_in * se_ratio)), 1, use_bias=True, name=f"{name}_se_reduce")(se))
+        x = x * nn.sigmoid(conv(filters, 1, use_bias=True, name=f"{name}_se_expand")(se))
+    x = bn(f"{name}_project_bn")(conv(f_out, 1, name=f"{name}_project_conv")(x))
     if stride == 1 and f_in == f_out:
         # Keras drops whole samples of the residual branch: noise_shape (None, 1, 1, 1).
         x = nn.Dropout(drop_rate, broadcast_dims=(1, 2, 3),
@@ -114,6 +116,7 @@ class EfficientNet(nn.Module):
     width: float = 1.0                   # Lite1/Lite2 channel and depth multipliers
     depth: float = 1.0
     depthwise: str = "auto"              # DepthwiseConv impl: "auto" | "shift" | "conv"
+    pointwise: str = "auto"              # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
 
     def _inputs(self, x):
         x = jnp.asarray(x, jnp.float32)
@@ -130,12 +133,14 @@ class EfficientNet(nn.Module):
         return x
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
         act = nn.relu6 if self.lite else nn.swish
+        bn = functools.partial(batch_norm, train=train, eps=_EPS, dtype=dt, rows=rows)
         out = {}
-        x = _conv(32, 3, 2, name="stem_conv", dtype=dt)(self._inputs(x).astype(dt))
-        x = act(batch_norm("stem_bn", train, eps=_EPS, dtype=dt)(x))
+        x = _conv(32, 3, 2, name="stem_conv", dtype=dt, pointwise=self.pointwise)(
+            self._inputs(x).astype(dt))
+        x = act(bn("stem_bn")(x))
         out["stem"] = x
         names = block_names(self.depth)
         k = 0
@@ -144,11 +149,11 @@ class EfficientNet(nn.Module):
             for j in range(reps):
                 x = _mbconv(x, names[k][1], kernel, f_in if j == 0 else f_out, f_out, expand,
                             stride if j == 0 else 1, 0.0 if self.lite else 0.25, act,
-                            self.drop_connect_rate * k / len(names), train, dt, self.depthwise)
+                            self.drop_connect_rate * k / len(names), train, rows, self)
                 k += 1
             out[f"stage{i + 1}"] = x
-        x = _conv(1280, 1, name="top_conv", dtype=dt)(x)
-        x = act(batch_norm("top_bn", train, eps=_EPS, dtype=dt)(x))
+        x = _conv(1280, 1, name="top_conv", dtype=dt, pointwise=self.pointwise)(x)
+        x = act(bn("top_bn")(x))
         out["features"] = x
         out["pre_logits"] = global_avg_pool(x)
         logits = None

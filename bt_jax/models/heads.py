@@ -71,7 +71,8 @@ class FlattenHead(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Backbone + head. `train` drives dropout; `bn_train` the backbone's BatchNorm.
+    """Backbone + head. `train` drives dropout; `bn_train` the backbone's BatchNorm, whose
+    batch statistics count only `rows` ((B,) bool; None: all) when given.
 
     Keeping BatchNorm in inference mode while fine-tuning (bn_train=False) is Keras'
     behaviour for a frozen-then-unfrozen base and keeps tiny batches from wrecking the
@@ -83,8 +84,9 @@ class Classifier(nn.Module):
     stop_backbone_grad: bool = False  # head-only training: no backward pass through it
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False, bn_train: bool = False) -> tuple[Any, dict]:
-        _, out = self.backbone(x, train=bn_train)
+    def __call__(self, x, *, train: bool = False, bn_train: bool = False,
+                 rows=None) -> tuple[Any, dict]:
+        _, out = self.backbone(x, train=bn_train, rows=rows)
         h = out[self.head_input]
         if self.stop_backbone_grad:
             h = jax.lax.stop_gradient(h)

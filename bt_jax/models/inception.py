@@ -71,10 +71,10 @@ def conv_names() -> list[str]:
     return [s[0] for s in _STEM] + [f"{blk}_{spec[0]}" for blk, specs, _ in _BLOCKS for spec in specs]
 
 
-def _conv_bn(x, name, filters, kernel, stride, padding, train, dtype):
+def _conv_bn(x, name, filters, kernel, stride, padding, train, rows, dtype, pointwise):
     x = C.Conv(filters, kernel, strides=(stride, stride), padding=padding, use_bias=False,
-                dtype=dtype, name=f"{name}_conv")(x)
-    x = C.batch_norm(f"{name}_bn", train, eps=_EPS, dtype=dtype, use_scale=False)(x)
+               dtype=dtype, pointwise=pointwise, name=f"{name}_conv")(x)
+    x = C.batch_norm(f"{name}_bn", train, eps=_EPS, dtype=dtype, use_scale=False, rows=rows)(x)
     return nn.relu(x)
 
 
@@ -82,14 +82,16 @@ class InceptionV3(nn.Module):
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
         out = {}
         x = C.preprocess(x, "tf").astype(dt)
         for i, (name, filters, kernel, stride, padding) in enumerate(_STEM):
-            x = _conv_bn(x, name, filters, kernel, stride, padding, train, dt)
+            x = _conv_bn(x, name, filters, kernel, stride, padding, train, rows, dt,
+                         self.pointwise)
             if i in (2, 4):
                 x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         out["stem"] = x
@@ -101,7 +103,8 @@ class InceptionV3(nn.Module):
                 src = rest[0] if rest else "x"
                 stride = rest[1] if len(rest) > 1 else 1
                 t[name] = _conv_bn(t[src], f"{blk}_{name}", filters, kernel, stride,
-                                   "VALID" if stride == 2 else "SAME", train, dt)
+                                   "VALID" if stride == 2 else "SAME", train, rows, dt,
+                                   self.pointwise)
             x = jnp.concatenate([t[o] for o in outputs], axis=-1)
             out[blk] = x
         out["stage1"], out["stage2"], out["stage3"] = out["mixed2"], out["mixed7"], out["mixed10"]

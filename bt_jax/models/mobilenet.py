@@ -11,6 +11,7 @@ Layer groups: "conv1" (stem), "block1".."block13" (fine: "block13_conv_dw_13",
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -37,18 +38,20 @@ class MobileNet(nn.Module):
     num_classes: int = 1000
     dtype: Any = jnp.float32
     depthwise: str = "auto"      # DepthwiseConv impl: "auto" | "shift" | "conv"
+    pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
+        conv = functools.partial(C.conv, dtype=dt, pointwise=self.pointwise)
 
         def bn(name):
-            return C.batch_norm(name, train, eps=_EPS, dtype=dt)
+            return C.batch_norm(name, train, eps=_EPS, dtype=dt, rows=rows)
 
         out = {}
         x = C.preprocess(x, "tf").astype(dt)
         # Keras 3 uses padding="same" here (TF-style: (0, 1) for even sizes), Flax's SAME is the same rule.
-        x = C.conv(32, 3, 2, name="conv1", dtype=dt, use_bias=False, padding="SAME")(x)
+        x = conv(32, 3, 2, name="conv1", use_bias=False, padding="SAME")(x)
         x = C.relu6(bn("conv1_bn")(x))
         out["stem"] = x
         for i, (filters, stride) in enumerate(BLOCKS, start=1):
@@ -59,7 +62,7 @@ class MobileNet(nn.Module):
             x = DepthwiseConv((3, 3), (stride, stride), "VALID", dtype=dt, impl=self.depthwise,
                               name=f"conv_dw_{i}")(x)
             x = C.relu6(bn(f"conv_dw_{i}_bn")(x))
-            x = C.conv(filters, 1, 1, name=f"conv_pw_{i}", dtype=dt, use_bias=False)(x)
+            x = conv(filters, 1, 1, name=f"conv_pw_{i}", use_bias=False)(x)
             x = C.relu6(bn(f"conv_pw_{i}_bn")(x))
             if i in _STAGE_ENDS:
                 out[_STAGE_ENDS[i]] = x
@@ -70,7 +73,7 @@ class MobileNet(nn.Module):
             # Keras' classifier is a 1x1 Conv2D on the (B, 1, 1, C) pooled map (dropout is
             # left to the heads); keeping it a conv keeps the h5 kernel shape as it is.
             h = out["pre_logits"].astype(dt)[:, None, None, :]
-            logits = C.conv(self.num_classes, 1, 1, name="conv_preds", dtype=dt)(h)
+            logits = conv(self.num_classes, 1, 1, name="conv_preds")(h)
             logits = logits.reshape((logits.shape[0], self.num_classes))
         return logits, out
 

@@ -186,11 +186,11 @@ def _recipe_spec(name: str) -> BackboneSpec:
                            f"{lacking} have none (EfficientNet family only)")
     by_name = {s.name: s for s in specs}
 
-    def make(include_top=False, num_classes=1000, dtype=jnp.float32, depthwise="auto", **kwargs):
+    def make(include_top=False, num_classes=1000, dtype=jnp.float32, **kwargs):
         if include_top:
             raise ValueError(f"{name}: a feature recipe has no ImageNet classifier")
         branches = tuple(composite.Branch(
-            s.name, functools.partial(make_module, s, dtype=dtype, depthwise=depthwise),
+            s.name, functools.partial(make_module, s, dtype=dtype),
             s.default_size, s.early_output) for s in specs)
         return composite.FeatureStack(branches=branches, flip="flip" in options,
                                       early="early" in options, **kwargs)
@@ -253,19 +253,20 @@ def select_groups(params, spec: BackboneSpec, selectors: Iterable[str]):
 
 
 def make_module(spec: BackboneSpec, *, include_top: bool = False, num_classes: int = 1000,
-                dtype=jnp.float32, depthwise: str = "auto", **kwargs):
+                dtype=jnp.float32, depthwise: str = "auto", pointwise: str = "auto", **kwargs):
     """spec.make(...), with the depthwise implementation for backbones that have such layers
-    (the parameters are the same whichever implementation; see models/depthwise.py).
-    kwargs go to the module (e.g. name=)."""
+    and the 1x1 convolutions' (the parameters are the same whichever implementation; see
+    models/depthwise.py and common.Conv). kwargs go to the module (e.g. name=)."""
     extra = {"depthwise": depthwise} if spec.depthwise else {}
-    return spec.make(include_top=include_top, num_classes=num_classes, dtype=dtype, **extra,
-                     **kwargs)
+    return spec.make(include_top=include_top, num_classes=num_classes, dtype=dtype,
+                     pointwise=pointwise, **extra, **kwargs)
 
 
 def make_template(spec: BackboneSpec, rng, *, include_top: bool = False, size: int | None = None,
-                  dtype=jnp.float32, depthwise: str = "auto"):
+                  dtype=jnp.float32, depthwise: str = "auto", pointwise: str = "auto"):
     """(model, variables) with init values; the template that `spec.port_keras` fills."""
-    model = make_module(spec, include_top=include_top, dtype=dtype, depthwise=depthwise)
+    model = make_module(spec, include_top=include_top, dtype=dtype, depthwise=depthwise,
+                        pointwise=pointwise)
     size = size or spec.default_size
     init = jax.jit(functools.partial(model.init, train=False))
     return model, init(rng, jnp.zeros((1, size, size, 3), jnp.float32))

@@ -26,36 +26,38 @@ _EPS = 1.001e-5          # Keras ResNet BatchNorm epsilon (not the 1e-3 default)
 _WIDTHS = (64, 128, 256, 512)
 
 
-def _block_v1(x, filters, stride, conv_shortcut, name, train, dtype):
-    bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dtype)
+def _block_v1(x, filters, stride, conv_shortcut, name, train, rows, dtype, pointwise):
+    bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dtype, rows=rows)
+    conv = functools.partial(C.conv, dtype=dtype, pointwise=pointwise)
     if conv_shortcut:
-        shortcut = C.conv(4 * filters, 1, stride, name=f"{name}_0_conv", dtype=dtype)(x)
+        shortcut = conv(4 * filters, 1, stride, name=f"{name}_0_conv")(x)
         shortcut = bn(f"{name}_0_bn")(shortcut)
     else:
         shortcut = x
     # v1 (Keras/Caffe flavour) strides in the first 1x1 conv, not the 3x3.
-    x = C.conv(filters, 1, stride, name=f"{name}_1_conv", dtype=dtype)(x)
+    x = conv(filters, 1, stride, name=f"{name}_1_conv")(x)
     x = nn.relu(bn(f"{name}_1_bn")(x))
-    x = C.conv(filters, 3, 1, name=f"{name}_2_conv", dtype=dtype, padding=((1, 1), (1, 1)))(x)
+    x = conv(filters, 3, 1, name=f"{name}_2_conv", padding=((1, 1), (1, 1)))(x)
     x = nn.relu(bn(f"{name}_2_bn")(x))
-    x = C.conv(4 * filters, 1, 1, name=f"{name}_3_conv", dtype=dtype)(x)
+    x = conv(4 * filters, 1, 1, name=f"{name}_3_conv")(x)
     x = bn(f"{name}_3_bn")(x)
     return nn.relu(shortcut + x)
 
 
-def _block_v2(x, filters, stride, conv_shortcut, name, train, dtype):
-    bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dtype)
+def _block_v2(x, filters, stride, conv_shortcut, name, train, rows, dtype, pointwise):
+    bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dtype, rows=rows)
+    conv = functools.partial(C.conv, dtype=dtype, pointwise=pointwise)
     preact = nn.relu(bn(f"{name}_preact_bn")(x))
     if conv_shortcut:
-        shortcut = C.conv(4 * filters, 1, stride, name=f"{name}_0_conv", dtype=dtype)(preact)
+        shortcut = conv(4 * filters, 1, stride, name=f"{name}_0_conv")(preact)
     else:
         # Keras: MaxPooling2D(1, strides=stride), i.e. plain subsampling of the raw input.
         shortcut = x[:, ::stride, ::stride, :] if stride > 1 else x
-    x = C.conv(filters, 1, 1, name=f"{name}_1_conv", dtype=dtype, use_bias=False)(preact)
+    x = conv(filters, 1, 1, name=f"{name}_1_conv", use_bias=False)(preact)
     x = nn.relu(bn(f"{name}_1_bn")(x))
-    x = C.conv(filters, 3, stride, name=f"{name}_2_conv", dtype=dtype, use_bias=False)(C.pad(x, 1))
+    x = conv(filters, 3, stride, name=f"{name}_2_conv", use_bias=False)(C.pad(x, 1))
     x = nn.relu(bn(f"{name}_2_bn")(x))
-    x = C.conv(4 * filters, 1, 1, name=f"{name}_3_conv", dtype=dtype)(x)
+    x = conv(4 * filters, 1, 1, name=f"{name}_3_conv")(x)
     return shortcut + x
 
 
@@ -66,15 +68,16 @@ class ResNet(nn.Module):
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
         out = {}
         x = C.preprocess(x, "tf" if self.preact else "caffe").astype(dt)
-        x = C.conv(64, 7, 2, name="conv1_conv", dtype=dt)(C.pad(x, 3))
+        x = C.conv(64, 7, 2, name="conv1_conv", dtype=dt, pointwise=self.pointwise)(C.pad(x, 3))
         if not self.preact:
-            x = nn.relu(C.batch_norm("conv1_bn", train, eps=_EPS, dtype=dt)(x))
+            x = nn.relu(C.batch_norm("conv1_bn", train, eps=_EPS, dtype=dt, rows=rows)(x))
         # Zero padding before the max pool, as Keras: it matters for v2, whose stem has no ReLU.
         x = C.max_pool(C.pad(x, 1), 3, 2)
         out["stem"] = x
@@ -84,13 +87,15 @@ class ResNet(nn.Module):
                 name = f"conv{i + 2}_block{b + 1}"
                 if self.preact:   # v2 strides in the last block of conv2..conv4
                     stride = 2 if (b == blocks - 1 and i < last) else 1
-                    x = _block_v2(x, width, stride, b == 0, name, train, dt)
+                    x = _block_v2(x, width, stride, b == 0, name, train, rows, dt,
+                                  self.pointwise)
                 else:             # v1 strides in the first block of conv3..conv5
                     stride = 2 if (b == 0 and i > 0) else 1
-                    x = _block_v1(x, width, stride, b == 0, name, train, dt)
+                    x = _block_v1(x, width, stride, b == 0, name, train, rows, dt,
+                                  self.pointwise)
             out[f"stage{i + 1}"] = x
         if self.preact:
-            x = nn.relu(C.batch_norm("post_bn", train, eps=_EPS, dtype=dt)(x))
+            x = nn.relu(C.batch_norm("post_bn", train, eps=_EPS, dtype=dt, rows=rows)(x))
         out["features"] = x
         out["pre_logits"] = C.global_avg_pool(x)
         logits = None

@@ -32,9 +32,10 @@ class VGG(nn.Module):
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):   # rows: no BatchNorm here
         if self.depth not in CONVS_PER_BLOCK:
             raise ValueError(f"VGG depth must be one of {sorted(CONVS_PER_BLOCK)}, got {self.depth}")
         dt = self.dtype
@@ -43,7 +44,7 @@ class VGG(nn.Module):
         for b, (n, width) in enumerate(zip(CONVS_PER_BLOCK[self.depth], _WIDTHS), start=1):
             for c in range(1, n + 1):
                 x = nn.relu(C.conv(width, 3, 1, name=f"block{b}_conv{c}", dtype=dt,
-                                   padding=((1, 1), (1, 1)))(x))
+                                   padding=((1, 1), (1, 1)), pointwise=self.pointwise)(x))
                 if b == 1 and c == 1:
                     out["stem"] = x
             x = C.max_pool(x, 2, 2)

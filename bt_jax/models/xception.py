@@ -35,9 +35,10 @@ _RESIDUAL_BLOCKS = (2, 3, 4, 13)
 KERAS_TOP = ("predictions",)
 
 
-def _sep(x, features, name, dtype, depthwise):
+def _sep(x, features, name, dtype, depthwise, pointwise):
     x = DepthwiseConv((3, 3), padding="SAME", dtype=dtype, impl=depthwise, name=f"{name}_dw")(x)
-    return C.Conv(features, (1, 1), use_bias=False, dtype=dtype, name=f"{name}_pw")(x)
+    return C.Conv(features, (1, 1), use_bias=False, dtype=dtype, pointwise=pointwise,
+                  name=f"{name}_pw")(x)
 
 
 class Xception(nn.Module):
@@ -45,22 +46,21 @@ class Xception(nn.Module):
     num_classes: int = 1000
     dtype: Any = jnp.float32
     depthwise: str = "auto"      # DepthwiseConv impl: "auto" | "shift" | "conv"
+    pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
-        bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dt)
-        sep = functools.partial(_sep, dtype=dt, depthwise=self.depthwise)
+        bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dt, rows=rows)
+        sep = functools.partial(_sep, dtype=dt, depthwise=self.depthwise, pointwise=self.pointwise)
+        conv = functools.partial(C.conv, dtype=dt, use_bias=False, pointwise=self.pointwise)
         out = {}
         x = C.preprocess(x, "tf").astype(dt)
-        x = nn.relu(bn("block1_conv1_bn")(C.conv(32, 3, 2, name="block1_conv1", dtype=dt,
-                                                  use_bias=False)(x)))
-        x = nn.relu(bn("block1_conv2_bn")(C.conv(64, 3, 1, name="block1_conv2", dtype=dt,
-                                                  use_bias=False)(x)))
+        x = nn.relu(bn("block1_conv1_bn")(conv(32, 3, 2, name="block1_conv1")(x)))
+        x = nn.relu(bn("block1_conv2_bn")(conv(64, 3, 1, name="block1_conv2")(x)))
         out["stem"] = x
         for stage, (block, width) in enumerate(((2, 128), (3, 256), (4, 728))):
-            residual = C.conv(width, 1, 2, name=f"block{block}_residual_conv", dtype=dt,
-                              use_bias=False)(x)
+            residual = conv(width, 1, 2, name=f"block{block}_residual_conv")(x)
             residual = bn(f"block{block}_residual_bn")(residual)
             if block > 2:       # block2 follows block1's ReLU directly
                 x = nn.relu(x)
@@ -76,7 +76,7 @@ class Xception(nn.Module):
             x = x + residual
         out["stage4"] = x
         residual = bn("block13_residual_bn")(
-            C.conv(1024, 1, 2, name="block13_residual_conv", dtype=dt, use_bias=False)(x))
+            conv(1024, 1, 2, name="block13_residual_conv")(x))
         x = bn("block13_sepconv1_bn")(sep(nn.relu(x), 728, "block13_sepconv1"))
         x = bn("block13_sepconv2_bn")(sep(nn.relu(x), 1024, "block13_sepconv2"))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME") + residual

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bt_jax import compilation, sharding
 from bt_jax.data import augment, store
-from bt_jax.models import common, registry
+from bt_jax.models import registry
 from bt_jax.models.heads import class_probs, correct, per_example_loss
 from bt_jax.sharding import batched_apply
 from bt_jax.train import callbacks
@@ -74,6 +74,12 @@ def _sums(logits, y, w):
     return {"loss": jnp.sum(loss * w), "correct": jnp.sum(hit * w), "count": jnp.sum(w)}
 
 
+def _stat_rows(real):
+    """The rows that count in BatchNorm's batch statistics: the real ones, or all of an
+    all-padding micro-batch (whose statistics are then discarded)."""
+    return jnp.where(jnp.any(real), real, True)
+
+
 def _micro_grads(model, bn_train: bool, aug: augment.AugmentParams, state: TrainState,
                  mb: dict, rng, total_w):
     """Gradients of sum(loss * w) / total_w over one micro-batch, its new BatchNorm
@@ -88,9 +94,9 @@ def _micro_grads(model, bn_train: bool, aug: augment.AugmentParams, state: Train
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         if bn_train:
-            with common.batch_rows(jnp.where(any_real, real, True)):
-                (logits, _), upd = model.apply(variables, x, train=True, bn_train=True,
-                                               rngs={"dropout": rng}, mutable=["batch_stats"])
+            (logits, _), upd = model.apply(variables, x, train=True, bn_train=True,
+                                           rows=_stat_rows(real), rngs={"dropout": rng},
+                                           mutable=["batch_stats"])
             stats = jax.tree.map(lambda n, o: jnp.where(any_real, n, o), upd["batch_stats"],
                                  state.batch_stats)
         else:
@@ -308,7 +314,8 @@ def _train_epoch(step, state: TrainState, data: FitData, fs: FitSpec, epoch: int
 
 def _end_epoch(loop: Loop, epoch: int, train: tuple[float, float], val: tuple[float, float],
                fs: FitSpec, ckpt, on_epoch=None) -> Loop:
-    """History, early stopping, plateau schedule and both checkpoints after one epoch.
+    """History, early stopping (a NaN/inf training loss stops it), plateau schedule and both
+    checkpoints after one epoch.
     `on_epoch` sees the history before the checkpoint is saved: a kill in between reruns
     the epoch, and the logger rewrites it rather than missing it."""
     (tl, ta), (vl, va) = train, val
@@ -320,6 +327,12 @@ def _end_epoch(loop: Loop, epoch: int, train: tuple[float, float], val: tuple[fl
     cur = _weights(loop.state)
     improved = vl < float(loop.es.best)
     loop.es = _early_stopping_update(loop.es, vl, epoch, cur, patience=fs.patience)
+    if not math.isfinite(tl):
+        # the NaN check, on the epoch's one read of the metrics: NaN/inf weights stay so
+        log.warning("training loss %s in epoch %d (the learning rate is probably too high): "
+                    "stopping, best weights from epoch %d", tl, epoch, int(loop.es.best_epoch))
+        loop.es = loop.es.replace(stopped=jnp.asarray(True),
+                                  stopped_epoch=jnp.asarray(epoch, jnp.int32))
     if fs.plateau_factor > 0:
         mode = _plateau_mode(fs)
         loop.pl = callbacks.plateau_update(loop.pl, va if mode == "max" else vl,
