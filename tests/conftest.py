@@ -31,18 +31,28 @@ def small_config():
     return c
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A trained model's workdir written by hand (helpers.make_model_dir: random-init Lite0,
+    two classes, 32 px); a test module may define its own."""
+    from helpers import make_model_dir
+    return make_model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    """The module's model_dir, loaded as predict loads it."""
+    from bt_jax import inference
+    return inference.load_model(model_dir)
+
+
 QUICK_SEARCH = ("configs/quickstart.py:quick", "--config.weights.random_init=True")
 
 
 def launch_quick_search(workdir, *extra):
     """launch.py with the quick method A config (phantoms, random-init Lite0)."""
-    import subprocess
-    import sys
-    root = Path(__file__).resolve().parents[1]
-    return subprocess.run([sys.executable, str(root / "launch.py"),
-                           f"--config={root}/{QUICK_SEARCH[0]}", *QUICK_SEARCH[1:],
-                           f"--workdir={workdir}", *extra],
-                          capture_output=True, text=True, timeout=900)
+    from helpers import run_launch
+    return run_launch(*QUICK_SEARCH[1:], *extra, config=QUICK_SEARCH[0], workdir=workdir)
 
 
 @pytest.fixture(scope="session")

@@ -12,28 +12,16 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from fast_init import random_variables
-from test_predict import _scan, make_model_dir
+from helpers import head_scan, tiny_model_dir
 
 from bt_jax import inference, pipelines
 from bt_jax.config import ConfigError
-from bt_jax.models import registry as mreg
-from bt_jax.models.heads import Classifier, Head
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs import export as export_config  # noqa: E402
 
 MC_CLASSES = ["glioma", "meningioma", "no_tumour", "pituitary"]
-
-
-def tiny_model_dir(root: Path, outputs: int = 1, extra=None) -> Path:
-    """test_predict's random-init Lite0 workdir at 32 px, its head's output scaled so that
-    scans get clearly different probabilities (outputs > 1: a multi-class head)."""
-    module = Classifier(backbone=mreg.get("efficientnet_lite0").make(), head=Head(8, 0.0, outputs))
-    variables = random_variables(module, 32, 0, train=False)
-    variables["params"]["head"]["out"]["kernel"] *= 10
-    return make_model_dir(root, module=module, variables=variables, extra=extra)
 
 
 def _export(model_dir, out, **settings):
@@ -46,20 +34,15 @@ def _export(model_dir, out, **settings):
 
 
 @pytest.fixture(scope="module")
-def binary_dir(tmp_path_factory):
+def model_dir(tmp_path_factory):
     """A two-class model with a temperature (applied inside the exported program)."""
     return tiny_model_dir(tmp_path_factory.mktemp("binary"), extra={"temperature": 1.7})
 
 
 @pytest.fixture(scope="module")
-def model(binary_dir):
-    return inference.load_model(binary_dir)
-
-
-@pytest.fixture(scope="module")
-def exported(binary_dir, tmp_path_factory):
+def exported(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    return out, _export(binary_dir, out)
+    return out, _export(model_dir, out)
 
 
 def _scans(folder: Path) -> list[Path]:
@@ -68,12 +51,12 @@ def _scans(folder: Path) -> list[Path]:
     rng = np.random.default_rng(7)
     paths = [folder / "grey8.png", folder / "grey16.png", folder / "colour.jpg",
              folder / "small.png"]
-    cv2.imwrite(str(paths[0]), _scan(rng, 96))
-    cv2.imwrite(str(paths[1]), _scan(rng, 80).astype(np.uint16) * 257)
-    tint = cv2.cvtColor(_scan(rng, 72), cv2.COLOR_GRAY2BGR)
+    cv2.imwrite(str(paths[0]), head_scan(rng, 96))
+    cv2.imwrite(str(paths[1]), head_scan(rng, 80).astype(np.uint16) * 257)
+    tint = cv2.cvtColor(head_scan(rng, 72), cv2.COLOR_GRAY2BGR)
     tint[:, :, 0] = (tint[:, :, 0] * 0.9).astype(np.uint8)
     cv2.imwrite(str(paths[2]), tint)
-    cv2.imwrite(str(paths[3]), _scan(rng, 24))   # smaller than the model's size: upscaled
+    cv2.imwrite(str(paths[3]), head_scan(rng, 24))   # smaller than the model's size: upscaled
     return paths
 
 

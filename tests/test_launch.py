@@ -2,22 +2,16 @@
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import launch_args, run_launch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _launch(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+QUICK = "configs/quickstart.py:quick"
 
 
 def test_prepare_on_phantoms(tmp_path):
-    r = _launch(f"--config={ROOT}/configs/quickstart.py:quick", "--config.pipeline=prepare",
-                f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+    r = run_launch("--config.pipeline=prepare", config=QUICK, workdir=tmp_path / "w",
+                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "SYNTHETIC" in r.stdout and "32 files seen" in r.stdout
     m = json.loads((tmp_path / "w" / "manifest.json").read_text())
@@ -27,9 +21,9 @@ def test_prepare_on_phantoms(tmp_path):
 
 @pytest.mark.e2e
 def test_prepare_reference_set_with_overrides(tmp_path, real_data_dir):
-    r = _launch(f"--config={ROOT}/configs/quickstart.py:quick", "--config.pipeline=prepare",
-                f"--config.data.dir={real_data_dir}", "--config.preprocess.equalize=clahe",
-                f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+    r = run_launch("--config.pipeline=prepare", f"--config.data.dir={real_data_dir}",
+                   "--config.preprocess.equalize=clahe", config=QUICK, workdir=tmp_path / "w",
+                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "253 files seen, 228 used, 25 exact duplicates in 22 groups" in r.stdout
 
@@ -43,24 +37,24 @@ def _one_line_error(r, expected: str):
 
 
 def test_bad_config_value_is_a_clear_error(tmp_path):
-    r = _launch(f"--config={ROOT}/configs/quickstart.py:quick", "--config.preprocess.equalize=gamma",
-                f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+    r = run_launch("--config.preprocess.equalize=gamma", config=QUICK, workdir=tmp_path / "w",
+                   cwd=tmp_path)
     _one_line_error(r, "config.preprocess.equalize: expected one of")
-    r = _launch(f"--config={ROOT}/configs/quickstart.py:quick", "--config.search.units=",
-                f"--workdir={tmp_path / 'w'}", "--verbose", cwd=tmp_path)
+    r = run_launch("--config.search.units=", "--verbose", config=QUICK, workdir=tmp_path / "w",
+                   cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr and "config.search.units" in r.stderr
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):
-    r = _launch(f"--config={ROOT}/configs/quickstart.py:quick",
-                f"--config.data.dir={tmp_path / 'nope'}", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+    r = run_launch(f"--config.data.dir={tmp_path / 'nope'}", config=QUICK,
+                   workdir=tmp_path / "w", cwd=tmp_path)
     _one_line_error(r, "does not exist")
 
 
 def test_workdir_that_is_a_file_is_one_line_and_exit_3(tmp_path):
     f = tmp_path / "not_a_folder"
     f.write_text("mine")
-    r = _launch(f"--config={ROOT}/configs/quickstart.py:quick", f"--workdir={f}", cwd=tmp_path)
+    r = run_launch(config=QUICK, workdir=f, cwd=tmp_path)
     assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert f"error: --workdir={f} is a file, not a folder" in r.stderr
     assert f.read_text() == "mine"  # nothing of the user's is touched
@@ -89,9 +83,9 @@ def test_ctrl_c_is_one_line_and_the_relaunch_resumes(tmp_path):
     import signal
     import time
     w = tmp_path / "w"
-    args = [sys.executable, str(ROOT / "launch.py"), f"--config={ROOT}/configs/quickstart.py:quick",
-            "--config.weights.random_init=True", f"--workdir={w}"]
-    p = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    flags = {"config": QUICK, "workdir": w}
+    p = subprocess.Popen(launch_args("--config.weights.random_init=True", **flags), cwd=tmp_path,
+                         stderr=subprocess.PIPE, text=True)
     lines = []
     for line in p.stderr:  # wait for the search to start
         lines.append(line)
@@ -105,15 +99,15 @@ def test_ctrl_c_is_one_line_and_the_relaunch_resumes(tmp_path):
     tail = err.strip().splitlines()[-2:]
     assert tail[0].startswith("interrupted during search"), tail
     assert f"finished work is kept in {w}; run the same command again to resume" in tail[1]
-    r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    r = run_launch("--config.weights.random_init=True", **flags, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "reusing cached features" in r.stderr and (w / "model.json").exists()
 
 
 def test_a_mistyped_config_key_is_one_line_with_the_closest_keys(tmp_path):
-    r = _launch(f"--config={ROOT}/configs/quickstart.py:quick", f"--workdir={tmp_path / 'w'}",
-                "--config.serch.trials=3", "--config.train.epoch=2",
-                "--config.train.finetune_epochs=0", cwd=tmp_path)
+    r = run_launch("--config.serch.trials=3", "--config.train.epoch=2",
+                   "--config.train.finetune_epochs=0", config=QUICK, workdir=tmp_path / "w",
+                   cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert lines[0].startswith("error: config.serch.trials: no such key; did you mean search.trials")
@@ -126,8 +120,7 @@ def test_a_mistyped_config_key_is_one_line_with_the_closest_keys(tmp_path):
 def test_a_refused_config_file_argument_is_one_line(tmp_path):
     """configs/x.py:<arg> is parsed into typed options (config.parse_arg): a typo is refused,
     not silently the full config."""
-    r = _launch(f"--config={ROOT}/configs/quickstart.py:quikc", f"--workdir={tmp_path / 'w'}",
-                cwd=tmp_path)
+    r = run_launch(config="configs/quickstart.py:quikc", workdir=tmp_path / "w", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert lines[0] == "error: config file argument 'quikc': unknown option 'quikc'; known: quick"
@@ -138,10 +131,10 @@ def test_a_refused_config_file_argument_is_one_line(tmp_path):
 def test_the_console_shows_steps_and_the_log_file_keeps_the_rest(tmp_path):
     import os
     env = {k: v for k, v in os.environ.items() if k != "BT_JAX_LOG_TO_TERMINAL"}
-    args = [sys.executable, str(ROOT / "launch.py"), f"--config={ROOT}/configs/quickstart.py:quick",
-            "--config.pipeline=prepare", f"--workdir={tmp_path / 'w'}"]
+    flags = {"config": QUICK, "workdir": tmp_path / "w", "cwd": tmp_path, "env": env,
+             "timeout": 300}
     for _ in range(2):
-        r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        r = run_launch("--config.pipeline=prepare", **flags)
         assert r.returncode == 0, r.stderr[-2000:]
     info = [ln for ln in r.stderr.splitlines() if ln[:1] == "I" and ln[1:5].isdigit()]
     assert not info, info[:3]  # absl INFO stays off the terminal
@@ -149,6 +142,5 @@ def test_the_console_shows_steps_and_the_log_file_keeps_the_rest(tmp_path):
     log = (tmp_path / "w" / "logs" / "run.log").read_text()
     assert "pipeline prepare ->" in log and "manifest written" in log
     assert (tmp_path / "w" / "logs" / "run.1.log").exists()  # the first launch's, kept
-    r = subprocess.run(args + ["--verbosity=0"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=300, env=env)
+    r = run_launch("--config.pipeline=prepare", "--verbosity=0", **flags)
     assert "manifest written" in r.stderr  # --verbosity brings INFO back

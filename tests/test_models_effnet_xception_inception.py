@@ -13,20 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from helpers import assert_close
 
 from bt_jax.models import efficientnet, inception
 from bt_jax.models import registry as R
 from bt_jax.porting.merge import PortError
 
 KERAS = {"efficientnetb0": "EfficientNetB0", "xception": "Xception", "inceptionv3": "InceptionV3"}
-
-
-def _close(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape
-    diff = float(np.max(np.abs(ours - ref)))
-    tol = 1e-4 * max(1.0, float(np.max(np.abs(ref))))
-    assert diff <= tol, f"max abs diff {diff:.3g} > tol {tol:.3g}"
 
 
 def _zeros_template(model, size):
@@ -86,10 +79,10 @@ def tmp(tmp_path_factory):
 def test_keras_parity(arch, include_top, size, tmp):
     ref, logits, out = _port(arch, include_top, size, tmp)
     if include_top:
-        _close(logits, ref)
+        assert_close(logits, ref)
     else:
         assert logits is None
-        _close(out["features"], ref)
+        assert_close(out["features"], ref)
         assert out["pre_logits"].shape == (2, R.get(arch).feature_dim)
 
 

@@ -9,18 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from helpers import assert_close
 
 from bt_jax.models import registry as R
 
 MINE = ("resnet50v2", "resnet50", "vgg16", "vgg19", "mobilenet", "densenet121")
-
-
-def _close(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape
-    diff = float(np.max(np.abs(ours - ref)))
-    tol = 1e-4 * max(1.0, float(np.max(np.abs(ref))))
-    assert diff <= tol, f"max abs diff {diff:.3g} > tol {tol:.3g}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,11 +30,11 @@ def _ported(arch, include_top, size):
 def _check_parity(arch, include_top, size):
     ref, _, _, logits, out = _ported(arch, include_top, size)
     if include_top:
-        _close(logits, ref.output)
+        assert_close(logits, ref.output)
     else:
         assert logits is None
-        _close(out["features"], ref.output)
-        _close(out["pre_logits"], ref.output.mean(axis=(1, 2)))
+        assert_close(out["features"], ref.output)
+        assert_close(out["pre_logits"], ref.output.mean(axis=(1, 2)))
 
 
 # The two backbones of the paper's methods run by default; the rest are slow (Keras builds

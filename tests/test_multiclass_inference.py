@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import MODEL_SIZE as SIZE
+from helpers import write_model_dir
 
 from bt_jax import inference
 from bt_jax.config import ConfigError
@@ -24,7 +26,6 @@ from bt_jax.inference import gradcam as explain
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, FlattenHead, Head
 from bt_jax.reporting import evaluation, metrics, multiclass
-from bt_jax.train.checkpoint import Checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import evaluate as evaluate_config  # noqa: E402
@@ -32,10 +33,7 @@ from configs import predict as predict_config  # noqa: E402
 
 pytestmark = pytest.mark.e2e  # whole pipelines: `pytest -m e2e`
 
-SIZE = 32
 CLASSES = ("glioma", "meningioma", "pituitary", "no_tumour")
-PREPROCESS = {"crop": True, "crop_threshold": 45, "crop_margin": 0.02, "equalize": "hist",
-              "clahe_clip": 2.0, "clahe_tiles": 8, "size": SIZE}
 needs_multiclass_eval = pytest.mark.skipif(
     "negative_classes" not in inspect.signature(evaluation.evaluate_split).parameters,
     reason="evaluation.evaluate_split does not take (N, C) probabilities yet (training side)")
@@ -44,8 +42,6 @@ needs_multiclass_eval = pytest.mark.skipif(
 def make_model_dir(root: Path, *, classes=CLASSES, negative_classes=("no_tumour",),
                    head: str = "gap_dense", seed: int = 0, extra=None) -> Path:
     """A workdir as a training pipeline leaves it (model.json + best checkpoint), random init."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     n = len(classes)
     if head == "flatten":
         card_head = {"type": "flatten", "hidden": [8], "dropout": 0.0, "num_classes": n}
@@ -60,17 +56,9 @@ def make_model_dir(root: Path, *, classes=CLASSES, negative_classes=("no_tumour"
     variables = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
     if head != "flatten":
         variables = spread_head(module, variables)
-    Checkpoints(root / "checkpoints" / "finetune").save_best(0, jax.device_get(dict(variables)),
-                                                             0.5)
-    card = {"format": 1, "bt_jax": "0.1.0", "backbone": "efficientnet_lite0",
-            "weights_digest": "random-init", "dtype": "float32", "head": card_head,
-            "preprocess": PREPROCESS, "classes": list(classes),
-            "positive": "" if n > 2 else classes[1], "threshold": 0.5,
-            "checkpoint": "checkpoints/finetune/best", "synthetic": True, **(extra or {})}
-    if n > 2:
-        card["negative_classes"] = list(negative_classes)
-    (root / "model.json").write_text(json.dumps(card, indent=1))
-    return root
+    negative = {"negative_classes": list(negative_classes)} if n > 2 else {}
+    return write_model_dir(root, variables, head=card_head, classes=list(classes),
+                           positive="" if n > 2 else classes[1], **{**(extra or {}), **negative})
 
 
 def spread_head(module, variables):
@@ -100,11 +88,6 @@ def edit_card(src: Path, dst: Path, **changes) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("mc_model"))
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return inference.load_model(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,12 @@
 binary view against a hand computation, and the class settings' errors before any work."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_launch
 
 from bt_jax import config as cfg
 from bt_jax.data import dataset, discover, phantoms
@@ -18,12 +18,6 @@ sys.path.insert(0, str(ROOT))
 from configs import multiclass_search  # noqa: E402
 
 TYPES4 = ("glioma", "meningioma", "no_tumour", "pituitary")
-
-
-def _launch(config, workdir, *overrides):
-    return subprocess.run([sys.executable, str(ROOT / "launch.py"), f"--config={ROOT}/{config}",
-                           f"--workdir={workdir}", *overrides],
-                          capture_output=True, text=True, timeout=1200)
 
 
 def _check_multiclass_report(rep: dict, names, n: int) -> None:
@@ -43,7 +37,7 @@ def _check_multiclass_report(rep: dict, names, n: int) -> None:
 @pytest.fixture(scope="module")
 def search4(tmp_path_factory):
     w = tmp_path_factory.mktemp("types4")
-    r = _launch("configs/multiclass_search.py:quick", w)
+    r = run_launch(config="configs/multiclass_search.py:quick", workdir=w, timeout=1200)
     assert r.returncode == 0, r.stderr[-4000:]
     return w, r
 
@@ -111,10 +105,10 @@ def test_folds_balance_every_class_within_one_image(tmp_path):
 
 @pytest.mark.e2e
 def test_three_class_search_without_a_binary_view(tmp_path):
-    r = _launch("configs/multiclass_search.py:quick", tmp_path,
-                "--config.data.classes=glioma,meningioma,pituitary",
-                "--config.data.negative_classes=()", "--config.eval.cv_repeats=0",
-                "--config.search.nested=True", "--config.search.nested_trials=1")
+    r = run_launch("--config.data.classes=glioma,meningioma,pituitary",
+                   "--config.data.negative_classes=()", "--config.eval.cv_repeats=0",
+                   "--config.search.nested=True", "--config.search.nested_trials=1",
+                   config="configs/multiclass_search.py:quick", workdir=tmp_path, timeout=1200)
     assert r.returncode == 0, r.stderr[-4000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     names = ("glioma", "meningioma", "pituitary")
@@ -139,9 +133,9 @@ def test_three_class_search_without_a_binary_view(tmp_path):
 
 @pytest.mark.e2e
 def test_three_class_staged_end_to_end(tmp_path):
-    r = _launch("configs/vgg19_staged.py:quick", tmp_path,
-                "--config.data.classes=glioma,no_tumour,pituitary", "--config.data.positive=",
-                "--config.data.negative_classes=no_tumour", "--config.augment.balance=augment2a")
+    r = run_launch("--config.data.classes=glioma,no_tumour,pituitary", "--config.data.positive=",
+                   "--config.data.negative_classes=no_tumour", "--config.augment.balance=augment2a",
+                   config="configs/vgg19_staged.py:quick", workdir=tmp_path, timeout=1200)
     assert r.returncode == 0, r.stderr[-4000:]
     rows = json.loads((tmp_path / "stages.json").read_text())
     assert [x["stage"] for x in rows] == ["baseline", "stage1", "final"]
@@ -211,8 +205,8 @@ def test_one_class_folder_and_unknown_negative_class_fail_before_any_work(tmp_pa
     c.data.dir, c.data.negative_classes = str(data), ("healthy",)
     with pytest.raises(cfg.ConfigError, match="healthy"):
         dataset.prepare_dataset(c, tmp_path / "w2", progress=False)
-    r = _launch("configs/multiclass_search.py:quick", tmp_path / "w3",
-                "--config.data.negative_classes=healthy")
+    r = run_launch("--config.data.negative_classes=healthy",
+                   config="configs/multiclass_search.py:quick", workdir=tmp_path / "w3")
     assert r.returncode == 2 and "data.negative_classes" in r.stderr
     assert not (tmp_path / "w3" / "synthetic_phantoms").exists()
     assert not (tmp_path / "w3" / "manifest.json").exists()

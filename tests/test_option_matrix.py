@@ -12,11 +12,10 @@ combination that crashed method A (no augmented copies); the rest are e2e.
 
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_launch
 
 from bt_jax.config import BALANCE
 
@@ -84,7 +83,8 @@ def test_cases_cover_every_pair_of_option_values():
     assert ("none", 2, "search", 0) in cases  # the crash of issue #25, in the default suite
 
 
-def _command(balance, n_cls, pipeline, finetune, workdir):
+def _run(balance, n_cls, pipeline, finetune, workdir):
+    """launch.py on this case's config and flags, to its end."""
     base, _ = CLASSES[n_cls]
     args = ["--config.weights.random_init=True", f"--config.augment.balance={balance}",
             "--config.eval.bootstrap=50", "--config.eval.cv_repeats=1"]
@@ -100,14 +100,12 @@ def _command(balance, n_cls, pipeline, finetune, workdir):
     config = f"{ROOT}/{config}"
     if balance == "multipliers":
         config = _with_multipliers(config, MULTIPLIERS[n_cls], workdir.parent)
-    return [sys.executable, str(ROOT / "launch.py"), f"--config={config}",
-            f"--workdir={workdir}", *args]
+    return run_launch(*args, config=config, workdir=workdir, timeout=1200)
 
 
 @pytest.mark.parametrize("balance,n_cls,pipeline,finetune", list(_cases()))
 def test_option_runs_end_to_end(balance, n_cls, pipeline, finetune, tmp_path):
-    r = subprocess.run(_command(balance, n_cls, pipeline, finetune, tmp_path / "w"),
-                       capture_output=True, text=True, timeout=1200)
+    r = _run(balance, n_cls, pipeline, finetune, tmp_path / "w")
     assert r.returncode == 0, r.stderr[-4000:]
     tmp_path = tmp_path / "w"
     m = json.loads((tmp_path / "metrics.json").read_text())

@@ -8,83 +8,11 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from fast_init import random_variables
+from helpers import MODEL_SIZE as SIZE
+from helpers import head_scan, make_model_dir, write_dicom
 
 from bt_jax import inference, model_card
 from bt_jax.data import scans
-from bt_jax.models import registry as mreg
-from bt_jax.models.heads import Classifier, Head
-from bt_jax.train.checkpoint import Checkpoints
-
-SIZE = 32
-
-
-def make_model_dir(root: Path, *, backbone: str = "efficientnet_lite0", size: int = SIZE,
-                   units: int = 8, seed: int = 0, module=None, variables=None, extra=None) -> Path:
-    """A workdir as the search pipeline leaves it (model.json + best checkpoint), random init."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    if module is None:
-        module = Classifier(backbone=mreg.get(backbone).make(), head=Head(units, 0.0))
-    if variables is None:
-        variables = random_variables(module, size, seed, train=False)
-    ck = Checkpoints(root / "checkpoints" / "finetune")
-    ck.save_best(0, jax.device_get(dict(variables)), 0.5)
-    card = {"format": 1, "bt_jax": "0.1.0", "backbone": backbone, "weights_digest": "random-init",
-            "dtype": "float32", "head": {"type": "gap_dense", "units": units, "dropout": 0.0},
-            "preprocess": {"crop": True, "crop_threshold": 45, "crop_margin": 0.02,
-                           "equalize": "hist", "clahe_clip": 2.0, "clahe_tiles": 8, "size": size},
-            "classes": ["no", "yes"], "positive": "yes", "threshold": 0.5,
-            "checkpoint": "checkpoints/finetune/best", "synthetic": True, **(extra or {})}
-    (root / "model.json").write_text(json.dumps(card, indent=1))
-    return root
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return inference.load_model(model_dir)
-
-
-def _scan(rng, size=64):
-    """A grey head-like image (uint8 2-D)."""
-    img = np.zeros((size, size), np.uint8)
-    cv2.ellipse(img, (size // 2, size // 2), (size // 3, size // 2 - 4), 0, 0, 360,
-                int(rng.integers(120, 220)), -1)
-    img = cv2.add(img, rng.integers(0, 30, img.shape, dtype=np.uint8))
-    return img
-
-
-def write_dicom(path, arr, *, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None,
-                frames=1, pixels=True):
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR image storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.Rows, ds.Columns = arr.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    if pixels:
-        ds.PixelData = np.ascontiguousarray(arr, np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_load_model_matches_direct_apply(model):
@@ -103,7 +31,7 @@ def test_folder_of_1000_images_compiles_once(model, tmp_path):
     folder = tmp_path / "scans"
     folder.mkdir()
     for i in range(1000):   # mixed sizes: preprocessing, not the compiled shape, absorbs them
-        cv2.imwrite(str(folder / f"s{i:04d}.png"), _scan(rng, 48 + 16 * (i % 3)))
+        cv2.imwrite(str(folder / f"s{i:04d}.png"), head_scan(rng, 48 + 16 * (i % 3)))
     files = inference.find_inputs(folder)
     assert len(files) == 1000
     inference.predict_array(model, np.zeros((1, SIZE, SIZE, 3), np.float32), batch_size=64)
@@ -140,11 +68,11 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(model, tmp_path):
     rng = np.random.default_rng(2)
     d = tmp_path / "in"
     d.mkdir()
-    cv2.imwrite(str(d / "good.png"), _scan(rng))
-    write_dicom(d / "good.dcm", _scan(rng).astype(np.uint16) * 8, window=(1000, 2000))
+    cv2.imwrite(str(d / "good.png"), head_scan(rng))
+    write_dicom(d / "good.dcm", head_scan(rng).astype(np.uint16) * 8, window=(1000, 2000))
     (d / "empty.jpg").write_bytes(b"")
     (d / "notes.txt").write_text("hello")
-    data = cv2.imencode(".png", _scan(rng))[1].tobytes()
+    data = cv2.imencode(".png", head_scan(rng))[1].tobytes()
     (d / "truncated.png").write_bytes(data[: len(data) // 2])
     write_dicom(d / "nopixels.dcm", np.zeros((8, 8)), pixels=False)
     write_dicom(d / "multi.dcm", np.zeros((3, 32, 32)), frames=3)
@@ -240,7 +168,7 @@ def test_predict_pipeline_writes_csv_and_gradcam(model_dir, tmp_path, capsys):
     d = tmp_path / "in"
     d.mkdir()
     for i in range(3):
-        cv2.imwrite(str(d / f"s{i}.png"), _scan(rng))
+        cv2.imwrite(str(d / f"s{i}.png"), head_scan(rng))
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     c = predict_config.get_config("quick")
     c.checkpoint, c.inputs, c.explain = str(model_dir), str(d), True
@@ -273,10 +201,10 @@ def test_evaluate_pipeline_maps_classes_and_flags_training_duplicates(model_dir,
     for cls in ("glioma", "meningioma", "notumor"):
         (ext / cls).mkdir(parents=True)
         for i in range(4):
-            cv2.imwrite(str(ext / cls / f"{cls}_{i}.png"), _scan(rng))
+            cv2.imwrite(str(ext / cls / f"{cls}_{i}.png"), head_scan(rng))
     # a file the model's run trained on, disguised in the external set
     train = tmp_path / "train_copy.png"
-    cv2.imwrite(str(train), _scan(rng))
+    cv2.imwrite(str(train), head_scan(rng))
     shutil.copy(train, ext / "glioma" / "seen_before.png")
     wd = tmp_path / "model_run"
     shutil.copytree(model_dir, wd)
@@ -284,7 +212,7 @@ def test_evaluate_pipeline_maps_classes_and_flags_training_duplicates(model_dir,
     # another training image, re-encoded as a smaller JPEG: a near-copy, not byte-identical
     from bt_jax.data import decode
     train2 = tmp_path / "train2.png"
-    cv2.imwrite(str(train2), _scan(rng, 128))
+    cv2.imwrite(str(train2), head_scan(rng, 128))
     cv2.imwrite(str(ext / "glioma" / "reencoded.jpg"), cv2.resize(cv2.imread(str(train2)), (96, 96)),
                 [cv2.IMWRITE_JPEG_QUALITY, 80])
     ph = str(decode.perceptual_hash(decode.decode_file(train2)[0]))
@@ -294,9 +222,10 @@ def test_evaluate_pipeline_maps_classes_and_flags_training_duplicates(model_dir,
         {"file": "yes/train2.png", "sha256": "x", "split": "test", "status": "used", "phash": ph}]}))
     # notebook checkpoint copies are not scans; nested sub-folders of a class are
     (ext / "glioma" / ".ipynb_checkpoints").mkdir()
-    cv2.imwrite(str(ext / "glioma" / ".ipynb_checkpoints" / "glioma_0-checkpoint.png"), _scan(rng))
+    cv2.imwrite(str(ext / "glioma" / ".ipynb_checkpoints" / "glioma_0-checkpoint.png"),
+                head_scan(rng))
     (ext / "notumor" / "site2").mkdir()
-    cv2.imwrite(str(ext / "notumor" / "site2" / "nested.png"), _scan(rng))
+    cv2.imwrite(str(ext / "notumor" / "site2" / "nested.png"), head_scan(rng))
     c = evaluate_config.get_config("quick")
     c.checkpoint, c.inputs = str(wd), str(ext)
     c.external.positive_classes = ("glioma", "meningioma")

@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import scale_worker  # noqa: E402
-from helpers import free_port  # noqa: E402
+from conftest import QUICK_SEARCH  # noqa: E402
+from helpers import free_port, launch_args, run_launch  # noqa: E402
 
 
 def _run_devices(tmp_path, n: int) -> dict:
@@ -104,11 +105,10 @@ def test_processes_other_than_0_write_to_a_private_overlay(tmp_path, monkeypatch
     assert json.loads(card.read_text()) == {"a": 2}
 
 
-def _launch(workdir, *extra):
-    from conftest import QUICK_SEARCH
-    return [sys.executable, str(ROOT / "launch.py"), f"--config={ROOT}/{QUICK_SEARCH[0]}",
-            *QUICK_SEARCH[1:], "--config.pipeline=train", "--config.train.lr=1e-3",
-            "--config.finetune.epochs=2", f"--workdir={workdir}", *extra]
+def _train(*extra) -> tuple:
+    """The quick method A train pipeline's flags (launch_args / run_launch)."""
+    return (*QUICK_SEARCH[1:], "--config.pipeline=train", "--config.train.lr=1e-3",
+            "--config.finetune.epochs=2", *extra)
 
 
 @pytest.mark.slow
@@ -122,14 +122,17 @@ def test_two_processes_equal_one(tmp_path):
     w1, w2 = tmp_path / "one", tmp_path / "two"
     port = free_port()
     procs = [subprocess.Popen(
-        _launch(w2, f"--config.data.dir={data}", f"--config.distributed.coordinator=127.0.0.1:{port}",
-                "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
+        launch_args(*_train(f"--config.data.dir={data}",
+                            f"--config.distributed.coordinator=127.0.0.1:{port}",
+                            "--config.distributed.num_processes=2",
+                            f"--config.distributed.process_id={i}"),
+                    config=QUICK_SEARCH[0], workdir=w2),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert "process 0 of 2; 1 local of 2 devices" in outs[0]
-    one = subprocess.run(_launch(w1, f"--config.data.dir={data}"), cwd=ROOT, capture_output=True,
-                         text=True, timeout=900)
+    one = run_launch(*_train(f"--config.data.dir={data}"), config=QUICK_SEARCH[0], workdir=w1,
+                     cwd=ROOT)
     assert one.returncode == 0, one.stderr[-3000:]
     for name in ("report.md", "model.json", "metrics.json", "report.html"):
         assert (w2 / name).is_file()
@@ -140,8 +143,8 @@ def test_two_processes_equal_one(tmp_path):
     for k in a:
         np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=1e-4, err_msg=k)
     # The two-process checkpoint, relaunched in one process: nothing retrained, same model.
-    again = subprocess.run(_launch(w2, f"--config.data.dir={data}"), cwd=ROOT,
-                           capture_output=True, text=True, timeout=900)
+    again = run_launch(*_train(f"--config.data.dir={data}"), config=QUICK_SEARCH[0], workdir=w2,
+                       cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "fine-tune: resuming after epoch 1" in again.stderr
     c = scale_worker.flat(load_model(w2).variables)

@@ -21,8 +21,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from test_export import tiny_model_dir
-from test_predict import _scan, write_dicom
+from helpers import head_scan, tiny_model_dir, write_dicom
 
 from bt_jax import errors, inference
 from bt_jax.config import ConfigError
@@ -78,7 +77,7 @@ def live(tmp_path_factory):
     """The serve pipeline's server, running in a thread on a free port of 127.0.0.1."""
     d = tiny_model_dir(tmp_path_factory.mktemp("model"))
     rng = np.random.default_rng(11)
-    seen = {"yes/Y1.png": png(_scan(rng, 96)), "no/N1.png": png(_scan(rng, 128))}
+    seen = {"yes/Y1.png": png(head_scan(rng, 96)), "no/N1.png": png(head_scan(rng, 128))}
     training_hashes(d, seen)
     c = serve_config.get_config()
     c.checkpoint, c.port, c.serve.max_upload_mb = str(d), 0, LIMIT_MB
@@ -92,7 +91,7 @@ def live(tmp_path_factory):
 
 
 def test_predict_api_answers_like_predict_and_flags_training_copies(live, tmp_path):
-    scan = png(_scan(np.random.default_rng(3), 80))
+    scan = png(head_scan(np.random.default_rng(3), 80))
     status, j = post(live.url, "a scan.png", scan)
     assert status == 200, j
     assert j["file"] == "a scan.png" and j["status"] == "ok"
@@ -123,7 +122,7 @@ def test_refused_uploads_get_400_json(live):
              "empty.png": (b"", "empty upload"),
              "big.png": (b"\x89PNG" + bytes(too_big), "larger than serve.max_upload_mb"),
              "huge.png": (b"\x89PNG" + bytes(3 * too_big), "larger than serve.max_upload_mb"),
-             "truncated.png": (png(_scan(np.random.default_rng(0)))[:200], "truncated PNG")}
+             "truncated.png": (png(head_scan(np.random.default_rng(0)))[:200], "truncated PNG")}
     for name, (data, message) in cases.items():
         status, j = post(live.url, name, data)
         assert status == 400 and message in j["error"], (name, j)
@@ -133,13 +132,13 @@ def test_refused_uploads_get_400_json(live):
 
 def test_dicom_and_nifti_uploads(live, tmp_path):
     import nibabel as nib
-    arr = (_scan(np.random.default_rng(4), 64).astype(np.uint16) * 16)
+    arr = (head_scan(np.random.default_rng(4), 64).astype(np.uint16) * 16)
     dcm = write_dicom(tmp_path / "s.dcm", arr)
     status, j = post(live.url, "s.dcm", dcm.read_bytes())
     assert status == 200 and j["predicted_class"] in ("no", "yes"), j
     vol = np.zeros((64, 64, 6), np.float32)
     for z in range(1, 5):
-        vol[:, :, z] = _scan(np.random.default_rng(z), 64).T / 255.0
+        vol[:, :, z] = head_scan(np.random.default_rng(z), 64).T / 255.0
     nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
     status, j = post(live.url, "v.nii.gz", (tmp_path / "v.nii.gz").read_bytes())
     assert status == 200, j
@@ -162,7 +161,7 @@ def test_concurrent_requests_share_the_loaded_compiled_model(live, monkeypatch):
         barrier.wait()
         return original(name, data)
     monkeypatch.setattr(live.svc, "predict_upload", together)
-    scan = png(_scan(np.random.default_rng(9), 72))
+    scan = png(head_scan(np.random.default_rng(9), 72))
     answers = queue.Queue()
     threads = [threading.Thread(target=lambda: answers.put(post(live.url, "c.png", scan)))
                for _ in range(3)]
@@ -271,7 +270,7 @@ RESULTS_JS = """[...document.querySelectorAll('.result')].map(r => ({
 
 def test_the_page_in_headless_chromium(live, browser, tmp_path):
     scan, bad = tmp_path / "scan1.png", tmp_path / "notes.txt"
-    scan.write_bytes(png(_scan(np.random.default_rng(21), 88)))
+    scan.write_bytes(png(head_scan(np.random.default_rng(21), 88)))
     bad.write_text("not a scan")
     browser.call("Page.navigate", url=live.url)
     browser.until(f"document.getElementById('model-id').textContent === "
@@ -328,7 +327,7 @@ def test_docs_serve_command_as_typed_then_ctrl_c(quick_search_run, tmp_path):
     assert args[:2] == ["python", "launch.py"]
     proc, url, err = start_serve([str(ROOT / "launch.py"), *args[2:]], tmp_path)
     (tmp_path / "scans").mkdir()
-    cv2.imwrite(str(tmp_path / "scans" / "scan0.png"), _scan(np.random.default_rng(0), 96))
+    cv2.imwrite(str(tmp_path / "scans" / "scan0.png"), head_scan(np.random.default_rng(0), 96))
     if shutil.which("curl"):
         for line in re.findall(r"^curl .*$", (ROOT / "docs" / "serving.md").read_text(), re.M):
             r = subprocess.run(shlex.split(line.replace("http://127.0.0.1:8000/", url)),

@@ -1,7 +1,6 @@
 """Method B: staged unfreezing end to end, and the same stages idea on ResNet50V2."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import jax
 import numpy as np
 import jax.numpy as jnp
 import pytest
+from helpers import run_launch
 
 from bt_jax.config import ConfigError, parse_stage, parse_stages
 from bt_jax.data import discover
@@ -21,11 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs import vgg19_staged  # noqa: E402
 
-
-def _launch(workdir, *overrides):
-    return subprocess.run([sys.executable, str(ROOT / "launch.py"),
-                           f"--config={ROOT}/configs/vgg19_staged.py:quick", f"--workdir={workdir}",
-                           *overrides], capture_output=True, text=True, timeout=900)
+STAGED = "configs/vgg19_staged.py:quick"
 
 
 def _stage_dirs(workdir, i, name):
@@ -34,7 +30,7 @@ def _stage_dirs(workdir, i, name):
 
 @pytest.mark.e2e
 def test_staged_pipeline_quick(tmp_path):
-    r = _launch(tmp_path)
+    r = run_launch(config=STAGED, workdir=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((tmp_path / "stages.json").read_text())
     assert [x["stage"] for x in rows] == ["baseline", "stage1", "final"]
@@ -73,7 +69,7 @@ def test_staged_pipeline_quick(tmp_path):
     np.testing.assert_allclose(probs, [p["p_tumour"] for p in preds], atol=1e-4)
     # A relaunch reloads every finished stage: no epoch runs, no checkpoint file changes.
     before = [discover.folder_fingerprint(tmp_path / d) for d in ("checkpoints", "tensorboard")]
-    r2 = _launch(tmp_path)
+    r2 = run_launch(config=STAGED, workdir=tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert json.loads((tmp_path / "stages.json").read_text()) == rows
     assert [discover.folder_fingerprint(tmp_path / d)
@@ -82,8 +78,9 @@ def test_staged_pipeline_quick(tmp_path):
     # Another lr for stage1: the baseline is reused untouched; stage1 and everything after it
     # retrain in new folders, and the stale ones are never loaded (nor deleted).
     base = discover.folder_fingerprint(_stage_dirs(tmp_path, 0, "baseline")[0])
-    r3 = _launch(tmp_path, "--config.staged.stages='baseline:none:1:3e-4',"
-                           "'stage1:block5_conv3+block5_conv4:1:5e-5','final:all:1:1e-5'")
+    r3 = run_launch("--config.staged.stages='baseline:none:1:3e-4',"
+                    "'stage1:block5_conv3+block5_conv4:1:5e-5','final:all:1:1e-5'",
+                    config=STAGED, workdir=tmp_path)
     assert r3.returncode == 0, r3.stderr[-3000:]
     assert discover.folder_fingerprint(_stage_dirs(tmp_path, 0, "baseline")[0]) == base
     assert len(_stage_dirs(tmp_path, 1, "stage1")) == 2 and len(_stage_dirs(tmp_path, 2, "final")) == 2

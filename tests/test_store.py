@@ -7,6 +7,7 @@ from collections import namedtuple
 
 import numpy as np
 import pytest
+from helpers import run_launch
 
 from bt_jax.data import augment, dataset, decode, store
 
@@ -140,9 +141,6 @@ def test_full_disk_is_one_line_and_exit_3(tmp_path, phantom_dir):
     """A real small file system (tmpfs, root only) too small for the store."""
     import os
     import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a small tmpfs needs root")
     w = tmp_path / "small"
@@ -150,11 +148,9 @@ def test_full_disk_is_one_line_and_exit_3(tmp_path, phantom_dir):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(w)]).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        r = subprocess.run([sys.executable, str(root / "launch.py"),
-                            f"--config={root}/configs/quickstart.py:quick", f"--workdir={w}",
-                            "--config.pipeline=prepare", f"--config.data.dir={phantom_dir}",
-                            "--config.compilation_cache=False"],
-                           capture_output=True, text=True, timeout=300)
+        r = run_launch("--config.pipeline=prepare", f"--config.data.dir={phantom_dir}",
+                       "--config.compilation_cache=False", config="configs/quickstart.py:quick",
+                       workdir=w, timeout=300)
     finally:
         subprocess.run(["umount", "-l", str(w)])
     err = [ln for ln in r.stderr.splitlines() if not ln[:1] in "IWE" or ln.startswith("error")]

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import run_launch
 
 from bt_jax.data import dataset, discover, volumes
 
@@ -114,16 +115,10 @@ def test_predict_reads_a_volume_as_its_slices(tmp_path):
 def test_a_folder_of_volumes_trains_and_predicts(tmp_path):
     """Method A on NIfTI volumes as users launch it, then predict on one volume."""
     import csv
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
     data = write_folder(tmp_path / "data", n_per_class=8, seed=4)
 
     def launch(config, workdir, *extra):
-        r = subprocess.run([sys.executable, str(root / "launch.py"),
-                            f"--config={root}/configs/{config}", f"--workdir={workdir}", *extra],
-                           capture_output=True, text=True, timeout=900)
+        r = run_launch(*extra, config=f"configs/{config}", workdir=workdir)
         assert r.returncode == 0, r.stderr[-3000:]
     launch("quickstart.py:quick", tmp_path / "w", f"--config.data.dir={data}",
            "--config.weights.random_init=True")
