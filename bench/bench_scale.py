@@ -169,8 +169,9 @@ def run_one(name: str, data_args: list[str], workdir: Path, dry: bool) -> dict:
                                               **stage_lines(search["log"])}}}
 
 
-STAGES_1_EPOCH = ("baseline:none:1:3e-4,stage1:block5_conv3+block5_conv4:1:1e-4,"
-                  "stage2:block5:1:5e-5,stage3:block4+block5:1:2e-5,final:all:1:1e-5")
+STAGES_1_EPOCH = ",".join(f"'{s}'" for s in (   # a tuple of strings on the command line
+    "baseline:none:1:3e-4", "stage1:block5_conv3+block5_conv4:1:1e-4", "stage2:block5:1:5e-5",
+    "stage3:block4+block5:1:2e-5", "final:all:1:1e-5"))
 
 
 def run_training(kind: str, n: int, root: Path, dry: bool) -> dict:
