@@ -162,13 +162,11 @@ def train_module(spec, head: str = "top", depthwise: str = "auto", pointwise: st
     (include_top) with 2 classes; "flatten" = method B's Flatten head (configs/vgg19_staged.py:
     Flatten -> staged.head_hidden -> 2, dropout staged.head_dropout) on the last feature map."""
     from bt_jax.config import base_config
-    from bt_jax.models import registry
     from bt_jax.models.heads import Classifier, FlattenHead
     if head == "top":
-        return registry.make_module(spec, include_top=True, num_classes=2, depthwise=depthwise,
-                                    pointwise=pointwise)
+        return spec.make(include_top=True, num_classes=2, depthwise=depthwise, pointwise=pointwise)
     staged = base_config().staged
-    return Classifier(backbone=registry.make_module(spec, depthwise=depthwise, pointwise=pointwise),
+    return Classifier(backbone=spec.make(depthwise=depthwise, pointwise=pointwise),
                       head=FlattenHead(hidden=tuple(staged.head_hidden), dropout=staged.head_dropout,
                                        num_classes=2), head_input="features")
 

@@ -45,7 +45,7 @@ def child(a) -> None:
     mesh = sharding.data_mesh(devices)
     spec = registry.get(a.model)
     dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
-    model = Classifier(backbone=registry.make_module(spec, dtype=dtype), head=Head(256, 0.5))
+    model = Classifier(backbone=spec.make(dtype=dtype), head=Head(256, 0.5))
     variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, a.size, a.size, 3))))(jax.random.PRNGKey(0))
     labels = partitions.trainable_labels(variables["params"], spec, "all")
     tx = partitions.make_tx(labels, lr=1e-5)

@@ -221,14 +221,16 @@ def _schema_comments() -> dict[str, str]:
 
 def _allowed() -> dict[str, tuple]:
     from bt_jax.config import schema
+    from bt_jax.models import common, depthwise, registry
     return {"pipeline": schema.PIPELINES, "preprocess.equalize": schema.EQUALIZE,
             "augment.balance": schema.BALANCE, "search.allocation": schema.ALLOCATIONS,
             "train.optimizer": schema.OPTIMIZERS, "staged.optimizer": schema.OPTIMIZERS,
             "search.optimizers": schema.OPTIMIZERS, "data.store_dtype": schema.STORE_DTYPES,
             "model.name": schema.BACKBONES + ("recipes: backbones and " +
-                                              "/".join(schema.RECIPE_OPTIONS) + " joined by +",),
+                                              "/".join(registry.RECIPE_OPTIONS) + " joined by +",),
             "search.backbones": schema.BACKBONES, "export.platforms": schema.EXPORT_PLATFORMS,
-            "finetune.schedule": schema.SCHEDULES}
+            "finetune.schedule": schema.SCHEDULES, "model.dtype": tuple(common.DTYPES),
+            "model.depthwise": depthwise.IMPLS}
 
 
 def config_table() -> str:

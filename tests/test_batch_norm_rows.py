@@ -12,7 +12,7 @@ from bt_jax.models import registry
 
 
 def test_statistics_over_the_real_rows_alone():
-    model = registry.make_module(registry.get("mobilenet"))
+    model = registry.get("mobilenet").make()
     v = random_variables(model, 32, seed=1)
     real = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
     padded = jnp.concatenate([real, jnp.ones((2, 32, 32, 3))])    # two padding rows

@@ -20,11 +20,11 @@ SIZE = 64
 
 
 def test_recipe_names_are_validated_with_the_key_and_the_part():
-    assert cfg.split_recipe(f"{L1}+early+{L0}+flip") == ((L1, L0), ("flip", "early"))
+    assert mreg.split_recipe(f"{L1}+early+{L0}+flip") == ((L1, L0), ("flip", "early"))
     for bad, why in ((f"{L0}+flp", r"unknown part\(s\) \['flp'\]"), (f"{L0}+{L0}", "repeats"),
                      ("flip+early", "no backbone")):
         with pytest.raises(ValueError, match=why):
-            cfg.split_recipe(bad)
+            mreg.split_recipe(bad)
     c = cfg.base_config()
     c.search.backbones = (L0, f"{L0}+vgg99")
     with pytest.raises(cfg.ConfigError, match=r"config.search.backbones.*'vgg99'"):
@@ -62,17 +62,17 @@ def _branch(variables, name):
 
 def test_stack_concatenates_resized_flipped_and_early_features():
     x = jax.random.uniform(jax.random.PRNGKey(0), (3, SIZE, SIZE, 3))
-    stack = mreg.make_module(mreg.get(f"{L0}+{L1}"))
+    stack = mreg.get(f"{L0}+{L1}").make()
     v = random_variables(stack, SIZE, 1)
     out = _apply(stack, v, x)
-    lite0, lite1 = (mreg.make_module(mreg.get(n)) for n in (L0, L1))
+    lite0, lite1 = (mreg.get(n).make() for n in (L0, L1))
     x0 = jax.image.resize(x, (3, 60, 60, 3), "linear", antialias=True)   # 64 * 224 / 240
     want = np.concatenate([_apply(lite0, _branch(v, L0), x0)["pre_logits"],
                            _apply(lite1, _branch(v, L1), x)["pre_logits"]], axis=1)
     assert out["pre_logits"].shape == (3, 2560)
     np.testing.assert_allclose(out["pre_logits"], want, rtol=1e-5, atol=1e-5)
 
-    flip_early = mreg.make_module(mreg.get(f"{L0}+flip+early"))
+    flip_early = mreg.get(f"{L0}+flip+early").make()
     v0 = random_variables(flip_early, SIZE, 2)
     got = _apply(flip_early, v0, x)
     a, b = (_apply(lite0, _branch(v0, L0), xi) for xi in (x, x[:, :, ::-1]))
@@ -87,7 +87,7 @@ def test_stack_concatenates_resized_flipped_and_early_features():
 
 def test_gradcam_of_a_recipe_follows_the_model():
     spec = mreg.get(f"{L0}+{L1}+early")
-    model = Classifier(backbone=mreg.make_module(spec), head=Head(8, 0.0, 1))
+    model = Classifier(backbone=spec.make(), head=Head(8, 0.0, 1))
     v = random_variables(model, SIZE, 3)
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, SIZE, SIZE, 3))
     cams, probs = gradcam.gradcam(model, v, np.asarray(x), batch_size=2)
@@ -112,7 +112,7 @@ def test_one_map_gradcam_is_unchanged_by_the_multi_map_path():
 
 def test_staged_selectors_reach_one_branch():
     spec = mreg.get(f"{L0}+{L1}")
-    v = random_variables(mreg.make_module(spec), SIZE)
+    v = random_variables(spec.make(), SIZE)
     labels = partitions.trainable_labels({"backbone": v["params"], "head": {"w": 0}}, spec,
                                          [f"{L1}_block7"])
     flat = traverse_util.flatten_dict(labels["backbone"])

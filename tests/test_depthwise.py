@@ -98,7 +98,7 @@ def test_backbone_parameters_do_not_depend_on_impl(name, size):
     x = jnp.zeros((1, size, size, 3))
     trees = {}
     for impl in ("shift", "conv"):
-        model = R.make_module(spec, include_top=True, depthwise=impl)
+        model = spec.make(include_top=True, depthwise=impl)
         shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
         trees[impl] = {k: (v.shape, v.dtype) for k, v in traverse_util.flatten_dict(shapes).items()}
     assert trees["shift"] == trees["conv"]

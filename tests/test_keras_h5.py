@@ -107,16 +107,16 @@ def test_truncated_file(tmp_path):
     with pytest.raises(KerasH5Error, match="truncated"):
         read_keras_h5(path)
     with pytest.raises(KerasH5Error, match="truncated"):
-        R.get("vgg19").port_keras(path, _template("vgg19"))
+        R.get("vgg19").port(path, _template("vgg19"))
 
 
 def test_wrong_architecture_names_the_tensors():
     # VGG16 lacks VGG19's fourth conv of blocks 3-5
     with pytest.raises(PortError, match=r"(?s)vgg19.*no tensor in the file.*block3_conv4/kernel"):
-        R.get("vgg19").port_keras(_h5("vgg16"), _template("vgg19"))
+        R.get("vgg19").port(_h5("vgg16"), _template("vgg19"))
     with pytest.raises(PortError,
                        match=r"(?s)270 file tensors have no model parameter.*conv2_block1_1_bn/mean"):
-        R.get("vgg19").port_keras(_h5("resnet50v2", True), _template("vgg19"))
+        R.get("vgg19").port(_h5("resnet50v2", True), _template("vgg19"))
 
 
 def test_missing_layer(tmp_path):
@@ -125,18 +125,18 @@ def test_missing_layer(tmp_path):
     with h5py.File(path, "a") as f:
         del f["block5_conv3"]
     with pytest.raises(KerasH5Error, match="'block5_conv3' is listed in layer_names but has no group"):
-        R.get("vgg19").port_keras(path, _template("vgg19"))
+        R.get("vgg19").port(path, _template("vgg19"))
     with h5py.File(path, "a") as f:   # now also unlisted: a consistent file short of one layer
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["layer_names"]]
         f.attrs["layer_names"] = [n.encode() for n in names if n != "block5_conv3"]
     with pytest.raises(PortError, match=r"2 model parameters have no tensor.*block5_conv3/bias, "
                                         r"params/block5_conv3/kernel"):
-        R.get("vgg19").port_keras(path, _template("vgg19"))
+        R.get("vgg19").port(path, _template("vgg19"))
 
 
 def test_port_fills_every_tensor_from_the_file():
     path = _h5("vgg19")
-    variables = R.get("vgg19").port_keras(path, _template("vgg19"))
+    variables = R.get("vgg19").port(path, _template("vgg19"))
     layers = {k: dict(v) for k, v in read_keras_h5(path).items()}
     np.testing.assert_array_equal(variables["params"]["block5_conv4"]["kernel"],
                                   layers["block5_conv4"]["block5_conv4/kernel"])
@@ -150,10 +150,10 @@ def test_top_file_into_notop_model_and_back():
     with_top = _template("resnet50v2", include_top=True)
     notop = {"params": {k: v for k, v in with_top["params"].items() if k != "predictions"},
              "batch_stats": with_top["batch_stats"]}
-    variables = spec.port_keras(top_file, notop)                         # classifier dropped
+    variables = spec.port(top_file, notop)                         # classifier dropped
     assert "predictions" not in variables["params"]
     template = _template("vgg19", include_top=True)   # notop file: only the classifier is excused
-    variables = R.get("vgg19").port_keras(_h5("vgg19"), template)
+    variables = R.get("vgg19").port(_h5("vgg19"), template)
     np.testing.assert_array_equal(variables["params"]["fc1"]["kernel"], template["params"]["fc1"]["kernel"])
     assert not np.array_equal(variables["params"]["block1_conv1"]["kernel"],
                               template["params"]["block1_conv1"]["kernel"])

@@ -9,10 +9,10 @@ PKG = Path(__file__).resolve().parents[1] / "bt_jax"
 LAYERS = [
     ("bt_jax.errors", "bt_jax.io", "bt_jax.compilation", "bt_jax.hugepages", "bt_jax.stages",
      "bt_jax.console"),
-    ("bt_jax.config",),
     ("bt_jax.porting",),
-    ("bt_jax.data",),
     ("bt_jax.models",),
+    ("bt_jax.config",),         # above models: its allowed names are the registry's
+    ("bt_jax.data",),
     ("bt_jax.weights",),
     ("bt_jax.sharding", "bt_jax.features"),
     ("bt_jax.train",),

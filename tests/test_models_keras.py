@@ -22,7 +22,7 @@ def _ported(arch, include_top, size):
 
     ref = reference(arch, include_top, size)
     model, variables = template(arch, include_top, size)
-    variables = R.get(arch).port_keras(ref.h5_path, variables)
+    variables = R.get(arch).port(ref.h5_path, variables)
     logits, out = jax.jit(functools.partial(model.apply, train=False))(variables, ref.x01)
     return ref, model, variables, logits, out
 
@@ -83,7 +83,8 @@ def test_contract_shapes_and_groups(arch):
     groups = jax.tree_util.tree_leaves(R.layer_groups(variables, spec))
     coarse = {R.coarse_group(spec, g) for g in groups}
     assert [g for g in spec.groups if g in coarse] == list(spec.groups), "every group is used"
-    assert spec.keras_files["notop"].endswith(".h5") and spec.keras_files["top"].endswith(".h5")
+    assert spec.source().filename.endswith(".h5") and not spec.source().has_top
+    assert spec.source(include_top=True).filename.endswith(".h5") and spec.source(True).has_top
     # train mode traces and updates exactly the batch statistics it was given
     model = spec.make(include_top=True)
     _, updates = jax.eval_shape(functools.partial(model.apply, train=True, mutable=["batch_stats"]),

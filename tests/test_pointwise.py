@@ -72,8 +72,8 @@ def test_two_settings_are_two_programs():
     assert "convolution" in text["conv"]
     # a whole backbone built with each setting: two different programs from one spec
     spec = R.get("mobilenet")
-    lowered = {impl: jax.jit(R.make_module(spec, pointwise=impl).apply).lower(
-        random_variables(R.make_module(spec), 32), jnp.ones((1, 32, 32, 3))).as_text()
+    lowered = {impl: jax.jit(spec.make(pointwise=impl).apply).lower(
+        random_variables(spec.make(), 32), jnp.ones((1, 32, 32, 3))).as_text()
         for impl in ("dot", "conv")}
     assert lowered["dot"].count("convolution") < lowered["conv"].count("convolution")
 
@@ -91,11 +91,11 @@ def test_bfloat16_computes_in_bfloat16():
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50v2", "xception"])
 def test_backbones_give_the_same_features_either_way(name):
     spec = R.get(name)
-    v = random_variables(R.make_module(spec), 96, seed=3)
+    v = random_variables(spec.make(), 96, seed=3)
     x = jax.random.uniform(jax.random.PRNGKey(4), (2, 96, 96, 3))
     out = {}
     for impl in ("dot", "conv"):
-        model = R.make_module(spec, pointwise=impl)
+        model = spec.make(pointwise=impl)
         out[impl] = np.asarray(jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)[1][
             "pre_logits"])(v, x))
     scale = np.abs(out["conv"]).max()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ml_collections
 
 from bt_jax.config.parse import class_map, class_multipliers, parse_stages
+from bt_jax.models import depthwise
+from bt_jax.models.common import DTYPES
 from bt_jax.config.schema import (
     ALLOCATIONS,
     BACKBONES,
@@ -301,10 +303,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                             f"{c.model.name!r} is a feature recipe (method A only)")
     check_search(c.search)
     _check_training(c)
-    if c.model.dtype not in ("float32", "bfloat16"):
-        _fail("model.dtype", f"expected 'float32' or 'bfloat16', got {c.model.dtype!r}")
-    if c.model.depthwise not in ("auto", "shift", "conv"):
-        _fail("model.depthwise", f"expected 'auto', 'shift' or 'conv', got {c.model.depthwise!r}")
+    if c.model.dtype not in DTYPES:
+        _fail("model.dtype", f"expected one of {tuple(DTYPES)}, got {c.model.dtype!r}")
+    if c.model.depthwise not in depthwise.IMPLS:
+        _fail("model.depthwise", f"expected one of {depthwise.IMPLS}, got {c.model.depthwise!r}")
     if not 0 < c.eval.ci < 1:
         _fail("eval.ci", f"expected (0, 1), got {c.eval.ci}")
     _check_threshold(c.threshold)

@@ -1,7 +1,7 @@
-"""Every config key with its default (`base_config`), the names it accepts, and recipes.
+"""Every config key with its default (`base_config`) and the names it accepts.
 
     c = schema.base_config()
-    backbones, options = schema.split_recipe("efficientnet_lite1+flip")
+    schema.BACKBONES        # the backbones' names, from their family modules (models/registry.py)
 
 Re-exported by `bt_jax.config`; validation lives in `config/checks.py`.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from bt_jax.errors import UserError
+from bt_jax.models import registry
 
 PIPELINES = ("prepare", "search", "train", "staged", "predict", "evaluate", "serve", "export")
 EQUALIZE = ("none", "hist", "clahe")
@@ -20,15 +21,9 @@ BALANCE = ("none", "augment2a", "multipliers")
 ALLOCATIONS = ("auto", "exact", "space", "bucket")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "warmup_cosine")  # finetune.schedule
-BACKBONES = (
-    "resnet50v2", "resnet50", "vgg16", "vgg19", "mobilenet", "densenet121",
-    "efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
-    "xception", "inceptionv3",
-)
-# Feature recipes: backbone names and options joined by '+', e.g.
-# "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2" (features concatenated) or
-# "efficientnet_lite1+flip+early" (models/composite.py). Anywhere a backbone is named.
-RECIPE_OPTIONS = ("flip", "early")
+# Anywhere a backbone is named, a feature recipe of them may be ('+'-joined with options,
+# models/registry.py's RECIPE_OPTIONS: "efficientnet_lite1+flip+early").
+BACKBONES = tuple(registry.BACKBONES)
 
 
 # Keys that moved: the old name in a config file or on the command line is one line naming
@@ -43,23 +38,10 @@ class ConfigError(UserError, ValueError):
     """A config value is unknown, out of range or inconsistent; the message names the key."""
 
 
-def split_recipe(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(backbones, options) of a backbone name or feature recipe ('+'-joined): ValueError
-    naming the part that is neither a backbone nor an option, a repeat, or no backbone."""
-    parts = name.split("+")
-    bad = [p for p in parts if p not in BACKBONES and p not in RECIPE_OPTIONS]
-    if bad or len(set(parts)) != len(parts):
-        raise ValueError(f"backbone {name!r}: {'unknown part(s) ' + str(bad) if bad else 'a part repeats'}"
-                         f"; expected backbones {BACKBONES} and options {RECIPE_OPTIONS} joined by '+'")
-    backbones = tuple(p for p in parts if p in BACKBONES)
-    if not backbones:
-        raise ValueError(f"backbone {name!r}: no backbone among its parts")
-    return backbones, tuple(o for o in RECIPE_OPTIONS if o in parts)
-
-
 def recipe_error(name: str) -> str | None:
+    """Why `name` is neither a backbone nor a feature recipe of them, or None."""
     try:
-        split_recipe(name)
+        registry.split_recipe(name)
     except ValueError as e:
         return str(e)
     return None
@@ -125,8 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "efficientnet_lite0"   # one of BACKBONES
-    c.model.dtype = "float32"             # compute dtype: "float32" | "bfloat16"
-    c.model.depthwise = "auto"            # depthwise convs: "shift" (fast on CPU) | "conv" | "auto"
+    c.model.dtype = "float32"             # compute dtype (models/common.py DTYPES; parameters stay float32)
+    c.model.depthwise = "auto"            # depthwise convs: "shift" is fast on CPU, "auto" picks it there
 
     c.weights = ml_collections.ConfigDict()
     c.weights.path = ""                   # explicit weight file; empty: cache -> package -> download

@@ -32,6 +32,7 @@ from bt_jax.config import ConfigError
 from bt_jax.data import preprocess
 from bt_jax.model_card import ModelCardError, binary_validation, read_card
 from bt_jax.models import registry as mreg
+from bt_jax.models.common import DTYPES
 from bt_jax.models.heads import Classifier, FlattenHead, Head, class_probs
 from bt_jax.reporting import metrics, multiclass
 from bt_jax.sharding import data_mesh
@@ -145,9 +146,8 @@ def check_classes(card: dict, where: str) -> None:
 def build_module(card: dict, depthwise: str = "auto", pointwise: str = "auto") -> Classifier:
     """The card's model; `depthwise` (config.model.depthwise) and `pointwise` (how 1x1
     convolutions are computed) are runtime choices, not the card's."""
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[card.get("dtype", "float32")]
-    spec = mreg.get(card["backbone"])
-    backbone = mreg.make_module(spec, dtype=dtype, depthwise=depthwise, pointwise=pointwise)
+    backbone = mreg.get(card["backbone"]).make(dtype=DTYPES[card.get("dtype", "float32")],
+                                               depthwise=depthwise, pointwise=pointwise)
     h = card["head"]
     if h["type"] == "flatten":  # method B
         return Classifier(backbone=backbone,

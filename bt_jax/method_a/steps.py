@@ -29,7 +29,7 @@ from bt_jax.train import finetune, head
 from bt_jax.train.checkpoint import open_checkpoints
 from bt_jax.train.folds import FoldArrays, make_fold_arrays, row_sources
 from bt_jax.weights import load
-from bt_jax.weights import registry as wreg
+from bt_jax.weights import files as wreg
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,17 @@ import numpy as np
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
-PREPROCESS_MODES = ("caffe", "tf", "torch")
+PREPROCESS_MODES = ("caffe", "tf", "torch", "lite")
+# config.model.dtype -> the backbones' compute dtype (parameters stay float32)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def preprocess(x, mode: str):
     """Map RGB images in [0, 1] to a backbone's input convention (float32).
 
     caffe: RGB->BGR on 0..255 minus the ImageNet BGR mean (VGG, ResNet50 v1);
-    tf: [-1, 1] (ResNet50V2, MobileNet); torch: ImageNet mean/std on [0, 1] (DenseNet).
+    tf: [-1, 1] (ResNet50V2, MobileNet); torch: ImageNet mean/std on [0, 1] (DenseNet);
+    lite: (x - 127) / 128 on 0..255 (TF's efficientnet_lite_builder; EfficientNet-Lite).
     """
     x = jnp.asarray(x, jnp.float32)
     if mode == "caffe":
@@ -42,6 +45,8 @@ def preprocess(x, mode: str):
         return x * 2.0 - 1.0
     if mode == "torch":
         return (x - jnp.asarray(_TORCH_MEAN, jnp.float32)) / jnp.asarray(_TORCH_STD, jnp.float32)
+    if mode == "lite":
+        return (x - 127.0 / 255.0) / (128.0 / 255.0)
     raise ValueError(f"unknown preprocess mode {mode!r}; expected one of {PREPROCESS_MODES}")
 
 

@@ -1,6 +1,6 @@
 """DenseNet121 in Flax, Keras 3 layer names, ImageNet mean/std ("torch") input convention.
 
-    model = DenseNet121()
+    model = registry.get("densenet121").make()
     variables = port_densenet121_keras("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
                                        model.init(rng, jnp.zeros((1, 224, 224, 3))))
     logits, out = model.apply(variables, images01)         # out["pre_logits"]: (B, 1024)
@@ -8,7 +8,8 @@
 The official files come from Keras 2, whose stem layers were 'conv1/conv' and 'conv1/bn';
 the port maps '/' to '_' (Keras 3's 'conv1_conv'). Layer groups: "conv1", "conv2", "pool2",
 "conv3", "pool3", "conv4", "pool4", "conv5", "bn" (final BN), "top"; fine names are the
-Keras layer names ('conv5_block16_2_conv') and 'top_predictions'.
+Keras layer names ('conv5_block16_2_conv') and 'top_predictions'. `SPECS`: its sizes,
+input convention, groups, weight files and port.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
+from bt_jax.models.spec import KERAS_APPLICATIONS, BackboneSpec, keras_tf_sources
 from bt_jax.porting.keras_h5 import port_keras
 
 _EPS = 1.001e-5
@@ -30,6 +32,7 @@ KERAS_TOP = ("predictions",)
 
 class DenseNet(nn.Module):
     """Keras-compatible DenseNet (121: blocks (6, 12, 24, 16)). Returns (logits | None, out)."""
+    preprocess: str                # input convention (common.preprocess): the spec's
     blocks: Sequence[int] = (6, 12, 24, 16)
     include_top: bool = False
     num_classes: int = 1000
@@ -45,7 +48,7 @@ class DenseNet(nn.Module):
             return C.batch_norm(name, train, eps=_EPS, dtype=dt, rows=rows)
 
         out = {}
-        x = C.preprocess(x, "torch").astype(dt)
+        x = C.preprocess(x, self.preprocess).astype(dt)
         x = conv(64, 7, 2, name="conv1_conv")(C.pad(x, 3))
         x = nn.relu(bn("conv1_bn")(x))
         x = C.max_pool(C.pad(x, 1), 3, 2)
@@ -74,9 +77,6 @@ class DenseNet(nn.Module):
         return logits, out
 
 
-DenseNet121 = functools.partial(DenseNet, blocks=(6, 12, 24, 16))
-
-
 def layer_group(path: Sequence[str]) -> str:
     """Finest group: the Keras 3 layer name ('conv5_block16_2_conv', 'pool4_conv', 'bn');
     the classifier is 'top_predictions'."""
@@ -87,3 +87,16 @@ def layer_group(path: Sequence[str]) -> str:
 def port_densenet121_keras(h5_path, variables_template):
     """DenseNet121 from densenet121_weights_tf_dim_ordering_tf_kernels[_notop].h5."""
     return port_keras(h5_path, variables_template, arch="densenet121", top_layers=KERAS_TOP)
+
+
+SPECS = (
+    BackboneSpec(
+        name="densenet121", module=functools.partial(DenseNet, blocks=(6, 12, 24, 16)),
+        default_size=224, feature_dim=1024, preprocess="torch",
+        groups=("conv1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4", "conv5", "bn",
+                "top"),
+        layer_group=layer_group, port=port_densenet121_keras,
+        sources=keras_tf_sources(KERAS_APPLICATIONS + "densenet/", "densenet121",
+                                 "30ee3e1110167f948a6b9946edeeb738",
+                                 "9d60b8095a5708f2dcce2bca79d332c7")),
+)

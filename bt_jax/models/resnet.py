@@ -1,6 +1,6 @@
 """ResNet50 (v1, Keras "caffe" input) and ResNet50V2 (pre-activation, [-1, 1] input) in Flax.
 
-    model = ResNet50V2()                                   # or ResNet50(include_top=True)
+    model = registry.get("resnet50v2").make()              # or "resnet50", include_top=True
     variables = port_resnet50v2_keras("resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
                                       model.init(rng, jnp.zeros((1, 224, 224, 3))))
     logits, out = model.apply(variables, images01)         # out["pre_logits"]: (B, 2048)
@@ -8,6 +8,7 @@
 Layer names are the Keras ones (`conv1_conv`, `conv2_block1_preact_bn`, ..., `post_bn`,
 `predictions`), so the port is a name look-up. Layer groups: the stage prefix of the
 layer name ("conv1" .. "conv5", "post" for v2's final BN, "top" for the classifier).
+`SPECS`: both backbones' sizes, input convention, groups, weight files and port.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
+from bt_jax.models.spec import KERAS_APPLICATIONS, BackboneSpec, keras_tf_sources
 from bt_jax.porting.keras_h5 import port_keras
 
 _EPS = 1.001e-5          # Keras ResNet BatchNorm epsilon (not the 1e-3 default)
@@ -63,6 +65,7 @@ def _block_v2(x, filters, stride, conv_shortcut, name, train, rows, dtype, point
 
 class ResNet(nn.Module):
     """Keras-compatible ResNet; `preact=True` is ResNetV2. Returns (logits | None, out)."""
+    preprocess: str                # input convention (common.preprocess): the spec's
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
     preact: bool = True
     include_top: bool = False
@@ -74,7 +77,7 @@ class ResNet(nn.Module):
     def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
         out = {}
-        x = C.preprocess(x, "tf" if self.preact else "caffe").astype(dt)
+        x = C.preprocess(x, self.preprocess).astype(dt)
         x = C.conv(64, 7, 2, name="conv1_conv", dtype=dt, pointwise=self.pointwise)(C.pad(x, 3))
         if not self.preact:
             x = nn.relu(C.batch_norm("conv1_bn", train, eps=_EPS, dtype=dt, rows=rows)(x))
@@ -104,9 +107,6 @@ class ResNet(nn.Module):
         return logits, out
 
 
-ResNet50 = functools.partial(ResNet, preact=False)
-ResNet50V2 = functools.partial(ResNet, preact=True)
-
 KERAS_TOP = ("predictions",)
 
 
@@ -126,3 +126,22 @@ def port_resnet50_keras(h5_path, variables_template):
     """ResNet50 v1 from resnet50_weights_tf_dim_ordering_tf_kernels[_notop].h5 (the
     keras-applications/resnet/ files, whose layers are named like Keras' resnet.py)."""
     return port_keras(h5_path, variables_template, arch="resnet50", top_layers=KERAS_TOP)
+
+
+_GROUPS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+SPECS = (
+    BackboneSpec(
+        name="resnet50v2", module=functools.partial(ResNet, preact=True), default_size=224,
+        feature_dim=2048, preprocess="tf", groups=_GROUPS + ("post", "top"),
+        layer_group=layer_group, port=port_resnet50v2_keras,
+        sources=keras_tf_sources(KERAS_APPLICATIONS + "resnet/", "resnet50v2",
+                                 "fac2f116257151a9d068a22e544a4917",
+                                 "3ef43a0b657b3be2300d5770ece849e0")),
+    BackboneSpec(
+        name="resnet50", module=functools.partial(ResNet, preact=False), default_size=224,
+        feature_dim=2048, preprocess="caffe", groups=_GROUPS + ("top",),
+        layer_group=layer_group, port=port_resnet50_keras,
+        sources=keras_tf_sources(KERAS_APPLICATIONS + "resnet/", "resnet50",
+                                 "4d473c1dd8becc155b73f8504c6f6626",
+                                 "2cb95161c43110f7111970584f804107")),
+)

@@ -1,12 +1,13 @@
 """VGG16 / VGG19 in Flax, Keras layer names, Keras "caffe" input convention applied inside.
 
-    model = VGG19()                                        # include_top=True needs 224x224
+    model = registry.get("vgg19").make()                   # include_top=True needs 224x224
     variables = port_vgg19_keras("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
                                  model.init(rng, jnp.zeros((1, 224, 224, 3))))
     logits, out = model.apply(variables, images01)         # out["features"]: block5_pool
 
 Layer groups: "block1".."block5" (with fine names such as "block5_conv3") and "top"
-("top_fc1", "top_fc2", "top_predictions").
+("top_fc1", "top_fc2", "top_predictions"). `SPECS`: both backbones' sizes, input
+convention, groups, weight files and port.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import common as C
+from bt_jax.models.spec import KERAS_APPLICATIONS, BackboneSpec, keras_tf_sources
 from bt_jax.porting.keras_h5 import port_keras
 
 _WIDTHS = (64, 128, 256, 512, 512)
@@ -28,6 +30,7 @@ KERAS_TOP = ("fc1", "fc2", "predictions")
 
 class VGG(nn.Module):
     """Keras-compatible VGG; `depth` 16 or 19. Returns (logits | None, out)."""
+    preprocess: str                # input convention (common.preprocess): the spec's
     depth: int = 16
     include_top: bool = False
     num_classes: int = 1000
@@ -40,7 +43,7 @@ class VGG(nn.Module):
             raise ValueError(f"VGG depth must be one of {sorted(CONVS_PER_BLOCK)}, got {self.depth}")
         dt = self.dtype
         out = {}
-        x = C.preprocess(x, "caffe").astype(dt)
+        x = C.preprocess(x, self.preprocess).astype(dt)
         for b, (n, width) in enumerate(zip(CONVS_PER_BLOCK[self.depth], _WIDTHS), start=1):
             for c in range(1, n + 1):
                 x = nn.relu(C.conv(width, 3, 1, name=f"block{b}_conv{c}", dtype=dt,
@@ -63,10 +66,6 @@ class VGG(nn.Module):
         return logits, out
 
 
-VGG16 = functools.partial(VGG, depth=16)
-VGG19 = functools.partial(VGG, depth=19)
-
-
 def layer_group(path: Sequence[str]) -> str:
     """Finest group: the Keras layer name ('block5_conv3'); classifier layers 'top_<name>'."""
     layer = C.layer_of(path)
@@ -81,3 +80,22 @@ def port_vgg16_keras(h5_path, variables_template):
 def port_vgg19_keras(h5_path, variables_template):
     """VGG19 from vgg19_weights_tf_dim_ordering_tf_kernels[_notop].h5."""
     return port_keras(h5_path, variables_template, arch="vgg19", top_layers=KERAS_TOP)
+
+
+GROUPS = ("block1", "block2", "block3", "block4", "block5", "top")
+SPECS = (
+    BackboneSpec(
+        name="vgg16", module=functools.partial(VGG, depth=16), default_size=224,
+        feature_dim=512, preprocess="caffe", groups=GROUPS, layer_group=layer_group,
+        port=port_vgg16_keras,
+        sources=keras_tf_sources(KERAS_APPLICATIONS + "vgg16/", "vgg16",
+                                 "6d6bbae143d832006294945121d1f1fc",
+                                 "64373286793e3c8b2b4e3219cbf3544b")),
+    BackboneSpec(
+        name="vgg19", module=functools.partial(VGG, depth=19), default_size=224,
+        feature_dim=512, preprocess="caffe", groups=GROUPS, layer_group=layer_group,
+        port=port_vgg19_keras,
+        sources=keras_tf_sources(KERAS_APPLICATIONS + "vgg19/", "vgg19",
+                                 "253f8cb515780f3b799900260a226db6",
+                                 "cbe5617147190e668d6c5d5026f83318")),
+)

