@@ -1,0 +1,166 @@
+"""3x3 stride-1 convolution by Winograd minimal filtering, with lax.conv's parameters.
+
+    y = winograd_conv(x, kernel, "SAME", m=4)        # x (N, H, W, Cin), kernel (3, 3, Cin, Cout)
+    impl = choose(x.shape, kernel.shape, train=True)  # "xla" | "winograd2" | "winograd4"
+
+F(m x m, 3 x 3) computes an m x m output tile from an (m+2) x (m+2) input tile with
+(m+2)^2 multiplies per channel pair instead of 9 m^2: 2.25x fewer for m=2, 4x for m=4.
+Kernel transform U = G g G^T, input tiles V = B^T d B, one batched matmul over the
+(m+2)^2 tile positions ([pos, tiles, Cin] x [pos, Cin, Cout]), inverse Y = A^T M A.
+The transforms are sparse small-integer (or simple fraction) linear combinations, written
+as such (`_combine`) so XLA fuses them into elementwise passes.
+The kernel is the HWIO kernel of `nn.Conv`/`lax.conv`, so ported weights load unchanged;
+bias is the caller's. bfloat16 inputs are transformed, multiplied and accumulated in
+float32 (F(4x4)'s transform coefficients up to 8 and 1/24 would cost bfloat16 its few
+mantissa bits twice) and the result is cast back.
+The backward is JAX's autodiff through these steps (the kernel gradient is the matmul's
+transpose in the transform domain, the input gradient scatters the tiles back); on CPU it
+already beats XLA's own conv backward on most layers, so there is no custom VJP.
+`choose` is the per-shape rule measured by bench/bench_winograd.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+IMPLS = ("xla", "winograd2", "winograd4")
+
+# Lavin & Gray (2016), "Fast Algorithms for Convolutional Neural Networks": (B^T, G, A^T).
+# Both compute the correlation y_i = sum_k d_{i+k} g_k that lax.conv computes.
+_MATRICES = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                  [0, 1, -1, 8, -8, 1]], np.float64)),
+}
+
+
+def _combine(mat: np.ndarray, parts: Sequence) -> list:
+    """[sum_k mat[u, k] * parts[k] for each row u], skipping zeros and unit multiplies."""
+    out = []
+    for row in mat:
+        acc = None
+        for c, p in zip(row, parts):
+            if c == 0:
+                continue
+            term = p if c in (1, -1) else p * float(abs(c))
+            if acc is None:
+                acc = term if c > 0 else -term
+            else:
+                acc = acc + term if c > 0 else acc - term
+        out.append(acc if acc is not None else jnp.zeros_like(parts[0]))
+    return out
+
+
+def _transform2d(mat: np.ndarray, grid: list[list]) -> list[list]:
+    """mat @ D @ mat^T for a 2-D grid of arrays D[i][j]: rows first, then columns."""
+    cols = list(zip(*grid))                                   # cols[j][i]
+    # A barrier between the passes: fused, every output would recompute the first pass's
+    # terms it reads (up to 16 reads per element instead of 4 + 4).
+    rows = list(zip(*lax.optimization_barrier([_combine(mat, list(c)) for c in cols])))
+    return [_combine(mat, list(r)) for r in rows]             # [u][v]
+
+
+def _pads(padding) -> tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"winograd padding: expected SAME, VALID or pairs, got {padding!r}")
+        p = 1 if padding.upper() == "SAME" else 0
+        return (p, p), (p, p)
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def transform_kernel(kernel, m: int):
+    """U = G g G^T of an HWIO (3, 3, Cin, Cout) kernel: ((m+2)^2, Cin, Cout), float32."""
+    _, g_mat, _ = _MATRICES[m]
+    k = kernel.astype(jnp.float32)
+    u = _transform2d(g_mat, [[k[i, j] for j in range(3)] for i in range(3)])
+    return jnp.stack([c for row in u for c in row])
+
+
+def _input_tiles(x, m: int, pads, out_hw):
+    """V = B^T d B of the overlapping (m+2)^2 tiles: ((m+2)^2, N*th*tw, Cin)."""
+    bt, _, _ = _MATRICES[m]
+    a = m + 2
+    n, _, _, c = x.shape
+    th, tw = -(-out_hw[0] // m), -(-out_hw[1] // m)
+    # Pad so every tile, including the ragged last row and column, lies inside.
+    hp, wp = th * m + 2, tw * m + 2
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (pads[0][0], hp - x.shape[1] - pads[0][0], 0),
+                                             (pads[1][0], wp - x.shape[2] - pads[1][0], 0), (0, 0, 0)])
+    grid = [[lax.slice(xp, (0, i, j, 0), (n, i + (th - 1) * m + 1, j + (tw - 1) * m + 1, c),
+                       (1, m, m, 1)) for j in range(a)] for i in range(a)]
+    v = _transform2d(bt, grid)
+    # Materialise each position before the stack: fused into one loop, the stack picks its
+    # operand per element and does not vectorise (measured 2-5x slower on CPU).
+    v = lax.optimization_barrier([t for row in v for t in row])
+    return jnp.stack(v).reshape(a * a, n * th * tw, c), (th, tw)
+
+
+def _untile(mm, m: int, n: int, tiles, out_hw):
+    """Y = A^T M A per tile, the m x m tiles laid side by side and cropped to out_hw."""
+    _, _, at = _MATRICES[m]
+    a = m + 2
+    th, tw = tiles
+    cout = mm.shape[-1]
+    mm = mm.reshape(a, a, n, th, tw, cout)
+    y = lax.optimization_barrier(_transform2d(at, [[mm[i, j] for j in range(a)] for i in range(a)]))
+    # Interleave: y[u][v] (n, th, tw, cout) is output pixel (th*m + u, tw*m + v).
+    rows = [jnp.stack(row, axis=3).reshape(n, th, tw * m, cout) for row in y]
+    y = jnp.stack(rows, axis=2).reshape(n, th * m, tw * m, cout)
+    return y[:, :out_hw[0], :out_hw[1]]
+
+
+def winograd_conv(x, kernel, padding="SAME", m: int = 4):
+    """lax.conv_general_dilated(x, kernel, (1, 1), padding) for NHWC x and a 3x3 HWIO kernel,
+    by F(m x m, 3 x 3), m in (2, 4); padding "SAME", "VALID" or ((top, bottom), (left, right))."""
+    if m not in _MATRICES:
+        raise ValueError(f"winograd tile: expected m in {tuple(_MATRICES)}, got {m}")
+    if kernel.shape[:2] != (3, 3) or kernel.shape[2] != x.shape[3]:
+        raise ValueError(f"winograd: need a (3, 3, {x.shape[3]}, Cout) kernel, got {kernel.shape}")
+    pads = _pads(padding)
+    out_hw = (x.shape[1] + sum(pads[0]) - 2, x.shape[2] + sum(pads[1]) - 2)
+    v, tiles = _input_tiles(x.astype(jnp.float32), m, pads, out_hw)
+    u = transform_kernel(kernel, m)
+    mm = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))),
+                         precision=lax.Precision.HIGHEST)     # (pos, tiles, Cout)
+    return _untile(mm, m, x.shape[0], tiles, out_hw).astype(x.dtype)
+
+
+def choose(x_shape, kernel_shape, strides=(1, 1), *, train: bool = False,
+           backend: str | None = None) -> str:
+    """"xla", "winograd2" or "winograd4" for a conv of NHWC `x_shape` by HWIO `kernel_shape`:
+    the faster on this backend for this layer shape, as bench/bench_winograd.py measured it
+    on CPU (bench/results/winograd.jsonl). `train` asks for the faster forward+backward;
+    elsewhere than CPU XLA's own convolutions are assumed best (not measured)."""
+    backend = backend or jax.default_backend()
+    kh, kw, cin, cout = kernel_shape
+    if backend != "cpu" or (kh, kw) != (3, 3) or tuple(strides) != (1, 1):
+        return "xla"
+    return _cpu_rule(x_shape[1], cin, train)
+
+
+def _cpu_rule(hw: int, cin: int, train: bool) -> str:
+    """From VGG19's and ResNet50V2's layers at 224 px. Narrow inputs (VGG's 3 channels,
+    64 below 112 px) and 7x7 maps: the transforms cost more than the matmul saves. Training:
+    XLA:CPU's conv backward is slow, F(2x2) wins wherever the forward is not hopeless.
+    Inference: F(4x4) on wide layers from 28 to 112 px, F(2x2) at 14 px (F(4x4)'s ragged
+    and few tiles lose there)."""
+    wide = cin >= 128 or (cin >= 64 and hw >= 112)
+    if train:
+        return "winograd2" if wide and hw >= 14 else "xla"
+    if cin >= 128 and 28 <= hw <= 112:
+        return "winograd4"
+    if cin >= 128 and 14 <= hw < 28:
+        return "winograd2"
+    return "xla"
