@@ -6,7 +6,6 @@ Models are random-init Lite0 written by hand (model.json + orbax checkpoint), in
 the training pipelines; inputs are typed phantoms."""
 
 import csv
-import inspect
 import json
 import shutil
 import sys
@@ -25,7 +24,7 @@ from bt_jax.data import discover, phantoms
 from bt_jax.inference import gradcam as explain
 from bt_jax.models import registry as mreg
 from bt_jax.models.heads import Classifier, FlattenHead, Head
-from bt_jax.reporting import evaluation, metrics, multiclass
+from bt_jax.reporting import metrics, multiclass
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import evaluate as evaluate_config  # noqa: E402
@@ -34,9 +33,6 @@ from configs import predict as predict_config  # noqa: E402
 pytestmark = pytest.mark.e2e  # whole pipelines: `pytest -m e2e`
 
 CLASSES = ("glioma", "meningioma", "pituitary", "no_tumour")
-needs_multiclass_eval = pytest.mark.skipif(
-    "negative_classes" not in inspect.signature(evaluation.evaluate_split).parameters,
-    reason="evaluation.evaluate_split does not take (N, C) probabilities yet (training side)")
 
 
 def make_model_dir(root: Path, *, classes=CLASSES, negative_classes=("no_tumour",),
@@ -358,7 +354,6 @@ def test_binary_model_on_a_typed_folder(typed_dir, tmp_path):
         inference_run(c, tmp_path / "eval2")
 
 
-@needs_multiclass_eval
 def test_evaluate_multiclass_on_class_folders(model_dir, model, typed_dir, tmp_path):
     ext = tmp_path / "site"
     shutil.copytree(typed_dir, ext)
