@@ -221,7 +221,7 @@ def _schema_comments() -> dict[str, str]:
 
 def _allowed() -> dict[str, tuple]:
     from bt_jax.config import schema
-    from bt_jax.models import common, depthwise, registry
+    from bt_jax.models import common, depthwise, registry, winograd
     return {"pipeline": schema.PIPELINES, "preprocess.equalize": schema.EQUALIZE,
             "augment.balance": schema.BALANCE, "search.allocation": schema.ALLOCATIONS,
             "train.optimizer": schema.OPTIMIZERS, "staged.optimizer": schema.OPTIMIZERS,
@@ -230,7 +230,7 @@ def _allowed() -> dict[str, tuple]:
                                               "/".join(registry.RECIPE_OPTIONS) + " joined by +",),
             "search.backbones": schema.BACKBONES, "export.platforms": schema.EXPORT_PLATFORMS,
             "finetune.schedule": schema.SCHEDULES, "model.dtype": tuple(common.DTYPES),
-            "model.depthwise": depthwise.IMPLS}
+            "model.depthwise": depthwise.IMPLS, "model.conv3x3": winograd.CHOICES}
 
 
 def config_table() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from bt_jax.config.parse import class_map, class_multipliers, parse_stages
-from bt_jax.models import depthwise
+from bt_jax.models import depthwise, winograd
 from bt_jax.models.common import DTYPES
 from bt_jax.config.schema import (
     ALLOCATIONS,
@@ -307,6 +307,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("model.dtype", f"expected one of {tuple(DTYPES)}, got {c.model.dtype!r}")
     if c.model.depthwise not in depthwise.IMPLS:
         _fail("model.depthwise", f"expected one of {depthwise.IMPLS}, got {c.model.depthwise!r}")
+    _one_of("model.conv3x3", c.model.conv3x3, winograd.CHOICES)
     if not 0 < c.eval.ci < 1:
         _fail("eval.ci", f"expected (0, 1), got {c.eval.ci}")
     _check_threshold(c.threshold)

@@ -10,7 +10,7 @@ probabilities (N, C) in the order of model.json "classes": C >= 2 also for a two
 model (P(negative), P(positive) in class order), with the model's temperature applied.
 The weights are constants inside it, so the file alone runs with jax: no bt_jax, flax or
 checkpoint (docs/serving.md has a loader). The CPU fast paths that are chosen while
-tracing (depthwise shifts, 1x1 convolutions as matmuls) are left out when the export
+tracing (depthwise shifts, 1x1 convolutions as matmuls, Winograd 3x3) are left out when the export
 also targets an accelerator, because one traced program serves every platform.
 """
 
@@ -49,27 +49,31 @@ def probabilities_fn(model: LoadedModel, module):
     return fn
 
 
-def export_model(model: LoadedModel, platforms=("cpu",), *, pointwise: str = "auto"):
+def export_model(model: LoadedModel, platforms=("cpu",), *, pointwise: str = "auto",
+                 conv3x3: str = "auto"):
     """The jax.export.Exported of probabilities_fn for `platforms`, batch symbolic ("N").
-    pointwise: how its 1x1 convolutions are computed (the backbone's field, common.Conv)."""
+    pointwise, conv3x3: how its 1x1 and 3x3 stride-1 convolutions are computed (the
+    backbone's fields, common.Conv; conv3x3 only where the backbone has such layers)."""
     s = model.preprocess.size
     spec = jax.ShapeDtypeStruct((*jax.export.symbolic_shape("N"), s, s, 3), jnp.float32)
-    module = model.module.clone(backbone=model.module.backbone.clone(pointwise=pointwise))
+    backbone = model.module.backbone
+    impls = {"pointwise": pointwise, **({"conv3x3": conv3x3} if hasattr(backbone, "conv3x3") else {})}
+    module = model.module.clone(backbone=backbone.clone(**impls))
     return jax.export.export(jax.jit(probabilities_fn(model, module)),
                              platforms=tuple(platforms))(spec)
 
 
-def _lowered(model: LoadedModel, platforms: tuple[str, ...], pointwise: str):
+def _lowered(model: LoadedModel, platforms: tuple[str, ...], pointwise: str, conv3x3: str):
     """export_model for `platforms`; a platform this jaxlib cannot lower for is dropped
     with a warning (CPU always stays)."""
     try:
-        return export_model(model, platforms, pointwise=pointwise)
+        return export_model(model, platforms, pointwise=pointwise, conv3x3=conv3x3)
     except Exception as e:  # noqa: BLE001 - lowering errors have no common type
         if platforms == ("cpu",):
             raise
         log.warning("export for %s failed (%s: %s); exporting for CPU only", platforms,
                     type(e).__name__, str(e)[:200])
-        return export_model(model, ("cpu",), pointwise=pointwise)
+        return export_model(model, ("cpu",), pointwise=pointwise, conv3x3=conv3x3)
 
 
 def export_card(model: LoadedModel, exported, blob: bytes) -> dict:
@@ -116,11 +120,11 @@ def check_export(model: LoadedModel, blob: bytes, *, n: int = 2, atol: float = 1
 
 
 def write_export(model: LoadedModel, out_dir, platforms=("cpu", "cuda"), *,
-                 pointwise: str = "auto") -> dict:
+                 pointwise: str = "auto", conv3x3: str = "auto") -> dict:
     """E/model.jaxexport (Exported.serialize()) and E/model.json; checked by running the
     program here (check_export). Returns the card."""
     out_dir = Path(out_dir)
-    exported = _lowered(model, tuple(platforms), pointwise)
+    exported = _lowered(model, tuple(platforms), pointwise, conv3x3)
     blob = bytes(exported.serialize())
     diff = check_export(model, blob)
     card = export_card(model, exported, blob)

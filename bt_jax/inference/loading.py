@@ -143,11 +143,14 @@ def check_classes(card: dict, where: str) -> None:
                              "the column p_tumour, which holds the binary view; rename it")
 
 
-def build_module(card: dict, depthwise: str = "auto", pointwise: str = "auto") -> Classifier:
-    """The card's model; `depthwise` (config.model.depthwise) and `pointwise` (how 1x1
-    convolutions are computed) are runtime choices, not the card's."""
+def build_module(card: dict, depthwise: str = "auto", pointwise: str = "auto",
+                 conv3x3: str = "auto") -> Classifier:
+    """The card's model; `depthwise` (config.model.depthwise), `pointwise` (how 1x1
+    convolutions are computed) and `conv3x3` (config.model.conv3x3) are runtime choices,
+    not the card's."""
     backbone = mreg.get(card["backbone"]).make(dtype=DTYPES[card.get("dtype", "float32")],
-                                               depthwise=depthwise, pointwise=pointwise)
+                                               depthwise=depthwise, pointwise=pointwise,
+                                               conv3x3=conv3x3)
     h = card["head"]
     if h["type"] == "flatten":  # method B
         return Classifier(backbone=backbone,
@@ -180,13 +183,14 @@ def _shape_diff(expected, got) -> list[str]:
 
 
 def load_model(path, *, threshold: float | None = None, target_sensitivity: float | None = None,
-               depthwise: str = "auto", pointwise: str = "auto") -> LoadedModel:
+               depthwise: str = "auto", pointwise: str = "auto",
+               conv3x3: str = "auto") -> LoadedModel:
     """The model of a finished workdir. Threshold: `threshold` if given, else one chosen on
     the stored validation probabilities for `target_sensitivity`, else model.json's."""
     card, card_p = read_card(path)
     root = card_p.parent
     check_classes(card, str(card_p))
-    module = build_module(card, depthwise, pointwise)
+    module = build_module(card, depthwise, pointwise, conv3x3)
     params = preprocess.PreprocessParams(**card["preprocess"])
     template = _template(module, params.size)
     ck = root / card["checkpoint"]
@@ -278,7 +282,7 @@ def load_for(config, *, depthwise: str | None = None) -> LoadedModel:
         config.checkpoint,
         threshold=config.threshold.value if config.threshold.value >= 0 else None,
         target_sensitivity=config.threshold.target_sensitivity or None,
-        depthwise=depthwise or config.model.depthwise)
+        depthwise=depthwise or config.model.depthwise, conv3x3=config.model.conv3x3)
 
 
 def gradcam_class_of(config, model) -> int | None:

@@ -116,7 +116,7 @@ def backbone_features(config, workdir: Path, ds, copies: CopySet, name: str, wei
     """(features of originals then copies, (module, variables, digest)); cached on disk."""
     module, variables, digest = load.load_backbone(
         name, config.weights, size=config.preprocess.size, dtype=config.model.dtype,
-        depthwise=config.model.depthwise,
+        depthwise=config.model.depthwise, conv3x3=config.model.conv3x3,
         path=weights_file if weights_file != load.RANDOM_DIGEST else "")
     parts = {"backbone": name, "weights": digest, "dtype": config.model.dtype,
              "preprocess": preprocess.PreprocessParams.record(config.preprocess), "images": ds.content_key,

@@ -6,9 +6,11 @@
 
 Backbones create their layers through these factories inside their `@nn.compact`
 `__call__`, named exactly like the Keras layers, so the weight port is a name look-up.
-Every backbone has the fields `pointwise` (how `Conv` computes 1x1 convolutions) and
-`__call__(x01, train=False, rows=None)` (`rows`: the batch rows that count in BatchNorm's
-statistics): explicit choices, part of the module and its programs, not trace-time state.
+Every backbone has the field `pointwise` (how `Conv` computes 1x1 convolutions), those with
+3x3 stride-1 convolutions the field `conv3x3` (how `Conv` computes them; each such layer
+gets the backbone's `train`), and `__call__(x01, train=False, rows=None)` (`rows`: the
+batch rows that count in BatchNorm's statistics): explicit choices, part of the module and
+its programs, not trace-time state.
 Keras 'same' padding with stride 2 is asymmetric (more at the bottom/right); the
 backbones copy Keras' explicit ZeroPadding2D + 'valid' pairs rather than rely on it.
 """
@@ -21,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bt_jax.models import winograd
 
 # Keras `imagenet_utils.preprocess_input` modes, applied to x in [0, 1].
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -70,21 +74,57 @@ def _pointwise_as_dot(m: Conv) -> bool:
             and m.mask is None and (isinstance(pads, str) or not pads.any()))
 
 
+def _conv3x3_impl(m: Conv, x_shape) -> str:
+    """"xla", "winograd2" or "winograd4" for this layer: Winograd only for an ungrouped,
+    undilated, unmasked 3x3 stride-1 conv with SAME/VALID or explicit pair padding."""
+    impl = m.conv3x3
+    if impl not in winograd.CHOICES:
+        raise ValueError(f"conv3x3 impl: expected one of {winograd.CHOICES}, got {impl!r}")
+    strides = (m.strides,) * 2 if isinstance(m.strides, int) else tuple(m.strides or (1, 1))
+    pads = m.padding
+    pads_ok = (pads.upper() in ("SAME", "VALID")) if isinstance(pads, str) \
+        else np.shape(pads) == (2, 2)
+    if (len(x_shape) != 4 or tuple(m.kernel_size) != (3, 3) or strides != (1, 1) or not pads_ok
+            or m.feature_group_count != 1 or m.mask is not None
+            or m.input_dilation not in (None, 1, (1, 1))
+            or m.kernel_dilation not in (None, 1, (1, 1))):
+        return "xla"
+    return winograd.resolve(impl, x_shape, (3, 3, x_shape[-1], m.features), strides,
+                            train=m.train)
+
+
 class Conv(nn.Conv):
     """nn.Conv (same parameters, names and initialisers) whose 1x1 convolutions run as one
-    matmul over all positions on CPU. XLA:CPU's convolution kernel is slower than its dot
+    matmul over all positions on CPU, and whose 3x3 stride-1 convolutions may run by
+    Winograd (models/winograd.py). XLA:CPU's convolution kernel is slower than its dot
     on the 1x1 shapes of EfficientNet, ResNet, MobileNet and Xception (figures:
-    docs/benchmarks.md, "Depthwise and 1x1 convolutions on CPU"); 3x3 and larger stay
-    convolutions, which win there.
-    `pointwise` ("dot", "conv" or "auto": dot on CPU) is a field, so it is part of the module
-    and of every program traced from it: two settings are two programs.
-    A 1x1 kernel needs no padding ('SAME' and 'VALID' agree), so a stride is a slice."""
+    docs/benchmarks.md, "Depthwise and 1x1 convolutions on CPU"), and than Winograd on
+    the wide 3x3 layers of VGG and ResNet, above all in the backward pass.
+    `pointwise` ("dot", "conv" or "auto": dot on CPU) and `conv3x3` ("xla", "winograd2",
+    "winograd4" or "auto": winograd.choose per layer shape, for training if `train`) are
+    fields, so they are part of the module and of every program traced from it: two
+    settings are two programs. A 1x1 kernel needs no padding ('SAME' and 'VALID' agree),
+    so a stride is a slice."""
     pointwise: str = "auto"
+    conv3x3: str = "auto"
+    train: bool = False          # the backbone's mode: "auto" picks by the training rule
 
     @nn.compact
     def __call__(self, inputs):
-        if inputs.ndim != 4 or not _pointwise_as_dot(self):    # (B, H, W, C) only
+        if inputs.ndim == 4 and _pointwise_as_dot(self):      # (B, H, W, C) only
+            return self._as_dot(inputs)
+        impl = _conv3x3_impl(self, inputs.shape)
+        if impl == "xla":
             return super().__call__(inputs)
+        kernel = self.param("kernel", self.kernel_init, (3, 3, inputs.shape[-1], self.features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
+            if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        y = winograd.winograd_conv(x, kernel, self.padding, m=2 if impl == "winograd2" else 4)
+        return y if bias is None else y + bias
+
+    def _as_dot(self, inputs):
         kernel = self.param("kernel", self.kernel_init, (1, 1, inputs.shape[-1], self.features),
                             self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
@@ -96,10 +136,13 @@ class Conv(nn.Conv):
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype, use_bias: bool = True,
-         padding="VALID", pointwise: str = "auto") -> Conv:
-    """A Keras-like Conv2D (HWIO kernel, bias on by default as in Keras)."""
+         padding="VALID", pointwise: str = "auto", conv3x3: str = "auto",
+         train: bool = False) -> Conv:
+    """A Keras-like Conv2D (HWIO kernel, bias on by default as in Keras); `train`: the
+    backbone's mode, for conv3x3="auto"."""
     return Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                use_bias=use_bias, dtype=dtype, pointwise=pointwise, name=name)
+                use_bias=use_bias, dtype=dtype, pointwise=pointwise, conv3x3=conv3x3,
+                train=train, name=name)
 
 
 class BatchNorm(nn.BatchNorm):

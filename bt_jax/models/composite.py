@@ -36,7 +36,7 @@ from bt_jax.models.common import global_avg_pool
 
 class Branch(NamedTuple):
     name: str                      # the backbone's registry name: its parameters' scope
-    make: Callable[..., Any]       # make(name=, depthwise=, pointwise=) -> the headless backbone
+    make: Callable[..., Any]       # make(name=, depthwise=, pointwise=, conv3x3=) -> the backbone
     native_size: int
     early: str | None = None       # out[...] key pooled with option "early"
 
@@ -51,8 +51,9 @@ class FeatureStack(nn.Module):
     branches: tuple
     flip: bool = False
     early: bool = False
-    depthwise: str = "auto"        # every branch's DepthwiseConv and 1x1 Conv choices
+    depthwise: str = "auto"        # every branch's DepthwiseConv, 1x1 and 3x3 Conv choices
     pointwise: str = "auto"
+    conv3x3: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, rows=None):
@@ -65,7 +66,8 @@ class FeatureStack(nn.Module):
                         strict=True):
             xb = x if s == side else jax.image.resize(x, (x.shape[0], s, s, x.shape[3]),
                                                       "linear", antialias=True)
-            make = b.make(name=b.name, depthwise=self.depthwise, pointwise=self.pointwise)
+            make = b.make(name=b.name, depthwise=self.depthwise, pointwise=self.pointwise,
+                          conv3x3=self.conv3x3)
             _, out = make(xb, train=train, rows=rows)
             for key in ((b.early,) if self.early else ()) + ("features",):
                 m = out[key]

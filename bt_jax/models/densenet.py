@@ -38,11 +38,13 @@ class DenseNet(nn.Module):
     num_classes: int = 1000
     dtype: Any = jnp.float32
     pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
+    conv3x3: str = "auto"        # 3x3 stride-1 convs: "xla" | "winograd2" | "winograd4" | "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
-        conv = functools.partial(C.conv, dtype=dt, use_bias=False, pointwise=self.pointwise)
+        conv = functools.partial(C.conv, dtype=dt, use_bias=False, pointwise=self.pointwise,
+                                 conv3x3=self.conv3x3, train=train)
 
         def bn(name):
             return C.batch_norm(name, train, eps=_EPS, dtype=dt, rows=rows)
@@ -95,7 +97,7 @@ SPECS = (
         default_size=224, feature_dim=1024, preprocess="torch",
         groups=("conv1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4", "conv5", "bn",
                 "top"),
-        layer_group=layer_group, port=port_densenet121_keras,
+        layer_group=layer_group, port=port_densenet121_keras, conv3x3=True,
         sources=keras_tf_sources(KERAS_APPLICATIONS + "densenet/", "densenet121",
                                  "30ee3e1110167f948a6b9946edeeb738",
                                  "9d60b8095a5708f2dcce2bca79d332c7")),

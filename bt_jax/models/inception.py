@@ -73,9 +73,11 @@ def conv_names() -> list[str]:
     return [s[0] for s in _STEM] + [f"{blk}_{spec[0]}" for blk, specs, _ in _BLOCKS for spec in specs]
 
 
-def _conv_bn(x, name, filters, kernel, stride, padding, train, rows, dtype, pointwise):
+def _conv_bn(x, name, filters, kernel, stride, padding, train, rows, dtype, impls):
+    """impls: the module's (pointwise, conv3x3) choices."""
     x = C.Conv(filters, kernel, strides=(stride, stride), padding=padding, use_bias=False,
-               dtype=dtype, pointwise=pointwise, name=f"{name}_conv")(x)
+               dtype=dtype, pointwise=impls[0], conv3x3=impls[1], train=train,
+               name=f"{name}_conv")(x)
     x = C.batch_norm(f"{name}_bn", train, eps=_EPS, dtype=dtype, use_scale=False, rows=rows)(x)
     return nn.relu(x)
 
@@ -86,6 +88,7 @@ class InceptionV3(nn.Module):
     num_classes: int = 1000
     dtype: Any = jnp.float32
     pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
+    conv3x3: str = "auto"        # 3x3 stride-1 convs: "xla" | "winograd2" | "winograd4" | "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, rows=None):
@@ -94,7 +97,7 @@ class InceptionV3(nn.Module):
         x = C.preprocess(x, self.preprocess).astype(dt)
         for i, (name, filters, kernel, stride, padding) in enumerate(_STEM):
             x = _conv_bn(x, name, filters, kernel, stride, padding, train, rows, dt,
-                         self.pointwise)
+                         (self.pointwise, self.conv3x3))
             if i in (2, 4):
                 x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         out["stem"] = x
@@ -107,7 +110,7 @@ class InceptionV3(nn.Module):
                 stride = rest[1] if len(rest) > 1 else 1
                 t[name] = _conv_bn(t[src], f"{blk}_{name}", filters, kernel, stride,
                                    "VALID" if stride == 2 else "SAME", train, rows, dt,
-                                   self.pointwise)
+                                   (self.pointwise, self.conv3x3))
             x = jnp.concatenate([t[o] for o in outputs], axis=-1)
             out[blk] = x
         out["stage1"], out["stage2"], out["stage3"] = out["mixed2"], out["mixed7"], out["mixed10"]
@@ -144,6 +147,7 @@ SPECS = (
     BackboneSpec(
         name="inceptionv3", module=InceptionV3, default_size=299, feature_dim=2048,
         preprocess="tf", groups=GROUPS, layer_group=layer_group, port=port_inceptionv3_keras,
+        conv3x3=True,
         sources=keras_tf_sources(KERAS_APPLICATIONS + "inception_v3/", "inception_v3",
                                  "bcbd6486424b2319ff4ef7d526e38f63",
                                  "9a0d58056eeedaa3f26cb7ebd46da564")),

@@ -88,7 +88,8 @@ class RecipeError(UserError, KeyError):
 
 
 def _stack(specs: tuple[BackboneSpec, ...], options: tuple[str, ...], name: str):
-    """The recipe's module(include_top, num_classes, dtype, pointwise, depthwise, **kw)."""
+    """The recipe's module(include_top, num_classes, dtype, pointwise, depthwise, conv3x3,
+    **kw)."""
     def module(include_top=False, num_classes=1000, dtype=jnp.float32, **kwargs):
         if include_top:
             raise ValueError(f"{name}: a feature recipe has no ImageNet classifier")
@@ -127,6 +128,7 @@ def _recipe_spec(name: str) -> BackboneSpec:
         feature_dim=sum(s.feature_dim + (s.early_dim if early else 0) for s in specs),
         preprocess=None, groups=tuple(f"{s.name}_{g}" for s in specs for g in s.groups),
         layer_group=layer_group, port=None, depthwise=any(s.depthwise for s in specs),
+        conv3x3=any(s.conv3x3 for s in specs),
         recipe=specs)
 
 
@@ -173,10 +175,11 @@ def select_groups(params, spec: BackboneSpec, selectors: Iterable[str]):
 
 
 def make_template(spec: BackboneSpec, rng, *, include_top: bool = False, size: int | None = None,
-                  dtype=jnp.float32, depthwise: str = "auto", pointwise: str = "auto"):
+                  dtype=jnp.float32, depthwise: str = "auto", pointwise: str = "auto",
+                  conv3x3: str = "auto"):
     """(model, variables) with init values; the template that `spec.port` fills."""
     model = spec.make(include_top=include_top, dtype=dtype, depthwise=depthwise,
-                      pointwise=pointwise)
+                      pointwise=pointwise, conv3x3=conv3x3)
     size = size or spec.default_size
     init = jax.jit(functools.partial(model.init, train=False))
     return model, init(rng, jnp.zeros((1, size, size, 3), jnp.float32))

@@ -28,9 +28,11 @@ _EPS = 1.001e-5          # Keras ResNet BatchNorm epsilon (not the 1e-3 default)
 _WIDTHS = (64, 128, 256, 512)
 
 
-def _block_v1(x, filters, stride, conv_shortcut, name, train, rows, dtype, pointwise):
+def _block_v1(x, filters, stride, conv_shortcut, name, train, rows, dtype, pointwise,
+              conv3x3):
     bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dtype, rows=rows)
-    conv = functools.partial(C.conv, dtype=dtype, pointwise=pointwise)
+    conv = functools.partial(C.conv, dtype=dtype, pointwise=pointwise, conv3x3=conv3x3,
+                             train=train)
     if conv_shortcut:
         shortcut = conv(4 * filters, 1, stride, name=f"{name}_0_conv")(x)
         shortcut = bn(f"{name}_0_bn")(shortcut)
@@ -46,9 +48,11 @@ def _block_v1(x, filters, stride, conv_shortcut, name, train, rows, dtype, point
     return nn.relu(shortcut + x)
 
 
-def _block_v2(x, filters, stride, conv_shortcut, name, train, rows, dtype, pointwise):
+def _block_v2(x, filters, stride, conv_shortcut, name, train, rows, dtype, pointwise,
+              conv3x3):
     bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dtype, rows=rows)
-    conv = functools.partial(C.conv, dtype=dtype, pointwise=pointwise)
+    conv = functools.partial(C.conv, dtype=dtype, pointwise=pointwise, conv3x3=conv3x3,
+                             train=train)
     preact = nn.relu(bn(f"{name}_preact_bn")(x))
     if conv_shortcut:
         shortcut = conv(4 * filters, 1, stride, name=f"{name}_0_conv")(preact)
@@ -72,6 +76,7 @@ class ResNet(nn.Module):
     num_classes: int = 1000
     dtype: Any = jnp.float32
     pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
+    conv3x3: str = "auto"        # 3x3 stride-1 convs: "xla" | "winograd2" | "winograd4" | "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, rows=None):
@@ -91,11 +96,11 @@ class ResNet(nn.Module):
                 if self.preact:   # v2 strides in the last block of conv2..conv4
                     stride = 2 if (b == blocks - 1 and i < last) else 1
                     x = _block_v2(x, width, stride, b == 0, name, train, rows, dt,
-                                  self.pointwise)
+                                  self.pointwise, self.conv3x3)
                 else:             # v1 strides in the first block of conv3..conv5
                     stride = 2 if (b == 0 and i > 0) else 1
                     x = _block_v1(x, width, stride, b == 0, name, train, rows, dt,
-                                  self.pointwise)
+                                  self.pointwise, self.conv3x3)
             out[f"stage{i + 1}"] = x
         if self.preact:
             x = nn.relu(C.batch_norm("post_bn", train, eps=_EPS, dtype=dt, rows=rows)(x))
@@ -133,14 +138,14 @@ SPECS = (
     BackboneSpec(
         name="resnet50v2", module=functools.partial(ResNet, preact=True), default_size=224,
         feature_dim=2048, preprocess="tf", groups=_GROUPS + ("post", "top"),
-        layer_group=layer_group, port=port_resnet50v2_keras,
+        layer_group=layer_group, port=port_resnet50v2_keras, conv3x3=True,
         sources=keras_tf_sources(KERAS_APPLICATIONS + "resnet/", "resnet50v2",
                                  "fac2f116257151a9d068a22e544a4917",
                                  "3ef43a0b657b3be2300d5770ece849e0")),
     BackboneSpec(
         name="resnet50", module=functools.partial(ResNet, preact=False), default_size=224,
         feature_dim=2048, preprocess="caffe", groups=_GROUPS + ("top",),
-        layer_group=layer_group, port=port_resnet50_keras,
+        layer_group=layer_group, port=port_resnet50_keras, conv3x3=True,
         sources=keras_tf_sources(KERAS_APPLICATIONS + "resnet/", "resnet50",
                                  "4d473c1dd8becc155b73f8504c6f6626",
                                  "2cb95161c43110f7111970584f804107")),

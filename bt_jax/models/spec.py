@@ -2,7 +2,7 @@
 collected by models/registry.py; the layers above take the spec, not its name.
 
     spec = registry.get("vgg19")
-    model = spec.make(dtype=jnp.bfloat16, depthwise="auto", pointwise="auto")
+    model = spec.make(dtype=jnp.bfloat16, depthwise="auto", pointwise="auto", conv3x3="auto")
     source = spec.source(include_top=False)      # its official file: name, URL, hashes, package
     variables = spec.port(path, template)         # that file's tensors in the module's tree
 
@@ -56,7 +56,8 @@ def keras_tf_sources(folder: str, stem: str, md5_notop: str | None,
 class BackboneSpec:
     """How to build, size, group and fill one backbone.
 
-    module(include_top, num_classes, dtype, pointwise, [depthwise,] [preprocess,] **kw) is the
+    module(include_top, num_classes, dtype, pointwise, [depthwise,] [conv3x3,] [preprocess,] **kw)
+    is the
     family's flax module with this backbone's architecture bound; `make` calls it with the
     spec's own facts. The module's __call__(x01, train=False, rows=None) returns
     (logits | None, out dict). default_size is the native input size (the weights' training
@@ -75,16 +76,20 @@ class BackboneSpec:
     port: Callable | None
     sources: Mapping[str, WeightSource] = dataclasses.field(default_factory=dict)
     depthwise: bool = False         # has DepthwiseConv layers (EfficientNet, MobileNet, Xception)
+    conv3x3: bool = False           # has 3x3 stride-1 Conv layers (VGG, ResNet, DenseNet, ...)
     early_output: str | None = None   # out[...] map a recipe's "early" option pools too
     early_dim: int = 0                # its channels
     recipe: tuple = ()              # a feature recipe's branch specs (models/composite.py)
 
     def make(self, *, include_top: bool = False, num_classes: int = 1000, dtype=jnp.float32,
-             depthwise: str = "auto", pointwise: str = "auto", **kwargs):
-        """The module. `depthwise` (DepthwiseConv) and `pointwise` (1x1 Conv) pick
-        implementations, not parameters (models/depthwise.py, common.Conv); depthwise goes
-        only to backbones that have such layers. kwargs go to the module (e.g. name=)."""
+             depthwise: str = "auto", pointwise: str = "auto", conv3x3: str = "auto", **kwargs):
+        """The module. `depthwise` (DepthwiseConv), `pointwise` (1x1 Conv) and `conv3x3`
+        (3x3 stride-1 Conv) pick implementations, not parameters (models/depthwise.py,
+        common.Conv, models/winograd.py); depthwise and conv3x3 go only to backbones that
+        have such layers. kwargs go to the module (e.g. name=)."""
         extra = {"depthwise": depthwise} if self.depthwise else {}
+        if self.conv3x3:
+            extra["conv3x3"] = conv3x3
         if self.preprocess is not None:
             extra["preprocess"] = self.preprocess
         return self.module(include_top=include_top, num_classes=num_classes, dtype=dtype,

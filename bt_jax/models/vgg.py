@@ -36,6 +36,7 @@ class VGG(nn.Module):
     num_classes: int = 1000
     dtype: Any = jnp.float32
     pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
+    conv3x3: str = "auto"        # 3x3 stride-1 convs: "xla" | "winograd2" | "winograd4" | "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, rows=None):   # rows: no BatchNorm here
@@ -47,7 +48,8 @@ class VGG(nn.Module):
         for b, (n, width) in enumerate(zip(CONVS_PER_BLOCK[self.depth], _WIDTHS), start=1):
             for c in range(1, n + 1):
                 x = nn.relu(C.conv(width, 3, 1, name=f"block{b}_conv{c}", dtype=dt,
-                                   padding=((1, 1), (1, 1)), pointwise=self.pointwise)(x))
+                                   padding=((1, 1), (1, 1)), pointwise=self.pointwise,
+                                   conv3x3=self.conv3x3, train=train)(x))
                 if b == 1 and c == 1:
                     out["stem"] = x
             x = C.max_pool(x, 2, 2)
@@ -87,14 +89,14 @@ SPECS = (
     BackboneSpec(
         name="vgg16", module=functools.partial(VGG, depth=16), default_size=224,
         feature_dim=512, preprocess="caffe", groups=GROUPS, layer_group=layer_group,
-        port=port_vgg16_keras,
+        port=port_vgg16_keras, conv3x3=True,
         sources=keras_tf_sources(KERAS_APPLICATIONS + "vgg16/", "vgg16",
                                  "6d6bbae143d832006294945121d1f1fc",
                                  "64373286793e3c8b2b4e3219cbf3544b")),
     BackboneSpec(
         name="vgg19", module=functools.partial(VGG, depth=19), default_size=224,
         feature_dim=512, preprocess="caffe", groups=GROUPS, layer_group=layer_group,
-        port=port_vgg19_keras,
+        port=port_vgg19_keras, conv3x3=True,
         sources=keras_tf_sources(KERAS_APPLICATIONS + "vgg19/", "vgg19",
                                  "253f8cb515780f3b799900260a226db6",
                                  "cbe5617147190e668d6c5d5026f83318")),

@@ -29,6 +29,7 @@ import numpy as np
 from jax import lax
 
 IMPLS = ("xla", "winograd2", "winograd4")
+CHOICES = ("auto",) + IMPLS      # config.model.conv3x3, common.Conv's `conv3x3` field
 
 # Lavin & Gray (2016), "Fast Algorithms for Convolutional Neural Networks": (B^T, G, A^T).
 # Both compute the correlation y_i = sum_k d_{i+k} g_k that lax.conv computes.
@@ -148,6 +149,18 @@ def choose(x_shape, kernel_shape, strides=(1, 1), *, train: bool = False,
     if backend != "cpu" or (kh, kw) != (3, 3) or tuple(strides) != (1, 1):
         return "xla"
     return _cpu_rule(x_shape[1], cin, train)
+
+
+def resolve(choice: str, x_shape, kernel_shape, strides=(1, 1), *, train: bool = False) -> str:
+    """The implementation `choice` (one of CHOICES) means for this layer: "auto" is `choose`;
+    a forced Winograd applies to 3x3 stride-1 layers only, the rest stay "xla"."""
+    if choice not in CHOICES:
+        raise ValueError(f"conv3x3 impl: expected one of {CHOICES}, got {choice!r}")
+    if choice == "auto":
+        return choose(x_shape, kernel_shape, strides, train=train)
+    if tuple(kernel_shape[:2]) != (3, 3) or tuple(strides) != (1, 1):
+        return "xla"
+    return choice
 
 
 def _cpu_rule(hw: int, cin: int, train: bool) -> str:

@@ -50,13 +50,15 @@ class Xception(nn.Module):
     dtype: Any = jnp.float32
     depthwise: str = "auto"      # DepthwiseConv impl: "auto" | "shift" | "conv"
     pointwise: str = "auto"      # 1x1 convolutions: "dot" | "conv" | "auto" (common.Conv)
+    conv3x3: str = "auto"        # 3x3 stride-1 convs: "xla" | "winograd2" | "winograd4" | "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, rows=None):
         dt = self.dtype
         bn = functools.partial(C.batch_norm, train=train, eps=_EPS, dtype=dt, rows=rows)
         sep = functools.partial(_sep, dtype=dt, depthwise=self.depthwise, pointwise=self.pointwise)
-        conv = functools.partial(C.conv, dtype=dt, use_bias=False, pointwise=self.pointwise)
+        conv = functools.partial(C.conv, dtype=dt, use_bias=False, pointwise=self.pointwise,
+                                 conv3x3=self.conv3x3, train=train)
         out = {}
         x = C.preprocess(x, self.preprocess).astype(dt)
         x = nn.relu(bn("block1_conv1_bn")(conv(32, 3, 2, name="block1_conv1")(x)))
@@ -150,6 +152,7 @@ SPECS = (
     BackboneSpec(
         name="xception", module=Xception, default_size=299, feature_dim=2048, preprocess="tf",
         groups=GROUPS, layer_group=layer_group, port=port_xception_keras, depthwise=True,
+        conv3x3=True,
         sources=keras_tf_sources(KERAS_APPLICATIONS + "xception/", "xception",
                                  "b0042744bf5b25fce3cb969f33bebb97",
                                  "0a58e3b7378bc2990ea3b43d5981f1f6")),

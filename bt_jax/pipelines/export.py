@@ -23,8 +23,9 @@ def run(config, workdir: Path):
     accelerated = any(p != "cpu" for p in platforms)
     depthwise = "conv" if accelerated and config.model.depthwise == "auto" else None
     model = load_for(config, depthwise=depthwise)
+    conv3x3 = "xla" if accelerated and config.model.conv3x3 == "auto" else config.model.conv3x3
     card = exporting.write_export(model, workdir, platforms,
-                                  pointwise="conv" if accelerated else "auto")
+                                  pointwise="conv" if accelerated else "auto", conv3x3=conv3x3)
     print(f"exported {model.model_id} for {', '.join(card['platforms'])}: "
           f"{Path(workdir) / exporting.PROGRAM} and {Path(workdir) / exporting.CARD}")
     return card

@@ -52,7 +52,8 @@ def build_model(config, ds):
     name = config.model.name
     module, bb, digest = load.load_backbone(name, config.weights, size=config.preprocess.size,
                                             dtype=config.model.dtype,
-                                            depthwise=config.model.depthwise)
+                                            depthwise=config.model.depthwise,
+                                            conv3x3=config.model.conv3x3)
     head = FlattenHead(hidden=tuple(config.staged.head_hidden), dropout=config.staged.head_dropout,
                        num_classes=len(ds.classes))
     model = Classifier(backbone=module, head=head, head_input="features")

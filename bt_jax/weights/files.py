@@ -159,11 +159,12 @@ def _template(model, size: int):
 
 def load_variables(spec: BackboneSpec, *, include_top: bool = False,
                    path: str | os.PathLike = "", cache_dir: str | os.PathLike = "",
-                   allow_download: bool = False, dtype=jnp.float32, depthwise: str = "auto"):
+                   allow_download: bool = False, dtype=jnp.float32, depthwise: str = "auto",
+                   conv3x3: str = "auto"):
     """(module, variables, digest): the backbone with ImageNet weights, ported once and cached.
 
-    `dtype` is the module's compute dtype; parameters stay float32. `depthwise` is the
-    DepthwiseConv implementation (no effect on the weights). `digest` (16 hex) names
+    `dtype` is the module's compute dtype; parameters stay float32. `depthwise` and
+    `conv3x3` are the DepthwiseConv and 3x3 Conv implementations (no effect on the weights). `digest` (16 hex) names
     the weights: backbone, source file SHA-256, top or not, PORT_VERSION."""
     backbone = spec.name
     file = resolve_weights(spec, include_top=include_top, path=path, cache_dir=cache_dir,
@@ -171,7 +172,7 @@ def load_variables(spec: BackboneSpec, *, include_top: bool = False,
     sha = file_digest(file) if path else verify(file, spec.source(include_top))
     top = "top" if include_top else "notop"
     digest = hashlib.sha256(f"{backbone}:{sha}:{top}:{PORT_VERSION}".encode()).hexdigest()[:16]
-    model = spec.make(include_top=include_top, dtype=dtype, depthwise=depthwise)
+    model = spec.make(include_top=include_top, dtype=dtype, depthwise=depthwise, conv3x3=conv3x3)
     ported = cache_root(cache_dir) / "ported" / f"{backbone}-{top}-{digest}.msgpack"
     if ported.is_file():
         log.info("%s: ported weights from cache %s", backbone, ported)

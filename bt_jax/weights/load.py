@@ -7,7 +7,8 @@ The backbone's name (a config value) is looked up here, once; its spec goes on d
 
 `weights.random_init=True` skips the weight files entirely (tests and benchmarks that
 only need the architecture); its digest says so and reports carry it. `depthwise`
-(config.model.depthwise) picks the DepthwiseConv implementation; the weights are the same.
+(config.model.depthwise) picks the DepthwiseConv implementation and `conv3x3`
+(config.model.conv3x3) that of 3x3 stride-1 convolutions; the weights are the same.
 """
 
 from __future__ import annotations
@@ -43,34 +44,35 @@ def sized_config(config, name: str):
 
 
 def load_backbone(name: str, weights, *, size: int, dtype: str = "float32", path: str | None = None,
-                  depthwise: str = "auto"):
+                  depthwise: str = "auto", conv3x3: str = "auto"):
     """(module, variables, digest) of backbone or recipe `name`, weights as `weights`
     (config.weights) say; `path` instead of weights.path."""
     return _load(registry.get(name), weights, size=size, dtype=common.DTYPES[dtype],
-                 path=weights.path if path is None else path, depthwise=depthwise)
+                 path=weights.path if path is None else path,
+                 impls={"depthwise": depthwise, "conv3x3": conv3x3})
 
 
-def _load(spec: BackboneSpec, weights, *, size: int, dtype, path: str, depthwise: str):
+def _load(spec: BackboneSpec, weights, *, size: int, dtype, path: str, impls: dict):
     """A feature recipe loads each of its backbones' weights from the cache or installed
     packages (`path` names one backbone's file, so it is not used) under the branch's name;
-    its digest is the recipe's name and theirs."""
+    its digest is the recipe's name and theirs. `impls`: spec.make's depthwise and conv3x3."""
     if spec.recipe and not weights.random_init:
-        parts = {s.name: _load(s, weights, size=size, dtype=dtype, path="", depthwise=depthwise)
+        parts = {s.name: _load(s, weights, size=size, dtype=dtype, path="", impls=impls)
                  for s in spec.recipe}
         variables = {col: {b: v[col] for b, (_, v, _) in parts.items() if col in v}
                      for col in ("params", "batch_stats")}
         blob = spec.name + "".join(f":{b}={d}" for b, (_, _, d) in parts.items())
-        return (spec.make(dtype=dtype, depthwise=depthwise),
+        return (spec.make(dtype=dtype, **impls),
                 {k: v for k, v in variables.items() if v},
                 hashlib.sha256(blob.encode()).hexdigest()[:16])
     if weights.random_init:
-        module = spec.make(dtype=dtype, depthwise=depthwise)
+        module = spec.make(dtype=dtype, **impls)
         variables = jax.jit(lambda r: module.init(r, jnp.zeros((1, size, size, 3)), train=False))(
             jax.random.PRNGKey(0))
         return module, jax.device_get(variables), RANDOM_DIGEST
     return files.load_variables(spec, path=path, cache_dir=weights.cache_dir,
                                 allow_download=weights.allow_download, dtype=dtype,
-                                depthwise=depthwise)
+                                **impls)
 
 
 def available(names, weights, preferred_path_for: str = "") -> tuple[dict, dict]:
