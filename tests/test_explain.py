@@ -36,7 +36,7 @@ class TinyNet(nn.Module):
     """Follows the backbone contract: (logits, out) with out["features"] and "pre_logits"."""
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):   # the backbone contract
         x = ConvRelu(16, name="block1")(x)
         x = ConvRelu(32, strides=2, name="block2")(x)
         x = ConvRelu(32, name="block3")(x)
@@ -76,7 +76,7 @@ class BrightBlobNet(nn.Module):
     """Hand-set backbone with a known answer: one feature channel, relu(mean RGB - 0.9)."""
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):   # the backbone contract
         x = ConvRelu(1, name="block1")(x)
         return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
 
@@ -119,7 +119,7 @@ class PooledBlobNet(nn.Module):
     (one cell = 4x4 input pixels) that Grad-CAM must upsample back to the input."""
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):   # the backbone contract
         x = nn.avg_pool(ConvRelu(1, name="block1")(x), (4, 4), strides=(4, 4))
         return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
 
@@ -154,7 +154,7 @@ class RedGreenNet(nn.Module):
     """Two hand-set channels: relu(R - 0.5) (red evidence) and relu(G - 0.5) (green)."""
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):   # the backbone contract
         x = ConvRelu(2, name="block1")(x)
         return None, {"features": x, "pre_logits": x.mean(axis=(1, 2))}
 
@@ -253,7 +253,7 @@ class LesionNet(nn.Module):
     """
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rows=None):   # the backbone contract
         x = x * 2.0 - 1.0
         x = ConvRelu(16, strides=2, bias=-0.5, name="block1")(x)
         x = ConvRelu(16, strides=2, name="block2")(x)
