@@ -48,9 +48,8 @@ def training_rows(config, ds) -> finetune.FitData:
                             aug_params=augment.make_augment_params(config.augment))
 
 
-def build_model(config, ds):
-    name = config.model.name
-    module, bb, digest = load.load_backbone(name, config.weights, size=config.preprocess.size,
+def build_model(config, ds, spec):
+    module, bb, digest = load.load_backbone(spec, config.weights, size=config.preprocess.size,
                                             dtype=config.model.dtype,
                                             depthwise=config.model.depthwise,
                                             conv3x3=config.model.conv3x3)
@@ -82,7 +81,8 @@ def run(config, workdir: Path):
     stages = parse_stages(config.staged.stages)
     spec = mreg.get(config.model.name)
     check_stage_groups(spec, stages, config.preprocess.size)
-    model, variables, digest = build_model(config, ds := dataset.prepare_dataset(config, workdir))
+    model, variables, digest = build_model(config, ds := dataset.prepare_dataset(config, workdir),
+                                           spec)
     if len(ds.splits.val) == 0:
         raise ConfigError("config.split.val_fraction: the validation split is empty for this "
                           "data set; method B needs one (e.g. 0.1)")

@@ -43,11 +43,13 @@ def sized_config(config, name: str):
     return out
 
 
-def load_backbone(name: str, weights, *, size: int, dtype: str = "float32", path: str | None = None,
-                  depthwise: str = "auto", conv3x3: str = "auto"):
-    """(module, variables, digest) of backbone or recipe `name`, weights as `weights`
-    (config.weights) say; `path` instead of weights.path."""
-    return _load(registry.get(name), weights, size=size, dtype=common.DTYPES[dtype],
+def load_backbone(name: str | BackboneSpec, weights, *, size: int, dtype: str = "float32",
+                  path: str | None = None, depthwise: str = "auto", conv3x3: str = "auto"):
+    """(module, variables, digest) of backbone or recipe `name` (or its spec, looked up
+    once by the caller), weights as `weights` (config.weights) say; `path` instead of
+    weights.path."""
+    spec = registry.get(name) if isinstance(name, str) else name
+    return _load(spec, weights, size=size, dtype=common.DTYPES[dtype],
                  path=weights.path if path is None else path,
                  impls={"depthwise": depthwise, "conv3x3": conv3x3})
 
