@@ -133,8 +133,14 @@ def paired_roofline(fn, flops: float, probe, probe_flops: float, repeats: int) -
     return statistics.median(fracs)
 
 
+def shipped_conv3x3() -> str:
+    """model.conv3x3 as the config ships it: benches time what users run unless told otherwise."""
+    from bt_jax.config import base_config
+    return base_config().model.conv3x3
+
+
 def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="auto",
-         pointwise: str = "auto"):
+         pointwise: str = "auto", conv3x3: str | None = None):
     """(callable, flops per batch, compile seconds) of our jitted forward; options: XLA
     compiler options for this program ("auto": what bt_jax's feature extraction and
     predict use, `compilation.forward_compiler_options`)."""
@@ -142,7 +148,8 @@ def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="aut
     from bt_jax.models import registry
     spec = registry.get(name)
     model, variables = registry.make_template(spec, jax.random.PRNGKey(0), size=size,
-                                              depthwise=depthwise, pointwise=pointwise)
+                                              depthwise=depthwise, pointwise=pointwise,
+                                              conv3x3=conv3x3 or shipped_conv3x3())
     x = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, 3))
 
     def fwd(v, x):
@@ -157,22 +164,24 @@ def ours(name: str, batch: int, size: int, depthwise: str = "auto", options="aut
     return (lambda: compiled(variables, x).block_until_ready()), flops, compile_s
 
 
-def train_module(spec, head: str = "top", depthwise: str = "auto", pointwise: str = "auto"):
+def train_module(spec, head: str = "top", depthwise: str = "auto", pointwise: str = "auto",
+                 conv3x3: str | None = None):
     """The module a fine-tune step trains: "top" = the backbone's own classifier
     (include_top) with 2 classes; "flatten" = method B's Flatten head (configs/vgg19_staged.py:
     Flatten -> staged.head_hidden -> 2, dropout staged.head_dropout) on the last feature map."""
     from bt_jax.config import base_config
     from bt_jax.models.heads import Classifier, FlattenHead
+    convs = dict(depthwise=depthwise, pointwise=pointwise, conv3x3=conv3x3 or shipped_conv3x3())
     if head == "top":
-        return spec.make(include_top=True, num_classes=2, depthwise=depthwise, pointwise=pointwise)
+        return spec.make(include_top=True, num_classes=2, **convs)
     staged = base_config().staged
-    return Classifier(backbone=spec.make(depthwise=depthwise, pointwise=pointwise),
+    return Classifier(backbone=spec.make(**convs),
                       head=FlattenHead(hidden=tuple(staged.head_hidden), dropout=staged.head_dropout,
                                        num_classes=2), head_input="features")
 
 
 def train_step(name: str, batch: int, size: int, depthwise: str = "auto", options="auto",
-               head: str = "top", pointwise: str = "auto"):
+               head: str = "top", pointwise: str = "auto", conv3x3: str | None = None):
     """(callable running one step, flops per step, compile seconds): forward in training mode,
     backward and an Adam update of every parameter, the fine-tuning step of a whole backbone
     (head: `train_module`). Backbones without BatchNorm (VGG) train their params only."""
@@ -180,7 +189,7 @@ def train_step(name: str, batch: int, size: int, depthwise: str = "auto", option
     import jax.numpy as jnp
     import optax
     from bt_jax.models import registry
-    model = train_module(registry.get(name), head, depthwise, pointwise)
+    model = train_module(registry.get(name), head, depthwise, pointwise, conv3x3)
     variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False))(
         jax.random.PRNGKey(0))
     tx = optax.adam(1e-4)

@@ -85,19 +85,28 @@ def once(build):
 # ---- bt_jax ------------------------------------------------------------------------------
 
 def bt_jax_variants(name: str, task: str, batch: int, size: int, defaults: bool) -> list:
+    """bt_jax as shipped (or with XLA's default options); where the backbone has 3x3 stride-1
+    convolutions, also with model.conv3x3="auto" (Winograd per layer), so one run shows
+    whether that switch should become the default."""
     import bench_backbones as bb
     from bt_jax.compilation import forward_compiler_options
+    from bt_jax.models import registry
 
-    def build():
+    def build(conv3x3=None):
         if task == "forward":   # "auto": forward_compiler_options(), as feature extraction runs
-            fn, _, _ = bb.ours(name, batch, size, options=None if defaults else "auto")
+            fn, _, _ = bb.ours(name, batch, size, options=None if defaults else "auto",
+                               conv3x3=conv3x3)
             opts = None if defaults else forward_compiler_options()
         else:   # the fine-tune step keeps XLA's default options either way (bench_backbones)
-            fn, _, _ = bb.train_step(name, batch, size, head="flatten" if task == "train_b" else "top")
+            fn, _, _ = bb.train_step(name, batch, size, head="flatten" if task == "train_b" else "top",
+                                     conv3x3=conv3x3)
             opts = None
-        return fn, {"compiler_options": opts,
+        return fn, {"compiler_options": opts, "conv3x3": conv3x3 or bb.shipped_conv3x3(),
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
-    return [("xla-defaults" if defaults else "shipped", build)]
+    if defaults:
+        return [("xla-defaults", build)]
+    extra = registry.get(name).conv3x3 and bb.shipped_conv3x3() != "auto"
+    return [("shipped", build)] + ([("winograd-auto", lambda: build("auto"))] if extra else [])
 
 
 # ---- Keras -------------------------------------------------------------------------------

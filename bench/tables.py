@@ -111,6 +111,7 @@ def near_duplicates_table() -> str:
 
 
 PEER_COLUMNS = {"bt_jax/shipped": "bt_jax", "bt_jax/xla-defaults": "bt_jax, XLA defaults",
+                "bt_jax/winograd-auto": "bt_jax, conv3x3=auto",
                 "keras-tensorflow": "Keras 3 (TF)", "keras-jax": "Keras 3 (JAX)",
                 "pytorch": "PyTorch + timm"}
 PEER_TASKS = {"forward": "forward", "train": "train step", "train_b": "train step, method B head"}
