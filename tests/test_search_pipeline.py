@@ -144,3 +144,32 @@ def test_parallel_trials_in_one_allocation_score_as_each_trial_alone(phantom_dir
                               steps.head.HeadHParams.from_trial(t.params, c.train))
         np.testing.assert_allclose(t.user_attrs["fold_val_acc"], alone.val_acc_best, atol=1e-6)
         assert t.value == pytest.approx(alone.val_acc_mean, abs=1e-6)
+
+
+@pytest.mark.e2e
+def test_a_pruned_search_keeps_the_count_and_complete_trials_score_as_unpruned(phantom_dir,
+                                                                               tmp_path):
+    """search.pruner on method A's real objective: epoch-chunked head lanes, two trials per
+    call; finished = COMPLETE + PRUNED = the plan, a COMPLETE trial's fold accuracies are
+    those of its setting trained without pruning, a PRUNED one ran fewer epochs."""
+    c = base_config()
+    c.data.dir = str(phantom_dir)
+    c.preprocess.size = 32
+    c.split.k = 3
+    c.search.backbones = ("efficientnet_lite0",)
+    c.search.trials, c.search.parallel_trials = 10, 2
+    c.search.pruner, c.search.prune_warmup_epochs = "successive_halving", 1
+    c.search.units, c.search.batch_sizes = (8, 24), (16, 32)
+    c.train.epochs, c.train.patience = 6, 6
+    run = steps.prepare(c, tmp_path, c.search.backbones)
+    study = steps.run_study(run, c, tmp_path, progress=False)
+    states = {s: [t for t in study.trials if t.state == s] for s in optuna.trial.TrialState}
+    done, pruned = states[optuna.trial.TrialState.COMPLETE], states[optuna.trial.TrialState.PRUNED]
+    assert len(done) + len(pruned) == len(study.trials) == 10 and pruned and done
+    for t in done:
+        alone = steps.cv_head(run, "efficientnet_lite0",
+                              steps.head.HeadHParams.from_trial(t.params, c.train))
+        np.testing.assert_allclose(t.user_attrs["fold_val_acc"], alone.val_acc_best, atol=1e-6)
+    for t in pruned:
+        assert t.user_attrs["pruned_after_epoch"] < c.train.epochs
+        assert max(t.user_attrs["best_epochs"]) < t.user_attrs["pruned_after_epoch"]

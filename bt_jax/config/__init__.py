@@ -15,10 +15,10 @@ from bt_jax.config.checks import check_classes, check_search, normalise, validat
 from bt_jax.config.parse import (Stage, class_map, class_multipliers, parse_arg, parse_stage,
                                  parse_stages)
 from bt_jax.config.schema import (ALLOCATIONS, BACKBONES, BALANCE, EQUALIZE, OPTIMIZERS,
-                                  PIPELINES, RENAMED, ConfigError, base_config, recipe_error,
+                                  PIPELINES, PRUNERS, RENAMED, ConfigError, base_config, recipe_error,
                                   training_threshold)
 
-__all__ = ["ALLOCATIONS", "BACKBONES", "BALANCE", "EQUALIZE", "OPTIMIZERS", "PIPELINES",
+__all__ = ["ALLOCATIONS", "BACKBONES", "BALANCE", "EQUALIZE", "OPTIMIZERS", "PIPELINES", "PRUNERS",
            "RENAMED", "ConfigError", "base_config", "check_classes", "check_search",
            "class_map", "class_multipliers", "normalise", "parse_arg", "parse_stage", "parse_stages",
            "Stage", "recipe_error", "training_threshold", "validate"]

@@ -15,6 +15,7 @@ from bt_jax.models import depthwise, winograd
 from bt_jax.models.common import DTYPES
 from bt_jax.config.schema import (
     ALLOCATIONS,
+    PRUNERS,
     BACKBONES,
     BALANCE,
     EQUALIZE,
@@ -51,6 +52,9 @@ def check_search(s) -> None:
         _fail("search.parallel_trials", f"expected >= 0 (0: auto), got {s.parallel_trials}")
     if s.allocation not in ALLOCATIONS:
         _fail("search.allocation", f"expected one of {ALLOCATIONS}, got {s.allocation!r}")
+    if s.pruner not in PRUNERS:
+        _fail("search.pruner", f"expected one of {PRUNERS}, got {s.pruner!r}")
+    _positive_ints("search.prune_warmup_epochs", (s.prune_warmup_epochs,))
     _positive_ints("search.batch_sizes", s.batch_sizes)
     bad = [o for o in s.optimizers if o not in OPTIMIZERS]
     if not s.optimizers or bad:

@@ -19,6 +19,7 @@ STORE_DTYPES = ("uint16", "uint8")
 EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export lowering targets
 BALANCE = ("none", "augment2a", "multipliers")
 ALLOCATIONS = ("auto", "exact", "space", "bucket")
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "warmup_cosine")  # finetune.schedule
 # Anywhere a backbone is named, a feature recipe of them may be ('+'-joined with options,
@@ -164,6 +165,10 @@ def base_config() -> ml_collections.ConfigDict:
                                           # no padding), "space" (one for the whole space),
                                           # "bucket" (widths <= 256 share one per batch size),
                                           # "auto" (space; bucket where a CPU pads a large one)
+    c.search.pruner = "none"              # stop trials early on their per-epoch k-fold accuracy:
+                                          # "none", "median", "successive_halving", "hyperband"
+                                          # (Optuna's; pruned trials count toward search.trials)
+    c.search.prune_warmup_epochs = 2      # epochs before the first check (median) or rung
 
     c.staged = ml_collections.ConfigDict()  # method B
     # "name:groups:epochs:lr"; groups '+'-joined layer-group selectors, "none" = head only,

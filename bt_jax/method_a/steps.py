@@ -195,7 +195,7 @@ def cv_head(run: Run, backbone: str, hp: head.HeadHParams, capacity=None) -> hea
 
 
 def cv_heads(run: Run, backbone: str, hps, capacity=None, *, folds: FoldArrays | None = None,
-             key=None) -> list[head.FoldResults]:
+             key=None, prune=None) -> list[head.FoldResults]:
     """Several head settings, each on all k folds (default: run.folds, key from
     config.seed), in one compiled call (capacity: the allocation that serves them, None:
     the smallest); refuses a diverged run."""
@@ -203,7 +203,7 @@ def cv_heads(run: Run, backbone: str, hps, capacity=None, *, folds: FoldArrays |
     out = head.fit_trials(run.feats[backbone], run.labels_all,
                           run.folds if folds is None else folds, hps, key,
                           n_classes=len(run.ds.classes), capacity=capacity,
-                          lane_batch=allocation.lane_batch(run.config))
+                          lane_batch=allocation.lane_batch(run.config), prune=prune)
     for res, hp in zip(out, hps):
         head.check_converged(res, what=f"{backbone} head {hp}")
     return out
@@ -218,20 +218,31 @@ def run_study(run: Run, config, workdir: Path, *, folds: FoldArrays | None = Non
     folds = run.folds if folds is None else folds
     allocations = allocation.search_allocations(run, parallel, folds)
 
-    def objective_batch(ps: list[dict]):
+    def objective_batch(ps: list[dict], report=None):
         results = [None] * len(ps)
         for name in dict.fromkeys(p["backbone"] for p in ps):
             idx = [i for i, p in enumerate(ps) if p["backbone"] == name]
             hps = [head.HeadHParams.from_trial(ps[i], config.train) for i in idx]
             capacity = head.capacity_if_serving(allocations, hps, folds.train_idx.shape[1],
                                                 len(run.ds.classes))
-            for i, res in zip(idx, cv_heads(run, name, hps, capacity, folds=folds, key=key)):
+            prune = None if report is None else _report_part(report, idx, len(ps))
+            for i, res in zip(idx, cv_heads(run, name, hps, capacity, folds=folds, key=key,
+                                            prune=prune)):
                 results[i] = (res.val_acc_mean, cv_summary(res))
         return results
 
-    return tuning.run_search(config, workdir, lambda p: objective_batch([p])[0],
+    return tuning.run_search(config, workdir, lambda p, **kw: objective_batch([p], **kw)[0],
                              available_backbones=list(run.feats), progress=progress,
                              parallel=parallel, objective_batch=objective_batch)
+
+
+def _report_part(report, idx: list[int], n: int):
+    """A batch's pruning reporter seen from the trials `idx` of it (one backbone's call)."""
+    def prune(epoch, scores, training):
+        full, train = np.full(n, np.nan), np.zeros(n, bool)
+        full[idx], train[idx] = scores, training
+        return report(epoch, full, train)[idx]
+    return prune
 
 
 def cv_summary(res: head.FoldResults) -> dict:

@@ -20,7 +20,7 @@ fits it: a search compiles once per allocation, not once per trial.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.struct
@@ -192,11 +192,18 @@ def default_lane_batch(n_lanes: int) -> int:
 
 def fit_trials(features, labels, folds: FoldArrays, hps: Sequence[HeadHParams], rng, *,
                n_classes: int = 2, capacity: head_lanes.Capacity | None = None,
-               lane_batch: int | None = None, fold_rngs=None) -> list[FoldResults]:
+               lane_batch: int | None = None, fold_rngs=None,
+               prune: Callable | None = None) -> list[FoldResults]:
     """Several head settings, each on all k folds, in ONE compiled call (trials x folds
     lanes). Each trial's results equal those of `fit_folds` for it alone: fold f uses
     jax.random.split(rng, k)[f] whatever else shares the call. capacity: the allocation
-    (default: the smallest that fits these trials; pass one to reuse a program)."""
+    (default: the smallest that fits these trials; pass one to reuse a program).
+
+    prune: train in one-epoch chunks; after epoch e (< epochs), `prune(e, scores,
+    training) -> stop` gets each trial's score so far (`chunk_scores`) and which trials
+    still train, and returns the trials to stop now (bool (n,)): a stopped trial's lanes
+    run no further epochs and its results are those of its best epoch so far. With
+    `prune` never stopping anything the results equal the unchunked call's."""
     features, labels = _prep(features, labels, n_classes)
     _check_folds(folds, features.shape[0])
     hps = list(hps)
@@ -220,9 +227,45 @@ def fit_trials(features, labels, folds: FoldArrays, hps: Sequence[HeadHParams], 
     fold_rngs = jax.random.split(rng, k) if fold_rngs is None else fold_rngs
     rngs = jnp.tile(fold_rngs, (n, 1))
     lb = default_lane_batch(n * k) if lane_batch is None else int(lane_batch)
-    out = head_lanes.run_lanes_jit(cap, lb, features, labels, lanes, shared, rngs)
+    args = (features, labels, lanes, shared, rngs)
+    out = (head_lanes.run_lanes_jit(cap, lb, *args) if prune is None
+           else _fit_in_chunks(cap, lb, args, n, k, prune))
     return [_host(jax.tree.map(lambda a, t=t: a[t * k:(t + 1) * k], out), hp.units)
             for t, hp in enumerate(hps)]
+
+
+def chunk_scores(states: dict, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(score, finished) per trial from lane states after a chunk: the score is the mean
+    over folds of the validation accuracy at each fold's best epoch so far (what the
+    search's objective becomes if the trial ends now); finished: every fold has run all
+    its epochs or stopped early."""
+    curves, es, epoch = jax.device_get((states["curves"]["val_acc"], states["es"],
+                                        states["epoch"]))
+    best = np.asarray(es.best_epoch)
+    acc = np.where(best >= 0, np.take_along_axis(curves, np.maximum(best, 0)[:, None], 1)[:, 0],
+                   np.nan).reshape(n, k)
+    with np.errstate(all="ignore"):
+        score = np.nanmean(acc, axis=1) if np.isfinite(acc).any() else np.full(n, np.nan)
+    done = (np.asarray(es.stopped) | (epoch >= curves.shape[1])).reshape(n, k).all(axis=1)
+    return score, done
+
+
+def _fit_in_chunks(cap: head_lanes.Capacity, lb: int, args: tuple, n: int, k: int,
+                   prune: Callable) -> dict:
+    """`run_lanes` one epoch at a time, asking `prune` after each which trials to stop."""
+    features, labels, lanes, shared, rngs = args
+    states = head_lanes.jitted(head_lanes.start_lanes)(cap, lb, features, lanes, shared, rngs)
+    stopped = np.zeros(n, bool)
+    for epoch in range(1, cap.epochs + 1):
+        until = np.where(np.repeat(stopped, k), -1, epoch).astype(np.int32)
+        states = head_lanes.jitted(head_lanes.advance_lanes)(cap, lb, *args, states, until)
+        score, done = chunk_scores(states, n, k)
+        if epoch == cap.epochs or (stopped | done).all():
+            break
+        stop = np.asarray(prune(epoch, np.where(stopped, np.nan, score), ~(stopped | done)), bool)
+        stopped |= stop & ~done
+    return head_lanes.jitted(head_lanes.finish_lanes)(cap, lb, features, labels, lanes, shared,
+                                                      states)
 
 
 def fit_folds(features, labels, folds: FoldArrays, hparams: HeadHParams, rng, *,

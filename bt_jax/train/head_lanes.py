@@ -197,18 +197,25 @@ def masked_auc(scores, y, mask):
     return jnp.where((n_pos > 0) & (n_neg > 0), auc, jnp.nan)
 
 
-def lane_fn(cap: Capacity, features, labels, ti, tm, vi, vm, hp: dict, rng) -> dict:
-    """Whole training of one lane (pure): a `lax.while_loop` over epochs that exits when
-    early stopping fires, around a `lax.fori_loop` over steps; restore-best at the end.
-    Returns curves (epochs,), best/stopped epoch, epochs run, validation loss/accuracy/
-    AUC/probabilities at the best params, and the best params (allocated shapes)."""
-    init_rng, loop_rng = jax.random.split(rng)
+def lane_start(cap: Capacity, features, hp: dict, rng) -> dict:
+    """A lane's state before its first epoch: initial params, optimiser, early stopping,
+    NaN curves, epoch 0 (what `lane_epochs` carries)."""
+    init_rng, _ = jax.random.split(rng)
     params = init_params(init_rng, cap, features.shape[1], hp["units"])
+    nan_curve = jnp.full((cap.epochs,), jnp.nan, jnp.float32)
+    return dict(params=params, opt=opt_init(params), es=callbacks.early_stopping_init(params),
+                curves={k: nan_curve for k in CURVES}, epoch=jnp.asarray(0, jnp.int32))
+
+
+def lane_epochs(cap: Capacity, features, labels, ti, tm, vi, vm, hp: dict, rng, state: dict,
+                until) -> dict:
+    """Epochs of one lane from `state` until epoch `until` (traced; at most cap.epochs)
+    or until early stopping fires: a `lax.while_loop` over epochs around a
+    `lax.fori_loop` over steps. Epoch e draws from fold_in(rng, e), so running the epochs
+    in chunks gives the same lane as running them in one call."""
+    _, loop_rng = jax.random.split(rng)
     unit_mask = jnp.arange(cap.units) < hp["units"]
     xv, yv = features[vi], labels[vi]
-    nan_curve = jnp.full((cap.epochs,), jnp.nan, jnp.float32)
-    carry0 = dict(params=params, opt=opt_init(params), es=callbacks.early_stopping_init(params),
-                  curves={k: nan_curve for k in CURVES}, epoch=jnp.asarray(0, jnp.int32))
 
     def epoch_body(c):
         params, opt, (tl, tc, tn) = _train_epoch(
@@ -225,49 +232,99 @@ def lane_fn(cap: Capacity, features, labels, ti, tm, vi, vm, hp: dict, rng) -> d
         curves = {k: v.at[e].set(new[k]) for k, v in c["curves"].items()}
         return dict(params=params, opt=opt, es=es, curves=curves, epoch=e + 1)
 
-    out = jax.lax.while_loop(lambda c: (c["epoch"] < cap.epochs) & ~c["es"].stopped,
-                             epoch_body, carry0)
-    es = out["es"]
+    last = jnp.minimum(until, cap.epochs)
+    return jax.lax.while_loop(lambda c: (c["epoch"] < last) & ~c["es"].stopped,
+                              epoch_body, state)
+
+
+def lane_result(cap: Capacity, features, labels, vi, vm, hp: dict, state: dict) -> dict:
+    """Restore-best: curves (epochs,), best/stopped epoch, epochs run, validation
+    loss/accuracy/AUC/probabilities at the best params, and the best params (allocated
+    shapes)."""
+    unit_mask = jnp.arange(cap.units) < hp["units"]
+    xv, yv = features[vi], labels[vi]
+    es = state["es"]
     vl, (vc, logits) = _loss_and_hits(es.best_params, xv, yv, vm, unit_mask)
     val_auc, val_prob = _val_scores(logits, yv, vm)
-    return dict(**out["curves"], best_epoch=es.best_epoch, stopped_epoch=es.stopped_epoch,
-                epochs_run=out["epoch"], val_loss_best=_div(vl, vm.sum()),
+    return dict(**state["curves"], best_epoch=es.best_epoch, stopped_epoch=es.stopped_epoch,
+                epochs_run=state["epoch"], val_loss_best=_div(vl, vm.sum()),
                 val_acc_best=_div(vc, vm.sum()), val_auc=val_auc, val_prob=val_prob,
                 params=es.best_params)
+
+
+def lane_fn(cap: Capacity, features, labels, ti, tm, vi, vm, hp: dict, rng) -> dict:
+    """Whole training of one lane (pure): `lane_start`, every epoch (`lane_epochs`) and
+    `lane_result`."""
+    state = lane_epochs(cap, features, labels, ti, tm, vi, vm, hp, rng,
+                        lane_start(cap, features, hp, rng), cap.epochs)
+    return lane_result(cap, features, labels, vi, vm, hp, state)
+
+
+def _hp(lane: dict, shared: dict) -> dict:
+    return {**shared, **{k: lane[k] for k in HP_KEYS if k in lane}}
+
+
+def _map_lanes(fn, lane_batch: int, xs, n: int):
+    """fn over the leading (lane) axis of xs: lane_batch lanes in lockstep (vmap), chunks
+    one after another (`lax.map`); lane_batch >= n: one vmap."""
+    if lane_batch >= n:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=None if lane_batch == 1 else lane_batch)
 
 
 def run_lanes(cap: Capacity, lane_batch: int, features, labels, lanes: dict, shared: dict,
               rngs) -> dict:
     """L lanes -> outputs with a leading lane axis. lanes: per-lane arrays (L, ...) with
-    ti/tm/vi/vm and any of HP_KEYS; shared: the other HP_KEYS as scalars. lane_batch
-    lanes run in lockstep
-    (vmap); chunks run one after another (`lax.map`); lane_batch >= L: one vmap."""
+    ti/tm/vi/vm and any of HP_KEYS; shared: the other HP_KEYS as scalars."""
     def one(args):
         lane, rng = args
-        hp = {**shared, **{k: lane[k] for k in HP_KEYS if k in lane}}
         return lane_fn(cap, features, labels, lane["ti"], lane["tm"], lane["vi"], lane["vm"],
-                       hp, rng)
-    n = rngs.shape[0]
-    if lane_batch >= n:
-        return jax.vmap(one)((lanes, rngs))
-    if lane_batch == 1:
-        return jax.lax.map(one, (lanes, rngs))
-    return jax.lax.map(one, (lanes, rngs), batch_size=lane_batch)
+                       _hp(lane, shared), rng)
+    return _map_lanes(one, lane_batch, (lanes, rngs), rngs.shape[0])
+
+
+# The same lanes in epoch chunks (a pruned search reads each chunk's scores): three
+# programs whose composition is `run_lanes`, lane for lane (tests/test_pruning.py).
+
+def start_lanes(cap: Capacity, lane_batch: int, features, lanes: dict, shared: dict, rngs):
+    return _map_lanes(lambda a: lane_start(cap, features, _hp(a[0], shared), a[1]),
+                      lane_batch, (lanes, rngs), rngs.shape[0])
+
+
+def advance_lanes(cap: Capacity, lane_batch: int, features, labels, lanes: dict, shared: dict,
+                  rngs, states: dict, until) -> dict:
+    """Each lane's epochs up to its own `until` (L,) (a lane at or past it stays as it is)."""
+    def one(args):
+        lane, rng, state, u = args
+        return lane_epochs(cap, features, labels, lane["ti"], lane["tm"], lane["vi"],
+                           lane["vm"], _hp(lane, shared), rng, state, u)
+    return _map_lanes(one, lane_batch, (lanes, rngs, states, until), rngs.shape[0])
+
+
+def finish_lanes(cap: Capacity, lane_batch: int, features, labels, lanes: dict, shared: dict,
+                 states: dict) -> dict:
+    def one(args):
+        lane, state = args
+        return lane_result(cap, features, labels, lane["vi"], lane["vm"], _hp(lane, shared),
+                           state)
+    return _map_lanes(one, lane_batch, (lanes, states), lanes["vi"].shape[0])
 
 
 # XLA:CPU hands the head's few-row matmuls (rows = batch size) to YNNPACK, where they run
 # many times slower than XLA's own dot (docs/benchmarks.md, "Head search"): the head
 # program opts out of YNNPACK as inference programs do (models.common).
-_JITTED: dict[str, object] = {}
+_JITTED: dict[tuple, object] = {}
 
 
-def jitted():
-    """`run_lanes` jitted for the default backend (static: cap, lane_batch)."""
-    backend = jax.default_backend()
-    if backend not in _JITTED:
-        _JITTED[backend] = jax.jit(run_lanes, static_argnums=(0, 1),
-                                   compiler_options=forward_compiler_options())
-    return _JITTED[backend]
+def jitted(fn=run_lanes):
+    """`fn` (run_lanes or a chunk program) jitted for the default backend (static: cap,
+    lane_batch); `advance_lanes` reuses the buffers of the states it is given."""
+    key = (jax.default_backend(), fn.__name__)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(fn, static_argnums=(0, 1),
+                               donate_argnums=(7,) if fn is advance_lanes else (),
+                               compiler_options=forward_compiler_options())
+    return _JITTED[key]
 
 
 def run_lanes_jit(cap: Capacity, lane_batch: int, *args) -> dict:

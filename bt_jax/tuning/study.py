@@ -12,11 +12,12 @@ Storage: `config.search.storage` (any SQLAlchemy URL; PostgreSQL lets launch.py 
 machines share one study) or `sqlite:///{workdir}/search.db`; study `config.search.study_name` or
 "{config.name}-search", created with load_if_exists, so relaunching with the same workdir resumes.
 
-Exact count. `config.search.trials` is the number of COMPLETE trials the study ends with. A worker
+Exact count. `config.search.trials` is the number of finished (COMPLETE, or PRUNED with
+`search.pruner` set) trials the study ends with. A worker
 takes a cross-process lock (SQLite: fcntl on `search.lock` beside the db file; PostgreSQL:
-`pg_advisory_xact_lock` on the same URL; other databases are refused), then counts COMPLETE +
+`pg_advisory_xact_lock` on the same URL; other databases are refused), then counts finished +
 RUNNING and only if that is below the plan asks for a new trial and samples its params, all before
-releasing the lock. A trial only becomes COMPLETE from RUNNING, so COMPLETE can never pass the plan,
+releasing the lock. A trial only finishes from RUNNING, so finished trials never pass the plan,
 and trial numbers (assigned by the storage in creation order) are unique. A worker whose free slots
 are all taken by other workers' RUNNING trials waits (polling) until they finish, since one may
 fail and free a slot; it returns once COMPLETE == plan.
@@ -34,7 +35,7 @@ of dead workers on other hosts are found by Optuna heartbeats (a thread beats ev
 (the storage refuses attrs on finished trials). A live worker whose trial was failed that way
 drops its result on tell (logged), so the count stays exact.
 
-Determinism. The TPE sampler of the trial filling slot s (= COMPLETE + RUNNING trials when it is
+Determinism. The TPE sampler of the trial filling slot s (= finished + RUNNING trials when it is
 asked for) is seeded from (config.seed, s): one worker with a fixed seed proposes the same params
 every run; a killed trial, failed on relaunch, frees its slot and is proposed again with the same
 params (TPE ignores failed trials), so a resumed run ends as an uninterrupted one would (for a
@@ -68,7 +69,7 @@ from bt_jax.tuning.storage import SearchError, storage_url, study_name  # noqa: 
 
 log = logging.getLogger(__name__)
 
-RESERVED_ATTRS = ("worker", "error", "traceback", "interrupted")
+RESERVED_ATTRS = ("worker", "error", "traceback", "interrupted", "pruned_after_epoch")
 
 
 # ---------------------------------------------------------------- space
@@ -146,6 +147,45 @@ def _sampler(seed: int, number: int) -> optuna.samplers.TPESampler:
         return optuna.samplers.TPESampler(seed=trial_seed, constant_liar=True)
 
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)   # what the plan counts
+
+
+def make_pruner(config) -> optuna.pruners.BasePruner:
+    """`search.pruner`: a trial reports its mean k-fold validation accuracy (at each fold's
+    best epoch so far) after every epoch; the pruner may stop it there. Warm-up
+    `search.prune_warmup_epochs`: the epochs before the first check (median) or the
+    first rung (successive halving, Hyperband)."""
+    name, warm = config.search.pruner, max(1, int(config.search.prune_warmup_epochs))
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warm)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=warm, reduction_factor=3)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=warm,
+                                              max_resource=int(config.train.epochs),
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+class Reporter:
+    """What a pruned objective calls after each epoch chunk of a batch of trials:
+    `reporter(epoch, scores, training) -> stop` reports each trial's score to Optuna and
+    asks its pruner about those still training; `pruned` holds the stopped ones."""
+
+    def __init__(self, trials: list):
+        self.trials, self.pruned = trials, {}
+
+    def __call__(self, epoch: int, scores, training) -> np.ndarray:
+        stop = np.zeros(len(self.trials), bool)
+        for i, (trial, score) in enumerate(zip(self.trials, scores)):
+            if i in self.pruned or not math.isfinite(score):
+                continue
+            trial.report(float(score), int(epoch))
+            if training[i] and trial.should_prune():
+                stop[i], self.pruned[i] = True, int(epoch)
+        return stop
+
+
 def _jsonable(value: Any) -> Any:
     def default(o):
         if hasattr(o, "tolist"):  # numpy / jax scalars and arrays
@@ -204,7 +244,8 @@ def _open_study(config, workdir: Path, space: dict, heartbeat_interval: int,
                                              grace_period=grace_period)
         study_storage.tune_sqlite(storage, url)
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                    load_if_exists=True, sampler=_sampler(config.seed, 0))
+                                    load_if_exists=True, sampler=_sampler(config.seed, 0),
+                                    pruner=make_pruner(config))
         if study.direction != optuna.study.StudyDirection.MAXIMIZE:
             raise SearchError(f"study {name!r} in {url} minimises; method A maximises accuracy")
         _check_space(study, space)
@@ -221,7 +262,7 @@ def _next_trial(s: _Session, config, available_backbones, planned: int):
     with s.lock():
         study_storage.reap_dead_trials(s.study, s.storage, s.study_id)
         trials = s.study.get_trials(deepcopy=False)   # finished trials come from a cache
-        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        done = sum(t.state in FINISHED for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if done >= planned:
             return "done"
@@ -251,11 +292,15 @@ def run_search(config, workdir: str | Path, objective: Callable[[dict], tuple[fl
 
     parallel > 1: up to that many trials are asked at once (each takes its own slot, so
     the count stays exact) and `objective_batch([params, ...]) -> [(value, attrs), ...]`
-    evaluates them together; if it raises, every trial of the batch ends FAIL."""
+    evaluates them together; if it raises, every trial of the batch ends FAIL.
+
+    With `search.pruner` set, objective_batch is called with `report=` a `Reporter`, which
+    it calls after each epoch; the trials it stopped end PRUNED, which count toward the
+    plan like COMPLETE ones (Optuna's n_trials counts them too) but never rank as best."""
     if parallel > 1 and objective_batch is None:
         raise ValueError("run_search: parallel > 1 needs objective_batch")
     if objective_batch is None or parallel <= 1:
-        objective_batch = lambda ps: [objective(p) for p in ps]  # noqa: E731
+        objective_batch = lambda ps, **kw: [objective(p, **kw) for p in ps]  # noqa: E731
     space = search_space(config, available_backbones)
     planned = int(config.search.trials)
     max_failures = planned if max_failures is None else int(max_failures)
@@ -318,7 +363,10 @@ def _run_trials(study, storage, batch, objective_batch, heartbeat_interval) -> l
             for _, trial_id, _ in batch:
                 stack.enter_context(study_storage.heartbeat(storage, trial_id,
                                                             heartbeat_interval))
-            results = objective_batch([dict(p) for _, _, p in batch])
+            params = [dict(p) for _, _, p in batch]
+            reporter = None if isinstance(study.pruner, optuna.pruners.NopPruner) else Reporter(trials)
+            results = objective_batch(params) if reporter is None else objective_batch(
+                params, report=reporter)
             if not isinstance(results, (list, tuple)) or len(results) != len(batch):
                 raise TypeError(f"objective_batch must return one result per trial "
                                 f"({len(batch)}), got {results!r:.200}")
@@ -336,10 +384,17 @@ def _run_trials(study, storage, batch, objective_batch, heartbeat_interval) -> l
                 study.tell(trial, state=TrialState.FAIL)
         raise
     seconds = (time.perf_counter() - t0) / len(batch)
-    for (trial, _, params), (value, attrs) in zip(batch, checked):
+    pruned = reporter.pruned if reporter is not None else {}
+    for i, ((trial, _, params), (value, attrs)) in enumerate(zip(batch, checked)):
         try:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
+            if i in pruned:   # its value: the last score reported
+                trial.set_user_attr("pruned_after_epoch", pruned[i])
+                study.tell(trial, state=TrialState.PRUNED)
+                log.info("trial %d %s pruned after epoch %d (%.4f so far)", trial.number,
+                         params, pruned[i], value)
+                continue
             study.tell(trial, value)
             log.info("trial %d %s -> %.4f (%.1f s)", trial.number, params, value, seconds)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -360,7 +415,7 @@ def _show(bar, trials: list[FrozenTrial]) -> None:
     if bar is None:
         return
     values = [t.value for t in trials if t.state == TrialState.COMPLETE]
-    bar.n = len(values)
+    bar.n = sum(t.state in FINISHED for t in trials)
     if values:
         bar.set_postfix_str(f"best {max(values):.4f}", refresh=False)
     bar.refresh()
