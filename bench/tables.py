@@ -225,6 +225,7 @@ def _allowed() -> dict[str, tuple]:
     from bt_jax.models import common, depthwise, registry, winograd
     return {"pipeline": schema.PIPELINES, "preprocess.equalize": schema.EQUALIZE,
             "augment.balance": schema.BALANCE, "search.allocation": schema.ALLOCATIONS,
+            "search.pruner": schema.PRUNERS,
             "train.optimizer": schema.OPTIMIZERS, "staged.optimizer": schema.OPTIMIZERS,
             "search.optimizers": schema.OPTIMIZERS, "data.store_dtype": schema.STORE_DTYPES,
             "model.name": schema.BACKBONES + ("recipes: backbones and " +
@@ -256,7 +257,33 @@ def config_table() -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"scale": scale_table, "scale_train": scale_train_table, "config": config_table,
+def pruning_table() -> str:
+    """Per data set (its newest run): each study's trials/min and best CV accuracy, whole
+    and at the unpruned study's wall time."""
+    path = RESULTS / "pruning.jsonl"
+    if not path.exists():
+        return "_No measurement yet: run `python bench/bench_pruning.py` (see its docstring)._"
+    recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    newest = {}
+    for r in recs:
+        newest[r["data"]] = max(newest.get(r["data"], ""), r["date"])
+    recs = list({(r["data"], r["pruner"]): r for r in recs if r["date"] == newest[r["data"]]}.values())
+    lines = ["| data (CV rows) | pruner | trials (pruned) | wall time | trials/min | vs unpruned | "
+             "best CV acc at the unpruned wall time (trials by then) | best CV acc, whole study |",
+             "|---|---|---|---:|---:|---:|---|---|"]
+    for r in recs:
+        base = next(b for b in recs if b["data"] == r["data"] and b["pruner"] == "none")
+        at_time = (f"{r['best_cv_acc_at_equal_time']:.3f} ({r['trials_at_equal_time']})"
+                   if "best_cv_acc_at_equal_time" in r else
+                   f"{r['best_cv_acc']:.3f} [{r['best_ci95'][0]:.3f}, {r['best_ci95'][1]:.3f}] ({r['trials']})")
+        lines.append(f"| {r['data']} ({r['cv_val_rows']:,}) | {r['pruner']} | {r['trials']} "
+                     f"({r['pruned']}) | {r['wall_s'] / 60:.1f} min | {r['trials_per_min']:.1f} | "
+                     f"**{r['trials_per_min'] / base['trials_per_min']:.2f}x** | {at_time} | "
+                     f"{r['best_cv_acc']:.3f} |")
+    return "\n".join(lines) + "\n\n" + _machine(recs)
+
+
+RENDERERS = {"pruning": pruning_table, "scale": scale_table, "scale_train": scale_train_table, "config": config_table,
              "near_duplicates": near_duplicates_table, "peers": peers_table,
              "peers_summary": peers_summary}
 
