@@ -86,8 +86,8 @@ def once(build):
 
 def bt_jax_variants(name: str, task: str, batch: int, size: int, defaults: bool) -> list:
     """bt_jax as shipped (or with XLA's default options); where the backbone has 3x3 stride-1
-    convolutions, also with model.conv3x3="auto" (Winograd per layer), so one run shows
-    whether that switch should become the default."""
+    convolutions, also with the other model.conv3x3 ("xla" or "auto": Winograd per layer),
+    so one run shows what the shipped choice buys."""
     import bench_backbones as bb
     from bt_jax.compilation import forward_compiler_options
     from bt_jax.models import registry
@@ -105,8 +105,9 @@ def bt_jax_variants(name: str, task: str, batch: int, size: int, defaults: bool)
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     if defaults:
         return [("xla-defaults", build)]
-    extra = registry.get(name).conv3x3 and bb.shipped_conv3x3() != "auto"
-    return [("shipped", build)] + ([("winograd-auto", lambda: build("auto"))] if extra else [])
+    other = "xla" if bb.shipped_conv3x3() == "auto" else "auto"
+    extra = [(f"conv3x3={other}", lambda: build(other))] if registry.get(name).conv3x3 else []
+    return [("shipped", build)] + extra
 
 
 # ---- Keras -------------------------------------------------------------------------------

@@ -111,14 +111,31 @@ def near_duplicates_table() -> str:
 
 
 PEER_COLUMNS = {"bt_jax/shipped": "bt_jax", "bt_jax/xla-defaults": "bt_jax, XLA defaults",
-                "bt_jax/winograd-auto": "bt_jax, conv3x3=auto",
+                "bt_jax/conv3x3=xla": "bt_jax, conv3x3=xla",
                 "keras-tensorflow": "Keras 3 (TF)", "keras-jax": "Keras 3 (JAX)",
                 "pytorch": "PyTorch + timm"}
 PEER_TASKS = {"forward": "forward", "train": "train step", "train_b": "train step, method B head"}
 
 
 def _peer_column(r: dict) -> str:
-    return f"bt_jax/{r['variant']}" if r["framework"] == "bt_jax" else r["framework"]
+    """The table column of a row. bt_jax's rows name the model.conv3x3 they ran with
+    (backbones with 3x3 stride-1 convs): the one the config ships now is "bt_jax"."""
+    if r["framework"] != "bt_jax":
+        return r["framework"]
+    conv = r.get("settings", {}).get("conv3x3")
+    if r["variant"] != "xla-defaults" and conv and _has_conv3x3(r["backbone"]):
+        return "bt_jax/shipped" if conv == _shipped_conv3x3() else f"bt_jax/conv3x3={conv}"
+    return f"bt_jax/{r['variant']}"
+
+
+def _has_conv3x3(name: str) -> bool:
+    from bt_jax.models import registry
+    return registry.get(name).conv3x3
+
+
+def _shipped_conv3x3() -> str:
+    from bt_jax.config import base_config
+    return base_config().model.conv3x3
 
 
 def _rate(v: float) -> str:
