@@ -171,7 +171,9 @@ def train_module(spec, head: str = "top", depthwise: str = "auto", pointwise: st
     Flatten -> staged.head_hidden -> 2, dropout staged.head_dropout) on the last feature map."""
     from bt_jax.config import base_config
     from bt_jax.models.heads import Classifier, FlattenHead
-    convs = dict(depthwise=depthwise, pointwise=pointwise, conv3x3=conv3x3 or shipped_conv3x3())
+    from bt_jax.models import winograd
+    convs = dict(depthwise=depthwise, pointwise=pointwise,
+                 conv3x3=winograd.for_training(conv3x3 or shipped_conv3x3()))
     if head == "top":
         return spec.make(include_top=True, num_classes=2, **convs)
     staged = base_config().staged

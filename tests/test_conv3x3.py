@@ -105,3 +105,20 @@ def test_unknown_impl_is_a_one_line_error():
     with pytest.raises(ConfigError, match=r"^config\.model\.conv3x3: .*winograd3") as e:
         validate(c)
     assert "\n" not in str(e.value)
+
+
+def test_a_trained_backbone_takes_the_training_rule_whatever_its_batchnorm_mode():
+    """Fine-tuning keeps BatchNorm in inference mode (train=False) while gradients flow:
+    for_training makes "auto" pick by the training rule there; forced choices stay."""
+    spec = registry.get("vgg19")
+    conv = C.Conv(64, (3, 3), conv3x3=winograd.for_training("auto"))
+    shape = (16, 120, 120, 128)
+    assert C._conv3x3_impl(conv, shape) == winograd.choose(shape, (3, 3, 128, 64), train=True)
+    assert C._conv3x3_impl(conv.clone(conv3x3="auto"), shape) == winograd.choose(
+        shape, (3, 3, 128, 64), train=False)
+    assert winograd.for_training("winograd4") == "winograd4"
+    trained = winograd.for_training_module(spec.make(conv3x3="auto"))
+    assert trained.conv3x3 == winograd.AUTO_TRAIN
+    assert winograd.for_training_module(spec.make(conv3x3="xla")).conv3x3 == "xla"
+    with pytest.raises(ValueError, match="conv3x3"):
+        C._conv3x3_impl(conv.clone(conv3x3="fast"), shape)

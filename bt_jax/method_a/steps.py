@@ -22,6 +22,7 @@ import numpy as np
 from bt_jax import compilation, features, model_card, stages, tuning
 from bt_jax.data import augment, dataset, preprocess
 from bt_jax.models import registry as mreg
+from bt_jax.models import winograd
 from bt_jax.models.heads import Classifier, Head, n_outputs
 from bt_jax.method_a import allocation
 from bt_jax.reporting import calibration, evaluation, tensorboard
@@ -292,7 +293,8 @@ def fine_tune(run: Run, backbone: str, hp: head.HeadHParams, frozen: head.FoldRe
     """The backbone + final head fine-tuned end to end at lr * finetune.lr_factor."""
     c = run.config
     module, variables, digest = run.models[backbone]
-    model = Classifier(backbone=module, head=Head(hp.units, hp.dropout, n_outputs(len(run.ds.classes))),
+    model = Classifier(backbone=winograd.for_training_module(module),   # conv3x3: training rule
+                       head=Head(hp.units, hp.dropout, n_outputs(len(run.ds.classes))),
                        head_input="pre_logits")
     full = {"params": {"backbone": variables["params"], "head": jax.device_get(frozen.params)},
             "batch_stats": {"backbone": variables.get("batch_stats", {})}}

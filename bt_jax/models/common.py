@@ -78,7 +78,7 @@ def _conv3x3_impl(m: Conv, x_shape) -> str:
     """"xla", "winograd2" or "winograd4" for this layer: Winograd only for an ungrouped,
     undilated, unmasked 3x3 stride-1 conv with SAME/VALID or explicit pair padding."""
     impl = m.conv3x3
-    if impl not in winograd.CHOICES:
+    if impl not in winograd.CHOICES + (winograd.AUTO_TRAIN,):
         raise ValueError(f"conv3x3 impl: expected one of {winograd.CHOICES}, got {impl!r}")
     strides = (m.strides,) * 2 if isinstance(m.strides, int) else tuple(m.strides or (1, 1))
     pads = m.padding

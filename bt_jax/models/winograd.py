@@ -30,6 +30,21 @@ from jax import lax
 
 IMPLS = ("xla", "winograd2", "winograd4")
 CHOICES = ("auto",) + IMPLS      # config.model.conv3x3, common.Conv's `conv3x3` field
+# "auto" for a module that gradients flow through: the training rule whatever the
+# backbone's BatchNorm mode (fine-tuning keeps BatchNorm in inference mode by default).
+AUTO_TRAIN = "auto_train"
+
+
+def for_training(choice: str) -> str:
+    """The conv3x3 field of a backbone that will be trained: "auto" -> AUTO_TRAIN."""
+    return AUTO_TRAIN if choice == "auto" else choice
+
+
+def for_training_module(module):
+    """`module` (a backbone) with `for_training` applied to its conv3x3 field, if it has one."""
+    if getattr(module, "conv3x3", None) == "auto":
+        return module.clone(conv3x3=AUTO_TRAIN)
+    return module
 
 # Lavin & Gray (2016), "Fast Algorithms for Convolutional Neural Networks": (B^T, G, A^T).
 # Both compute the correlation y_i = sum_k d_{i+k} g_k that lax.conv computes.
@@ -154,10 +169,10 @@ def choose(x_shape, kernel_shape, strides=(1, 1), *, train: bool = False,
 def resolve(choice: str, x_shape, kernel_shape, strides=(1, 1), *, train: bool = False) -> str:
     """The implementation `choice` (one of CHOICES) means for this layer: "auto" is `choose`;
     a forced Winograd applies to 3x3 stride-1 layers only, the rest stay "xla"."""
-    if choice not in CHOICES:
+    if choice not in CHOICES + (AUTO_TRAIN,):
         raise ValueError(f"conv3x3 impl: expected one of {CHOICES}, got {choice!r}")
-    if choice == "auto":
-        return choose(x_shape, kernel_shape, strides, train=train)
+    if choice in ("auto", AUTO_TRAIN):
+        return choose(x_shape, kernel_shape, strides, train=train or choice == AUTO_TRAIN)
     if tuple(kernel_shape[:2]) != (3, 3) or tuple(strides) != (1, 1):
         return "xla"
     return choice

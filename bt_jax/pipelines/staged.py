@@ -26,6 +26,7 @@ from bt_jax.data import augment, dataset, preprocess
 from bt_jax import model_card
 from bt_jax.reporting import evaluation, plots, tensorboard
 from bt_jax.models import registry as mreg
+from bt_jax.models import winograd
 from bt_jax.models.heads import Classifier, FlattenHead
 from bt_jax.train import finetune
 from bt_jax.inference.run_reports import write_reports
@@ -55,7 +56,9 @@ def build_model(config, ds, spec):
                                             conv3x3=config.model.conv3x3)
     head = FlattenHead(hidden=tuple(config.staged.head_hidden), dropout=config.staged.head_dropout,
                        num_classes=len(ds.classes))
-    model = Classifier(backbone=module, head=head, head_input="features")
+    # Gradients flow through the backbone from stage 1 on: conv3x3 "auto" by the training rule.
+    model = Classifier(backbone=winograd.for_training_module(module), head=head,
+                       head_input="features")
     x = jnp.zeros((1, config.preprocess.size, config.preprocess.size, 3))
     init = jax.jit(lambda r: model.init(r, x))(jax.random.PRNGKey(config.seed))
     variables = {"params": {"backbone": bb["params"], "head": jax.device_get(init["params"]["head"])},
