@@ -36,7 +36,7 @@ def get_config(arg: str = ""):
     c.finetune.epochs = 2
     # The fine-tune step of the three-backbone concatenation at 260 px held 16 GiB at batch
     # 32: four micro-batches of 8 make the same update (BatchNorm stays in inference mode)
-    # with a quarter of the activations (issue #25's <= 8 GiB).
+    # with a quarter of the activations: peak 5.6 GiB (docs/results.md).
     c.finetune.batch_size, c.train.grad_accum_steps = 32, 4
     if arg.quick:
         c.search.backbones = LITE[:2]
