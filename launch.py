@@ -6,7 +6,8 @@
 
 A mistake in a setting, a file or a folder prints one line (`error: ...`) and exits with
 status 2; a problem of the machine (disk full, out of memory, an unwritable workdir) exits
-with 3; Ctrl-C prints where it stopped and exits with 130 (errors.one_line). `--verbose`
+with 3; Ctrl-C prints where it stopped and exits with 130 (errors.one_line), even where a
+library swallows the interrupt (bt_jax/interrupts.py). `--verbose`
 (or BT_JAX_VERBOSE=1) shows the traceback too. Bugs keep theirs.
 """
 
@@ -23,7 +24,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bt_jax import compilation, console, errors, io, pipelines, sharding, stages
+from bt_jax import compilation, console, errors, interrupts, io, pipelines, sharding, stages
 from bt_jax.config import overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -49,6 +50,7 @@ def main(argv):
     logging.getLogger("absl").addFilter(_QuietOrbax())
     if sharding.initialize(_CONFIG.value.distributed) and not io.is_writer():
         logging.getLogger().setLevel(logging.WARNING)  # process 0 tells the story once
+    interrupts.install(_interrupted)
     try:
         pipelines.usable_workdir(Path(_WORKDIR.value).absolute())
         if io.is_writer():  # the terminal: progress, finished steps, warnings; the rest in W/logs
@@ -62,12 +64,21 @@ def main(argv):
         out = errors.one_line(e, stage=stages.current(), workdir=_WORKDIR.value)
         if out is None or _VERBOSE.value or os.environ.get("BT_JAX_VERBOSE"):
             raise
-        message, hint, status = out
-        print(f"error: {message}" if status != 130 else message, file=sys.stderr)
-        if hint or status != 130:  # a stopped server (errors.Stopped): its line alone
-            print(f"hint: {hint or _HINT}" + (" (--verbose shows the traceback)" if status == 2
-                                              else ""), file=sys.stderr)
-        sys.exit(status)
+        interrupts.exit_now(out[2], _lines(*out))  # XLA's threads may still run: no teardown
+
+
+def _lines(message: str, hint: str, status: int) -> list[str]:
+    """`error: ...` + `hint: ...`; Ctrl-C: where it stopped (a stopped server: that alone)."""
+    lines = [f"error: {message}" if status != 130 else message]
+    if hint or status != 130:
+        lines.append(f"hint: {hint or _HINT}"
+                     + (" (--verbose shows the traceback)" if status == 2 else ""))
+    return lines
+
+
+def _interrupted() -> list[str]:
+    return _lines(*errors.one_line(KeyboardInterrupt(), stage=stages.current(),
+                                   workdir=_WORKDIR.value))
 
 
 def _parse_flags(argv):

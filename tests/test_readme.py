@@ -93,6 +93,14 @@ def localise(cmd: str, tmp: Path, data_dir: Path) -> list[str]:
     return [sys.executable, str(ROOT / "launch.py"), *out[2:]]
 
 
+def _gist(stderr: str) -> str:
+    """A failed command's stderr without the interpreter's list of extension modules (what a
+    fatal error prints last), its first fatal lines kept beside the tail."""
+    lines = [ln for ln in stderr.splitlines() if not ln.startswith("Extension modules:")]
+    fatal = [ln for ln in lines if ln[:1] in "FE" and "]" in ln[:40] or "Fatal" in ln][:5]
+    return "\n".join(fatal + ["..."] + lines[-40:])[-4000:]
+
+
 def test_readme_has_the_main_commands():
     cmds = readme_commands()
     assert "python launch.py --config=configs/quickstart.py --workdir=runs/quickstart" in cmds
@@ -107,16 +115,22 @@ def test_every_readme_command_runs_as_typed(tmp_path, real_data_dir):
     background = []
     for cmd in readme_commands() + docs_commands():
         args = localise(cmd.rstrip("&").strip(), tmp_path, real_data_dir)
-        if cmd.endswith("&"):
-            background.append((cmd, subprocess.Popen(args, cwd=tmp_path, text=True,
-                                                     stdout=subprocess.DEVNULL,
-                                                     stderr=subprocess.PIPE)))
+        if cmd.endswith("&"):  # its log goes to a file: an unread pipe fills and stalls it
+            log = tmp_path / f"background_{len(background)}.err"
+            with open(log, "w") as f:
+                background.append((cmd, log, subprocess.Popen(
+                    args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=f)))
             continue
         r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, f"README command failed: {cmd}\n{r.stderr[-3000:]}"
-        for bg_cmd, proc in background:
-            err = proc.communicate(timeout=900)[1]
-            assert proc.returncode == 0, f"README command failed: {bg_cmd}\n{err[-3000:]}"
+        if r.returncode != 0:
+            for _, _, proc in background:  # the other process's story often explains this one
+                proc.kill()
+                proc.wait()
+            others = "".join(f"\n--- {c}\n{_gist(log.read_text())}" for c, log, _ in background)
+            raise AssertionError(f"README command failed: {cmd}\n{_gist(r.stderr)}{others}")
+        for bg_cmd, log, proc in background:
+            proc.wait(timeout=900)
+            assert proc.returncode == 0, f"README command failed: {bg_cmd}\n{_gist(log.read_text())}"
         background = []
     assert not background
     assert (tmp_path / "runs" / "quickstart" / "model.json").exists()
