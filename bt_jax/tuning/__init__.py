@@ -4,8 +4,9 @@
     study = tuning.run_search(config, W, objective, available_backbones=["resnet50v2"])
     tuning.best_trial_params(study); tuning.top_trials(study, 5)
 
-study.py: the space, the trial loop, trials.csv; storage.py: RDB URL, cross-process
-locks, worker ids and the reaping of trials left by dead workers.
+study.py: the space, the trial loop, trials.csv; pruning.py: stopping poor trials early;
+storage.py: RDB URL, cross-process locks, worker ids and the reaping of trials left by
+dead workers.
 """
 
 from bt_jax.tuning.storage import SearchError, storage_url, study_name  # noqa: F401

@@ -64,6 +64,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bt_jax import io
 from bt_jax.tuning import storage as study_storage
+from bt_jax.tuning.pruning import Reporter, make_pruner  # noqa: F401  (public API)
 from bt_jax.config import check_search
 from bt_jax.tuning.storage import SearchError, storage_url, study_name  # noqa: F401  (public API)
 
@@ -148,42 +149,6 @@ def _sampler(seed: int, number: int) -> optuna.samplers.TPESampler:
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)   # what the plan counts
-
-
-def make_pruner(config) -> optuna.pruners.BasePruner:
-    """`search.pruner`: a trial reports its mean k-fold validation accuracy (at each fold's
-    best epoch so far) after every epoch; the pruner may stop it there. Warm-up
-    `search.prune_warmup_epochs`: the epochs before the first check (median) or the
-    first rung (successive halving, Hyperband)."""
-    name, warm = config.search.pruner, max(1, int(config.search.prune_warmup_epochs))
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warm)
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=warm, reduction_factor=3)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=warm,
-                                              max_resource=int(config.train.epochs),
-                                              reduction_factor=3)
-    return optuna.pruners.NopPruner()
-
-
-class Reporter:
-    """What a pruned objective calls after each epoch chunk of a batch of trials:
-    `reporter(epoch, scores, training) -> stop` reports each trial's score to Optuna and
-    asks its pruner about those still training; `pruned` holds the stopped ones."""
-
-    def __init__(self, trials: list):
-        self.trials, self.pruned = trials, {}
-
-    def __call__(self, epoch: int, scores, training) -> np.ndarray:
-        stop = np.zeros(len(self.trials), bool)
-        for i, (trial, score) in enumerate(zip(self.trials, scores)):
-            if i in self.pruned or not math.isfinite(score):
-                continue
-            trial.report(float(score), int(epoch))
-            if training[i] and trial.should_prune():
-                stop[i], self.pruned[i] = True, int(epoch)
-        return stop
 
 
 def _jsonable(value: Any) -> Any:
