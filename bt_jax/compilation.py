@@ -2,6 +2,7 @@
 the compiler options of our programs (one place).
 
     compilation.enable_cache(W / "cache" / "jax")   # a relaunch loads programs from disk
+    BT_JAX_COMPILATION_CACHE=~/.cache/bt_jax/xla python launch.py ...   # one for all workdirs
     with compilation.Tally() as t:
         ...                                          # run a pipeline
     t.summary()   # {"programs": 41, "compiled": 3, "cache_hits": 38, "seconds": 9.2}
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import threading
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+SHARED_CACHE_ENV = "BT_JAX_COMPILATION_CACHE"   # a folder shared by every workdir
 MIN_COMPILE_S = 0.5  # only programs this slow to compile are cached (the step, not tiny ops)
 _COMPILE = "/jax/core/compile/backend_compile_duration"
 _HIT = "/jax/compilation_cache/cache_hits"
@@ -68,11 +71,14 @@ def enable_cache(path) -> Path:
 
 
 def enable_for_run(config, workdir) -> Path | None:
-    """The cache of one launch: `W/cache/jax` unless `config.compilation_cache` is False.
-    Call once, before the first compilation: JAX fixes the cache folder per process."""
+    """The cache of one launch: `W/cache/jax`, or the folder named by BT_JAX_COMPILATION_CACHE
+    (one cache for every workdir: a new workdir with the same model and shapes compiles
+    nothing), none if `config.compilation_cache` is False. Call once, before the first
+    compilation: JAX fixes the cache folder per process."""
     if not config.compilation_cache:
         return None
-    return enable_cache(Path(workdir).absolute() / "cache" / "jax")
+    shared = os.environ.get(SHARED_CACHE_ENV)
+    return enable_cache(Path(shared) if shared else Path(workdir).absolute() / "cache" / "jax")
 
 
 class Tally:

@@ -1,6 +1,7 @@
 """Shared fixtures: the real reference set when present, synthetic data otherwise."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,17 +50,24 @@ def model(model_dir):
 QUICK_SEARCH = ("configs/quickstart.py:quick", "--config.weights.random_init=True")
 
 
-def launch_quick_search(workdir, *extra):
+def launch_quick_search(workdir, *extra, env=None):
     """launch.py with the quick method A config (phantoms, random-init Lite0)."""
     from helpers import run_launch
-    return run_launch(*QUICK_SEARCH[1:], *extra, config=QUICK_SEARCH[0], workdir=workdir)
+    return run_launch(*QUICK_SEARCH[1:], *extra, config=QUICK_SEARCH[0], workdir=workdir,
+                      env=env)
+
+
+def own_xla_cache() -> dict:
+    """The environment of a launch that keeps its compiled programs in W/cache/jax (what a
+    test of that cache needs), without the suite's shared folder."""
+    return {k: v for k, v in os.environ.items() if k != "BT_JAX_COMPILATION_CACHE"}
 
 
 @pytest.fixture(scope="session")
 def quick_search_run(tmp_path_factory):
     """One uninterrupted quick method A run, shared by the tests that read or compare it."""
     w = tmp_path_factory.mktemp("method_a")
-    r = launch_quick_search(w)
+    r = launch_quick_search(w, env=own_xla_cache())
     assert r.returncode == 0, r.stderr[-4000:]
     return w, r
 
@@ -72,6 +80,11 @@ def pytest_configure(config):
     # launch.py subprocesses keep INFO on the terminal (tests read it); one test checks the
     # quiet console without this (test_launch.py).
     os.environ.setdefault("BT_JAX_LOG_TO_TERMINAL", "1")
+    # Every launch.py subprocess shares one XLA compilation cache (compiling is most of a
+    # quick launch's time); programs are keyed by their HLO, flags and JAX version, so a
+    # warm folder never serves a stale one. The tests of the per-workdir cache opt out.
+    os.environ.setdefault("BT_JAX_COMPILATION_CACHE",
+                          str(Path(tempfile.gettempdir()) / f"bt_jax_test_xla_cache_{os.getuid()}"))
     # Workers and subprocesses start with glibc's huge-page tunable, as launch.py runs do
     # (bt_jax/hugepages.py).
     from bt_jax import hugepages

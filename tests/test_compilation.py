@@ -1,6 +1,7 @@
 """The persistent XLA compilation cache: a second process loads what the first compiled."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,21 @@ def test_forward_programs_without_ynnpack_give_the_same_features():
     plain = np.asarray(jax.jit(f)(v, x))
     tuned = np.asarray(jax.jit(f, compiler_options=opts)(v, x))
     np.testing.assert_allclose(tuned, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+
+
+def test_one_cache_folder_for_every_workdir_when_named(tmp_path):
+    """BT_JAX_COMPILATION_CACHE replaces W/cache/jax; without it each workdir has its own."""
+    code = ("import sys; from bt_jax import compilation; from bt_jax.config import base_config; "
+            "print(compilation.enable_for_run(base_config(), sys.argv[1]))")
+    from bt_jax import compilation
+    env = {k: v for k, v in os.environ.items() if k != compilation.SHARED_CACHE_ENV}
+
+    def folder(workdir, **extra):
+        return subprocess.run([sys.executable, "-c", code, str(workdir)], cwd=ROOT, check=True,
+                              capture_output=True, text=True, timeout=120,
+                              env={**env, **extra}).stdout.strip().splitlines()[-1]
+
+    assert folder(tmp_path / "w") == str(tmp_path / "w" / "cache" / "jax")
+    shared = tmp_path / "xla"
+    assert folder(tmp_path / "w2", **{compilation.SHARED_CACHE_ENV: str(shared)}) == str(shared)
+    assert shared.is_dir() and not (tmp_path / "w2").exists()

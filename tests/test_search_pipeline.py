@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from bt_jax.config import base_config
-from conftest import launch_quick_search
+from conftest import launch_quick_search, own_xla_cache
 from bt_jax.data import dataset
 from bt_jax.method_a import allocation, steps
 from bt_jax.train.folds import make_fold_arrays, row_sources
@@ -84,7 +84,7 @@ def test_rerun_reads_the_feature_cache(finished):
     first = json.loads((w / "timing.json").read_text())
     assert first["pipeline"] == "search" and first["compiled"] > 0 and first["seconds"] > 0
     assert any((w / "cache" / "jax").iterdir())  # the persistent compilation cache
-    r = launch_quick_search(w)
+    r = launch_quick_search(w, env=own_xla_cache())
     assert r.returncode == 0, r.stderr[-4000:]
     assert "reusing cached features" in r.stderr
     study = optuna.load_study(study_name="quickstart-search", storage=f"sqlite:///{w}/search.db")
