@@ -75,6 +75,10 @@ def cached(workdir: Path, parts: dict, compute: Callable[[], np.ndarray], *,
         log.info("%s: reusing cached features %s", name, path)
         return load_aligned(path)
     arr = np.asarray(compute(), np.float32)
+    if not io.is_writer():  # process 0 writes the cache, maybe later: keep this process's own
+        out = aligned_empty(arr.shape, arr.dtype)
+        out[...] = arr
+        return out
     io.atomic_write(path, lambda f: np.save(f, arr), binary=True, cache=True)
     io.atomic_write(d / f"{key}.json", lambda f: json.dump(parts, f, sort_keys=True, default=str),
                     cache=True)

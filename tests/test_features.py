@@ -60,6 +60,19 @@ def test_cache_reuses_and_keys_on_inputs(tmp_path):
     assert len(calls) == 2
 
 
+def test_a_process_other_than_0_keeps_its_own_features(tmp_path, monkeypatch):
+    """Process 0 writes the cache, perhaps after the others have finished computing: another
+    process returns what it computed, aligned, and never reads a file not yet there (the
+    two-process README command once died on that FileNotFoundError)."""
+    from bt_jax import io
+    monkeypatch.setattr(io, "is_writer", lambda: False)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    got = features.cached(tmp_path, {"k": 2}, lambda: x)
+    np.testing.assert_array_equal(got, x)
+    assert got.ctypes.data % features.ALIGN == 0
+    assert not list((tmp_path / "cache" / "features").glob("*.npy"))  # process 0's to write
+
+
 def test_cached_features_alias_on_the_device(tmp_path):
     """Computed or reused, cached features come back 64-byte aligned, so the head's
     `jax.device_put` on a CPU uses them in place: one copy of N x D, not two."""
