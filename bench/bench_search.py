@@ -22,9 +22,9 @@ the framework of the method reports.
 """
 
 import argparse
+import datetime
 import json
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import jax
 
+from bench_backbones import machine_info
 from bt_jax.config import base_config
 from bt_jax.method_a import allocation
 from bt_jax.method_a import steps as method_a
@@ -51,6 +52,8 @@ def main():
     ap.add_argument("--keras-trials", type=int, default=0)
     ap.add_argument("--keras-backend", default="jax", choices=("jax", "tensorflow"),
                     help="tensorflow: run from .venv-peers (bench only)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "search.jsonl"),
+                    help="the JSON line is appended here (docs table: bench/tables.py)")
     a = ap.parse_args()
     os.environ["KERAS_BACKEND"] = a.keras_backend   # read when keras is first imported
     c = base_config()
@@ -105,15 +108,21 @@ def main():
            "search_compiles": n_compiles, "parallel_trials": allocation.parallel_trials(c),
            "allocation": a.allocation,
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-           "cpus": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__}
+           "cpus": os.cpu_count(), "date": datetime.date.today().isoformat(),
+           "machine": machine_info(), "jax": jax.__version__}
     if a.keras_trials > 0:   # the ratio is to the faster Keras loop
         best = max(keras_rates.values())
         res.update(keras_trials=a.keras_trials, keras_backend=a.keras_backend,
                    keras_trials_per_min={k: round(v, 2) for k, v in keras_rates.items()},
                    keras_ratio=round(res["trials_per_min"] / best, 1))
+    if a.keras_trials > 0:
+        import keras
+        res["keras_version"] = keras.__version__
     for k, v in res.items():
         print(f"{k:24s} {v}")
     print(json.dumps(res))
+    with open(a.out, "a") as f:
+        f.write(json.dumps(res) + "\n")
 
 
 def keras_trials(run, c, study, n: int, backbone: str, *, reuse: bool) -> float:

@@ -300,7 +300,28 @@ def pruning_table() -> str:
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
 
-RENDERERS = {"pruning": pruning_table, "scale": scale_table, "scale_train": scale_train_table, "config": config_table,
+def search_table() -> str:
+    """The head search against Keras fit loops on the same features and trial settings:
+    the newest run per Keras backend."""
+    recs = [r for r in _latest("search", "keras_backend") if r.get("keras_trials")]
+    if not recs:
+        return ("_No measurement yet: run `python bench/bench_search.py --keras-trials 10` "
+                "(see its docstring)._")
+    lines = ["| Keras backend | bt_jax trials/min (every compile included) | Keras `fit`, a new "
+             "model per fold | Keras `fit`, one model reset per fold | bt_jax / faster Keras "
+             "loop | best CV acc |", "|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(recs, key=lambda r: r["keras_backend"]):
+        k = r["keras_trials_per_min"]
+        lines.append(f"| {r['keras_backend']} (Keras {r.get('keras_version', '?')}) | "
+                     f"{r['trials_per_min']:.1f} | {k['rebuild']:.2f} | {k['reuse']:.2f} | "
+                     f"**{r['keras_ratio']:.1f}x** | {r['best_cv_acc']:.3f} |")
+    r = recs[0]
+    return ("\n".join(lines) + f"\n\n{r['trials']} trials of the reference set's {r['images']} "
+            f"scans + {r['copies']} copies (D={r['feature_dim']}); Keras reruns "
+            f"{r['keras_trials']} of them. " + _machine(recs))
+
+
+RENDERERS = {"pruning": pruning_table, "search": search_table, "scale": scale_table, "scale_train": scale_train_table, "config": config_table,
              "near_duplicates": near_duplicates_table, "peers": peers_table,
              "peers_summary": peers_summary}
 

@@ -24,7 +24,8 @@ import pytest
 pytestmark = pytest.mark.e2e  # whole pipelines: `pytest -m e2e`
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ("quickstart", "predict", "evaluate", "vgg19_staged", "multiclass_search", "real_search")
+QUICK = ("quickstart", "predict", "evaluate", "vgg19_staged", "multiclass_search", "real_search",
+         "types_search")
 
 
 TYPES = ROOT.parent / "shared" / "data" / "brain_mri_types"
@@ -76,9 +77,10 @@ def _example_inputs(tmp: Path) -> None:
 def localise(cmd: str, tmp: Path, data_dir: Path) -> list[str]:
     out = []
     for tok in shlex.split(cmd):
-        m = re.fullmatch(r"--config=configs/(\w+)\.py", tok)
-        if m and m.group(1) in QUICK:
-            tok = f"--config={ROOT}/configs/{m.group(1)}.py:quick"
+        m = re.fullmatch(r"--config=configs/(\w+)\.py(?::(\S+))?", tok)
+        if m and m.group(1) in QUICK:  # configs/x.py:finetune -> configs/x.py:finetune,quick
+            arg = ",".join(filter(None, (m.group(2), "quick")))
+            tok = f"--config={ROOT}/configs/{m.group(1)}.py:{arg}"
         elif tok.startswith("--config="):
             tok = tok.replace("configs/", f"{ROOT}/configs/")
         tok = tok.replace("=scans/", f"={tmp}/scans/").replace("=/data/other_site",

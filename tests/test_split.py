@@ -45,6 +45,28 @@ def test_stratified_and_fold_train_excludes_val_and_test():
     assert len(s.train_all()) == len(labels) - len(s.test)
 
 
+def test_the_test_split_gets_its_share_of_groups():
+    """Half the images sit in groups of 4 (a patient's neighbouring slices): the test split
+    holds about half grouped images too, not singletons only (the old allocation gave it
+    none), and its class counts stay on target."""
+    labels = np.repeat([0, 1, 2, 3], 400)
+    groups = np.arange(len(labels))
+    for c in range(4):
+        start = c * 400
+        groups[start:start + 200] = start + np.arange(200) // 4
+    shares = []
+    for seed in range(3):
+        s = split.make_splits(labels, groups, test_fraction=0.1, k=5, seed=seed)
+        sizes = np.bincount(groups)[groups]
+        shares.append((sizes[s.test] > 1).mean())
+        assert np.all(np.abs(np.bincount(labels[s.test]) - 40) <= 4)
+        fold_sizes = [len(f) for f in s.folds]
+        assert max(fold_sizes) - min(fold_sizes) <= 8
+        side = s.assignment()
+        assert all(len(set(side[groups == g])) == 1 for g in np.unique(groups))
+    assert 0.3 < np.mean(shares) < 0.7, shares
+
+
 def test_fixed_val_split():
     labels, groups = _data(dup_every=10**6)
     s = split.make_splits(labels, groups, test_fraction=0.1, val_fraction=0.1, k=3, seed=0)

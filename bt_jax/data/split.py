@@ -74,21 +74,32 @@ def _allocate(glabels: np.ndarray, gsizes: np.ndarray, fractions: np.ndarray,
     """Bin per group so that each bin's image count per class tracks its target fraction.
 
     Groups go largest first (ties in random order), each to the bin furthest below its
-    target for that class; the many singletons at the end even out the counts, so bins
-    differ by at most one image per class whenever singletons suffice.
+    target for that class *relative to that target* (ties: at random, in proportion to the
+    targets), so a small bin gets its share of the big groups too; the many singletons at
+    the end even out the counts, so bins differ by at most one image per class whenever
+    singletons suffice. (Measured by absolute shortfall, a 10% test split received no
+    group until the rest was nearly full, i.e. singletons only: on the four-class folder
+    none of its 549 scans had a near copy, against half of every fold's.)
     """
     out = np.empty(len(glabels), int)
+    live = np.flatnonzero(fractions > 0)
+    weights = fractions[live] / fractions[live].sum()
     for c in np.unique(glabels):
         idx = np.flatnonzero(glabels == c)
         idx = idx[rng.permutation(len(idx))]
         idx = idx[np.argsort(-gsizes[idx], kind="stable")]
-        target = fractions * gsizes[idx].sum()
-        have = np.zeros(len(fractions))
+        target = fractions[live] * gsizes[idx].sum()
+        have = np.zeros(len(live))
         for g in idx:
-            deficit = target - have
-            best = np.flatnonzero(np.isclose(deficit, deficit.max()))
-            b = best[rng.integers(len(best))] if len(best) > 1 else best[0]
-            out[g] = b
+            short = 1.0 - have / target
+            best = np.flatnonzero(np.isclose(short, short.max()))
+            if len(best) == 1:
+                b = best[0]
+            elif np.allclose(weights[best], weights[best[0]]):
+                b = best[rng.integers(len(best))]
+            else:
+                b = rng.choice(best, p=weights[best] / weights[best].sum())
+            out[g] = live[b]
             have[b] += gsizes[g]
     return out
 

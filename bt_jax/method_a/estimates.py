@@ -51,13 +51,15 @@ def _fold_sets(run, repeats: int) -> list[FoldArrays]:
 
 def scores(y, p, names, **boot) -> dict:
     """{"accuracy", "roc_auc"} entries: the binary report's, or for C classes the accuracy
-    of the argmax and the macro one-vs-rest ROC AUC."""
+    of the argmax and the macro one-vs-rest ROC AUC, plus Cohen's kappa and each class's
+    recall ({"recall": {name: entry}})."""
     if np.ndim(p) == 1:
         rep = metrics.classification_report(y, p, **boot)
         return {"accuracy": rep["accuracy"], "roc_auc": rep["roc_auc"]}
     p = p / p.sum(axis=1, keepdims=True)  # means of softmax rows: renormalise float error
     rep = multiclass.multiclass_report(y, p, class_names=names, **boot)
-    return {"accuracy": rep["accuracy"], "roc_auc": rep["macro"]["roc_auc"]}
+    return {"accuracy": rep["accuracy"], "roc_auc": rep["macro"]["roc_auc"],
+            "kappa": rep["kappa"], "recall": {k: v["recall"] for k, v in rep["per_class"].items()}}
 
 
 def _oof(folds, prob) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +110,7 @@ def repeated_cv(run, backbone: str, hp: head.HeadHParams, repeats: int) -> dict:
            "per_repeat": per_repeat}
     for name, p in mean_prob.items():
         rep = scores(y, p, names, **boot)
-        out[name] = {"accuracy": rep["accuracy"], "roc_auc": rep["roc_auc"],
-                     "across_repeats": {m: _across([r[name][m] for r in per_repeat])
+        out[name] = {**rep, "across_repeats": {m: _across([r[name][m] for r in per_repeat])
                                         for m in ("accuracy", "roc_auc")}}
     if boot["n_boot"] >= 2 and not width:  # the paired bootstrap is written for two classes
         out["head_minus_logistic"] = metrics.paired_difference(
@@ -148,6 +149,14 @@ def cv_section(est: dict) -> tuple[str, str, list]:
         a = e["across_repeats"]["accuracy"]
         rows.append(f"| {label} | {cell(e['accuracy'])} | {cell(e['roc_auc'])} | "
                     f"{a['mean']:.3f} ± {a['sd']:.3f} |")
+    if "kappa" in est["head"]:  # C classes: agreement beyond chance and each class's recall
+        names = list(est["head"]["recall"])
+        rows += ["", "| model | Cohen's kappa | " + " | ".join(f"recall {n}" for n in names)
+                 + " |", "|---|---|" + "---|" * len(names)]
+        for name, label in (("head", "searched head"), ("logistic", "logistic regression")):
+            e = est[name]
+            rows.append(f"| {label} | {cell(e['kappa'])} | "
+                        + " | ".join(cell(e["recall"][n]) for n in names) + " |")
     text = (f"**Primary estimate**: {est['repeats']} repeats x {est['k']}-fold stratified, "
             f"group-aware cross-validation over the {est['n_images']} non-test images (each "
             "image predicted once per repeat; intervals: bootstrap over images of the "
