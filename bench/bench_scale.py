@@ -174,9 +174,12 @@ STAGES_1_EPOCH = ",".join(f"'{s}'" for s in (   # a tuple of strings on the comm
     "stage3:block4+block5:1:2e-5", "final:all:1:1e-5"))
 
 
-def run_training(kind: str, n: int, root: Path, dry: bool) -> dict:
+DEFAULT_BATCH = {("method_a_finetune", 16), ("method_b_stages", 32)}
+
+
+def run_training(kind: str, n: int, root: Path, dry: bool, staged_batch: int = 32) -> dict:
     """Peak RSS (and wall time) of method A with fine-tuning, or of method B, on n phantoms."""
-    w = root / f"{kind}_{n}"
+    w = root / f"{kind}_{n}_{staged_batch}"
     fresh(w, dry)
     phantoms = [f"--config.data.phantoms.n_per_class={n // 2}", "--config.data.dir=",
                 "--config.data.near_duplicate_bits=0"]
@@ -186,11 +189,14 @@ def run_training(kind: str, n: int, root: Path, dry: bool) -> dict:
                "--config.preprocess.size=224"]
     else:
         cmd = ["--config=configs/vgg19_staged.py", "--config.preprocess.size=112",
-               "--config.weights.random_init=True", "--config.staged.batch_size=32",
+               "--config.weights.random_init=True", f"--config.staged.batch_size={staged_batch}",
                "--config.augment.balance=none", f"--config.staged.stages={STAGES_1_EPOCH}"]
     r = timed([sys.executable, "launch.py", *cmd, f"--workdir={w}", *phantoms], dry)
     used = None if dry else json.loads((w / "manifest.json").read_text())["summary"]["used"]
-    return {"bench": "scale_train", "data": f"{kind} phantoms {n}", "kind": kind, "n_used": used,
+    batch = 16 if kind == "method_a_finetune" else staged_batch
+    # the batch in the key only where it is not the default (earlier lines keep their key)
+    label = f"{kind} phantoms {n}" + ("" if (kind, batch) in DEFAULT_BATCH else f" batch {batch}")
+    return {"bench": "scale_train", "data": label, "kind": kind, "batch": batch, "n_used": used,
             "wall_s": r["wall_s"], "peak_rss_gib": r["peak_rss_gib"],
             "peak_tree_rss_gib": r["peak_tree_rss_gib"]}
 
@@ -219,6 +225,7 @@ def main() -> None:
     ap.add_argument("--real", default="", help="a real class-folder data set to add")
     ap.add_argument("--train", default="", help="phantom counts: method A with fine-tuning")
     ap.add_argument("--staged", default="", help="phantom counts: method B's stages")
+    ap.add_argument("--staged-batch", type=int, default=32, help="method B's batch size")
     ap.add_argument("--root", default="/tmp/bt_jax_scale", help="workdirs go here")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.jsonl"))
     ap.add_argument("--keep-cache", action="store_true",
@@ -249,7 +256,7 @@ def main() -> None:
         _emit(rec, a)
     for kind, counts in (("method_a_finetune", a.train), ("method_b_stages", a.staged)):
         for n in [int(x) for x in counts.split(",") if x]:
-            rec = run_training(kind, n, Path(a.root), a.dry_run)
+            rec = run_training(kind, n, Path(a.root), a.dry_run, a.staged_batch)
             rec.update(date=datetime.date.today().isoformat(), machine=info)
             _emit(rec, a, name="scale_train")
 
