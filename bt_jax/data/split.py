@@ -74,8 +74,9 @@ def _allocate(glabels: np.ndarray, gsizes: np.ndarray, fractions: np.ndarray,
     """Bin per group so that each bin's image count per class tracks its target fraction.
 
     Groups go largest first (ties in random order), each to the bin furthest below its
-    target for that class *relative to that target* (ties: at random, in proportion to the
-    targets), so a small bin gets its share of the big groups too; the many singletons at
+    target for that class *relative to that target* among the bins it fits (ties: at
+    random, in proportion to the targets), so a small bin gets its share of the big groups
+    too; a group that fits no bin goes where the most images are missing. The singletons at
     the end even out the counts, so bins differ by at most one image per class whenever
     singletons suffice. (Measured by absolute shortfall, a 10% test split received no
     group until the rest was nearly full, i.e. singletons only: on the four-class folder
@@ -91,8 +92,11 @@ def _allocate(glabels: np.ndarray, gsizes: np.ndarray, fractions: np.ndarray,
         target = fractions[live] * gsizes[idx].sum()
         have = np.zeros(len(live))
         for g in idx:
-            short = 1.0 - have / target
-            best = np.flatnonzero(np.isclose(short, short.max()))
+            # among the bins it fits (within half an image), the one relatively emptiest;
+            # if it fits none, the one furthest below target in images
+            fits = have + gsizes[g] <= target + 0.5
+            score = np.where(fits, 1.0 - have / target, -np.inf) if fits.any() else target - have
+            best = np.flatnonzero(np.isclose(score, score.max()))
             if len(best) == 1:
                 b = best[0]
             elif np.allclose(weights[best], weights[best[0]]):
