@@ -67,6 +67,16 @@ def test_the_test_split_gets_its_share_of_groups():
     assert 0.3 < np.mean(shares) < 0.7, shares
 
 
+@pytest.mark.parametrize("per_class,k,want", [(12, 3, 1), (16, 3, 2), (141, 5, 14)])
+def test_singletons_give_exact_class_counts(per_class, k, want):
+    """No group to share: the test split takes round(10%) of each class, whatever the seed
+    (a tie-break by relative shortfall alone gave 2 of 12)."""
+    labels = np.repeat([0, 1, 2], per_class)
+    for seed in range(10):
+        s = split.make_splits(labels, np.arange(len(labels)), test_fraction=0.1, k=k, seed=seed)
+        assert np.bincount(labels[s.test]).tolist() == [want] * 3
+
+
 def test_fixed_val_split():
     labels, groups = _data(dup_every=10**6)
     s = split.make_splits(labels, groups, test_fraction=0.1, val_fraction=0.1, k=3, seed=0)
