@@ -8,12 +8,11 @@ pituitary: `../shared/data/brain_mri_types`), sized for a 2-core CPU.
 
 Default: frozen-only (finetune.epochs=0). The backbone is the Lite0+Lite1+Lite2
 concatenation (one 260 px input, rescaled inside each branch), the best recipe on the
-reference set and here: in a 30-trial search over both, its best trial scored 0.946 CV
-accuracy, Lite0's 0.923 (docs/results.md). The final model is the frozen backbone with
-the searched head, scored by 5 x 5-fold repeated CV. `:finetune` keeps Lite0 alone (one
-epoch over ~4,600 scans takes ~4.4 min on 2 cores; the concatenation would take over an
-hour) and fine-tunes it for 4 epochs. The folder's classes are near balanced, so no
-augmented copies are made.
+reference set and, in a search over both, on this folder too (docs/results.md). The final
+model is the frozen backbone with the searched head, scored by 5 x 5-fold repeated CV.
+`:finetune` keeps Lite0 alone, whose epoch over thousands of scans a CPU can afford (the
+concatenation's it cannot), and fine-tunes it for 4 epochs. The folder's classes are near
+balanced, so no augmented copies are made.
 """
 
 from bt_jax.config import parse_arg
