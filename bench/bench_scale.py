@@ -174,28 +174,28 @@ STAGES_1_EPOCH = ",".join(f"'{s}'" for s in (   # a tuple of strings on the comm
     "stage3:block4+block5:1:2e-5", "final:all:1:1e-5"))
 
 
-DEFAULT_BATCH = {("method_a_finetune", 16), ("method_b_stages", 32)}
+DEFAULT_BATCH = {"method_a_finetune": 16, "method_b_stages": 32}
 
 
 def run_training(kind: str, n: int, root: Path, dry: bool, staged_batch: int = 32) -> dict:
     """Peak RSS (and wall time) of method A with fine-tuning, or of method B, on n phantoms."""
-    w = root / f"{kind}_{n}_{staged_batch}"
+    batch = DEFAULT_BATCH[kind] if kind == "method_a_finetune" else staged_batch
+    w = root / f"{kind}_{n}_{batch}"
     fresh(w, dry)
     phantoms = [f"--config.data.phantoms.n_per_class={n // 2}", "--config.data.dir=",
                 "--config.data.near_duplicate_bits=0"]
     if kind == "method_a_finetune":
         cmd = ["--config=configs/quickstart.py", "--config.pipeline=train",
-               "--config.finetune.epochs=1", "--config.finetune.batch_size=16",
+               "--config.finetune.epochs=1", f"--config.finetune.batch_size={batch}",
                "--config.preprocess.size=224"]
     else:
         cmd = ["--config=configs/vgg19_staged.py", "--config.preprocess.size=112",
-               "--config.weights.random_init=True", f"--config.staged.batch_size={staged_batch}",
+               "--config.weights.random_init=True", f"--config.staged.batch_size={batch}",
                "--config.augment.balance=none", f"--config.staged.stages={STAGES_1_EPOCH}"]
     r = timed([sys.executable, "launch.py", *cmd, f"--workdir={w}", *phantoms], dry)
     used = None if dry else json.loads((w / "manifest.json").read_text())["summary"]["used"]
-    batch = 16 if kind == "method_a_finetune" else staged_batch
     # the batch in the key only where it is not the default (earlier lines keep their key)
-    label = f"{kind} phantoms {n}" + ("" if (kind, batch) in DEFAULT_BATCH else f" batch {batch}")
+    label = f"{kind} phantoms {n}" + ("" if batch == DEFAULT_BATCH[kind] else f" batch {batch}")
     return {"bench": "scale_train", "data": label, "kind": kind, "batch": batch, "n_used": used,
             "wall_s": r["wall_s"], "peak_rss_gib": r["peak_rss_gib"],
             "peak_tree_rss_gib": r["peak_tree_rss_gib"]}

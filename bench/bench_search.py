@@ -115,7 +115,6 @@ def main():
         res.update(keras_trials=a.keras_trials, keras_backend=a.keras_backend,
                    keras_trials_per_min={k: round(v, 2) for k, v in keras_rates.items()},
                    keras_ratio=round(res["trials_per_min"] / best, 1))
-    if a.keras_trials > 0:
         import keras
         res["keras_version"] = keras.__version__
     for k, v in res.items():
