@@ -289,6 +289,12 @@ def row(impl, name, batch, size, sec, times, flops, compile_s, roof, extra=None,
     return r
 
 
+YNN_KEY = next(iter(YNN_OFF))
+YNN_CHOICES = {"auto": "auto", "on": None, "off": YNN_OFF,
+               "dot": {YNN_KEY: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+               "conv": {YNN_KEY: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}}
+
+
 def _impls(name: str, a) -> list[tuple[str, str, str, dict | None]]:
     """(label, depthwise impl, pointwise impl, XLA options) to time for `name`: every
     `--depthwise` for backbones with depthwise layers x every `--pointwise` x every `--ynn`;
@@ -301,7 +307,7 @@ def _impls(name: str, a) -> list[tuple[str, str, str, dict | None]]:
                 parts = (([dw] if name in DEPTHWISE else [])
                          + ([f"pw-{pw}"] if len(a.pointwise) > 1 else [])
                          + ([f"ynn-{ynn}"] if len(a.ynn) > 1 else []))
-                opts = {"auto": "auto", "on": None, "off": YNN_OFF}[ynn]
+                opts = YNN_CHOICES[ynn]
                 out.append(("/".join(parts) or "-", dw, pw, opts))
     return out
 
@@ -329,9 +335,10 @@ def main(argv=None) -> list[dict]:
                    help="DepthwiseConv impls to time, side by side, for backbones that have them")
     p.add_argument("--pointwise", nargs="+", default=["auto"], choices=POINTWISE_IMPLS,
                    help="1x1 convolution impls (models/common.Conv: dot = matmul, conv) to time")
-    p.add_argument("--ynn", nargs="+", default=["auto"], choices=("auto", "on", "off"),
-                   help="XLA:CPU's YNNPACK fusions per program: on (XLA's default), off, or "
-                        "auto (bt_jax's choice: off for forward programs on CPU)")
+    p.add_argument("--ynn", nargs="+", default=["auto"], choices=tuple(YNN_CHOICES),
+                   help="XLA:CPU's YNNPACK fusions per program: on (XLA's default), off, "
+                        "dot / conv (only its single dots / convolutions), or auto (bt_jax's "
+                        "choice: off for forward programs on CPU)")
     p.add_argument("--train-step", nargs="*", default=[], metavar="MODEL",
                    help="also time a fine-tune step (fwd + bwd + Adam) of these, per impl")
     p.add_argument("--train-repeats", type=int, default=2)

@@ -143,6 +143,12 @@ def test_every_readme_command_runs_as_typed(tmp_path, real_data_dir):
                                           "efficientnet_lite1": 240}[real["backbone"]]
     ext = (tmp_path / "runs" / "external" / "metrics.json").read_text()
     assert '"glioma": 1' in ext and '"pituitary": 1' in ext and '"notumor": 0' in ext
+    # docs/results.md "Other sources": each model on the other set, as tumour vs no tumour
+    on_ref = json.loads((tmp_path / "runs" / "types_on_reference" / "metrics.json").read_text())
+    assert on_ref["evaluation"] == "binary view" and on_ref["negative_classes"] == ["notumor"]
+    assert on_ref["n_predicted"] == on_ref["n_files"] == 253
+    on_types = json.loads((tmp_path / "runs" / "reference_on_types" / "metrics.json").read_text())
+    assert on_types["n_predicted"] == 4 * 12
     big = json.loads((tmp_path / "runs" / "big" / "metrics.json").read_text())
     assert big["frozen_vs_finetuned"]["frozen_only"] and len(big["final"]["class_names"]) == 4
 
