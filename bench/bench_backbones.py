@@ -28,9 +28,9 @@ Backbones with depthwise layers run once per `--depthwise` implementation (model
 "conv" graph for every impl (same work, XLA counts the shift form's multiply-adds differently).
 `--pointwise` picks how `models.common.Conv` computes 1x1 convolutions (dot = one matmul over
 positions, the CPU default; conv = XLA's convolution); several are timed side by side.
-`--ynn` times each with XLA:CPU's YNNPACK fusions on, off, or as bt_jax sets them ("auto",
-the default: off for forward programs on CPU, on for the fine-tune step;
-`compilation.forward_compiler_options`).
+`--ynn` times each with XLA:CPU's YNNPACK fusions on, off, for its single dots or
+convolutions only (dot, conv), or as bt_jax sets them ("auto", the default: off for forward
+programs on CPU, on for the fine-tune step; `compilation.forward_compiler_options`).
 `--train-step` times one fine-tune step per impl: forward (train-mode BatchNorm, dropout) +
 backward + Adam update of the whole backbone with a 2-class top, jitted with donated state;
 its roofline counts 3x the forward's model FLOPs.
