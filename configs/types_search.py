@@ -8,8 +8,8 @@ pituitary: `../shared/data/brain_mri_types`), sized for a 2-core CPU.
 
 Default: frozen-only (finetune.epochs=0). The backbone is the Lite0+Lite1+Lite2
 concatenation with each branch's stage-6 map pooled beside its last (`+early`; one 260 px
-input, rescaled inside each branch): on this folder it scored 0.954 repeated-CV accuracy
-against 0.923 for Lite0 and the plain concatenation's figure in docs/results.md. The final
+input, rescaled inside each branch): repeated CV on this folder favours it over Lite0 and
+the plain concatenation (figures and caveats: docs/results.md). The final
 model is the frozen backbone with the searched head, scored by 5 x 5-fold repeated CV.
 `:finetune` keeps Lite0 alone, whose epoch over thousands of scans a CPU can afford (the
 concatenation's it cannot), and fine-tunes all of it for 8 epochs at a fifth of the head's
@@ -40,7 +40,7 @@ def get_config(arg: str = ""):
         c.search.backbones, c.model.name = (LITE[0],), LITE[0]
         c.preprocess.native_size = False
         # Thousands of scans move the backbone: at the default lr (head lr / 10, backbone a
-        # further / 10) four epochs changed fold-0 accuracy by -0.001 (docs/results.md).
+        # further / 10) four epochs left fold-0 accuracy where the frozen head had it.
         c.finetune.epochs = 8
         c.finetune.lr_factor, c.finetune.backbone_lr_factor = 0.2, 1.0
         c.finetune.batch_size, c.train.grad_accum_steps = 16, 1
