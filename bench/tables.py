@@ -79,11 +79,9 @@ def scale_train_table() -> str:
         return "_No measurement yet: run `python bench/bench_scale.py --train ... --staged ...`._"
     names = {"method_a_finetune": "method A, 1 fine-tune epoch (Lite0, 224 px, batch {})",
              "method_b_stages": "method B, 5 stages x 1 epoch (VGG19, 112 px, batch {})"}
-    default = {"method_a_finetune": 16, "method_b_stages": 32}
     lines = ["| run | used scans | wall time | peak RSS |", "|---|---|---|---|"]
-    for r in sorted(recs, key=lambda r: (r["kind"], -r.get("batch", default[r["kind"]]),
-                                         r["n_used"] or 0)):
-        name = names[r["kind"]].format(r.get("batch", default[r["kind"]]))
+    for r in sorted(recs, key=lambda r: (r["kind"], -r["batch"], r["n_used"] or 0)):
+        name = names[r["kind"]].format(r["batch"])
         lines.append(f"| {name} | {r['n_used']:,} | {r['wall_s'] / 60:.1f} min | "
                      f"{_rss(r)} |")
     return "\n".join(lines) + "\n\n" + _machine(recs)
