@@ -10,7 +10,9 @@ surfaces in a `__del__` or a callback that ignores errors: seen as a Ctrl-C the 
 ran through), and XLA's own threads can crash the interpreter's shutdown after it (seen:
 exit status -11 after the message). So the first Ctrl-C raises KeyboardInterrupt as usual
 and starts a deadline; a run still alive `grace_s` later, or a second Ctrl-C, ends at once
-with the same line. Ending is `os._exit`, as after a kill, which every write is built to
+with the same line. An interrupt that lands in a `__del__` or a gc callback (JAX registers
+one) reaches `sys.unraisablehook`, which would print it as "Exception ignored ... Traceback"
+and run on: there the run ends at once, with the line and no traceback. Ending is `os._exit`, as after a kill, which every write is built to
 survive (atomic renames; the relaunch resumes).
 """
 
@@ -57,4 +59,12 @@ def install(lines: Callable[[], list[str]], grace_s: float = GRACE_S) -> None:
         started.append(timer)
         raise KeyboardInterrupt
 
+    default_hook = sys.unraisablehook
+
+    def on_unraisable(unraisable):
+        if started and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            deadline()  # swallowed where nobody can catch it: end now, as the deadline would
+        default_hook(unraisable)
+
+    sys.unraisablehook = on_unraisable
     signal.signal(signal.SIGINT, on_sigint)

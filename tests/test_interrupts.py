@@ -41,6 +41,34 @@ def test_a_swallowed_ctrl_c_still_ends_the_run_after_the_grace():
     assert 0.9 <= time.monotonic() - t0 < 20
 
 
+# JAX runs a callback on every garbage collection: a Ctrl-C landing there is printed by
+# Python as "Exception ignored in ... Traceback" and swallowed (seen in CI).
+IN_A_GC_CALLBACK = f"""
+import gc, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from bt_jax import interrupts
+interrupts.install(lambda: ["interrupted during search", "hint: run it again"], grace_s=50)
+gc.callbacks.append(lambda *args: time.sleep(0.2))
+print("ready", flush=True)
+t0 = time.monotonic()
+while time.monotonic() - t0 < 60:
+    gc.collect()
+print("ran through", flush=True)
+"""
+
+
+def test_a_ctrl_c_inside_a_gc_callback_ends_the_run_at_once_without_a_traceback():
+    p = subprocess.Popen([sys.executable, "-c", IN_A_GC_CALLBACK], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "ran through" not in out and time.monotonic() - t0 < 10
+    assert err.strip().splitlines() == ["interrupted during search", "hint: run it again"], err
+
+
 def test_a_second_ctrl_c_ends_the_run_at_once():
     p = _start(grace=50.0)
     p.send_signal(signal.SIGINT)

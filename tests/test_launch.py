@@ -84,14 +84,16 @@ def test_ctrl_c_is_one_line_and_the_relaunch_resumes(tmp_path):
     import time
     w = tmp_path / "w"
     flags = {"config": QUICK, "workdir": w}
-    p = subprocess.Popen(launch_args("--config.weights.random_init=True", **flags), cwd=tmp_path,
-                         stderr=subprocess.PIPE, text=True)
+    # 40 trials: the search lasts seconds even where the compilation cache makes trials quick
+    opts = ("--config.weights.random_init=True", "--config.search.trials=40")
+    p = subprocess.Popen(launch_args(*opts, **flags), cwd=tmp_path, stderr=subprocess.PIPE,
+                         text=True)
     lines = []
-    for line in p.stderr:  # the search has started: its first trial compiles for seconds
+    for line in p.stderr:
         lines.append(line)
         if "A new study created" in line:
             break
-    time.sleep(0.5)
+    time.sleep(0.2)
     p.send_signal(signal.SIGINT)
     err = "".join(lines) + p.stderr.read()
     assert p.wait(timeout=120) == 130, err[-3000:]
@@ -99,7 +101,7 @@ def test_ctrl_c_is_one_line_and_the_relaunch_resumes(tmp_path):
     tail = err.strip().splitlines()[-2:]
     assert tail[0].startswith("interrupted during search"), tail
     assert f"finished work is kept in {w}; run the same command again to resume" in tail[1]
-    r = run_launch("--config.weights.random_init=True", **flags, cwd=tmp_path)
+    r = run_launch(*opts, **flags, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "reusing cached features" in r.stderr and (w / "model.json").exists()
 
