@@ -43,6 +43,24 @@ def test_dot_equals_conv_in_parameters_values_and_gradients(kernel, stride, padd
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cin,cout", [(3, 8), (8, 3), (5, 5)])   # either operand on the left
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_pointwise_dot_gradients_equal_autodiff_of_the_matmul(cin, cout, dtype, tol):
+    """pointwise_dot's own backward (the narrower operand first in the kernel gradient)
+    against JAX's rule for jnp.dot: values and both gradients, in the input's dtype."""
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(k1, (2, 7, 5, cin)).astype(dtype)
+    w = jax.random.normal(k2, (cin, cout)).astype(dtype)
+    ct = jax.random.normal(k3, (2, 7, 5, cout)).astype(dtype)
+    got_y, pull = jax.vjp(jax.jit(C.pointwise_dot), x, w)
+    want_y, want_pull = jax.vjp(jnp.dot, x, w)
+    got, want = (got_y, *pull(ct)), (want_y, *want_pull(ct))
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype == dtype and a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   rtol=tol, atol=tol * 10)
+
+
 def test_dot_is_a_matmul_only_for_one_by_one_kernels():
     x = jnp.ones((1, 6, 6, 4))
     hlo = {}

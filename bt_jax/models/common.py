@@ -17,12 +17,14 @@ backbones copy Keras' explicit ZeroPadding2D + 'valid' pairs rather than rely on
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from bt_jax.models import winograd
 
@@ -93,6 +95,36 @@ def _conv3x3_impl(m: Conv, x_shape) -> str:
                             train=m.train)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def pointwise_dot(x, kernel, precision=None):
+    """x (..., Cin) @ kernel (Cin, Cout), a 1x1 convolution as one matmul. Its kernel
+    gradient puts the narrower of x and the output gradient on the left: JAX's own rule
+    always puts the output gradient there, and XLA:CPU then copies it into a transposed
+    layout with the BatchNorm backward fused in, a strided pass that cost Lite0's training
+    step more than all its pointwise matmuls (figures: docs/benchmarks.md)."""
+    return jnp.dot(x, kernel, precision=precision)
+
+
+def _pointwise_fwd(x, kernel, precision):
+    return pointwise_dot(x, kernel, precision), (x, kernel)
+
+
+def _pointwise_bwd(precision, res, g):
+    x, kernel = res
+    cin, cout = kernel.shape
+    dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)
+    x2, g2 = x.reshape(-1, cin), g.reshape(-1, cout)
+    over_rows = (((0,), (0,)), ((), ()))
+    if cin <= cout:
+        dk = lax.dot_general(x2, g2, over_rows, precision=precision)
+    else:
+        dk = lax.dot_general(g2, x2, over_rows, precision=precision).T
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+pointwise_dot.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
 class Conv(nn.Conv):
     """nn.Conv (same parameters, names and initialisers) whose 1x1 convolutions run as one
     matmul over all positions on CPU, and whose 3x3 stride-1 convolutions may run by
@@ -131,7 +163,7 @@ class Conv(nn.Conv):
             if self.use_bias else None
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         sh, sw = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides or (1, 1)
-        y = jnp.dot(x[:, ::sh, ::sw], kernel[0, 0], precision=self.precision)
+        y = pointwise_dot(x[:, ::sh, ::sw], kernel[0, 0], self.precision)
         return y if bias is None else y + bias
 
 
