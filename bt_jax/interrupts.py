@@ -12,8 +12,9 @@ exit status -11 after the message). So the first Ctrl-C raises KeyboardInterrupt
 and starts a deadline; a run still alive `grace_s` later, or a second Ctrl-C, ends at once
 with the same line. An interrupt that lands in a `__del__` or a gc callback (JAX registers
 one) reaches `sys.unraisablehook`, which would print it as "Exception ignored ... Traceback"
-and run on: there the run ends at once, with the line and no traceback. Ending is `os._exit`, as after a kill, which every write is built to
-survive (atomic renames; the relaunch resumes).
+and run on: there the run ends at once, with the line and no traceback. Ending is
+`os._exit`, as after a kill, which every write is built to survive (atomic renames; the
+relaunch resumes).
 """
 
 from __future__ import annotations
