@@ -225,7 +225,8 @@ def main() -> None:
     ap.add_argument("--real", default="", help="a real class-folder data set to add")
     ap.add_argument("--train", default="", help="phantom counts: method A with fine-tuning")
     ap.add_argument("--staged", default="", help="phantom counts: method B's stages")
-    ap.add_argument("--staged-batch", type=int, default=DEFAULT_BATCH["method_b_stages"], help="method B's batch size")
+    ap.add_argument("--staged-batch", type=int, default=DEFAULT_BATCH["method_b_stages"],
+                    help="method B's batch size")
     ap.add_argument("--root", default="/tmp/bt_jax_scale", help="workdirs go here")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.jsonl"))
     ap.add_argument("--keep-cache", action="store_true",
