@@ -3,7 +3,7 @@
     python3 -m venv .venv-peers && .venv-peers/bin/pip install -e ".[peers]"   # bench only
     .venv-peers/bin/python bench/bench_peers.py           # 6 backbones x every task and framework
     .venv-peers/bin/python bench/bench_peers.py --backbones efficientnet_lite0 --batch 2 --size 64 \
-        --repeats 1 --tasks forward --out /tmp/peers_smoke.jsonl     # a smoke test
+        --rounds 1 --tasks forward --out /tmp/peers_smoke.jsonl      # a smoke test
     python bench/tables.py                                # docs/benchmarks.md's table from the results
 
 TensorFlow, Keras, torch and timm are never runtime dependencies: the `peers` extra lives in
@@ -34,9 +34,21 @@ not share a process), pinned to `--threads` cores and told that thread count:
 - `pytorch`: `timm.create_model(pretrained=False)`, channels_last, `torch.set_num_threads`;
   forward in eval mode under `torch.inference_mode()`, eager and `torch.compile`; training:
   a plain eager loop (zero_grad, cross-entropy, backward, Adam step) and `torch.compile`d.
-Every variant: one untimed first call (tracing, compiling; its seconds are `setup_s`), then
-`--warmup` untimed and `--repeats` timed calls; images/s from the median. One JSON line per
-(backbone, task, framework, variant) is appended to `--out` with the run's date and machine.
+Timing, for one backbone and task at a time: every side's child builds its variants (one
+untimed first call each: tracing, compiling; its seconds are `setup_s`) and `--warmup`
+untimed calls, then waits. The parent then runs `--rounds` rounds; in each, every variant of
+every side in turn (the order rotated per round) makes `--round-warmup` untimed and then
+`--repeats` timed calls while the other children sleep. So all sides see the same drift of
+this shared machine, and a ratio is the median over rounds of the paired per-round ratios
+(bench/tables.py), not a quotient of two numbers measured minutes apart. The untimed call
+per round matters on VMs that hand freed memory back to the host (virtio free page
+reporting, as on the development VM): XLA:CPU maps its temporary buffer afresh at every
+call, and the first call after a pause re-faults it from the host at 2-3x a looped step's
+time, while the peers' caching allocators keep theirs; a training loop has no such pause.
+Images/s of a variant: from the median of all its timed calls. One JSON line per (backbone,
+task, framework, variant) is appended to `--out` with the run's date and machine. Every
+side of a backbone and task is resident at once: VGG19's training with all five sides needs
+~20 GiB (name fewer `--frameworks` on a smaller machine).
 """
 
 from __future__ import annotations
@@ -44,8 +56,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,206 +68,22 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+from peer_sides import TIMM, setup_framework, variants_of  # noqa: E402
+
 BACKBONES = ("efficientnet_lite0", "efficientnetb0", "mobilenet", "xception", "resnet50v2", "vgg19")
 TASKS = ("forward", "train", "train_b")
 WORKERS = ("bt_jax", "bt_jax-defaults", "keras-tensorflow", "keras-jax", "pytorch")
-TIMM = {"efficientnet_lite0": "efficientnet_lite0", "efficientnetb0": "efficientnet_b0",
-        "mobilenet": "mobilenetv1_100", "xception": "legacy_xception",
-        "resnet50v2": "resnetv2_50", "vgg19": "vgg19"}
 PREFIX = "PEERS_ROW "   # marks the children's result lines among the frameworks' own output
-FORWARDED = ("batch", "train_batch", "size", "method_b_size", "warmup", "repeats", "threads")
+FORWARDED = ("batch", "train_batch", "size", "method_b_size", "warmup", "threads")
+FRAMEWORK = {"bt_jax": "bt_jax", "bt_jax-defaults": "bt_jax", "keras-tensorflow": "keras-tensorflow",
+             "keras-jax": "keras-jax", "pytorch": "pytorch"}
+WHOLE = {"bt_jax": "shipped", "bt_jax-defaults": "xla-defaults"}   # a skipped child's variant
 
 
 def shape_of(task: str, a) -> tuple[int, int]:
     """(batch, size) of a task."""
     return {"forward": (a.batch, a.size), "train": (a.train_batch, a.size),
             "train_b": (a.train_batch, a.method_b_size)}[task]
-
-
-def method_b_layers():
-    """Method B's head widths and dropout, from the config schema (configs/vgg19_staged.py keeps them)."""
-    from bt_jax.config import base_config
-    staged = base_config().staged
-    return tuple(staged.head_hidden), float(staged.head_dropout)
-
-
-def once(build):
-    """build() the first time, the same object after: variants that share a model."""
-    memo = []
-    return lambda: memo[0] if memo else memo.append(build()) or memo[0]
-
-
-# ---- bt_jax ------------------------------------------------------------------------------
-
-def bt_jax_variants(name: str, task: str, batch: int, size: int, defaults: bool) -> list:
-    """bt_jax as shipped (or with XLA's default options); where the backbone has 3x3 stride-1
-    convolutions, also with the other model.conv3x3 ("xla" or "auto": Winograd per layer),
-    so one run shows what the shipped choice buys."""
-    import bench_backbones as bb
-    from bt_jax.compilation import forward_compiler_options
-    from bt_jax.models import registry
-
-    def build(conv3x3=None):
-        if task == "forward":   # "auto": forward_compiler_options(), as feature extraction runs
-            fn, _, _ = bb.ours(name, batch, size, options=None if defaults else "auto",
-                               conv3x3=conv3x3)
-            opts = None if defaults else forward_compiler_options()
-        else:   # the fine-tune step keeps XLA's default options either way (bench_backbones)
-            fn, _, _ = bb.train_step(name, batch, size, head="flatten" if task == "train_b" else "top",
-                                     conv3x3=conv3x3)
-            opts = None
-        return fn, {"compiler_options": opts, "conv3x3": conv3x3 or bb.shipped_conv3x3(),
-                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
-    if defaults:
-        return [("xla-defaults", build)]
-    other = "xla" if bb.shipped_conv3x3() == "auto" else "auto"
-    extra = [(f"conv3x3={other}", lambda: build(other))] if registry.get(name).conv3x3 else []
-    return [("shipped", build)] + extra
-
-
-# ---- Keras -------------------------------------------------------------------------------
-
-def keras_train_model(name: str, task: str, size: int):
-    """include_top with 2 classes (Keras' own classifier, softmax), or method B's head."""
-    import keras
-    from bench_backbones import keras_model
-    if task == "train":
-        return keras_model(name, size, include_top=True, classes=2)
-    hidden, dropout = method_b_layers()
-    layers = [keras.Input((size, size, 3)), keras_model(name, size), keras.layers.Flatten()]
-    for i, units in enumerate(hidden):
-        layers.append(keras.layers.Dense(units, activation="relu"))
-        if i == 0:
-            layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(2, activation="softmax"))
-    return keras.Sequential(layers)
-
-
-def keras_train_variants(name: str, task: str, batch: int, size: int, also_xla: bool) -> list:
-    """`train_on_batch` after `compile(Adam)` at Keras' default jit_compile ("auto": XLA on
-    JAX, not on TF's CPU), and with jit_compile=True where that differs (also_xla)."""
-    import keras
-    import numpy as np
-
-    def build(jit):
-        model = keras_train_model(name, task, size)
-        model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit,
-                      loss=keras.losses.SparseCategoricalCrossentropy())
-        x = np.random.default_rng(1).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
-        y = np.arange(batch) % 2
-        return (lambda: model.train_on_batch(x, y)), {"jit_compile": str(model.jit_compile)}
-    out = [("train_on_batch", lambda: build("auto"))]
-    return out + ([("train_on_batch(jit_compile=True)", lambda: build(True))] if also_xla else [])
-
-
-def keras_tf_forward_variants(name: str, batch: int, size: int) -> list:
-    import numpy as np
-    import tensorflow as tf
-    from bench_backbones import keras_model
-    model = once(lambda: keras_model(name, size))
-    x = np.random.default_rng(1).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
-
-    def graph(jit: bool):
-        m, xt = model(), tf.constant(x)
-        f = tf.function(lambda t: m(t, training=False), jit_compile=jit)
-        return (lambda: f(xt).numpy()), {}
-    return [("predict_on_batch", lambda: ((lambda: model().predict_on_batch(x)), {})),
-            ("tf.function", lambda: graph(False)),
-            ("tf.function(jit_compile=True)", lambda: graph(True))]
-
-
-def keras_jax_forward_variants(name: str, batch: int, size: int) -> list:
-    import bench_backbones as bb
-    fns = once(lambda: bb.keras_fns(name, batch, size)[0])
-    return [(how, lambda how=how: (fns()[how], {})) for how in ("predict_on_batch", "jit_stateless")]
-
-
-# ---- PyTorch -----------------------------------------------------------------------------
-
-def torch_model(name: str, task: str, size: int):
-    import timm
-    import torch.nn as nn
-    if task == "forward":
-        return timm.create_model(TIMM[name], pretrained=False, num_classes=0, global_pool="").eval()
-    if task == "train":
-        return timm.create_model(TIMM[name], pretrained=False, num_classes=2).train()
-    hidden, dropout = method_b_layers()
-    features = timm.create_model(TIMM[name], pretrained=False, num_classes=0).features
-    width, layers = 512 * (size // 32) ** 2, [features, nn.Flatten()]   # VGG: 5 stride-2 pools
-    for i, units in enumerate(hidden):
-        layers += [nn.Linear(width, units), nn.ReLU()] + ([nn.Dropout(dropout)] if i == 0 else [])
-        width = units
-    return nn.Sequential(*layers, nn.Linear(width, 2)).train()
-
-
-def torch_variants(name: str, task: str, batch: int, size: int, compile_: bool) -> list:
-    import torch
-    import torch.nn.functional as F
-    model = torch_model(name, task, size).to(memory_format=torch.channels_last)
-    x = torch.rand(batch, 3, size, size).to(memory_format=torch.channels_last)
-    y = torch.arange(batch) % 2
-    opt = once(lambda: torch.optim.Adam(model.parameters(), lr=1e-4))
-
-    def forward(m):
-        def run():
-            with torch.inference_mode():
-                m(x)
-        return run
-
-    def step(m):
-        def run():
-            opt().zero_grad(set_to_none=True)
-            F.cross_entropy(m(x), y).backward()
-            opt().step()
-        return run
-    make = forward if task == "forward" else step
-    out = [("eager", lambda: (make(model), {}))]
-    if compile_:
-        out.append(("torch.compile", lambda: (make(torch.compile(model)), {})))
-    return out
-
-
-# ---- a child: one framework, one backbone ---------------------------------------------------
-
-def setup_framework(kind: str, threads: int) -> dict:
-    """Imports the framework, sets its thread count; {package: version}."""
-    if kind.startswith("bt_jax"):
-        import flax
-        import jax
-        return {"jax": jax.__version__, "flax": flax.__version__}
-    if kind == "keras-tensorflow":
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-        import keras
-        return {"tensorflow": tf.__version__, "keras": keras.__version__}
-    if kind == "keras-jax":
-        import jax
-        import keras
-        return {"keras": keras.__version__, "jax": jax.__version__}
-    import timm
-    import torch
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(threads)
-    return {"torch": torch.__version__, "timm": timm.__version__}
-
-
-def variants_of(kind: str, name: str, task: str, a) -> list:
-    batch, size = shape_of(task, a)
-    if kind.startswith("bt_jax"):
-        return bt_jax_variants(name, task, batch, size, defaults=kind == "bt_jax-defaults")
-    if kind == "pytorch":
-        return torch_variants(name, task, batch, size, compile_=not a.no_torch_compile)
-    if task != "forward":
-        return keras_train_variants(name, task, batch, size, also_xla=kind == "keras-tensorflow")
-    if kind == "keras-tensorflow":
-        return keras_tf_forward_variants(name, batch, size)
-    return keras_jax_forward_variants(name, batch, size)
-
-
-FRAMEWORK = {"bt_jax": "bt_jax", "bt_jax-defaults": "bt_jax", "keras-tensorflow": "keras-tensorflow",
-             "keras-jax": "keras-jax", "pytorch": "pytorch"}
-WHOLE = {"bt_jax": "shipped", "bt_jax-defaults": "xla-defaults"}   # a skipped child's variant
 
 
 def base_row(kind: str, name: str, task: str, variant: str, a) -> dict:
@@ -265,48 +96,61 @@ def base_row(kind: str, name: str, task: str, variant: str, a) -> dict:
             "size": size, "dtype": "float32", "threads": a.threads, **({"reference": ref} if ref else {})}
 
 
-def time_variant(build, batch: int, a) -> dict:
-    from bench_backbones import median_time
-    t = time.perf_counter()
-    fn, settings = build()
-    fn()   # first call: tracing and compiling where the framework does it lazily
-    setup_s = time.perf_counter() - t
-    sec, times = median_time(fn, warmup=a.warmup, repeats=a.repeats)
-    return {"images_per_s": round(batch / sec, 3), "batch_s_median": round(sec, 4),
-            "batch_s_all": [round(s, 4) for s in times], "setup_s": round(setup_s, 1),
-            "warmup": a.warmup, "repeats": a.repeats, "settings": settings,
-            "loadavg": [round(v, 2) for v in os.getloadavg()]}
-
-
 def emit(row: dict) -> None:
     print(PREFIX + json.dumps(row), flush=True)
 
 
+# ---- a child: one framework, one backbone and task, timed on the parent's command ----------
+
+def build_variant(build, warmup: int):
+    """(fn, fields): the variant built, its first call made (setup_s) and warmed up."""
+    t = time.perf_counter()
+    fn, settings = build()
+    fn()   # first call: tracing and compiling where the framework does it lazily
+    setup_s = time.perf_counter() - t
+    for _ in range(warmup):
+        fn()
+    return fn, {"settings": settings, "setup_s": round(setup_s, 1), "warmup": warmup}
+
+
 def child(a) -> None:
-    """Runs every task of one framework on one backbone, a JSON line per variant."""
+    """Builds every variant of one side (a row each, "skipped" where it failed), says ready,
+    then runs `{"variant": i, "warmup": w, "calls": n}` commands from stdin (w untimed calls,
+    then n timed ones) until `{"quit": true}`."""
     cpus = sorted(os.sched_getaffinity(0))
     if a.threads < len(cpus):   # XLA and the others size their pools from the affinity
         os.sched_setaffinity(0, cpus[:a.threads])
-    kind, name = a.worker, a.backbones[0]
+    kind, name, task = a.worker, a.backbones[0], a.tasks[0]
+    batch, size = shape_of(task, a)
+    fns = []
     try:
         versions = setup_framework(kind, a.threads)
-    except Exception as e:   # not installed here: every task says so
-        for task in a.tasks:
-            emit({**base_row(kind, name, task, "-", a), "skipped": f"{type(e).__name__}: {e}"})
-        return
-    for task in a.tasks:
+        variants = variants_of(kind, name, task, batch, size, not a.no_torch_compile)
+    except Exception as e:   # not installed here, or no such model: the task says so
+        emit({**base_row(kind, name, task, "-", a), "skipped": f"{type(e).__name__}: {e}"})
+        variants = []
+    for variant, build in variants:
+        row = {**base_row(kind, name, task, variant, a), "versions": versions}
         try:
-            variants = variants_of(kind, name, task, a)
-        except Exception as e:
-            emit({**base_row(kind, name, task, "-", a), "skipped": f"{type(e).__name__}: {e}"})
-            continue
-        for variant, build in variants:
-            row = {**base_row(kind, name, task, variant, a), "versions": versions}
-            try:
-                row.update(time_variant(build, shape_of(task, a)[0], a))
-            except Exception as e:   # e.g. torch.compile without a working compiler
-                row["skipped"] = f"{type(e).__name__}: {str(e)[:300]}"
-            emit(row)
+            fn, fields = build_variant(build, a.warmup)
+            row.update(fields)
+        except Exception as e:   # e.g. torch.compile without a working compiler
+            fn, row["skipped"] = None, f"{type(e).__name__}: {str(e)[:300]}"
+        fns.append(fn)
+        emit(row)
+    emit({"ready": True})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd.get("quit"):
+            break
+        for _ in range(cmd["warmup"]):
+            fns[cmd["variant"]]()
+        times = []
+        for _ in range(cmd["calls"]):
+            t = time.perf_counter()
+            fns[cmd["variant"]]()
+            times.append(time.perf_counter() - t)
+        emit({"times": times})
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -329,27 +173,101 @@ def child_env(kind: str) -> dict:
     return env
 
 
-def run_child(kind: str, name: str, tasks: list[str], a) -> list[dict]:
-    """One framework on one backbone in a child process; its rows, and a skipped row per task
-    it did not report when it failed or ran out of time."""
-    cmd = [a.python, str(Path(__file__).resolve()), "--worker", kind, "--backbones", name,
-           "--tasks", *tasks, *(["--no-torch-compile"] if a.no_torch_compile else [])]
-    for opt in FORWARDED:
-        cmd += [f"--{opt.replace('_', '-')}", str(getattr(a, opt))]
+class Side:
+    """A running child: its built variants' rows, and timed calls on request."""
+
+    def __init__(self, kind: str, name: str, task: str, a):
+        self.kind, self.name, self.task, self.a = kind, name, task, a
+        cmd = [a.python, str(Path(__file__).resolve()), "--worker", kind, "--backbones", name,
+               "--tasks", task, *(["--no-torch-compile"] if a.no_torch_compile else [])]
+        for opt in FORWARDED:
+            cmd += [f"--{opt.replace('_', '-')}", str(getattr(a, opt))]
+        self.err = tempfile.TemporaryFile(mode="w+")   # a pipe left unread could fill and block
+        self.proc = subprocess.Popen(cmd, env=child_env(kind), cwd=ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True, bufsize=1)
+        self.buffer, self.rows = "", []
+        self.alive = True
+        try:
+            while not (row := self.read(a.child_timeout)).get("ready"):
+                self.rows.append(row)
+        except RuntimeError as e:
+            self.fail(str(e))
+
+    def read(self, timeout: float) -> dict:
+        """The child's next result line (its other output is passed over)."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while True:
+            while "\n" in self.buffer:
+                line, self.buffer = self.buffer.split("\n", 1)
+                if line.startswith(PREFIX):
+                    return json.loads(line[len(PREFIX):])
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise RuntimeError(f"timed out after {timeout:.0f} s")
+            chunk = os.read(fd, 1 << 16).decode(errors="replace")
+            if not chunk:
+                raise RuntimeError(f"exited {self.proc.wait()}")
+            self.buffer += chunk
+
+    def fail(self, why: str) -> None:
+        """Ends the child: each of its variants is a skipped row, for its own reason or this one."""
+        self.proc.kill()
+        self.proc.wait()
+        self.err.seek(0)
+        last = next((ln for ln in reversed(self.err.read().splitlines()) if ln.strip()), "")
+        self.alive = False
+        reason = f"child {why}: {last[:300]}"
+        self.rows = ([{**r, "skipped": r.get("skipped", reason)} for r in self.rows]
+                     or [{**base_row(self.kind, self.name, self.task, "-", self.a), "skipped": reason}])
+
+    def timed(self, i: int, calls: int) -> list[float]:
+        self.proc.stdin.write(json.dumps({"variant": i, "warmup": self.a.round_warmup,
+                                          "calls": calls}) + "\n")
+        self.proc.stdin.flush()
+        return self.read(self.a.child_timeout)["times"]
+
+    def close(self) -> None:
+        if self.alive and self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+        self.err.close()
+
+
+def measure(name: str, task: str, a) -> list[dict]:
+    """Every side of one backbone and task: built one after another, then timed in alternating
+    rounds; a row per variant with its per-round medians (`round_s`)."""
+    sides, times = [], {}
     try:
-        p = subprocess.run(cmd, env=child_env(kind), capture_output=True, text=True,
-                           timeout=a.child_timeout, cwd=ROOT)
-        out, err, failed = p.stdout, p.stderr, (f"exited {p.returncode}" if p.returncode else "")
-    except subprocess.TimeoutExpired as e:
-        out, err = (x.decode() if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
-        failed = f"timed out after {a.child_timeout} s"
-    rows = [json.loads(line[len(PREFIX):]) for line in out.splitlines() if line.startswith(PREFIX)]
-    if failed:
-        last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), "")
-        done = {r["task"] for r in rows}
-        rows += [{**base_row(kind, name, t, "-", a), "skipped": f"child {failed}: {last[:300]}"}
-                 for t in tasks if t not in done]
-    return rows
+        for kind in a.frameworks:
+            sides.append(Side(kind, name, task, a))
+        units = [(s, i) for s in sides if s.alive for i, r in enumerate(s.rows) if "skipped" not in r]
+        times = {(id(s), i): [] for s, i in units}
+        for r in range(a.rounds):
+            for s, i in units[r % len(units):] + units[:r % len(units)] if units else ():
+                try:
+                    if s.alive:
+                        times[(id(s), i)].append(s.timed(i, a.repeats))
+                except RuntimeError as e:
+                    s.fail(str(e))
+    finally:
+        for s in sides:
+            s.close()
+    batch = shape_of(task, a)[0]
+    for s in sides:
+        for i, row in enumerate(s.rows):
+            per_round = times.get((id(s), i))
+            if not s.alive or not per_round:
+                continue
+            every = [t for ts in per_round for t in ts]
+            sec = statistics.median(every)
+            row.update({"images_per_s": round(batch / sec, 3), "batch_s_median": round(sec, 4),
+                        "batch_s_all": [round(t, 4) for t in every], "rounds": a.rounds,
+                        "repeats": a.repeats, "round_warmup": a.round_warmup,
+                        "round_s": [round(statistics.median(ts), 4) for ts in per_round],
+                        "loadavg": [round(v, 2) for v in os.getloadavg()]})
+    return [r for s in sides for r in s.rows]
 
 
 def parse(argv=None):
@@ -363,13 +281,17 @@ def parse(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--method-b-size", type=int, default=240)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds over every side")
+    p.add_argument("--repeats", type=int, default=1, help="timed calls per variant and round")
+    p.add_argument("--round-warmup", type=int, default=1,
+                   help="untimed calls per variant and round, before its timed ones")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--no-torch-compile", action="store_true")
     peers_python = ROOT / ".venv-peers" / "bin" / "python"
     p.add_argument("--python", default=str(peers_python if peers_python.exists() else sys.executable),
                    help="interpreter of the children (default: .venv-peers' if present)")
-    p.add_argument("--child-timeout", type=int, default=5400, help="seconds per child")
+    p.add_argument("--child-timeout", type=int, default=3600,
+                   help="seconds for a child's build, and for each timed command")
     p.add_argument("--out", default=str(BENCH / "results" / "peers.jsonl"))
     p.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -387,12 +309,11 @@ def main(argv=None) -> list[dict]:
     print(json.dumps({"bench": "machine", **info}), flush=True)
     rows = []
     for name in a.backbones:
-        tasks = [t for t in a.tasks if t != "train_b" or name == "vgg19"]
-        for kind in a.frameworks if tasks else ():
-            new = [{**r, "run": run, "date": date, "machine": info}
-                   for r in run_child(kind, name, tasks, a)]
+        for task in [t for t in a.tasks if t != "train_b" or name == "vgg19"]:
+            new = [{**r, "run": run, "date": date, "machine": info} for r in measure(name, task, a)]
             for r in new:
-                print(json.dumps({k: v for k, v in r.items() if k != "machine"}), flush=True)
+                print(json.dumps({k: v for k, v in r.items() if k not in ("machine", "batch_s_all")}),
+                      flush=True)
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             with open(a.out, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in new)

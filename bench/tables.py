@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -143,6 +144,15 @@ def _rate(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
+def peer_ratio(ours: dict, peer: dict) -> float:
+    """bt_jax's speed over a peer's: the median of per-round ratios where both were timed in the
+    same alternating rounds (bench_peers.py), else the quotient of their images/s."""
+    a, b = ours.get("round_s"), peer.get("round_s")
+    if a and b and len(a) == len(b):
+        return statistics.median(p / o for o, p in zip(a, b))
+    return ours["images_per_s"] / peer["images_per_s"]
+
+
 def peers_markdown(recs: list[dict]) -> str:
     """Images/s of each side's best variant per backbone and task; the ratio of bt_jax (as
     shipped) to the best peer (not bt_jax), with the variant that won; skips listed below."""
@@ -164,7 +174,7 @@ def peers_markdown(recs: list[dict]) -> str:
         top = max(peers, key=lambda r: r["images_per_s"], default=None)
         ours = best.get((key, "bt_jax/shipped"))
         won = f"{PEER_COLUMNS[_peer_column(top)]}: {top['variant']}" if top else "—"
-        ratio = f"**{ours['images_per_s'] / top['images_per_s']:.2f}**" if top and ours else "—"
+        ratio = f"**{peer_ratio(ours, top):.2f}**" if top and ours else "—"
         lines.append(f"| {name} | {PEER_TASKS.get(task, task)}, batch {batch}, {size} px | "
                      + " | ".join(cells) + f" | {won} | {ratio} |")
     return "\n".join(lines + ([""] + [f"Skipped: {s}." for s in skips] if skips else []))
@@ -219,7 +229,7 @@ def peers_summary() -> str:
             continue
         peer = f"{PEER_COLUMNS[_peer_column(top)]} ({top['variant']}) {_rate(top['images_per_s'])}"
         lines.append(f"| {name}, {PEER_TASKS.get(task, task)} | {_rate(ours['images_per_s'])} | "
-                     f"{peer} | **{ours['images_per_s'] / top['images_per_s']:.2f}x** |")
+                     f"{peer} | **{peer_ratio(ours, top):.2f}x** |")
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
 
