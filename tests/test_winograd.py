@@ -119,7 +119,10 @@ def test_choose():
     assert cpu((32, 224, 224, 64), (3, 3, 64, 64)) == "xla"
     assert cpu((32, 28, 28, 512), (3, 3, 512, 512)) == "winograd4"
     assert cpu((32, 14, 14, 256), (3, 3, 256, 256)) == "winograd2"
-    # Training: F(2x2) wherever the layer is wide enough, ResNet's 56 px 64-channel conv not.
+    # Training: F(2x2) wherever the layer is wide enough, ResNet's 56 px 64-channel conv too
+    # (measured in the whole step), 64 channels below 56 px not.
     assert cpu((16, 224, 224, 64), (3, 3, 64, 64), train=True) == "winograd2"
     assert cpu((16, 28, 28, 512), (3, 3, 512, 512), train=True) == "winograd2"
-    assert cpu((16, 56, 56, 64), (3, 3, 64, 64), train=True) == "xla"
+    assert cpu((16, 56, 56, 64), (3, 3, 64, 64), train=True) == "winograd2"
+    assert cpu((16, 56, 56, 64), (3, 3, 64, 64)) == "xla"
+    assert cpu((16, 28, 28, 64), (3, 3, 64, 64), train=True) == "xla"

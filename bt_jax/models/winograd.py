@@ -180,12 +180,15 @@ def resolve(choice: str, x_shape, kernel_shape, strides=(1, 1), *, train: bool =
 
 def _cpu_rule(hw: int, cin: int, train: bool) -> str:
     """From VGG19's and ResNet50V2's layers at 224 px. Narrow inputs (VGG's 3 channels,
-    64 below 112 px) and 7x7 maps: the transforms cost more than the matmul saves. Training:
-    XLA:CPU's conv backward is slow, F(2x2) wins wherever the forward is not hopeless.
-    Inference: F(4x4) on wide layers from 28 to 112 px, F(2x2) at 14 px (F(4x4)'s ragged
-    and few tiles lose there)."""
-    wide = cin >= 128 or (cin >= 64 and hw >= 112)
+    64 below 56 px) and 7x7 maps: the transforms cost more than the matmul saves. Training:
+    XLA:CPU's conv backward is slow, F(2x2) wins wherever the forward is not hopeless; at 64
+    channels and 56 px a layer alone backpropagates faster through XLA's convolution, but
+    inside ResNet50V2's whole step XLA's kernel gradient there ran several times slower than
+    alone, and F(2x2) made the step faster (docs/benchmarks.md, "3x3 layers at 64
+    channels"). Inference: F(4x4) on wide layers from 28 to 112 px, F(2x2) at 14 px (F(4x4)'s
+    ragged and few tiles lose there)."""
     if train:
+        wide = cin >= 128 or (cin >= 64 and hw >= 56)
         return "winograd2" if wide and hw >= 14 else "xla"
     if cin >= 128 and 28 <= hw <= 112:
         return "winograd4"
