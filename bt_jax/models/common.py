@@ -206,8 +206,69 @@ def pad(x, top: int, bottom: int | None = None, left: int | None = None, right: 
     return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
 
 
-def max_pool(x, window: int, stride: int):
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+def max_pool(x, window: int, stride: int, padding: str = "VALID"):
+    """nn.max_pool over a square window, "VALID" or "SAME" (padded with -inf, as nn.max_pool
+    pads), by strided slices with its own backward (`_max_pool`)."""
+    if padding == "SAME":
+        pads = lax.padtype_to_pads(x.shape[1:3], (window, window), (stride, stride), "SAME")
+        low = jnp.asarray(-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else
+                          jnp.iinfo(x.dtype).min, x.dtype)
+        x = lax.pad(x, low, [(0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)])
+    elif padding != "VALID":
+        raise ValueError(f"max_pool padding: expected 'VALID' or 'SAME', got {padding!r}")
+    if min(x.shape[1:3]) < window:      # an empty output (a small input's last stages)
+        return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+    return _max_pool(x, window, stride)
+
+
+def _pool_taps(x, k: int, s: int):
+    """(the max over a k x k window at stride s, the index of the first tap that holds it)."""
+    b, h, w, c = x.shape
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    y = first = None
+    for t in range(k * k):
+        i, j = divmod(t, k)
+        tap = lax.slice(x, (0, i, j, 0), (b, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
+                        (1, s, s, 1))
+        if y is None:
+            y, first = tap, jnp.zeros(tap.shape, jnp.int8)
+        else:
+            first = jnp.where(tap > y, jnp.int8(t), first)
+            y = jnp.maximum(y, tap)          # NaN propagates, as in reduce_window
+    return y, first
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x, k: int, s: int):
+    """Max pool, VALID, as a max over strided slices (one fused, parallel pass). Its backward
+    routes each output gradient to the window's first maximum, as XLA's select-and-scatter
+    does, but as a sum of k*k interleaved pads that XLA fuses into one parallel loop: the
+    select-and-scatter of autodiff ran single-threaded on XLA:CPU (ResNet50V2's stem: a
+    trace, docs/benchmarks.md)."""
+    return _pool_taps(x, k, s)[0]
+
+
+def _max_pool_fwd(x, k, s):
+    y, first = _pool_taps(x, k, s)
+    return y, (first, jnp.zeros((0,) + x.shape[1:3], x.dtype))   # shape of x, no data
+
+
+def _max_pool_bwd(k, s, res, g):
+    first, like = res
+    h, w = like.shape[1:]
+    _, ho, wo, _ = g.shape
+    zero = jnp.zeros((), g.dtype)
+    dx = None
+    for t in range(k * k):
+        i, j = divmod(t, k)
+        part = lax.pad(jnp.where(first == t, g, zero), zero,
+                       [(0, 0, 0), (i, h - i - s * (ho - 1) - 1, s - 1),
+                        (j, w - j - s * (wo - 1) - 1, s - 1), (0, 0, 0)])
+        dx = part if dx is None else dx + part
+    return (dx,)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool(x, window: int, stride: int):

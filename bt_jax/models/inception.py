@@ -99,10 +99,10 @@ class InceptionV3(nn.Module):
             x = _conv_bn(x, name, filters, kernel, stride, padding, train, rows, dt,
                          (self.pointwise, self.conv3x3))
             if i in (2, 4):
-                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+                x = C.max_pool(x, 3, 2)
         out["stem"] = x
         for blk, specs, outputs in _BLOCKS:
-            t = {"x": x, "maxpool": nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID"),
+            t = {"x": x, "maxpool": C.max_pool(x, 3, 2),
                  "avgpool": nn.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME",
                                         count_include_pad=False)}
             for name, filters, kernel, *rest in specs:

@@ -71,7 +71,7 @@ class Xception(nn.Module):
                 x = nn.relu(x)
             x = bn(f"block{block}_sepconv1_bn")(sep(x, width, f"block{block}_sepconv1"))
             x = bn(f"block{block}_sepconv2_bn")(sep(nn.relu(x), width, f"block{block}_sepconv2"))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME") + residual
+            x = C.max_pool(x, 3, 2, "SAME") + residual
             out[f"stage{stage + 1}"] = x
         for block in range(5, 13):
             residual = x
@@ -84,7 +84,7 @@ class Xception(nn.Module):
             conv(1024, 1, 2, name="block13_residual_conv")(x))
         x = bn("block13_sepconv1_bn")(sep(nn.relu(x), 728, "block13_sepconv1"))
         x = bn("block13_sepconv2_bn")(sep(nn.relu(x), 1024, "block13_sepconv2"))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME") + residual
+        x = C.max_pool(x, 3, 2, "SAME") + residual
         x = nn.relu(bn("block14_sepconv1_bn")(sep(x, 1536, "block14_sepconv1")))
         x = nn.relu(bn("block14_sepconv2_bn")(sep(x, 2048, "block14_sepconv2")))
         out["stage5"] = out["features"] = x
