@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bt_jax.models import winograd
+from bt_jax.models import narrow_conv, winograd
 
 # Keras `imagenet_utils.preprocess_input` modes, applied to x in [0, 1].
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -74,6 +74,20 @@ def _pointwise_as_dot(m: Conv) -> bool:
             and m.feature_group_count == 1
             and m.input_dilation in (None, 1, (1, 1)) and m.kernel_dilation in (None, 1, (1, 1))
             and m.mask is None and (isinstance(pads, str) or not pads.any()))
+
+
+def _narrow(m: Conv, x_shape) -> bool:
+    """A stem conv (few input channels, a kernel of 5x5 or more: ResNet's and DenseNet's 7x7)
+    whose kernel gradient `narrow_conv` computes: ungrouped, undilated, unmasked, SAME/VALID
+    or pair padding. 3x3 stems stay XLA's: alternating old and new programs, VGG19's
+    training step ran 0.97x with its first layer here, Lite0's equal within noise."""
+    pads = m.padding
+    pads_ok = (pads.upper() in ("SAME", "VALID")) if isinstance(pads, str) \
+        else np.shape(pads) == (2, 2)
+    return (len(x_shape) == 4 and x_shape[-1] <= narrow_conv.MAX_CHANNELS
+            and len(m.kernel_size) == 2 and min(m.kernel_size) >= 5 and pads_ok
+            and m.feature_group_count == 1 and m.mask is None
+            and m.input_dilation in (None, 1, (1, 1)) and m.kernel_dilation in (None, 1, (1, 1)))
 
 
 def _conv3x3_impl(m: Conv, x_shape) -> str:
@@ -146,6 +160,8 @@ class Conv(nn.Conv):
         if inputs.ndim == 4 and _pointwise_as_dot(self):      # (B, H, W, C) only
             return self._as_dot(inputs)
         impl = _conv3x3_impl(self, inputs.shape)
+        if impl == "xla" and _narrow(self, inputs.shape):
+            return self._narrow(inputs)
         if impl == "xla":
             return super().__call__(inputs)
         kernel = self.param("kernel", self.kernel_init, (3, 3, inputs.shape[-1], self.features),
@@ -154,6 +170,21 @@ class Conv(nn.Conv):
             if self.use_bias else None
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         y = winograd.winograd_conv(x, kernel, self.padding, m=2 if impl == "winograd2" else 4)
+        return y if bias is None else y + bias
+
+    def _narrow(self, inputs):
+        kh, kw = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, inputs.shape[-1], self.features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
+            if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides or (1, 1))
+        pads = self.padding
+        if isinstance(pads, str):
+            pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, pads)
+        pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+        y = narrow_conv.narrow_conv(x, kernel, strides, pads, self.precision)
         return y if bias is None else y + bias
 
     def _as_dot(self, inputs):
