@@ -76,18 +76,27 @@ def _pointwise_as_dot(m: Conv) -> bool:
             and m.mask is None and (isinstance(pads, str) or not pads.any()))
 
 
-def _narrow(m: Conv, x_shape) -> bool:
-    """A stem conv (few input channels, a kernel of 5x5 or more: ResNet's and DenseNet's 7x7)
-    whose kernel gradient `narrow_conv` computes: ungrouped, undilated, unmasked, SAME/VALID
-    or pair padding. 3x3 stems stay XLA's: alternating old and new programs, VGG19's
-    training step ran 0.97x with its first layer here, Lite0's equal within noise."""
+def _plain(m: Conv) -> bool:
+    """Ungrouped, undilated, unmasked, with SAME/VALID or explicit pair padding: the convs
+    that Winograd and `narrow_conv` can take."""
     pads = m.padding
     pads_ok = (pads.upper() in ("SAME", "VALID")) if isinstance(pads, str) \
         else np.shape(pads) == (2, 2)
-    return (len(x_shape) == 4 and x_shape[-1] <= narrow_conv.MAX_CHANNELS
-            and len(m.kernel_size) == 2 and min(m.kernel_size) >= 5 and pads_ok
-            and m.feature_group_count == 1 and m.mask is None
+    return (pads_ok and m.feature_group_count == 1 and m.mask is None
             and m.input_dilation in (None, 1, (1, 1)) and m.kernel_dilation in (None, 1, (1, 1)))
+
+
+def _strides(m: Conv) -> tuple[int, int]:
+    return (m.strides,) * 2 if isinstance(m.strides, int) else tuple(m.strides or (1, 1))
+
+
+def _narrow(m: Conv, x_shape) -> bool:
+    """A stem conv (few input channels, a kernel of 5x5 or more: ResNet's and DenseNet's 7x7)
+    whose kernel gradient `narrow_conv` computes. 3x3 stems stay XLA's: alternating old and
+    new programs, VGG19's training step ran 0.97x with its first layer here, Lite0's equal
+    within noise."""
+    return (len(x_shape) == 4 and x_shape[-1] <= narrow_conv.MAX_CHANNELS
+            and len(m.kernel_size) == 2 and min(m.kernel_size) >= 5 and _plain(m))
 
 
 def _conv3x3_impl(m: Conv, x_shape) -> str:
@@ -96,14 +105,8 @@ def _conv3x3_impl(m: Conv, x_shape) -> str:
     impl = m.conv3x3
     if impl not in winograd.CHOICES + (winograd.AUTO_TRAIN,):
         raise ValueError(f"conv3x3 impl: expected one of {winograd.CHOICES}, got {impl!r}")
-    strides = (m.strides,) * 2 if isinstance(m.strides, int) else tuple(m.strides or (1, 1))
-    pads = m.padding
-    pads_ok = (pads.upper() in ("SAME", "VALID")) if isinstance(pads, str) \
-        else np.shape(pads) == (2, 2)
-    if (len(x_shape) != 4 or tuple(m.kernel_size) != (3, 3) or strides != (1, 1) or not pads_ok
-            or m.feature_group_count != 1 or m.mask is not None
-            or m.input_dilation not in (None, 1, (1, 1))
-            or m.kernel_dilation not in (None, 1, (1, 1))):
+    strides = _strides(m)
+    if len(x_shape) != 4 or tuple(m.kernel_size) != (3, 3) or strides != (1, 1) or not _plain(m):
         return "xla"
     return winograd.resolve(impl, x_shape, (3, 3, x_shape[-1], m.features), strides,
                             train=m.train)
@@ -164,36 +167,31 @@ class Conv(nn.Conv):
             return self._narrow(inputs)
         if impl == "xla":
             return super().__call__(inputs)
-        kernel = self.param("kernel", self.kernel_init, (3, 3, inputs.shape[-1], self.features),
-                            self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
-            if self.use_bias else None
-        x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = self._params(inputs, (3, 3))
         y = winograd.winograd_conv(x, kernel, self.padding, m=2 if impl == "winograd2" else 4)
         return y if bias is None else y + bias
 
-    def _narrow(self, inputs):
-        kh, kw = self.kernel_size
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, inputs.shape[-1], self.features),
+    def _params(self, inputs, window):
+        """(inputs, kernel, bias) in the compute dtype: nn.Conv's parameters, names and
+        initialisers for a `window`-sized kernel."""
+        kernel = self.param("kernel", self.kernel_init, (*window, inputs.shape[-1], self.features),
                             self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
             if self.use_bias else None
-        x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides or (1, 1))
-        pads = self.padding
+        return nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+
+    def _narrow(self, inputs):
+        x, kernel, bias = self._params(inputs, tuple(self.kernel_size))
+        strides, pads = _strides(self), self.padding
         if isinstance(pads, str):
-            pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, pads)
+            pads = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, pads)
         pads = tuple((int(lo), int(hi)) for lo, hi in pads)
         y = narrow_conv.narrow_conv(x, kernel, strides, pads, self.precision)
         return y if bias is None else y + bias
 
     def _as_dot(self, inputs):
-        kernel = self.param("kernel", self.kernel_init, (1, 1, inputs.shape[-1], self.features),
-                            self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
-            if self.use_bias else None
-        x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        sh, sw = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides or (1, 1)
+        x, kernel, bias = self._params(inputs, (1, 1))
+        sh, sw = _strides(self)
         y = pointwise_dot(x[:, ::sh, ::sw], kernel[0, 0], self.precision)
         return y if bias is None else y + bias
 
@@ -249,7 +247,7 @@ def max_pool(x, window: int, stride: int, padding: str = "VALID"):
         raise ValueError(f"max_pool padding: expected 'VALID' or 'SAME', got {padding!r}")
     if min(x.shape[1:3]) < window:      # an empty output (a small input's last stages)
         return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
-    return _max_pool(x, window, stride)
+    return _max_pool(x, window, stride, x.shape[1:3])
 
 
 def _pool_taps(x, k: int, s: int):
@@ -269,8 +267,8 @@ def _pool_taps(x, k: int, s: int):
     return y, first
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x, k: int, s: int):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, k: int, s: int, hw: tuple[int, int]):
     """Max pool, VALID, as a max over strided slices (one fused, parallel pass). Its backward
     routes each output gradient to the window's first maximum, as XLA's select-and-scatter
     does, but as a sum of k*k interleaved pads that XLA fuses into one parallel loop: the
@@ -279,14 +277,12 @@ def _max_pool(x, k: int, s: int):
     return _pool_taps(x, k, s)[0]
 
 
-def _max_pool_fwd(x, k, s):
-    y, first = _pool_taps(x, k, s)
-    return y, (first, jnp.zeros((0,) + x.shape[1:3], x.dtype))   # shape of x, no data
+def _max_pool_fwd(x, k, s, hw):
+    return _pool_taps(x, k, s)
 
 
-def _max_pool_bwd(k, s, res, g):
-    first, like = res
-    h, w = like.shape[1:]
+def _max_pool_bwd(k, s, hw, first, g):
+    h, w = hw
     _, ho, wo, _ = g.shape
     zero = jnp.zeros((), g.dtype)
     dx = None
