@@ -92,9 +92,8 @@ def _strides(m: Conv) -> tuple[int, int]:
 
 def _narrow(m: Conv, x_shape) -> bool:
     """A stem conv (few input channels, a kernel of 5x5 or more: ResNet's and DenseNet's 7x7)
-    whose kernel gradient `narrow_conv` computes. 3x3 stems stay XLA's: alternating old and
-    new programs, VGG19's training step ran 0.97x with its first layer here, Lite0's equal
-    within noise."""
+    whose kernel gradient `narrow_conv` computes. 3x3 stems stay XLA's: there the same path
+    lost or tied in the training step (docs/benchmarks.md, "The 7x7 stem's kernel gradient")."""
     return (len(x_shape) == 4 and x_shape[-1] <= narrow_conv.MAX_CHANNELS
             and len(m.kernel_size) == 2 and min(m.kernel_size) >= 5 and _plain(m))
 

@@ -5,9 +5,9 @@ gradient.
 
 The forward is lax.conv. The kernel gradient of a 3-channel stem is a reduction over every
 output position of the batch into a small (kh*kw*3, Cout) matrix; XLA:CPU's convolution
-kernel parallelises that poorly (ResNet50V2's 7x7 stem: ~70-170 ms of a training step by a
-trace). Here it is one matmul per image over that image's patches (im2col: kh*kw*Cin
-values per position, a few MiB per image for a stem) and a sum over images: a batched
+kernel parallelises that poorly (ResNet50V2's 7x7 stem, by a trace: docs/benchmarks.md,
+"The 7x7 stem's kernel gradient"). Here it is one matmul per image over that image's patches (im2col: kh*kw*Cin
+values per position) and a sum over images: a batched
 matmul that both cores share. `common.Conv` sends 5x5-and-wider kernels on up to
 `MAX_CHANNELS` inputs here (its `_narrow`).
 """
