@@ -48,7 +48,8 @@ time, while the peers' caching allocators keep theirs; a training loop has no su
 Images/s of a variant: from the median of all its timed calls. One JSON line per (backbone,
 task, framework, variant) is appended to `--out` with the run's date and machine. Every
 side of a backbone and task is resident at once: VGG19's training with all five sides needs
-~20 GiB (name fewer `--frameworks` on a smaller machine).
+~20 GiB (name fewer `--frameworks` on a smaller machine); `--skip-variants` leaves out
+variants by name (e.g. `conv3x3=xla`, the slowest side of VGG19's training steps).
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ def child(a) -> None:
     fns = []
     try:
         versions = setup_framework(kind, a.threads)
-        variants = variants_of(kind, name, task, batch, size, not a.no_torch_compile)
+        variants = [(v, b) for v, b in variants_of(kind, name, task, batch, size,
+                                                     not a.no_torch_compile)
+                    if v not in a.skip_variants]
     except Exception as e:   # not installed here, or no such model: the task says so
         emit({**base_row(kind, name, task, "-", a), "skipped": f"{type(e).__name__}: {e}"})
         variants = []
@@ -179,7 +182,8 @@ class Side:
     def __init__(self, kind: str, name: str, task: str, a):
         self.kind, self.name, self.task, self.a = kind, name, task, a
         cmd = [a.python, str(Path(__file__).resolve()), "--worker", kind, "--backbones", name,
-               "--tasks", task, *(["--no-torch-compile"] if a.no_torch_compile else [])]
+               "--tasks", task, *(["--no-torch-compile"] if a.no_torch_compile else []),
+               *(["--skip-variants", *a.skip_variants] if a.skip_variants else [])]
         for opt in FORWARDED:
             cmd += [f"--{opt.replace('_', '-')}", str(getattr(a, opt))]
         self.err = tempfile.TemporaryFile(mode="w+")   # a pipe left unread could fill and block
@@ -287,6 +291,8 @@ def parse(argv=None):
                    help="untimed calls per variant and round, before its timed ones")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--no-torch-compile", action="store_true")
+    p.add_argument("--skip-variants", nargs="*", default=[], metavar="VARIANT",
+                   help="variants left out, e.g. conv3x3=xla (the slowest of VGG19's training sides)")
     peers_python = ROOT / ".venv-peers" / "bin" / "python"
     p.add_argument("--python", default=str(peers_python if peers_python.exists() else sys.executable),
                    help="interpreter of the children (default: .venv-peers' if present)")

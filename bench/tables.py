@@ -311,6 +311,15 @@ def pruning_table() -> str:
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
 
+def _widest(r: dict) -> str:
+    """"21 of 150 (1024 units)": how many trials drew the widest head (memory-bound on a CPU)."""
+    by = r.get("trials_by_units") or {}
+    if not by:
+        return "—"
+    u = max(by, key=int)
+    return f"{by[u]} of {sum(by.values())} ({u} units)"
+
+
 def search_table() -> str:
     """The head search against Keras fit loops on the same features and trial settings:
     the newest run per Keras backend."""
@@ -320,19 +329,34 @@ def search_table() -> str:
                 "(see its docstring)._")
     lines = ["| Keras backend | bt_jax trials/min (every compile included) | Keras `fit`, a new "
              "model per fold | Keras `fit`, one model reset per fold | bt_jax / faster Keras "
-             "loop | best CV acc |", "|---|---:|---:|---:|---:|---:|"]
+             "loop | best CV acc | trials with the widest head |", "|---|---:|---:|---:|---:|---:|---|"]
     for r in sorted(recs, key=lambda r: r["keras_backend"]):
         k = r["keras_trials_per_min"]
         lines.append(f"| {r['keras_backend']} (Keras {r.get('keras_version', '?')}) | "
                      f"{r['trials_per_min']:.1f} | {k['rebuild']:.2f} | {k['reuse']:.2f} | "
-                     f"**{r['keras_ratio']:.1f}x** | {r['best_cv_acc']:.3f} |")
+                     f"**{r['keras_ratio']:.1f}x** | {r['best_cv_acc']:.3f} | {_widest(r)} |")
     r = recs[0]
     return ("\n".join(lines) + f"\n\n{r['trials']} trials of the reference set's {r['images']} "
             f"scans + {r['copies']} copies (D={r['feature_dim']}); Keras reruns "
             f"{r['keras_trials']} of them. " + _machine(recs))
 
 
-RENDERERS = {"pruning": pruning_table, "search": search_table, "scale": scale_table, "scale_train": scale_train_table, "config": config_table,
+def search_summary() -> str:
+    """The README's sentence on the head search, from the newest TensorFlow-backend run."""
+    recs = [r for r in _latest("search", "keras_backend")
+            if r.get("keras_trials") and r["keras_backend"] == "tensorflow"]
+    if not recs:
+        return "_No head-search measurement against Keras on TensorFlow yet._"
+    r = recs[0]
+    return (f"The head search (method A's k-fold search over heads on cached features) ran "
+            f"**{r['keras_ratio']:.1f}x** the trials per minute of the faster of two "
+            f"Keras-on-TensorFlow `fit` loops on the same features and settings, one model per "
+            f"trial reset before each fold ({r['date']}, `bench/bench_search.py`; {_widest(r)} "
+            f"trials drew the widest head, whose step is memory-bound: the ratio moves with "
+            f"the mix of widths TPE draws, see the docs).")
+
+
+RENDERERS = {"pruning": pruning_table, "search": search_table, "search_summary": search_summary, "scale": scale_table, "scale_train": scale_train_table, "config": config_table,
              "near_duplicates": near_duplicates_table, "peers": peers_table,
              "peers_summary": peers_summary}
 

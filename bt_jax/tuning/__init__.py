@@ -4,7 +4,7 @@
     study = tuning.run_search(config, W, objective, available_backbones=["resnet50v2"])
     tuning.best_trial_params(study); tuning.top_trials(study, 5)
 
-study.py: the space, the trial loop, trials.csv; pruning.py: stopping poor trials early;
+space.py: the search space; study.py: the trial loop, trials.csv; pruning.py: stopping poor trials early;
 storage.py: RDB URL, cross-process locks, worker ids and the reaping of trials left by
 dead workers.
 """
