@@ -50,6 +50,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")   # before any keras import; Keras
 
 from bt_jax.compilation import YNN_OFF, forward_compiler_options
 from bt_jax.models.common import POINTWISE_IMPLS
+from keras_models import KERAS_REFERENCE, keras_fns
 
 DEFAULT_MODELS = ("resnet50v2", "vgg19", "efficientnet_lite0")
 DEPTHWISE = ("efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
@@ -224,55 +225,6 @@ def train_step(name: str, batch: int, size: int, depthwise: str = "auto", option
         holder[0], loss = compiled(holder[0], x, y, rng)
         loss.block_until_ready()
     return run, flops, compile_s
-
-
-def keras_model(name: str, size: int, include_top: bool = False, classes: int = 1000):
-    """The Keras reference of backbone `name`, random weights (include_top: with Keras' own
-    classifier for `classes` classes)."""
-    import keras
-    kw = dict(weights=None, include_top=include_top, classes=classes, input_shape=(size, size, 3))
-    apps = {"resnet50v2": "ResNet50V2", "vgg19": "VGG19", "efficientnetb0": "EfficientNetB0",
-            "mobilenet": "MobileNet", "xception": "Xception"}
-    if name in apps:
-        return getattr(keras.applications, apps[name])(**kw)
-    if name == "efficientnet_lite0":
-        # Keras' EfficientNet builder with Lite0's changes (as in TF efficientnet_lite_builder):
-        # ReLU6, no squeeze-excitation; width/depth 1.0 keep stem 32 and head 1280 as in Lite0.
-        from keras.src.applications import efficientnet as ke
-        blocks = [dict(b, se_ratio=0.0) for b in ke.DEFAULT_BLOCKS_ARGS]
-        return ke.EfficientNet(1.0, 1.0, size, activation=keras.activations.relu6,
-                               blocks_args=blocks, name="efficientnet_lite0_ref", **kw)
-    raise ValueError(f"no Keras reference for backbone {name!r}")
-
-
-KERAS_REFERENCE = {"resnet50v2": "keras.applications.ResNet50V2",
-                   "vgg19": "keras.applications.VGG19",
-                   "efficientnetb0": "keras.applications.EfficientNetB0",
-                   "mobilenet": "keras.applications.MobileNet",
-                   "xception": "keras.applications.Xception",
-                   "efficientnet_lite0": "Keras EfficientNet builder, ReLU6, no SE (= Lite0)"}
-
-
-def keras_fns(name: str, batch: int, size: int):
-    """{'predict_on_batch': fn, 'jit_stateless': fn}, flops per batch, compile seconds."""
-    import jax
-    import numpy as np
-    model = keras_model(name, size)
-    x_np = np.random.default_rng(1).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
-    x = jax.numpy.asarray(x_np)
-    # Copies: Keras' jitted predict function donates the model's own variable buffers.
-    tv = [jax.numpy.copy(v.value) for v in model.trainable_variables]
-    ntv = [jax.numpy.copy(v.value) for v in model.non_trainable_variables]
-
-    def call(tv, ntv, x):
-        return model.stateless_call(tv, ntv, x, training=False)[0]
-
-    t = time.perf_counter()
-    compiled = jax.jit(call).lower(tv, ntv, x).compile()
-    compile_s = time.perf_counter() - t
-    fns = {"predict_on_batch": lambda: np.asarray(model.predict_on_batch(x_np)),
-           "jit_stateless": lambda: compiled(tv, ntv, x).block_until_ready()}
-    return fns, xla_flops(call, tv, ntv, x, compiled=compiled), compile_s
 
 
 def row(impl, name, batch, size, sec, times, flops, compile_s, roof, extra=None,

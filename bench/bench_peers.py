@@ -25,11 +25,11 @@ not share a process), pinned to `--threads` cores and told that thread count:
 - `bt_jax-defaults`: the same programs with XLA's default compiler options, on glibc's
   default 4 KiB pages: what a plain `jax.jit` script gets; the difference is what bt_jax's
   settings buy (the depthwise and 1x1 implementations are model code and stay).
-- `keras-tensorflow`: `keras.applications` (`bench_backbones.keras_model`); forward: each of
+- `keras-tensorflow`: `keras.applications` (`keras_models.keras_model`); forward: each of
   `predict_on_batch`, a `tf.function` and a `tf.function(jit_compile=True)`; training:
   `train_on_batch` after `compile(Adam)`, at Keras' default jit_compile (no XLA on TF's CPU)
   and with jit_compile=True. TF intra- and inter-op threads = `--threads`.
-- `keras-jax`: the previous baseline (`bench_backbones.keras_fns`: `predict_on_batch` and a
+- `keras-jax`: the previous baseline (`keras_models.keras_fns`: `predict_on_batch` and a
   jitted `stateless_call`); training: `train_on_batch` after `compile(Adam)`.
 - `pytorch`: `timm.create_model(pretrained=False)`, channels_last, `torch.set_num_threads`;
   forward in eval mode under `torch.inference_mode()`, eager and `torch.compile`; training:
@@ -88,7 +88,7 @@ def shape_of(task: str, a) -> tuple[int, int]:
 
 
 def base_row(kind: str, name: str, task: str, variant: str, a) -> dict:
-    from bench_backbones import KERAS_REFERENCE
+    from keras_models import KERAS_REFERENCE
     batch, size = shape_of(task, a)
     ref = {"pytorch": f"timm {TIMM[name]}"}.get(kind, KERAS_REFERENCE[name] if "keras" in kind else "")
     ref += " + method B's Flatten head" if ref and task == "train_b" else ""

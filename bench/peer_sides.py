@@ -60,7 +60,7 @@ def bt_jax_variants(name: str, task: str, batch: int, size: int, defaults: bool)
 def keras_train_model(name: str, task: str, size: int):
     """include_top with 2 classes (Keras' own classifier, softmax), or method B's head."""
     import keras
-    from bench_backbones import keras_model
+    from keras_models import keras_model
     if task == "train":
         return keras_model(name, size, include_top=True, classes=2)
     hidden, dropout = method_b_layers()
@@ -93,7 +93,7 @@ def keras_train_variants(name: str, task: str, batch: int, size: int, also_xla: 
 def keras_tf_forward_variants(name: str, batch: int, size: int) -> list:
     import numpy as np
     import tensorflow as tf
-    from bench_backbones import keras_model
+    from keras_models import keras_model
     model = once(lambda: keras_model(name, size))
     x = np.random.default_rng(1).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
 
@@ -107,8 +107,8 @@ def keras_tf_forward_variants(name: str, batch: int, size: int) -> list:
 
 
 def keras_jax_forward_variants(name: str, batch: int, size: int) -> list:
-    import bench_backbones as bb
-    fns = once(lambda: bb.keras_fns(name, batch, size)[0])
+    from keras_models import keras_fns
+    fns = once(lambda: keras_fns(name, batch, size)[0])
     return [(how, lambda how=how: (fns()[how], {})) for how in ("predict_on_batch", "jit_stateless")]
 
 
