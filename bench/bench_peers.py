@@ -114,6 +114,13 @@ def build_variant(build, warmup: int):
     return fn, {"settings": settings, "setup_s": round(setup_s, 1), "warmup": warmup}
 
 
+def chosen_variants(kind: str, name: str, task: str, a) -> list:
+    """(variant, builder) of one side, less `--skip-variants`; nothing is built yet."""
+    batch, size = shape_of(task, a)
+    return [(v, b) for v, b in variants_of(kind, name, task, batch, size, not a.no_torch_compile)
+            if v not in a.skip_variants]
+
+
 def child(a) -> None:
     """Builds every variant of one side (a row each, "skipped" where it failed), says ready,
     then runs `{"variant": i, "warmup": w, "calls": n}` commands from stdin (w untimed calls,
@@ -122,13 +129,10 @@ def child(a) -> None:
     if a.threads < len(cpus):   # XLA and the others size their pools from the affinity
         os.sched_setaffinity(0, cpus[:a.threads])
     kind, name, task = a.worker, a.backbones[0], a.tasks[0]
-    batch, size = shape_of(task, a)
     fns = []
     try:
         versions = setup_framework(kind, a.threads)
-        variants = [(v, b) for v, b in variants_of(kind, name, task, batch, size,
-                                                     not a.no_torch_compile)
-                    if v not in a.skip_variants]
+        variants = chosen_variants(kind, name, task, a)
     except Exception as e:   # not installed here, or no such model: the task says so
         emit({**base_row(kind, name, task, "-", a), "skipped": f"{type(e).__name__}: {e}"})
         variants = []

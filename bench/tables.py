@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -153,6 +154,14 @@ def peer_ratio(ours: dict, peer: dict) -> float:
     return ours["images_per_s"] / peer["images_per_s"]
 
 
+def ratio_cell(ours: dict, peer: dict) -> str:
+    """The paired ratio in bold; where the quotient of the two cells differs from it by more
+    than 5% (a side whose rounds scatter), that quotient too, so neither hides the noise."""
+    paired, cells = peer_ratio(ours, peer), ours["images_per_s"] / peer["images_per_s"]
+    out = f"**{paired:.2f}**"
+    return out if abs(math.log(paired / cells)) <= math.log(1.05) else f"{out} ({cells:.2f} from the cells)"
+
+
 def peers_markdown(recs: list[dict]) -> str:
     """Images/s of each side's best variant per backbone and task; the ratio of bt_jax (as
     shipped) to the best peer (not bt_jax), with the variant that won; skips listed below."""
@@ -165,18 +174,22 @@ def peers_markdown(recs: list[dict]) -> str:
                          f"({r['variant']}): {r['skipped']}")
         elif r["images_per_s"] > best.get((key, col), {"images_per_s": -1})["images_per_s"]:
             best[(key, col)] = r
-    head = "| backbone | task | " + " | ".join(PEER_COLUMNS.values()) + " | best peer | bt_jax / best peer |"
-    lines = [head, "|---|---|" + "---:|" * len(PEER_COLUMNS) + "---|---:|"]
+    cols = [c for c in PEER_COLUMNS if any(k[1] == c for k in best)]   # no all-empty column
+    head = ("| backbone | task | " + " | ".join(PEER_COLUMNS[c] for c in cols)
+            + " | best peer | bt_jax / best peer | timed |")
+    lines = [head, "|---|---|" + "---:|" * len(cols) + "---|---:|---|"]
     for key in sorted(order, key=order.get):
         name, task, batch, size = key
-        cells = [_rate(best[(key, c)]["images_per_s"]) if (key, c) in best else "—" for c in PEER_COLUMNS]
-        peers = [best[(key, c)] for c in PEER_COLUMNS if not c.startswith("bt_jax") and (key, c) in best]
+        cells = [_rate(best[(key, c)]["images_per_s"]) if (key, c) in best else "—" for c in cols]
+        peers = [best[(key, c)] for c in cols if not c.startswith("bt_jax") and (key, c) in best]
         top = max(peers, key=lambda r: r["images_per_s"], default=None)
         ours = best.get((key, "bt_jax/shipped"))
         won = f"{PEER_COLUMNS[_peer_column(top)]}: {top['variant']}" if top else "—"
-        ratio = f"**{peer_ratio(ours, top):.2f}**" if top and ours else "—"
+        ratio = ratio_cell(ours, top) if top and ours else "—"
+        timed = (f"{ours['rounds']} alternating rounds" if ours and ours.get("round_s")
+                 else "sides in turn" if ours else "—")
         lines.append(f"| {name} | {PEER_TASKS.get(task, task)}, batch {batch}, {size} px | "
-                     + " | ".join(cells) + f" | {won} | {ratio} |")
+                     + " | ".join(cells) + f" | {won} | {ratio} | {timed} |")
     return "\n".join(lines + ([""] + [f"Skipped: {s}." for s in skips] if skips else []))
 
 
@@ -229,7 +242,7 @@ def peers_summary() -> str:
             continue
         peer = f"{PEER_COLUMNS[_peer_column(top)]} ({top['variant']}) {_rate(top['images_per_s'])}"
         lines.append(f"| {name}, {PEER_TASKS.get(task, task)} | {_rate(ours['images_per_s'])} | "
-                     f"{peer} | **{peer_ratio(ours, top):.2f}x** |")
+                     f"{peer} | {ratio_cell(ours, top)} |")
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
 

@@ -22,6 +22,22 @@ def test_the_ratio_is_the_median_of_paired_rounds():
     assert tables.peer_ratio(ours, {"images_per_s": 4.0, "round_s": [1.0]}) == 2.5
 
 
+def test_a_ratio_cell_shows_the_cells_quotient_where_it_disagrees():
+    ours = {"images_per_s": 10.0, "round_s": [1.0, 2.0, 1.0]}
+    assert tables.ratio_cell(ours, {"images_per_s": 5.0, "round_s": [2.0, 2.0, 3.0]}) == "**2.00**"
+    scattered = {"images_per_s": 8.0, "round_s": [2.0, 2.0, 3.0]}    # paired 2.00, cells 1.25
+    assert tables.ratio_cell(ours, scattered) == "**2.00** (1.25 from the cells)"
+
+
+def test_skip_variants_leaves_out_named_variants_before_building():
+    import bench_peers
+    a = bench_peers.parse(["--skip-variants", "conv3x3=xla"])
+    every = bench_peers.chosen_variants("bt_jax", "resnet50v2", "train", bench_peers.parse([]))
+    kept = bench_peers.chosen_variants("bt_jax", "resnet50v2", "train", a)
+    assert [v for v, _ in every] == ["shipped", "conv3x3=xla"]
+    assert [v for v, _ in kept] == ["shipped"]
+
+
 @pytest.mark.slow
 def test_two_sides_are_timed_in_alternating_rounds(tmp_path):
     out = tmp_path / "peers.jsonl"
