@@ -324,13 +324,19 @@ def pruning_table() -> str:
     return "\n".join(lines) + "\n\n" + _machine(recs)
 
 
-def _widest(r: dict) -> str:
-    """"21 of 150 (1024 units)": how many trials drew the widest head (memory-bound on a CPU)."""
+def _widest_count(r: dict) -> tuple[str, int, int] | None:
+    """(widest units, trials that drew it, trials): the widest head's step is memory-bound."""
     by = r.get("trials_by_units") or {}
     if not by:
-        return "—"
+        return None
     u = max(by, key=int)
-    return f"{by[u]} of {sum(by.values())} ({u} units)"
+    return u, by[u], sum(by.values())
+
+
+def _widest(r: dict) -> str:
+    """"21 of 150 (1024 units)", or "—" for rows without the count."""
+    w = _widest_count(r)
+    return f"{w[1]} of {w[2]} ({w[0]} units)" if w else "—"
 
 
 def search_table() -> str:
@@ -364,9 +370,10 @@ def search_summary() -> str:
     return (f"The head search (method A's k-fold search over heads on cached features) ran "
             f"**{r['keras_ratio']:.1f}x** the trials per minute of the faster of two "
             f"Keras-on-TensorFlow `fit` loops on the same features and settings, one model per "
-            f"trial reset before each fold ({r['date']}, `bench/bench_search.py`; {_widest(r)} "
-            f"trials drew the widest head, whose step is memory-bound: the ratio moves with "
-            f"the mix of widths TPE draws, see the docs).")
+            f"trial reset before each fold ({r['date']}, `bench/bench_search.py`)"
+            + (f"; {w[1]} of its {w[2]} trials drew the widest head ({w[0]} units), whose step "
+               f"is memory-bound: the ratio moves with the mix of widths TPE draws (see the docs)."
+               if (w := _widest_count(r)) else "."))
 
 
 RENDERERS = {"pruning": pruning_table, "search": search_table, "search_summary": search_summary, "scale": scale_table, "scale_train": scale_train_table, "config": config_table,
