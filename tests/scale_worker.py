@@ -22,7 +22,7 @@ from bt_jax.data import augment
 from bt_jax.models import registry
 from bt_jax.models.heads import Classifier, FlattenHead, Head
 from bt_jax.sharding import data_mesh
-from bt_jax.train import finetune
+from bt_jax.train import finetune, finetune_step
 
 SIZE = 32
 
@@ -85,12 +85,12 @@ def main(out: str) -> None:
 
 @contextlib.contextmanager
 def _no_row_mask():
-    saved = finetune._stat_rows
-    finetune._stat_rows = lambda real: None      # every row counts in BatchNorm's statistics
+    saved = finetune_step._stat_rows
+    finetune_step._stat_rows = lambda real: None      # every row counts in BatchNorm's statistics
     try:
         yield
     finally:
-        finetune._stat_rows = saved
+        finetune_step._stat_rows = saved
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from bt_jax.train import callbacks
 from bt_jax.train.partitions import count_trainable, lr_schedule, make_tx, trainable_labels
 from bt_jax.train.checkpoint import Checkpoints
 from bt_jax.train.finetune_step import (  # noqa: F401  (public API)
-    TrainState, _eval_jit, _stat_rows, eval_step, finetune_step, init_state)
+    TrainState, _eval_jit, eval_step, finetune_step, init_state)
 
 log = logging.getLogger(__name__)
 # Early stopping keeps the best weights with one select per parameter: run eagerly, that
