@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from bt_jax.models import winograd
 from bt_jax.models.winograd import choose, transform_kernel, winograd_conv
 
 # Max |ours - ref| / max |ref|, float32 (ref at HIGHEST precision). Measured over the cases
@@ -93,6 +94,26 @@ def test_kernel_transform_is_linear_in_the_hwio_kernel():
     assert transform_kernel(w, 2).shape == (16, 4, 5)
     assert transform_kernel(w, 4).shape == (36, 4, 5)
     np.testing.assert_allclose(transform_kernel(2 * w, 4), 2 * transform_kernel(w, 4), rtol=1e-6)
+
+
+def test_f4_first_pass_is_kept_in_memory_and_exact():
+    """F(4x4) divides its first pass by a runtime 1.0 so that XLA:CPU writes it out instead
+    of recomputing it in each of the 36 second-pass outputs: bit-identical values, no
+    gradient into the kernel through the 1.0, and the divide survives compilation (F(2x2),
+    tuned without it, has none)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, 3))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+    grid = [[x[:, i:i + 4, j:j + 4] for j in range(6)] for i in range(6)]
+    bt = winograd._MATRICES[4][0]
+    kept = winograd._transform2d(bt, grid, winograd._runtime_one(w))
+    fused = winograd._transform2d(bt, grid)
+    for row_a, row_b in zip(kept, fused):
+        for a, b in zip(row_a, row_b):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(jax.grad(lambda k: winograd._runtime_one(k))(w), 0)
+    compiled = {m: jax.jit(functools.partial(winograd_conv, m=m)).lower(x, w).compile().as_text()
+                for m in (2, 4)}
+    assert " divide(" in compiled[4] and " divide(" not in compiled[2]
 
 
 def test_rejects_what_it_does_not_compute():

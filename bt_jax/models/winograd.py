@@ -78,13 +78,33 @@ def _combine(mat: np.ndarray, parts: Sequence) -> list:
     return out
 
 
-def _transform2d(mat: np.ndarray, grid: list[list]) -> list[list]:
-    """mat @ D @ mat^T for a 2-D grid of arrays D[i][j]: rows first, then columns."""
+def _transform2d(mat: np.ndarray, grid: list[list], one=None) -> list[list]:
+    """mat @ D @ mat^T for a 2-D grid of arrays D[i][j]: rows first, then columns.
+    `one`: a runtime 1.0 (`_runtime_one`) that keeps the first pass's results in memory
+    (`_materialise`); None: an optimization barrier between the passes, which XLA:CPU
+    expands before fusion (F(2x2)'s programs were tuned with it in place)."""
     cols = list(zip(*grid))                                   # cols[j][i]
-    # A barrier between the passes: fused, every output would recompute the first pass's
-    # terms it reads (up to 16 reads per element instead of 4 + 4).
-    rows = list(zip(*lax.optimization_barrier([_combine(mat, list(c)) for c in cols])))
+    first = [_combine(mat, list(c)) for c in cols]
+    first = lax.optimization_barrier(first) if one is None else \
+        [_materialise(c, one) for c in first]
+    rows = list(zip(*first))
     return [_combine(mat, list(r)) for r in rows]             # [u][v]
+
+
+def _runtime_one(kernel):
+    """1.0 as XLA cannot know it: from the kernel's values, without a gradient."""
+    return 1.0 + 0.0 * lax.stop_gradient(kernel.reshape(-1)[0].astype(jnp.float32))
+
+
+def _materialise(arrays: list, one) -> list:
+    """`arrays` unchanged (x / 1.0 is exact), written to memory before their consumers run.
+    Fused into the second pass, each of F(4x4)'s 36 outputs would recompute the first pass's
+    terms it reads from the input, so the 36 output fusions would each sweep the whole
+    input (16 strided reads per element); materialised, each reads a quarter of it. XLA:CPU
+    expands `lax.optimization_barrier` before fusion, so a barrier does not stop this; a
+    divide does: XLA does not duplicate an expensive op into consumers that reuse its
+    elements."""
+    return [a / one for a in arrays]
 
 
 def _pads(padding) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -104,7 +124,7 @@ def transform_kernel(kernel, m: int):
     return jnp.stack([c for row in u for c in row])
 
 
-def _input_tiles(x, m: int, pads, out_hw):
+def _input_tiles(x, m: int, pads, out_hw, one=None):
     """V = B^T d B of the overlapping (m+2)^2 tiles: ((m+2)^2, N*th*tw, Cin)."""
     bt, _, _ = _MATRICES[m]
     a = m + 2
@@ -116,21 +136,21 @@ def _input_tiles(x, m: int, pads, out_hw):
                                              (pads[1][0], wp - x.shape[2] - pads[1][0], 0), (0, 0, 0)])
     grid = [[lax.slice(xp, (0, i, j, 0), (n, i + (th - 1) * m + 1, j + (tw - 1) * m + 1, c),
                        (1, m, m, 1)) for j in range(a)] for i in range(a)]
-    v = _transform2d(bt, grid)
-    # Materialise each position before the stack: fused into one loop, the stack picks its
-    # operand per element and does not vectorise (measured 2-5x slower on CPU).
+    v = _transform2d(bt, grid, one)
+    # (Measured with this barrier in place, although XLA:CPU expands it before fusion.)
     v = lax.optimization_barrier([t for row in v for t in row])
     return jnp.stack(v).reshape(a * a, n * th * tw, c), (th, tw)
 
 
-def _untile(mm, m: int, n: int, tiles, out_hw):
+def _untile(mm, m: int, n: int, tiles, out_hw, one=None):
     """Y = A^T M A per tile, the m x m tiles laid side by side and cropped to out_hw."""
     _, _, at = _MATRICES[m]
     a = m + 2
     th, tw = tiles
     cout = mm.shape[-1]
     mm = mm.reshape(a, a, n, th, tw, cout)
-    y = lax.optimization_barrier(_transform2d(at, [[mm[i, j] for j in range(a)] for i in range(a)]))
+    y = lax.optimization_barrier(
+        _transform2d(at, [[mm[i, j] for j in range(a)] for i in range(a)], one))
     # Interleave: y[u][v] (n, th, tw, cout) is output pixel (th*m + u, tw*m + v).
     rows = [jnp.stack(row, axis=3).reshape(n, th, tw * m, cout) for row in y]
     y = jnp.stack(rows, axis=2).reshape(n, th * m, tw * m, cout)
@@ -146,11 +166,13 @@ def winograd_conv(x, kernel, padding="SAME", m: int = 4):
         raise ValueError(f"winograd: need a (3, 3, {x.shape[3]}, Cout) kernel, got {kernel.shape}")
     pads = _pads(padding)
     out_hw = (x.shape[1] + sum(pads[0]) - 2, x.shape[2] + sum(pads[1]) - 2)
-    v, tiles = _input_tiles(x.astype(jnp.float32), m, pads, out_hw)
+    # F(2x2)'s passes are cheap enough to fuse (materialised, a 224 px layer ran ~3x slower)
+    one = _runtime_one(kernel) if m == 4 else None
+    v, tiles = _input_tiles(x.astype(jnp.float32), m, pads, out_hw, one)
     u = transform_kernel(kernel, m)
     mm = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))),
                          precision=lax.Precision.HIGHEST)     # (pos, tiles, Cout)
-    return _untile(mm, m, x.shape[0], tiles, out_hw).astype(x.dtype)
+    return _untile(mm, m, x.shape[0], tiles, out_hw, one).astype(x.dtype)
 
 
 def choose(x_shape, kernel_shape, strides=(1, 1), *, train: bool = False,
