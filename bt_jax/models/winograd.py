@@ -137,7 +137,8 @@ def _input_tiles(x, m: int, pads, out_hw, one=None):
     grid = [[lax.slice(xp, (0, i, j, 0), (n, i + (th - 1) * m + 1, j + (tw - 1) * m + 1, c),
                        (1, m, m, 1)) for j in range(a)] for i in range(a)]
     v = _transform2d(bt, grid, one)
-    # (Measured with this barrier in place, although XLA:CPU expands it before fusion.)
+    # XLA:CPU expands this barrier before fusion, yet without it F(2x2)'s compiled programs
+    # differ; kept as they were measured.
     v = lax.optimization_barrier([t for row in v for t in row])
     return jnp.stack(v).reshape(a * a, n * th * tw, c), (th, tw)
 
@@ -166,7 +167,8 @@ def winograd_conv(x, kernel, padding="SAME", m: int = 4):
         raise ValueError(f"winograd: need a (3, 3, {x.shape[3]}, Cout) kernel, got {kernel.shape}")
     pads = _pads(padding)
     out_hw = (x.shape[1] + sum(pads[0]) - 2, x.shape[2] + sum(pads[1]) - 2)
-    # F(2x2)'s passes are cheap enough to fuse (materialised, a 224 px layer ran ~3x slower)
+    # F(2x2) keeps its passes fused: materialised, its layers ran slower (docs/benchmarks.md,
+    # "F(4x4)'s first pass in memory").
     one = _runtime_one(kernel) if m == 4 else None
     v, tiles = _input_tiles(x.astype(jnp.float32), m, pads, out_hw, one)
     u = transform_kernel(kernel, m)
